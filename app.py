@@ -1,0 +1,86 @@
+"""The application factory: `gunicorn app:app` (see gunicorn.conf.py).
+
+Nothing connects at import time: Redis clients are created here but connect on
+first use, and the hub's listener starts with the first subscriber, inside the
+worker (after gevent has patched the standard library).
+"""
+
+import logging
+import os
+import socket
+
+import redis
+from flask import Flask
+
+from core import errors, websocket
+from core.config import ConfigError, load_settings
+from core.hub import Hub
+
+
+def _redis_client(url):
+    # A bounded pool: 10,000 clients of a worker share at most 64 connections
+    # (waiting up to 5 s for a free one) instead of opening one each.
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=64, timeout=5, decode_responses=True,
+        socket_connect_timeout=2, socket_timeout=5, health_check_interval=30,
+    )
+    return redis.Redis(connection_pool=pool)
+
+
+def _log_like_gunicorn():
+    """Under gunicorn, the app's loggers (core.hub, ...) write where and how
+    gunicorn's error log does."""
+    gunicorn_log = logging.getLogger("gunicorn.error")
+    if not gunicorn_log.handlers:
+        return
+    for name in ("core", "blueprints"):
+        logger = logging.getLogger(name)
+        logger.handlers = gunicorn_log.handlers
+        logger.setLevel(gunicorn_log.level)
+        logger.propagate = False
+
+
+def create_app(config=None):
+    app = Flask(__name__, static_folder="static", template_folder="templates")
+    app.config.update(load_settings())
+    if config:
+        app.config.update(config)
+    if not app.config["REDIS_URL"]:
+        raise ConfigError(
+            "REDIS_URL is not set and no embedded Redis is running: "
+            "start the server with `make run`, or set REDIS_URL"
+        )
+    app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_MESSAGE_BYTES"]
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    app.config["SESSION_COOKIE_SECURE"] = app.config["APP_ENV"] == "production"
+
+    client = _redis_client(app.config["REDIS_URL"])
+    app.extensions["redis"] = client
+    app.extensions["hub"] = Hub(
+        client, app.config["REDIS_URL"], prefix=app.config["REDIS_PREFIX"],
+        queue_size=app.config["SUBSCRIBER_QUEUE_SIZE"], maxlen=app.config["STREAM_MAXLEN"],
+        ttl_seconds=app.config["STREAM_TTL_SECONDS"],
+    )
+
+    _log_like_gunicorn()
+    errors.register_error_handlers(app)
+    websocket.init_app(app)
+
+    from blueprints import channels, cities, clock, cookies, home, longpoll
+
+    for module in (home, channels, cities, cookies, longpoll, clock):
+        app.register_blueprint(module.bp)
+
+    if app.config["SERVED_BY_HEADER"]:
+        host = socket.gethostname()
+
+        @app.after_request
+        def add_served_by(response):
+            response.headers["X-Served-By"] = f"{host}/{os.getpid()}"
+            return response
+
+    return app
+
+
+app = create_app()

@@ -1,0 +1,141 @@
+"""Channels: one model, three transports (DESIGN §4 "Channels").
+
+    POST /pub/<channel>            publish (bearer PUBLISH_TOKEN) -> 201 {"id"}
+    GET  /sub/<channel>            SSE when Accept: text/event-stream, else long-poll JSON
+    WS   /sub/<channel>/ws         {"subscribed","cursor"}, then frames {"id","data"}
+
+Every transport resumes from the client's last id (SSE `Last-Event-ID` or
+`?last_event_id=`, long-poll `?cursor=`, WebSocket `?last_event_id=`) and
+reports an unknown or trimmed id as an explicit reset.
+"""
+
+import json
+import os
+import socket
+
+from flask import Blueprint, Response, current_app, request
+
+from core import sse
+from core.connection import aborter
+from core.errors import abort_json
+from core.hub import (
+    CHANNEL_RULE, PUBLIC_CHANNEL, InvalidId, SubscriptionClosed, format_id, parse_id,
+)
+from core.security import require_publisher
+from core.web import get_hub
+from core.websocket import POLICY_VIOLATION, TRY_AGAIN_LATER, close_reason, sock
+
+bp = Blueprint("channels", __name__)
+
+def _check_channel(name):
+    if not PUBLIC_CHANNEL.match(name):
+        abort_json(400, f"invalid channel name: {CHANNEL_RULE}")
+
+
+def _cursor(raw, what):
+    """A client-supplied id as a tuple, None when absent; 400 when malformed."""
+    if raw is None or raw == "":
+        return None
+    try:
+        return parse_id(raw)
+    except InvalidId:
+        abort_json(400, f"invalid {what}: expected a message id like 1700000000000-0")
+
+
+@bp.post("/pub/<channel>")
+def publish(channel):
+    require_publisher()
+    _check_channel(channel)
+    body = request.get_data(cache=False)
+    if not body:
+        abort_json(400, "empty message")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        abort_json(400, "message must be UTF-8 text")
+    is_json = request.mimetype == "application/json"
+    if is_json:
+        try:
+            text = json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=False)
+        except ValueError:
+            abort_json(400, "Content-Type is application/json but the body is not valid JSON")
+    msg_id = get_hub().publish(channel, text, is_json=is_json)
+    return {"id": msg_id, "channel": channel}, 201
+
+
+@bp.get("/sub/<channel>")
+def subscribe(channel):
+    _check_channel(channel)
+    if sse.wants_event_stream(request):
+        # On reconnect the browser sends Last-Event-ID; it wins over the query
+        # string, which only says where the first connection started.
+        raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+        cursor = _cursor(raw, "Last-Event-ID")
+        config = current_app.config
+        return sse.stream_response(_event_stream(
+            get_hub(), channel, cursor, aborter(request.environ),
+            config["HEARTBEAT_SECONDS"], config["SSE_RETRY_MS"]))
+    return _long_poll(channel, _cursor(request.args.get("cursor"), "cursor"))
+
+
+def _event_stream(hub, channel, cursor, on_abort, heartbeat, retry_ms):
+    # Runs after the view returned (no app context): everything comes in as arguments.
+    # The subscription is in place before the first chunk, and so before the
+    # client sees the response headers.
+    with hub.subscribe(channel, cursor, on_abort=on_abort) as sub:
+        yield sse.retry(retry_ms)
+        while True:
+            try:
+                items = sub.wait(heartbeat)
+            except SubscriptionClosed as closed:
+                # EventSource reconnects after `retry` ms and resumes from its last id.
+                yield sse.event(json.dumps({"reason": closed.reason}), event="close")
+                return
+            yield b"".join(item.sse for item in items) if items else sse.comment("keepalive")
+
+
+def _long_poll(channel, cursor):
+    """Hold the request until there is news (or the timeout), like the
+    original's /poll, but with a cursor so nothing is lost between polls.
+    Without a cursor, wait for the next message."""
+    hub = get_hub()
+    with hub.subscribe(channel, cursor) as sub:
+        items = sub.wait(current_app.config["LONGPOLL_TIMEOUT_SECONDS"])
+        position = format_id(sub.cursor)
+    if items and items[0].is_reset:  # a Reset always comes alone
+        body = json.dumps({"reset": True, "events": [], "cursor": items[0].id})
+    else:
+        last = items[-1].id if items else position
+        events = ",".join(item.json for item in items)
+        body = f'{{"events":[{events}],"cursor":"{last}"}}'
+    return Response(body, mimetype="application/json", headers={"Cache-Control": "no-store"})
+
+
+@sock.route("/sub/<channel>/ws", bp=bp)
+def subscribe_ws(ws, channel):
+    if not PUBLIC_CHANNEL.match(channel):
+        ws.close(POLICY_VIOLATION, close_reason(f"invalid channel name: {CHANNEL_RULE}"))
+        return
+    try:
+        cursor = parse_id(request.args["last_event_id"]) if request.args.get(
+            "last_event_id") else None
+    except InvalidId as exc:
+        ws.close(POLICY_VIOLATION, close_reason(str(exc)))
+        return
+    heartbeat = current_app.config["HEARTBEAT_SECONDS"]
+    with get_hub().subscribe(channel, cursor, on_abort=aborter(request.environ)) as sub:
+        # Tells the client it is subscribed, and from where.
+        hello = {"subscribed": channel, "cursor": format_id(sub.cursor)}
+        if current_app.config["SERVED_BY_HEADER"]:  # the handshake cannot carry the header
+            hello["served_by"] = f"{socket.gethostname()}/{os.getpid()}"
+        ws.send(json.dumps(hello))
+        while ws.connected:
+            try:
+                items = sub.wait(heartbeat)
+            except SubscriptionClosed as closed:
+                ws.close(TRY_AGAIN_LATER, close_reason(closed.reason))
+                return
+            for item in items:
+                ws.send(item.json)
+            while ws.receive(timeout=0) is not None:
+                pass  # a subscriber socket carries nothing upstream; drop it

@@ -1,0 +1,58 @@
+"""Routing with path variables (chapter 5): GET /listCities/<country>/<state>.
+
+The dataset lives in Redis (one hash per country, seeded from
+data/cities.json on first use), so every worker answers the same.
+"""
+
+import json
+import re
+
+from flask import Blueprint, current_app, jsonify
+
+from core.config import PROJECT_ROOT
+from core.errors import abort_json
+from core.web import get_redis
+
+bp = Blueprint("cities", __name__)
+
+DATA_FILE = PROJECT_ROOT / "data" / "cities.json"
+DATA_VERSION = "1"  # bump when data/cities.json changes to reseed
+_NAME = re.compile(r"[a-z][a-z-]{0,63}\Z")
+
+
+def _key(suffix):
+    return f"{current_app.config['REDIS_PREFIX']}cities:{suffix}"
+
+
+def _normalise(raw):
+    """'New York', 'new_york' and 'NEW-YORK' all mean new-york."""
+    return re.sub(r"[\s_]+", "-", raw.strip().lower())
+
+
+def _seed(r):
+    if r.get(_key("version")) == DATA_VERSION:
+        return
+    data = json.loads(DATA_FILE.read_text(encoding="utf-8"))
+    pipe = r.pipeline(transaction=True)
+    for country, states in data.items():
+        if country.startswith("_"):
+            continue
+        pipe.delete(_key(country))
+        pipe.hset(_key(country), mapping={s: json.dumps(c) for s, c in states.items()})
+    pipe.set(_key("version"), DATA_VERSION)
+    pipe.execute()
+
+
+@bp.get("/listCities/<country>/<state>")
+def list_cities(country, state):
+    country, state = _normalise(country), _normalise(state)
+    if not _NAME.match(country) or not _NAME.match(state):
+        abort_json(400, "country and state are names of letters and hyphens, e.g. usa/ohio")
+    r = get_redis()
+    _seed(r)
+    if not r.exists(_key(country)):
+        abort_json(404, f"unknown country {country!r}", country=country)
+    cities = r.hget(_key(country), state)
+    if cities is None:
+        abort_json(404, f"unknown state {state!r} in {country!r}", country=country, state=state)
+    return jsonify(json.loads(cities))

@@ -1,0 +1,1 @@
+"""Shared mechanisms (no routes). Nothing here connects at import time."""

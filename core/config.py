@@ -1,0 +1,128 @@
+"""Settings from environment variables, in one place.
+
+Every knob the application reads is listed in SETTINGS with its default and a
+line of documentation (the README's configuration table is this list).
+`load_settings()` returns a plain dict that becomes Flask's `app.config`.
+Gunicorn's own knobs (BIND, PORT, WEB_CONCURRENCY, ...) live in gunicorn.conf.py.
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# name: (type, default, description)
+SETTINGS = {
+    "APP_ENV": (str, "dev", "`dev` or `production`; production refuses to start without "
+                "SECRET_KEY, PUBLISH_TOKEN and REDIS_URL"),
+    "REDIS_URL": (str, None, "Redis to use; unset in dev: `make run` starts an embedded "
+                  "redis-server and writes its URL to `instance/redis.url`"),
+    "REDIS_PREFIX": (str, "rt:", "prefix of every Redis key and pub/sub channel of this app"),
+    "SECRET_KEY": (str, None, "signs cookies; dev: generated once into `instance/secret_key`"),
+    "PUBLISH_TOKEN": (str, None, "bearer token for `POST /pub/<channel>`; dev: generated once "
+                      "into `instance/publish_token`"),
+    "INSTANCE_DIR": (str, str(PROJECT_ROOT / "instance"), "where dev secrets, the embedded "
+                     "Redis' data and its URL are kept"),
+    "STREAM_MAXLEN": (int, 1000, "messages retained per channel for resume (approximate trim)"),
+    "STREAM_TTL_SECONDS": (int, 7 * 24 * 3600, "a channel idle this long is forgotten"),
+    "SUBSCRIBER_QUEUE_SIZE": (int, 1000, "messages buffered per client before it is cut off "
+                              "as a slow consumer"),
+    "HEARTBEAT_SECONDS": (float, 15.0, "SSE comment / WebSocket check interval on idle streams"),
+    "LONGPOLL_TIMEOUT_SECONDS": (float, 25.0, "how long a long-poll request is held"),
+    "SSE_RETRY_MS": (int, 2000, "`retry:` sent to EventSource clients"),
+    "MAX_MESSAGE_BYTES": (int, 64 * 1024, "largest message accepted by `POST /pub/<channel>`"),
+    "WS_PING_SECONDS": (float, 25.0, "WebSocket ping interval (dead peers are dropped)"),
+    "ALLOWED_ORIGINS": (str, "", "extra Origins allowed to open WebSockets, comma-separated "
+                        "(the server's own origin is always allowed)"),
+    "CHANNEL_LINGER_SECONDS": (float, 30.0, "a worker stays subscribed to a channel this long "
+                               "after its last local subscriber leaves (long-poll churn)"),
+    "SERVED_BY_HEADER": (bool, None, "add `X-Served-By: host/pid` to responses; default on in "
+                         "dev, off in production"),
+}
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed; the message says which and why."""
+
+
+def _parse(name, kind, raw):
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{name}={raw!r}: expected 1/0, true/false, yes/no or on/off")
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected {kind.__name__}") from None
+    if kind in (int, float) and value <= 0:
+        raise ConfigError(f"{name}={raw!r}: must be positive")
+    return value
+
+
+def _dev_secret(instance_dir, filename):
+    """A random secret created once and kept under instance/ (dev mode only)."""
+    path = Path(instance_dir) / filename
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32)
+    # O_EXCL: two workers starting at once must agree on one secret.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    return value
+
+
+def instance_dir(env=None):
+    env = os.environ if env is None else env
+    return env.get("INSTANCE_DIR") or SETTINGS["INSTANCE_DIR"][1]
+
+
+def redis_url_file(instance_dir):
+    """Where `make run` leaves the embedded Redis' URL for other programs."""
+    return Path(instance_dir) / "redis.url"
+
+
+def load_settings(env=None):
+    """Read SETTINGS from `env` (default os.environ) and fill in dev defaults."""
+    env = os.environ if env is None else env
+    settings = {}
+    for name, (kind, default, _doc) in SETTINGS.items():
+        raw = env.get(name)
+        settings[name] = default if raw is None or raw == "" else _parse(name, kind, raw)
+
+    if settings["APP_ENV"] not in ("dev", "production"):
+        raise ConfigError(f"APP_ENV={settings['APP_ENV']!r}: expected dev or production")
+    production = settings["APP_ENV"] == "production"
+    if settings["SERVED_BY_HEADER"] is None:
+        settings["SERVED_BY_HEADER"] = not production
+
+    for name in ("SECRET_KEY", "PUBLISH_TOKEN"):
+        if settings[name]:
+            continue
+        if production:
+            raise ConfigError(f"{name} must be set when APP_ENV=production")
+        settings[name] = _dev_secret(settings["INSTANCE_DIR"], name.lower())
+
+    if not settings["REDIS_URL"]:
+        if production:
+            raise ConfigError("REDIS_URL must be set when APP_ENV=production")
+        # The embedded redis-server started by `make run` leaves its URL here,
+        # so `python -m workers.broadcast` and `flask` commands find it.
+        try:
+            settings["REDIS_URL"] = redis_url_file(settings["INSTANCE_DIR"]).read_text().strip()
+        except FileNotFoundError:
+            pass
+    settings["ALLOWED_ORIGINS"] = [
+        o.strip().rstrip("/") for o in settings["ALLOWED_ORIGINS"].split(",") if o.strip()
+    ]
+    return settings

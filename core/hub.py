@@ -1,0 +1,486 @@
+"""The per-worker message hub: one Redis listener, a cursor per client (DESIGN §3).
+
+Publishing appends to a capped Redis Stream per channel (the log, and the
+source of every message id) and, in the same Lua script, PUBLISHes the entry
+on one notification channel. Because both happen atomically, notifications
+arrive in id order.
+
+Each worker process has exactly one listening connection, read by one
+greenlet, subscribed to that one notification channel. It fans each message
+out to the local subscribers of its channel through bounded in-process
+queues (`Subscription.offer` never blocks). Every worker receives every
+channel's notifications and drops those nobody local wants: one subscription
+per worker, nothing to add or remove as clients come and go, and no window in
+which a channel is half-subscribed.
+
+A subscription starts *catching up*: its consumer reads the stream from its
+cursor (validating that the cursor still exists: if not, an explicit Reset)
+while live notifications are parked in a pending list. Once a read comes back
+short while the listener was connected the whole time, the pending messages
+newer than the cursor are appended and the subscription goes live. Delivery is
+deduplicated by id, so it is exactly once and in order. When the listener
+loses Redis, every subscription is put back into catching-up mode and
+resumes from its own cursor once the listener is back.
+
+The code uses `threading` primitives, which gunicorn's gevent worker has
+monkey-patched into greenlet ones: waiting parks one greenlet. The same hub
+also works (with real threads) under the `gthread` worker for the benchmarks.
+"""
+
+import json
+import logging
+import random
+import re
+import threading
+import time
+from collections import deque
+from contextlib import contextmanager
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from core import sse
+
+log = logging.getLogger(__name__)
+
+# Channels clients may name in /pub and /sub. Apps use internal names with a
+# ":" (e.g. "qa:board"), which no client can reach through those routes.
+PUBLIC_CHANNEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+CHANNEL_RULE = "1-64 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit"
+
+START = (0, 0)  # cursor meaning "from the oldest retained message"
+_MAX_PART = 2**64 - 1
+_ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?\Z")
+CATCH_UP_PAGE = 500
+PING_INTERVAL = 10.0  # listener pings Redis after this much silence...
+PING_TIMEOUT = 10.0  # ...and reconnects when the pong does not come
+ABORT_GRACE = 2.0  # a dropped consumer has this long to write its goodbye
+
+# KEYS[1] stream; ARGV: maxlen, ttl ms, notify channel, channel, type, data
+_PUBLISH_LUA = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 't', ARGV[5], 'd', ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' ' .. id .. ' ' .. ARGV[5] .. ARGV[6])
+return id
+"""
+
+
+class InvalidId(ValueError):
+    """A client-supplied message id that is not of the form `ms-seq`."""
+
+
+def parse_id(text):
+    """`"1700000000000-3"` -> (1700000000000, 3); `"0"` -> (0, 0). Raises InvalidId."""
+    match = _ID.match(text or "")
+    if not match:
+        raise InvalidId(f"invalid message id {text!r}: expected <ms>-<seq>")
+    key = (int(match[1]), int(match[2] or 0))
+    if key[0] > _MAX_PART or key[1] > _MAX_PART:
+        raise InvalidId(f"invalid message id {text!r}: out of range")
+    return key
+
+
+def format_id(key):
+    return f"{key[0]}-{key[1]}"
+
+
+class Message:
+    """One channel message; its wire encodings are computed once and shared."""
+
+    __slots__ = ("id", "key", "data", "is_json", "_sse", "_json")
+    is_reset = False
+
+    def __init__(self, id, data, is_json):
+        self.id = id
+        self.key = parse_id(id)
+        self.data = data
+        self.is_json = is_json
+        self._sse = None
+        self._json = None
+
+    @property
+    def value(self):
+        """The payload as Python: parsed JSON, or the text."""
+        return json.loads(self.data) if self.is_json else self.data
+
+    @property
+    def sse(self):
+        if self._sse is None:
+            self._sse = sse.event(self.data, id=self.id)
+        return self._sse
+
+    @property
+    def json(self):
+        """`{"id": ..., "data": ...}`; JSON payloads are embedded as values."""
+        if self._json is None:
+            data = self.data if self.is_json else json.dumps(self.data, ensure_ascii=False)
+            self._json = f'{{"id":"{self.id}","data":{data}}}'
+        return self._json
+
+
+class Reset:
+    """The client's cursor is gone (trimmed, expired or never existed):
+    it has missed messages and must reload its state. Delivery continues
+    after `id`, the newest message at the time of the reset."""
+
+    is_reset = True
+
+    def __init__(self, id):
+        self.id = id
+        self.json = json.dumps({"reset": True, "cursor": id})
+        self.sse = sse.event(self.json, event="reset", id=id)
+
+
+class SubscriptionClosed(Exception):
+    """The hub dropped this subscription (e.g. slow consumer); `reason` says why."""
+
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Subscription:
+    """One client's view of a channel: a cursor and a bounded mailbox.
+
+    `offer()` runs on the listener and never blocks; `wait()` runs on the
+    client's own greenlet and parks it until there is something to send.
+    """
+
+    def __init__(self, hub, channel, cursor, on_abort=None):
+        self.hub = hub
+        self.channel = channel
+        self.cursor = cursor  # id tuple of the last message delivered or queued
+        self.closed_reason = None
+        self._on_abort = on_abort
+        self._finished = False
+        self._queue = deque()
+        self._wakeup = threading.Event()
+        self._lock = threading.Lock()
+        self._catching_up = True
+        self._pending = []
+        self._pending_overflow = False
+
+    # -- listener side -------------------------------------------------
+
+    def offer(self, msg):
+        with self._lock:
+            if self.closed_reason is not None:
+                return
+            if self._catching_up:
+                if len(self._pending) < self.hub.queue_size:
+                    self._pending.append(msg)
+                else:  # nothing is lost: the catch-up reads these from the stream
+                    self._pending.clear()
+                    self._pending_overflow = True
+                return
+            if msg.key <= self.cursor:
+                return  # already delivered by the catch-up
+            if len(self._queue) >= self.hub.queue_size:
+                overflow = True
+            else:
+                overflow = False
+                self._queue.append(msg)
+                self.cursor = msg.key
+        if overflow:
+            self.hub.drop(self, "slow consumer: fell more than "
+                          f"{self.hub.queue_size} messages behind")
+        else:
+            self._wakeup.set()
+
+    def resync(self):
+        """The listener lost messages: read them from the stream again."""
+        with self._lock:
+            self._catching_up = True
+            self._pending.clear()
+            self._pending_overflow = False
+        self._wakeup.set()
+
+    def close(self, reason):
+        self.closed_reason = reason
+        self._wakeup.set()
+        if self._on_abort is not None:
+            timer = threading.Timer(ABORT_GRACE, self._abort_if_stuck)
+            timer.daemon = True
+            timer.start()
+
+    def _abort_if_stuck(self):
+        # The consumer did not notice within the grace period: it is blocked
+        # writing to a client that stopped reading. Cut the connection.
+        if not self._finished:
+            self._on_abort()
+
+    # -- consumer side ---------------------------------------------------
+
+    def wait(self, timeout):
+        """Messages (and Resets) to deliver, in order; [] after `timeout` seconds.
+
+        Raises SubscriptionClosed once the hub has dropped this subscription.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            self._wakeup.clear()
+            if self.closed_reason is not None:
+                raise SubscriptionClosed(self.closed_reason)
+            with self._lock:
+                if self._queue:
+                    items = list(self._queue)
+                    self._queue.clear()
+                    return items
+            if self._catching_up:
+                epoch = self.hub.live_epoch()
+                if epoch is not None:
+                    items = self._catch_up_step(epoch)
+                    if items:
+                        return items
+                    continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._wakeup.wait(remaining):
+                return []
+
+    def _catch_up_step(self, epoch):
+        with self._lock:
+            # From here on, live messages are parked; the read below sees
+            # everything published before it ran.
+            self._pending.clear()
+            self._pending_overflow = False
+        hub = self.hub
+        if self.cursor == START:
+            entries = hub.read(self.channel, "-", CATCH_UP_PAGE)
+            full_page = len(entries) == CATCH_UP_PAGE
+        else:
+            entries = hub.read(self.channel, format_id(self.cursor), CATCH_UP_PAGE + 1)
+            if not entries or entries[0].key != self.cursor:
+                self.cursor = hub.newest_key(self.channel)
+                return [Reset(format_id(self.cursor))]
+            entries = entries[1:]
+            full_page = len(entries) == CATCH_UP_PAGE
+        if entries:
+            self.cursor = entries[-1].key
+        with self._lock:
+            if not full_page and not self._pending_overflow and hub.live_epoch() == epoch:
+                # The listener was connected since before the read: every
+                # later message is in `pending` (or will be offered live).
+                self._catching_up = False
+                for msg in self._pending:
+                    if msg.key > self.cursor:
+                        entries.append(msg)
+                        self.cursor = msg.key
+                self._pending.clear()
+        return entries
+
+
+def _spawn(function):
+    """Run `function` in the background: a greenlet under gevent, else a thread.
+
+    A bare greenlet (not a patched Thread) stays out of threading's shutdown
+    bookkeeping, so a worker told to quit exits without a traceback."""
+    from gevent import monkey
+
+    if monkey.is_module_patched("threading"):
+        import gevent
+
+        return gevent.spawn(function)
+    thread = threading.Thread(target=function, daemon=True)
+    thread.start()
+    return thread
+
+
+class _Local:
+    """The subscriptions of one channel in this worker."""
+
+    __slots__ = ("subscribers",)
+
+    def __init__(self):
+        self.subscribers = set()
+
+
+class Hub:
+    def __init__(self, redis_client, redis_url, prefix="rt:", queue_size=1000,
+                 maxlen=1000, ttl_seconds=7 * 24 * 3600):
+        self.redis = redis_client  # pooled client for commands (shared with the app)
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.notify_channel = f"{prefix}notify"
+        self.queue_size = queue_size
+        self.maxlen = maxlen
+        self.ttl_ms = int(ttl_seconds * 1000)
+        self._publish = redis_client.register_script(_PUBLISH_LUA)
+        self._channels = {}
+        self._lock = threading.Lock()
+        self._epoch = 0
+        self._connected = False
+        self._listener = None
+        self._stopped = False
+        self.connected_event = threading.Event()
+        self.reconnects = 0
+
+    # -- publishing ---------------------------------------------------------
+
+    def stream_key(self, channel):
+        return f"{self.prefix}stream:{channel}"
+
+    def publish(self, channel, data, is_json=False):
+        """Append `data` (str; JSON text when is_json) to `channel`; returns its id."""
+        if not channel or " " in channel:
+            raise ValueError(f"invalid channel name {channel!r}")
+        return self._publish(
+            keys=[self.stream_key(channel)],
+            args=[self.maxlen, self.ttl_ms, self.notify_channel, channel,
+                  "j" if is_json else "t", data],
+        )
+
+    def publish_json(self, channel, obj):
+        return self.publish(channel, json.dumps(obj, separators=(",", ":")), is_json=True)
+
+    # -- reading the log ------------------------------------------------------
+
+    def read(self, channel, start, count):
+        """Up to `count` messages from id `start` (inclusive; "-" = oldest)."""
+        return [
+            Message(entry_id, fields.get("d", ""), fields.get("t") == "j")
+            for entry_id, fields in self.redis.xrange(self.stream_key(channel), start, "+", count)
+        ]
+
+    def newest_key(self, channel):
+        """Id of the channel's newest message as a tuple; START when empty."""
+        newest = self.redis.xrevrange(self.stream_key(channel), "+", "-", count=1)
+        return parse_id(newest[0][0]) if newest else START
+
+    def newest_id(self, channel):
+        return format_id(self.newest_key(channel))
+
+    # -- subscribing ------------------------------------------------------------
+
+    @contextmanager
+    def subscribe(self, channel, cursor=None, on_abort=None):
+        """Subscribe from `cursor` (id tuple; None = only what comes after this
+        call; START = everything retained). `on_abort` cuts the client's connection
+        if it stops reading after being dropped as a slow consumer."""
+        self.start()
+        if cursor is None:
+            # "From now" means from this call: fix the position before the
+            # caller tells its client it is subscribed.
+            cursor = self.newest_key(channel)
+        sub = Subscription(self, channel, cursor, on_abort)
+        with self._lock:
+            self._channels.setdefault(channel, _Local()).subscribers.add(sub)
+        try:
+            yield sub
+        finally:
+            sub._finished = True
+            self._detach(sub)
+
+    def _detach(self, sub):
+        with self._lock:
+            local = self._channels.get(sub.channel)
+            if local is not None:
+                local.subscribers.discard(sub)
+                if not local.subscribers:
+                    del self._channels[sub.channel]
+
+    def drop(self, sub, reason):
+        """Disconnect one subscriber (it may resume from its cursor)."""
+        log.info("hub: dropping a subscriber of %r: %s", sub.channel, reason)
+        self._detach(sub)
+        sub.close(reason)
+
+    def live_epoch(self):
+        """An id of the current listener connection, or None while disconnected."""
+        return self._epoch if self._connected else None
+
+    def stats(self):
+        with self._lock:
+            return {
+                "connected": self._connected,
+                "channels": len(self._channels),
+                "subscribers": sum(len(c.subscribers) for c in self._channels.values()),
+                "reconnects": self.reconnects,
+            }
+
+    # -- the listener ---------------------------------------------------------
+
+    def start(self):
+        if self._listener is not None:
+            return
+        with self._lock:
+            if self._listener is None:
+                self._listener = _spawn(self._run)
+
+    def stop(self):
+        self._stopped = True
+
+    def _run(self):
+        # No retries inside redis-py: a silent reconnect would skip our catch-up.
+        client = redis.Redis.from_url(
+            self.redis_url, decode_responses=True, retry=Retry(NoBackoff(), 0),
+            socket_connect_timeout=2, socket_keepalive=True,
+        )
+        delay = 0.0
+        while not self._stopped:
+            if delay:
+                time.sleep(delay)
+            began = time.monotonic()
+            try:
+                self._listen(client)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("hub: lost Redis (%s: %s); reconnecting", type(exc).__name__, exc)
+            except Exception:
+                log.exception("hub: listener failed; restarting it")
+            finally:
+                self._set_connected(False)
+            stable = time.monotonic() - began > 5
+            delay = 0.1 if stable else min(max(delay * 2, 0.1), 5.0)
+            delay *= random.uniform(0.8, 1.2)
+
+    def _listen(self, client):
+        pubsub = client.pubsub()
+        try:
+            pubsub.subscribe(self.notify_channel)
+            last_heard = time.monotonic()
+            ping_sent = None
+            while not self._stopped:
+                msg = pubsub.get_message(timeout=1.0)
+                now = time.monotonic()
+                if msg is None:
+                    if ping_sent is not None and now - ping_sent > PING_TIMEOUT:
+                        raise redis.ConnectionError("no answer to PING")
+                    if ping_sent is None and now - last_heard > PING_INTERVAL:
+                        pubsub.ping()
+                        ping_sent = now
+                    continue
+                last_heard, ping_sent = now, None
+                kind = msg["type"]
+                if kind == "message":
+                    self._dispatch(msg["data"])
+                elif kind == "subscribe":
+                    self._set_connected(True)
+        finally:
+            pubsub.close()
+
+    def _set_connected(self, connected):
+        with self._lock:
+            if connected == self._connected:
+                return
+            self._epoch += 1
+            self._connected = connected
+            subs = [s for local in self._channels.values() for s in local.subscribers]
+        if connected:
+            if self._epoch > 1:
+                self.reconnects += 1
+            self.connected_event.set()
+            log.info("hub: listening on Redis (%d local subscribers catch up)", len(subs))
+            for sub in subs:
+                sub.resync()
+        else:
+            self.connected_event.clear()
+
+    def _dispatch(self, payload):
+        channel, _, rest = payload.partition(" ")
+        local = self._channels.get(channel)
+        if local is None:
+            return  # nobody in this worker listens to that channel
+        msg_id, _, typed = rest.partition(" ")
+        msg = Message(msg_id, typed[1:], typed[:1] == "j")
+        for sub in tuple(local.subscribers):
+            sub.offer(msg)

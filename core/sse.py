@@ -1,0 +1,68 @@
+"""Server-Sent Events framing and the streaming response helper.
+
+One event is encoded once (`event()` returns bytes) and the same bytes are
+written to every subscriber. Data with embedded newlines or carriage returns
+becomes several `data:` lines, which EventSource joins back with "\\n".
+"""
+
+import re
+
+from flask import Response
+
+# Some old XHR-based EventSource polyfills only start delivering after 2 KB.
+PADDING = b":" + b" " * 2048 + b"\n\n"
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_FIELD_SAFE = re.compile(r"[\r\n]")
+
+
+def event(data, event=None, id=None, retry=None):
+    """Frame one event. `data` is text; `event` and `id` must not contain line breaks."""
+    parts = []
+    if event is not None:
+        parts.append(f"event: {_field(event)}\n")
+    if id is not None:
+        parts.append(f"id: {_field(id)}\n")
+    if retry is not None:
+        parts.append(f"retry: {int(retry)}\n")
+    for line in _LINE_BREAK.split(data):
+        parts.append(f"data: {line}\n")
+    parts.append("\n")
+    return "".join(parts).encode("utf-8")
+
+
+def comment(text=""):
+    """A comment line: ignored by EventSource, keeps proxies and NAT tables awake."""
+    return f": {_field(text)}\n\n".encode("utf-8")
+
+
+def retry(milliseconds):
+    return f"retry: {int(milliseconds)}\n\n".encode("ascii")
+
+
+def _field(value):
+    value = str(value)
+    if _FIELD_SAFE.search(value):
+        raise ValueError("SSE field values cannot contain line breaks")
+    return value
+
+
+def stream_response(chunks):
+    """A streaming `text/event-stream` response that no proxy buffers or caches."""
+    return Response(
+        chunks,
+        mimetype="text/event-stream",
+        headers={
+            "Cache-Control": "no-cache, no-store",
+            "X-Accel-Buffering": "no",  # nginx: pass each chunk through at once
+        },
+    )
+
+
+def wants_event_stream(request):
+    """True when the client named text/event-stream explicitly (EventSource
+    does); `*/*` or no Accept header means a plain HTTP client."""
+    return any(
+        value == "text/event-stream" and quality > 0
+        for value, quality in request.accept_mimetypes
+    )

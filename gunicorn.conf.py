@@ -1,0 +1,90 @@
+"""gunicorn settings: `gunicorn -c gunicorn.conf.py app:app` (what `make run` does).
+
+Flat settings read from the environment, then server hooks. No preload_app:
+each worker imports the app after gevent has monkey-patched the standard
+library, so Redis sockets and locks are cooperative.
+"""
+
+import os
+import resource
+
+# -- where to listen -----------------------------------------------------------
+bind = os.environ.get("BIND") or f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+backlog = int(os.environ.get("BACKLOG", "4096"))  # room for a burst of 10,000 connects
+# Each worker gets its own SO_REUSEPORT socket and the kernel spreads new
+# connections evenly. With one shared socket, the idle gevent worker that
+# wakes first accepts nearly everything: 10,000 streams would sit on one worker.
+reuse_port = os.environ.get("REUSE_PORT", "1") not in ("0", "false", "no")
+
+# -- workers: processes x greenlets ----------------------------------------------
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = os.environ.get("WORKER_CLASS", "gevent")
+worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
+threads = int(os.environ.get("THREADS", "1"))  # only for the gthread worker (benchmarks)
+preload_app = False
+
+# -- timeouts --------------------------------------------------------------------
+# gevent workers heartbeat from their own greenlet, so hour-long streams are fine.
+timeout = int(os.environ.get("TIMEOUT", "30"))
+graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "30"))
+keepalive = int(os.environ.get("KEEPALIVE", "5"))
+
+# -- logging ---------------------------------------------------------------------
+loglevel = os.environ.get("LOG_LEVEL", "info")
+accesslog = os.environ.get("ACCESS_LOG") or None  # "-" for stdout
+errorlog = "-"
+
+
+def _raise_open_files_limit(wanted):
+    """Each connection is a file descriptor: lift the soft limit toward the hard
+    one so a worker can hold 10,000+ connections. Workers inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+_raise_open_files_limit(max(65536, worker_connections + 1024))
+
+# -- server hooks ------------------------------------------------------------------
+_embedded_redis = None
+
+
+def on_starting(server):
+    """Without REDIS_URL (and outside production), start a private redis-server
+    for as long as this master runs; workers inherit its URL."""
+    global _embedded_redis
+    if os.environ.get("REDIS_URL"):
+        return
+    from core.config import instance_dir, redis_url_file
+    from core.embedded_redis import EmbeddedRedis
+
+    if os.environ.get("APP_ENV") == "production":
+        raise SystemExit("REDIS_URL must be set when APP_ENV=production")
+    instance = instance_dir()
+    _embedded_redis = EmbeddedRedis(os.path.join(instance, "redis"), appendonly=True).start()
+    os.environ["REDIS_URL"] = _embedded_redis.url
+    redis_url_file(instance).write_text(_embedded_redis.url + "\n")
+    server.log.info("Started embedded redis-server at %s (data in %s/redis)",
+                    _embedded_redis.url, instance)
+
+
+def when_ready(server):
+    host, _, port = bind.rpartition(":")
+    shown = "localhost" if host in ("", "0.0.0.0", "127.0.0.1", "[::]") else host
+    server.log.info("Serving on http://%s:%s/  (Ctrl-C stops everything)", shown, port)
+
+
+def post_fork(server, worker):
+    # Workers are numbered by their age: 1, 2, ... (restarts get new numbers).
+    os.environ["WORKER_NUMBER"] = str(worker.age)
+
+
+def on_exit(server):
+    global _embedded_redis
+    if _embedded_redis is not None:
+        from core.config import instance_dir, redis_url_file
+
+        _embedded_redis.stop()
+        _embedded_redis = None
+        redis_url_file(instance_dir()).unlink(missing_ok=True)

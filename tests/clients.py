@@ -1,0 +1,195 @@
+"""Test clients for the three transports, each collecting what it receives
+on a background thread so a test can hold many at once."""
+
+import json
+import socket
+import threading
+import time
+
+import requests
+import websocket
+
+
+class Collector:
+    """Thread-safe list of received items with a blocking wait."""
+
+    def __init__(self):
+        self.items = []
+        self.closed = threading.Event()
+        self.error = None
+        self._cond = threading.Condition()
+
+    def add(self, item):
+        with self._cond:
+            self.items.append(item)
+            self._cond.notify_all()
+
+    def wait_for(self, predicate, timeout=15):
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate(self.items):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def wait_count(self, n, timeout=15):
+        return self.wait_for(lambda items: len(items) >= n, timeout)
+
+    def messages(self):
+        return [i for i in self.items if i.get("event", "message") == "message"]
+
+
+class SSEClient(Collector):
+    """An EventSource-like reader: events are dicts {event, id, data}."""
+
+    def __init__(self, url, last_event_id=None, headers=None):
+        super().__init__()
+        self.headers = {"Accept": "text/event-stream", **(headers or {})}
+        if last_event_id:
+            self.headers["Last-Event-ID"] = last_event_id
+        self.response = requests.get(url, headers=self.headers, stream=True, timeout=(5, 60))
+        self.status = self.response.status_code
+        self.served_by = self.response.headers.get("X-Served-By")
+        self.retry = None
+        self.comments = 0
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self):
+        event = {}
+        try:
+            for raw in self.response.raw:
+                line = raw.decode("utf-8").rstrip("\n")
+                if line == "":
+                    if "data" in event:
+                        event.setdefault("event", "message")
+                        self.add(event)
+                    event = {}
+                elif line.startswith(":"):
+                    self.comments += 1
+                else:
+                    field, _, value = line.partition(":")
+                    value = value[1:] if value.startswith(" ") else value
+                    if field == "data":
+                        event["data"] = event["data"] + "\n" + value if "data" in event else value
+                    elif field == "retry":
+                        self.retry = int(value)
+                    else:
+                        event[field] = value
+        except Exception as exc:  # connection cut: record it, the test decides
+            self.error = exc
+        finally:
+            self.closed.set()
+            with self._cond:
+                self._cond.notify_all()
+
+    def close(self):
+        # Shut the socket itself: closing the response from this thread would
+        # wait for the reader thread's pending read (up to a heartbeat).
+        connection = getattr(self.response.raw, "connection", None)
+        sock = getattr(connection, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.closed.wait(5)
+        self.response.close()
+
+
+class WSClient(Collector):
+    """A WebSocket subscriber: frames are parsed JSON dicts."""
+
+    def __init__(self, url, origin=None):
+        super().__init__()
+        self.ws = websocket.create_connection(url, timeout=60, origin=origin,
+                                              suppress_origin=origin is None)
+        self.close_code = None
+        self.close_reason = None
+        self.hello = None
+        self._hello = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        # The server's first frame says the subscription is in place.
+        self._hello.wait(10)
+        self.served_by = (self.hello or {}).get("served_by")
+
+    def _read(self):
+        try:
+            while True:
+                opcode, payload = self.ws.recv_data(control_frame=False)
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    self._record_close(payload)
+                    break
+                frame = json.loads(payload)
+                if "subscribed" in frame and self.hello is None:
+                    self.hello = frame
+                    self._hello.set()
+                else:
+                    self.add(frame)
+        except websocket.WebSocketConnectionClosedException:
+            pass
+        except Exception as exc:
+            self.error = exc
+        finally:
+            self._hello.set()
+            self.closed.set()
+            with self._cond:
+                self._cond.notify_all()
+
+    def _record_close(self, payload):
+        if len(payload) >= 2:
+            self.close_code = int.from_bytes(payload[:2], "big")
+            self.close_reason = payload[2:].decode("utf-8", "replace")
+
+    def close(self):
+        try:
+            self.ws.close()
+        except Exception:
+            pass
+
+
+def long_poll(url, cursor=None, timeout=60):
+    params = {"cursor": cursor} if cursor else {}
+    response = requests.get(url, params=params, headers={"Accept": "application/json"},
+                            timeout=timeout)
+    return response
+
+
+class LongPoller(Collector):
+    """Polls in a loop like the browser page: items are events {id, data};
+    resets are recorded as {"reset": True, "cursor": ...}."""
+
+    def __init__(self, url, cursor=None):
+        super().__init__()
+        self.url = url
+        self.cursor = cursor
+        self.served_by = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            while not self._stop.is_set():
+                response = long_poll(self.url, self.cursor)
+                if response.status_code != 200:
+                    self.error = f"HTTP {response.status_code}: {response.text}"
+                    time.sleep(0.2)
+                    continue
+                self.served_by.add(response.headers.get("X-Served-By"))
+                body = response.json()
+                if body.get("reset"):
+                    self.add({"reset": True, "cursor": body["cursor"]})
+                for event in body["events"]:
+                    self.add(event)
+                self.cursor = body["cursor"]
+        except Exception as exc:
+            self.error = exc
+        finally:
+            self.closed.set()
+
+    def close(self):
+        self._stop.set()

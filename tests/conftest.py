@@ -1,0 +1,150 @@
+"""Fixtures: a real redis-server per session and real gunicorn servers.
+
+The same `core.embedded_redis` that `make run` uses starts the Redis. The
+`server` fixture is a gunicorn with 2 gevent workers, as deployed; tests that
+need other settings start their own with `start_server(...)`.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+
+from core.embedded_redis import EmbeddedRedis, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+PUBLISH_TOKEN = "test-publish-token"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def base_env(redis_server, tmp_path_factory):
+    instance = tmp_path_factory.mktemp("instance")
+    return {
+        **os.environ,
+        "APP_ENV": "dev",
+        "REDIS_URL": redis_server.url,
+        "INSTANCE_DIR": str(instance),
+        "SECRET_KEY": "test-secret-key",
+        "PUBLISH_TOKEN": PUBLISH_TOKEN,
+        "PYTHONUNBUFFERED": "1",
+        "GRACEFUL_TIMEOUT": "3",  # tests leave streams open; do not wait 30 s at teardown
+    }
+
+
+@pytest.fixture
+def rdb(redis_server):
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    client.close()
+
+
+class GunicornServer:
+    """`gunicorn -c gunicorn.conf.py app:app` on a free port, with env overrides."""
+
+    def __init__(self, env, log_path, workers=2, **settings):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.env = {**env, "BIND": f"127.0.0.1:{self.port}", "WEB_CONCURRENCY": str(workers),
+                    **{k: str(v) for k, v in settings.items()}}
+        self.process = None
+
+    def start(self, timeout=20):
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
+            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited early:\n{self.log()}")
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"gunicorn did not become healthy:\n{self.log()}")
+
+    def log(self):
+        return Path(self.log_path).read_text(errors="replace")[-5000:]
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+    def publish(self, channel, data, content_type="text/plain", token=PUBLISH_TOKEN):
+        response = requests.post(
+            f"{self.url}/pub/{channel}", data=data.encode() if isinstance(data, str) else data,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": content_type},
+            timeout=10,
+        )
+        assert response.status_code == 201, response.text
+        return response.json()["id"], response.headers["X-Served-By"]
+
+
+@pytest.fixture(scope="session")
+def start_server(base_env, tmp_path_factory):
+    """Factory: start_server(workers=2, SETTING=value, ...) -> a running GunicornServer."""
+    started = []
+
+    def start(workers=2, **settings):
+        log = tmp_path_factory.mktemp("gunicorn") / "server.log"
+        server = GunicornServer(base_env, log, workers=workers, **settings).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(start_server):
+    """The default deployment: 2 gevent workers."""
+    return start_server(workers=2)
+
+
+@pytest.fixture
+def app(base_env, monkeypatch):
+    """An in-process app for plain request/response endpoints (Flask test client)."""
+    for name in ("REDIS_URL", "INSTANCE_DIR", "SECRET_KEY", "PUBLISH_TOKEN", "APP_ENV"):
+        monkeypatch.setenv(name, base_env[name])
+    from app import create_app
+
+    return create_app({"TESTING": True})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+_channel_counter = iter(range(1, 10**9))
+
+
+@pytest.fixture
+def channel(request):
+    """A channel name no other test uses."""
+    name = re.sub(r"[^A-Za-z0-9.-]+", "-", request.node.name)[:40]
+    return f"t{next(_channel_counter)}.{os.getpid()}.{name}"

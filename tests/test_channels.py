@@ -1,0 +1,264 @@
+"""Channels over SSE, long-poll and WebSocket, against gunicorn with 2 gevent workers."""
+
+import json
+from urllib.parse import quote
+
+import pytest
+import requests
+import websocket
+
+from tests.clients import LongPoller, SSEClient, WSClient, long_poll
+
+TRANSPORTS = ["sse", "longpoll", "ws"]
+
+
+def open_subscriber(server, transport, channel, last_id=None):
+    if transport == "sse":
+        query = f"?last_event_id={last_id}" if last_id else ""
+        return SSEClient(f"{server.url}/sub/{channel}{query}")
+    if transport == "ws":
+        query = f"?last_event_id={last_id}" if last_id else ""
+        return WSClient(f"{server.ws_url}/sub/{channel}/ws{query}")
+    return LongPoller(f"{server.url}/sub/{channel}", cursor=last_id)
+
+
+def served_by(sub):
+    return sub.served_by if isinstance(sub.served_by, str) else next(iter(sub.served_by), None)
+
+
+def data_of(sub):
+    return [item["data"] for item in sub.items if "data" in item]
+
+
+def ids_of(sub):
+    return [item["id"] for item in sub.items if "id" in item and not item.get("reset")]
+
+
+def wait_subscribed(server, count, timeout=10):
+    """Wait until the workers report `count` subscribers in total (via /healthz)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    seen = {}
+    while time.monotonic() < deadline:
+        body = requests.get(server.url + "/healthz", timeout=5).json()
+        seen[body["pid"]] = body["subscribers"]
+        if sum(seen.values()) >= count and len(seen) >= 2:
+            return
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_message_published_on_any_worker_reaches_subscribers_on_every_worker(
+        server, channel, transport):
+    subscribers, pids = [], set()
+    # The kernel spreads connections over the workers; open until both hold some.
+    while len(pids) < 2 or len(subscribers) < 4:
+        assert len(subscribers) < 60, "all connections landed on one worker"
+        if transport == "longpoll":
+            # A long-poll request only reveals its worker when it answers.
+            sub = open_subscriber(server, transport, channel, last_id="0")
+            server.publish(channel, "warm-up")
+            assert sub.wait_count(1)
+            pids |= sub.served_by
+        else:
+            sub = open_subscriber(server, transport, channel)
+            pids.add(sub.served_by)
+        subscribers.append(sub)
+    if transport != "longpoll":
+        wait_subscribed(server, len(subscribers))
+
+    publisher_pids = set()
+    sent = []
+    for i in range(20):
+        text = f"message {i} from the test"
+        _, by = server.publish(channel, text)
+        publisher_pids.add(by)
+        sent.append(text)
+    assert len(publisher_pids) == 2, "publishes should have used both workers"
+
+    for sub in subscribers:
+        assert sub.wait_for(lambda items: sent[-1] in [i.get("data") for i in items]), (
+            f"{transport} subscriber on {served_by(sub)} got {data_of(sub)}")
+        received = [d for d in data_of(sub) if d != "warm-up"]
+        assert received == sent  # every message, once, in order
+        sub.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_resume_delivers_what_was_missed_once_and_in_order(server, channel, transport):
+    first_id, _ = server.publish(channel, "before")
+    sub = open_subscriber(server, transport, channel, last_id=first_id)
+    second_id, _ = server.publish(channel, "seen live")
+    assert sub.wait_count(1)
+    assert data_of(sub) == ["seen live"]
+    last_seen = ids_of(sub)[-1]
+    assert last_seen == second_id
+    sub.close()
+
+    missed = [f"missed {i}" for i in range(25)]
+    for text in missed:
+        server.publish(channel, text)
+
+    resumed = open_subscriber(server, transport, channel, last_id=last_seen)
+    assert resumed.wait_count(len(missed))
+    server.publish(channel, "live again")
+    assert resumed.wait_count(len(missed) + 1)
+    assert data_of(resumed) == missed + ["live again"]
+    ids = ids_of(resumed)
+    assert len(set(ids)) == len(ids)
+    resumed.close()
+
+
+def test_sse_last_event_id_header_wins_over_query(server, channel):
+    ids = [server.publish(channel, f"m{i}")[0] for i in range(3)]
+    sub = SSEClient(f"{server.url}/sub/{channel}?last_event_id={ids[0]}",
+                    last_event_id=ids[1])
+    assert sub.wait_count(1)
+    assert data_of(sub) == ["m2"]
+    assert sub.retry == 2000
+    sub.close()
+
+
+def test_json_messages_arrive_as_json_values(server, channel):
+    msg_id, _ = server.publish(channel, '{"price": 12.5, "symbol": "IBM"}',
+                               content_type="application/json")
+    body = long_poll(f"{server.url}/sub/{channel}", cursor="0").json()
+    assert body["events"] == [{"id": msg_id, "data": {"price": 12.5, "symbol": "IBM"}}]
+    assert body["cursor"] == msg_id
+
+
+def test_sse_data_with_line_breaks_round_trips(server, channel):
+    text = "line one\nline two\r\nline three\rend"
+    server.publish(channel, text)
+    sub = SSEClient(f"{server.url}/sub/{channel}?last_event_id=0")
+    assert sub.wait_count(1)
+    # EventSource joins data lines with \n: every kind of break becomes \n
+    assert sub.items[0]["data"] == "line one\nline two\nline three\nend"
+    sub.close()
+
+
+def test_long_poll_without_cursor_waits_for_the_next_message(server, channel):
+    server.publish(channel, "old news")
+    poller = LongPoller(f"{server.url}/sub/{channel}")
+    wait_subscribed(server, 1)
+    server.publish(channel, "fresh")
+    assert poller.wait_count(1)
+    assert data_of(poller)[0] == "fresh"
+    poller.close()
+
+
+def test_long_poll_times_out_with_an_empty_batch_and_the_same_cursor(start_server, channel):
+    server = start_server(LONGPOLL_TIMEOUT_SECONDS=1, GRACEFUL_TIMEOUT=3)
+    msg_id, _ = server.publish(channel, "only one")
+    body = long_poll(f"{server.url}/sub/{channel}", cursor=msg_id).json()
+    assert body == {"events": [], "cursor": msg_id}
+    empty = long_poll(f"{server.url}/sub/{channel}-empty").json()
+    assert empty == {"events": [], "cursor": "0-0"}
+
+
+# -- ids that no longer exist: an explicit reset, never a silent gap ------------
+
+
+@pytest.fixture(scope="module")
+def small_server(start_server):
+    return start_server(STREAM_MAXLEN=10, LONGPOLL_TIMEOUT_SECONDS=2, GRACEFUL_TIMEOUT=3)
+
+
+def _reset_of(sub):
+    assert sub.wait_for(lambda items: any(
+        i.get("reset") or i.get("event") == "reset" for i in items)), sub.items
+    first = sub.items[0]
+    return json.loads(first["data"]) if first.get("event") == "reset" else first
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("cursor_kind", ["trimmed", "unknown"])
+def test_gone_cursor_gets_reset_then_live_messages(small_server, channel, transport,
+                                                   cursor_kind):
+    ids = [small_server.publish(channel, f"m{i}")[0] for i in range(250)]
+    if cursor_kind == "trimmed":
+        cursor = ids[0]  # MAXLEN ~ 10: the oldest entries are gone
+    else:
+        ms, _ = ids[-1].split("-")
+        cursor = f"{int(ms) + 10**7}-0"  # an id that was never issued
+    sub = open_subscriber(small_server, transport, channel, last_id=cursor)
+    reset = _reset_of(sub)
+    assert reset["reset"] is True
+    assert reset["cursor"] == ids[-1]  # delivery continues after the newest message
+    small_server.publish(channel, "after reset")
+    assert sub.wait_for(lambda items: "after reset" in [i.get("data") for i in items])
+    assert [d for d in data_of(sub) if not d.startswith("{")] == ["after reset"]
+    sub.close()
+
+
+@pytest.mark.parametrize("bad_id", ["abc", "1-2-3", "-1", "99999999999999999999999-0", "1.5"])
+def test_malformed_ids_are_rejected_with_400(server, channel, bad_id):
+    lp = long_poll(f"{server.url}/sub/{channel}", cursor=bad_id)
+    assert lp.status_code == 400
+    assert "cursor" in lp.json()["error"]
+    sse = requests.get(f"{server.url}/sub/{channel}", params={"last_event_id": bad_id},
+                       headers={"Accept": "text/event-stream"}, timeout=5)
+    assert sse.status_code == 400
+    assert "Last-Event-ID" in sse.json()["error"]
+
+
+def test_malformed_ws_id_closes_with_policy_violation(server, channel):
+    client = WSClient(f"{server.ws_url}/sub/{channel}/ws?last_event_id=nonsense")
+    assert client.closed.wait(10)
+    assert client.close_code == 1008
+    assert "invalid message id" in client.close_reason
+
+
+# -- bad input -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["a" * 65, "-leading-dash", "has space", "semi;colon",
+                                  "internal:channel", "caf%C3%A9"])
+def test_invalid_channel_names_are_rejected(server, name):
+    headers = {"Authorization": "Bearer test-publish-token"}
+    pub = requests.post(f"{server.url}/pub/{name}", data="x", headers=headers, timeout=5)
+    sub = requests.get(f"{server.url}/sub/{name}", timeout=5)
+    for response in (pub, sub):
+        assert response.status_code == 400, response.text
+        assert "invalid channel name" in response.json()["error"]
+    client = WSClient(f"{server.ws_url}/sub/{quote(name, safe='')}/ws")
+    assert client.closed.wait(10)
+    assert client.close_code == 1008
+
+
+@pytest.mark.parametrize("headers, status", [
+    ({}, 401),
+    ({"Authorization": "Bearer wrong-token"}, 401),
+    ({"Authorization": "Basic dGVzdDp0ZXN0"}, 401),
+])
+def test_publishing_needs_the_token(server, channel, headers, status):
+    response = requests.post(f"{server.url}/pub/{channel}", data="x", headers=headers, timeout=5)
+    assert response.status_code == status
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "token" in response.json()["error"]
+
+
+@pytest.mark.parametrize("body, content_type, status, reason", [
+    (b"", "text/plain", 400, "empty"),
+    (b"\xff\xfe\x00", "text/plain", 400, "UTF-8"),
+    (b"{not json", "application/json", 400, "not valid JSON"),
+    (b"x" * (64 * 1024 + 1), "text/plain", 413, ""),
+])
+def test_bad_bodies_get_a_clear_4xx(server, channel, body, content_type, status, reason):
+    response = requests.post(
+        f"{server.url}/pub/{channel}", data=body, timeout=5,
+        headers={"Authorization": "Bearer test-publish-token", "Content-Type": content_type})
+    assert response.status_code == status
+    assert reason in response.json()["error"]
+
+
+def test_websocket_from_a_foreign_origin_is_refused(server, channel):
+    with pytest.raises(websocket.WebSocketBadStatusException) as excinfo:
+        websocket.create_connection(f"{server.ws_url}/sub/{channel}/ws",
+                                    origin="https://evil.example", timeout=5)
+    assert excinfo.value.status_code == 403
+    same_origin = WSClient(f"{server.ws_url}/sub/{channel}/ws", origin=server.url)
+    server.publish(channel, "hello")
+    assert same_origin.wait_count(1)
+    same_origin.close()
