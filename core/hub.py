@@ -51,7 +51,7 @@ CHANNEL_RULE = "1-64 characters of A-Z a-z 0-9 _ . -, starting with a letter or 
 
 START = (0, 0)  # cursor meaning "from the oldest retained message"
 _MAX_PART = 2**64 - 1
-_ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?\Z")
+_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?\Z")
 CATCH_UP_PAGE = 500
 PING_INTERVAL = 10.0  # listener pings Redis after this much silence...
 PING_TIMEOUT = 10.0  # ...and reconnects when the pong does not come
@@ -329,6 +329,17 @@ class Hub:
             args=[self.maxlen, self.ttl_ms, self.notify_channel, channel,
                   "j" if is_json else "t", data],
         )
+
+    def publish_many(self, channel, texts, is_json=False):
+        """Publish several messages in one round trip; returns their ids."""
+        if not channel or " " in channel:
+            raise ValueError(f"invalid channel name {channel!r}")
+        pipe = self.redis.pipeline(transaction=False)
+        for text in texts:
+            self._publish(keys=[self.stream_key(channel)], client=pipe,
+                          args=[self.maxlen, self.ttl_ms, self.notify_channel, channel,
+                                "j" if is_json else "t", text])
+        return pipe.execute()
 
     def publish_json(self, channel, obj):
         return self.publish(channel, json.dumps(obj, separators=(",", ":")), is_json=True)

@@ -1,8 +1,8 @@
 // Long-poll loop: GET /sub/broadcast?cursor=<last id>, render, repeat.
 import { setStatus, sleep } from "./status.js";
 
-const CHANNEL = "broadcast";
 const list = document.getElementById("lines");
+const CHANNEL = list.dataset.channel;
 const status = document.getElementById("status");
 
 function addLine(text, servedBy, className) {
@@ -18,11 +18,13 @@ function addLine(text, servedBy, className) {
 }
 
 async function pollForever() {
-  let cursor = null;
+  // Start where the server was when it rendered the page: nothing sent since is missed.
+  let cursor = list.dataset.cursor;
   let backoff = 500;
   for (;;) {
-    const url = `/sub/${CHANNEL}` + (cursor ? `?cursor=${encodeURIComponent(cursor)}` : "");
+    const url = `/sub/${CHANNEL}?cursor=${encodeURIComponent(cursor)}`;
     try {
+      if (backoff === 500) setStatus(status, "ok", "listening");
       const response = await fetch(url, { headers: { Accept: "application/json" }, cache: "no-store" });
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       const body = await response.json();
@@ -33,7 +35,6 @@ async function pollForever() {
       }
       cursor = body.cursor;
       backoff = 500;
-      setStatus(status, "ok", "connected");
     } catch (error) {
       setStatus(status, "warn", `reconnecting (${error.message})…`);
       await sleep(backoff);

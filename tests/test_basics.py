@@ -1,0 +1,128 @@
+"""Chapter-5 basics: index, health, whoami, routing with variables, cookies, the SSE clock."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from tests.clients import LongPoller, SSEClient
+from tests.conftest import ROOT
+
+
+def test_index_links_every_demo(client):
+    page = client.get("/")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    for link in ("/longpoll/", "/clock/", "/whoami", "/listCities/usa/ohio", "/cookie",
+                 "/healthz"):
+        assert f'href="{link}"' in html
+
+
+def test_healthz_reports_redis_hub_and_pid(server):
+    response = requests.get(server.url + "/healthz", timeout=5)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok" and body["redis"] is True and body["hub"] is True
+    assert isinstance(body["pid"], int)
+
+
+def test_whoami_shows_the_serving_worker_and_the_workers_share_the_port(server):
+    pids = set()
+    for _ in range(20):
+        body = requests.get(server.url + "/whoami", headers={"Accept": "application/json"},
+                            timeout=5).json()
+        pids.add(body["pid"])
+        assert body["worker"] in {"1", "2"}
+    assert len(pids) == 2  # two pre-forked workers behind one port
+    html = requests.get(server.url + "/whoami", timeout=5)
+    assert html.headers["Content-Type"].startswith("text/html")
+    assert "Served by worker" in html.text
+
+
+@pytest.mark.parametrize("path, cities", [
+    ("/listCities/usa/ohio", ["Columbus", "Cleveland", "Cincinnati", "Toledo", "Akron", "Dayton"]),
+    ("/listCities/Canada/British%20Columbia", ["Vancouver", "Surrey", "Burnaby", "Richmond",
+                                               "Abbotsford", "Coquitlam"]),
+])
+def test_list_cities(client, path, cities):
+    response = client.get(path)
+    assert response.status_code == 200
+    assert response.get_json() == cities
+
+
+@pytest.mark.parametrize("path, status, error", [
+    ("/listCities/atlantis/ohio", 404, "unknown country"),
+    ("/listCities/usa/narnia", 404, "unknown state"),
+    ("/listCities/usa/<script>", 400, "names of letters"),
+    ("/listCities", 404, "not found"),
+    ("/listCities/usa", 404, "not found"),
+])
+def test_list_cities_errors_are_json(client, path, status, error):
+    response = client.get(path)
+    assert response.status_code == status
+    assert error in response.get_json()["error"]
+
+
+def test_cities_come_from_redis(client, rdb, app):
+    client.get("/listCities/usa/ohio")
+    key = f"{app.config['REDIS_PREFIX']}cities:usa"
+    assert json.loads(rdb.hget(key, "ohio"))[0] == "Columbus"
+
+
+def test_cookie_round_trip(client):
+    assert client.get("/mycookie").status_code == 404
+    response = client.get("/cookie")
+    header = response.headers["Set-Cookie"]
+    assert "HttpOnly" in header and "SameSite=Lax" in header
+    value = header.split(";")[0].split("=")[1]
+    mine = client.get("/mycookie")
+    assert mine.status_code == 200 and mine.get_data(as_text=True).strip() == value
+
+
+def test_forged_cookie_is_rejected(client):
+    client.set_cookie("demo_cookie", "<img src=x>")
+    response = client.get("/mycookie")
+    assert response.status_code == 400
+    assert "not a number" in response.get_json()["error"]
+
+
+def test_sse_clock_pads_sets_retry_and_ticks(server):
+    clock = SSEClient(server.url + "/sse/clock")
+    assert clock.status == 200
+    assert clock.response.headers["Content-Type"].startswith("text/event-stream")
+    assert clock.wait_count(2, timeout=5)
+    first, second = (json.loads(e["data"]) for e in clock.items[:2])
+    assert clock.retry == 2000
+    assert clock.comments >= 1  # the 2 KB padding comment
+    assert second["epoch_ms"] - first["epoch_ms"] == pytest.approx(1000, abs=150)
+    clock.close()
+
+
+def test_unknown_paths_get_json_404(server):
+    response = requests.get(server.url + "/no/such/page", timeout=5)
+    assert response.status_code == 404
+    assert "error" in response.json()
+
+
+def test_broadcast_worker_publishes_each_stdin_line(server, base_env):
+    marker, _ = server.publish("broadcast-test", "marker")
+    poller = LongPoller(f"{server.url}/sub/broadcast-test", cursor=marker)
+    lines = ["first line", "", "second line  ", "ünïcødé ✓"]
+    result = subprocess.run(
+        [sys.executable, "-m", "workers.broadcast", "--channel", "broadcast-test"],
+        input="\n".join(lines) + "\n", text=True, capture_output=True, cwd=ROOT,
+        env=base_env, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert poller.wait_count(3)
+    assert [e["data"] for e in poller.items] == ["first line", "second line  ", "ünïcødé ✓"]
+    poller.close()
+
+
+def test_broadcast_worker_rejects_a_bad_channel(base_env):
+    result = subprocess.run(
+        [sys.executable, "-m", "workers.broadcast", "--channel", "no spaces"],
+        input="", text=True, capture_output=True, cwd=ROOT, env=base_env, timeout=30)
+    assert result.returncode == 2
+    assert "invalid channel name" in result.stderr

@@ -1,0 +1,70 @@
+"""The demo pages in real headless Chromium (Playwright driving the system browser)."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (CI installs Debian's chromium package)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context()
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+def broadcast(base_env, lines):
+    subprocess.run([sys.executable, "-m", "workers.broadcast"], input="\n".join(lines) + "\n",
+                   text=True, cwd=ROOT, env=base_env, check=True, timeout=30)
+
+
+def test_longpoll_page_shows_lines_sent_through_the_broadcaster(server, base_env, page):
+    page.goto(server.url + "/longpoll/")  # the page starts from the newest id at this moment
+    broadcast(base_env, ["hello from stdin", "<b>not bold</b>"])
+    items = page.locator("#lines li")
+    items.nth(1).wait_for(timeout=15_000)
+    texts = [t.split("via")[0].strip() for t in items.all_inner_texts()]
+    assert texts == ["hello from stdin", "<b>not bold</b>"]
+    assert page.locator("#lines b").count() == 0  # text, not HTML
+    assert page.locator("#status").inner_text() == "listening"
+    broadcast(base_env, ["a third line"])
+    items.nth(2).wait_for(timeout=15_000)
+    assert "a third line" in items.nth(2).inner_text()
+
+
+def test_clock_page_ticks(server, page):
+    page.goto(server.url + "/clock/")
+    page.wait_for_function("Number(document.getElementById('ticks').textContent) >= 2",
+                           timeout=10_000)
+    first = page.locator("#clock").inner_text()
+    page.wait_for_function("Number(document.getElementById('ticks').textContent) >= 4",
+                           timeout=10_000)
+    assert page.locator("#clock").inner_text() != first
+    assert page.locator("#status").inner_text() == "streaming"
+    assert page.locator("#pid").inner_text().isdigit()

@@ -1,0 +1,39 @@
+"""Settings: dev fills in secrets, production insists on them."""
+
+import pytest
+
+from core.config import ConfigError, load_settings
+
+
+def test_dev_generates_secrets_once_and_keeps_them(tmp_path):
+    env = {"INSTANCE_DIR": str(tmp_path)}
+    first = load_settings(env)
+    second = load_settings(env)
+    assert len(first["SECRET_KEY"]) >= 32
+    assert first["SECRET_KEY"] == second["SECRET_KEY"]
+    assert first["PUBLISH_TOKEN"] == second["PUBLISH_TOKEN"] != first["SECRET_KEY"]
+    assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("missing", ["SECRET_KEY", "PUBLISH_TOKEN", "REDIS_URL"])
+def test_production_refuses_to_start_without_secrets(tmp_path, missing):
+    env = {"APP_ENV": "production", "INSTANCE_DIR": str(tmp_path), "SECRET_KEY": "s" * 40,
+           "PUBLISH_TOKEN": "p" * 40, "REDIS_URL": "redis://localhost"}
+    del env[missing]
+    with pytest.raises(ConfigError, match=missing):
+        load_settings(env)
+    assert not (tmp_path / "secret_key").exists()
+
+
+@pytest.mark.parametrize("name, value", [("STREAM_MAXLEN", "lots"), ("STREAM_MAXLEN", "-5"),
+                                         ("APP_ENV", "staging"), ("SERVED_BY_HEADER", "maybe")])
+def test_malformed_settings_name_the_culprit(tmp_path, name, value):
+    with pytest.raises(ConfigError, match=name):
+        load_settings({"INSTANCE_DIR": str(tmp_path), name: value})
+
+
+def test_served_by_header_defaults_off_in_production(tmp_path):
+    env = {"APP_ENV": "production", "SECRET_KEY": "s", "PUBLISH_TOKEN": "p",
+           "REDIS_URL": "redis://x", "INSTANCE_DIR": str(tmp_path)}
+    assert load_settings(env)["SERVED_BY_HEADER"] is False
+    assert load_settings({"INSTANCE_DIR": str(tmp_path)})["SERVED_BY_HEADER"] is True

@@ -1,0 +1,151 @@
+"""The hub when things go wrong: Redis drops its connection, a client stops reading."""
+
+import socket
+import time
+
+import pytest
+import requests
+
+from core.hub import Hub
+from tests.clients import LongPoller, SSEClient, WSClient
+from tests.test_channels import data_of, wait_subscribed
+
+
+def healthz_bodies(server, tries=6):
+    """/healthz from (very likely) both workers."""
+    bodies = {}
+    for _ in range(tries):
+        response = requests.get(server.url + "/healthz", timeout=5)
+        bodies[response.json()["pid"]] = (response.status_code, response.json())
+    return bodies
+
+
+def test_hub_reconnects_after_redis_drops_it_and_subscribers_lose_nothing(
+        start_server, redis_server, rdb, channel):
+    server = start_server()
+    subscribers = {
+        "sse": SSEClient(f"{server.url}/sub/{channel}"),
+        "ws": WSClient(f"{server.ws_url}/sub/{channel}/ws"),
+        "longpoll": LongPoller(f"{server.url}/sub/{channel}", cursor="0"),
+    }
+    wait_subscribed(server, 2)
+    server.publish(channel, "before the outage")
+    for sub in subscribers.values():
+        assert sub.wait_count(1)
+
+    # Kill every hub connection, and keep them from coming back for a while:
+    # Redis refuses new clients once maxclients is reached.
+    listeners = [c for c in rdb.client_list() if int(c.get("sub", 0)) > 0]
+    assert len(listeners) == 2, "one listening connection per worker"
+    others = len(rdb.client_list()) - len(listeners)
+    publisher = Hub(rdb, redis_server.url)  # publishes on the test's open connection
+    try:
+        rdb.config_set("maxclients", others)
+        rdb.client_kill_filter(_type="pubsub")
+
+        outage = {}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not outage:
+            outage = {pid: body for pid, (status, body) in healthz_bodies(server).items()
+                      if status == 503}
+        assert outage, "/healthz should report the outage while it lasts"
+        assert all(body["hub"] is False and body["status"] == "unavailable"
+                   for body in outage.values())
+
+        missed = [f"during the outage {i}" for i in range(30)]
+        for text in missed:
+            publisher.publish(channel, text)
+    finally:
+        rdb.config_set("maxclients", 10000)
+
+    expected = ["before the outage"] + missed
+    for name, sub in subscribers.items():
+        assert sub.wait_count(len(expected), timeout=20), f"{name}: {data_of(sub)}"
+    server.publish(channel, "after the outage")
+    expected.append("after the outage")
+    for name, sub in subscribers.items():
+        assert sub.wait_count(len(expected)), f"{name}: {data_of(sub)}"
+        assert data_of(sub) == expected, name  # nothing lost, nothing twice, in order
+        sub.close()
+
+    statuses = healthz_bodies(server)
+    assert all(status == 200 for status, _ in statuses.values())
+    assert all(body["hub_reconnects"] >= 1 for _, body in statuses.values())
+
+
+def _stalled_sse_connection(server, channel):
+    """An SSE client that never reads: its receive window fills and stays full."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(f"GET /sub/{channel} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 "Accept: text/event-stream\r\n\r\n".encode())
+    return sock
+
+
+def _read_until_closed(sock, timeout):
+    sock.settimeout(timeout)
+    received = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            return received, True
+        if not chunk:
+            return received, True
+        received += chunk
+    return received, False
+
+
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+def test_a_client_that_stops_reading_is_cut_off_without_holding_back_others(
+        start_server, channel, transport):
+    server = start_server(SUBSCRIBER_QUEUE_SIZE=20)
+    stalled = _stalled_sse_connection(server, channel)
+    if transport == "sse":
+        healthy = SSEClient(f"{server.url}/sub/{channel}")
+    else:
+        healthy = WSClient(f"{server.ws_url}/sub/{channel}/ws")
+    wait_subscribed(server, 2)
+
+    payload = "x" * 30_000
+    sent = [f"{i}:{payload}" for i in range(400)]  # 12 MB: far beyond socket buffers
+    for text in sent:
+        server.publish(channel, text)
+
+    # The healthy client has everything while the stalled one has read nothing.
+    assert healthy.wait_count(len(sent), timeout=60)
+    assert data_of(healthy) == sent
+
+    received, closed = _read_until_closed(stalled, timeout=30)
+    assert closed, "the stalled client should have been disconnected"
+    assert received.count(b"\nid: ") < len(sent)
+    stalled.close()
+
+    counts = {}
+    for _ in range(6):
+        body = requests.get(server.url + "/healthz", timeout=5).json()
+        counts[body["pid"]] = body["subscribers"]
+    assert sum(counts.values()) == 1  # only the healthy subscriber remains
+    healthy.close()
+
+
+def test_slow_consumer_is_told_why_before_being_closed(start_server, redis_server, rdb,
+                                                      channel):
+    """A burst faster than a client drains: it gets an explicit close reason
+    (and may resume from its last id)."""
+    server = start_server(SUBSCRIBER_QUEUE_SIZE=5)
+    client = WSClient(f"{server.ws_url}/sub/{channel}/ws")
+    sse = SSEClient(f"{server.url}/sub/{channel}")
+    wait_subscribed(server, 2)
+    # One pipeline: the listener receives the burst in one read and fans it
+    # out before either client's greenlet runs again.
+    Hub(rdb, redis_server.url).publish_many(channel, [f"burst {i}" for i in range(300)])
+    assert client.closed.wait(30)
+    assert client.close_code == 1013
+    assert "slow consumer" in client.close_reason
+    assert sse.wait_for(lambda items: any(i["event"] == "close" for i in items), timeout=30)
+    close = next(i for i in sse.items if i["event"] == "close")
+    assert "slow consumer" in close["data"]
+    assert sse.closed.wait(10)
