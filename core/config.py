@@ -35,8 +35,6 @@ SETTINGS = {
     "WS_PING_SECONDS": (float, 25.0, "WebSocket ping interval (dead peers are dropped)"),
     "ALLOWED_ORIGINS": (str, "", "extra Origins allowed to open WebSockets, comma-separated "
                         "(the server's own origin is always allowed)"),
-    "CHANNEL_LINGER_SECONDS": (float, 30.0, "a worker stays subscribed to a channel this long "
-                               "after its last local subscriber leaves (long-poll churn)"),
     "SERVED_BY_HEADER": (bool, None, "add `X-Served-By: host/pid` to responses; default on in "
                          "dev, off in production"),
 }

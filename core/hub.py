@@ -29,8 +29,10 @@ also works (with real threads) under the `gthread` worker for the benchmarks.
 
 import json
 import logging
+import os
 import random
 import re
+import socket
 import threading
 import time
 from collections import deque
@@ -426,6 +428,8 @@ class Hub:
         client = redis.Redis.from_url(
             self.redis_url, decode_responses=True, retry=Retry(NoBackoff(), 0),
             socket_connect_timeout=2, socket_keepalive=True,
+            # names the connection in CLIENT LIST: which worker's listener it is
+            client_name=f"{self.prefix}hub:{socket.gethostname()}:{os.getpid()}",
         )
         delay = 0.0
         while not self._stopped:

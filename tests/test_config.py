@@ -37,3 +37,12 @@ def test_served_by_header_defaults_off_in_production(tmp_path):
            "REDIS_URL": "redis://x", "INSTANCE_DIR": str(tmp_path)}
     assert load_settings(env)["SERVED_BY_HEADER"] is False
     assert load_settings({"INSTANCE_DIR": str(tmp_path)})["SERVED_BY_HEADER"] is True
+
+
+def test_readme_documents_every_setting():
+    from core.config import SETTINGS
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [name for name in SETTINGS if f"| `{name}` |" not in readme]
+    assert missing == []

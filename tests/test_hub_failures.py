@@ -35,8 +35,11 @@ def test_hub_reconnects_after_redis_drops_it_and_subscribers_lose_nothing(
 
     # Kill every hub connection, and keep them from coming back for a while:
     # Redis refuses new clients once maxclients is reached.
+    pids = set(healthz_bodies(server, tries=10))
+    assert len(pids) == 2
     listeners = [c for c in rdb.client_list() if int(c.get("sub", 0)) > 0]
-    assert len(listeners) == 2, "one listening connection per worker"
+    ours = [c for c in listeners if int(c["name"].rsplit(":", 1)[-1]) in pids]
+    assert len(ours) == 2, "exactly one listening connection per worker"
     others = len(rdb.client_list()) - len(listeners)
     publisher = Hub(rdb, redis_server.url)  # publishes on the test's open connection
     try:

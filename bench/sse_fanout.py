@@ -1,0 +1,241 @@
+"""SSE fan-out: how many subscribers 2 gevent workers hold, the memory each
+costs, and how long one broadcast takes to reach all of them.
+
+    .venv/bin/python bench/sse_fanout.py [--clients 1000 10000] [--broadcasts 5]
+
+Starts its own redis-server and gunicorn (2 gevent workers, the shipped
+gunicorn.conf.py), opens the subscribers from 2 load-generator processes
+(gevent, raw sockets), publishes, and writes docs/bench-sse-fanout.md.
+Every client must receive every broadcast: a loss fails the run.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+CHANNEL = "bench"
+GENERATORS = 2
+
+
+# -- load generator (a child process) ---------------------------------------------
+
+def generator(port, count):
+    """Open `count` SSE clients; on "report", print every client's receipts."""
+    from gevent import monkey
+
+    monkey.patch_all()
+    import resource
+    import socket
+
+    import gevent
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    request = (f"GET /sub/{CHANNEL} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               "Accept: text/event-stream\r\n\r\n").encode()
+    marker = re.compile(rb"data: b(\d+)\n")
+    receipts = [dict() for _ in range(count)]
+    connected = []
+    failures = []
+
+    def client(i):
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+            sock.sendall(request)
+            buf = b""
+            while b"retry:" not in buf:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise ConnectionError("closed before the stream started")
+                buf += chunk
+            connected.append(time.time())
+            sock.settimeout(None)
+            tail = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return
+                now = time.time()
+                data = tail + chunk
+                for match in marker.finditer(data):
+                    receipts[i].setdefault(int(match[1]), now)
+                tail = data[-64:]
+        except Exception as exc:  # reported, never silent
+            failures.append(repr(exc))
+
+    started = time.time()
+    for i in range(count):
+        gevent.spawn(client, i)
+        if i % 200 == 199:
+            gevent.sleep(0)  # let connects progress while spawning
+    while len(connected) + len(failures) < count:
+        gevent.sleep(0.01)
+    print(json.dumps({"started": started, "connected": max(connected, default=started),
+                      "ok": len(connected), "failures": failures[:5]}), flush=True)
+    # Wait for "report" in a thread: a plain read would block every greenlet.
+    gevent.get_hub().threadpool.apply(sys.stdin.readline)
+    gevent.sleep(1)
+    print(json.dumps({"receipts": [{str(k): v for k, v in r.items()} for r in receipts]}),
+          flush=True)
+
+
+# -- coordinator -------------------------------------------------------------------
+
+def rss_kb(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def worker_pids(master_pid):
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master_pid)],
+                         capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+def cpu_seconds(pids):
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def run_level(server_port, master_pid, hub, clients, broadcasts):
+    pids = worker_pids(master_pid)
+    base_rss = sum(rss_kb(p) for p in pids)
+    per = [clients // GENERATORS + (1 if i < clients % GENERATORS else 0)
+           for i in range(GENERATORS)]
+    procs = [subprocess.Popen([sys.executable, __file__, "--generator", str(server_port), str(n)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for n in per]
+    hello = [json.loads(p.stdout.readline()) for p in procs]
+    ok = sum(h["ok"] for h in hello)
+    connect_s = max(h["connected"] for h in hello) - min(h["started"] for h in hello)
+    time.sleep(2)  # let the servers settle before measuring memory
+    held_rss = sum(rss_kb(p) for p in pids)
+    cpu_before = cpu_seconds(pids)
+    sent = {}
+    for k in range(1, broadcasts + 1):
+        sent[k] = time.time()
+        hub.publish(CHANNEL, f"b{k}")
+        time.sleep(1.5)
+    cpu_used = cpu_seconds(pids) - cpu_before
+    for p in procs:
+        p.stdin.write("report\n")
+        p.stdin.flush()
+    receipts = []
+    for p in procs:
+        receipts += json.loads(p.stdout.readline())["receipts"]
+        p.stdin.close()
+        p.terminate()
+        p.wait()
+    completions, latencies, lost = [], [], 0
+    for k, t0 in sent.items():
+        times = [r[str(k)] for r in receipts if str(k) in r]
+        lost += len(receipts) - len(times)
+        if times:
+            completions.append((max(times) - t0) * 1000)
+            latencies += [(t - t0) * 1000 for t in times]
+    latencies.sort()
+    return {
+        "clients": clients, "held": ok, "failures": sum(len(h["failures"]) for h in hello),
+        "connect_s": connect_s,
+        "rss_mb": held_rss / 1024, "kb_per_conn": (held_rss - base_rss) / max(ok, 1),
+        "broadcast_ms_median": statistics.median(completions) if completions else float("nan"),
+        "p50_ms": latencies[len(latencies) // 2] if latencies else float("nan"),
+        "p99_ms": latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
+        "lost": lost, "cpu_s_per_broadcast": cpu_used / broadcasts,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description="SSE fan-out benchmark")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--broadcasts", type=int, default=5)
+    parser.add_argument("--report", default=str(ROOT / "docs" / "bench-sse-fanout.md"))
+    args = parser.parse_args()
+
+    import tempfile
+
+    import redis
+
+    from core.embedded_redis import EmbeddedRedis, free_port
+    from core.hub import Hub
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis") as rs:
+        client = redis.Redis.from_url(rs.url, decode_responses=True)
+        hub = Hub(client, rs.url)
+        for clients in args.clients:
+            port = free_port()
+            env = {**os.environ, "REDIS_URL": rs.url, "BIND": f"127.0.0.1:{port}",
+                   "WEB_CONCURRENCY": "2", "INSTANCE_DIR": tmp, "LOG_LEVEL": "warning"}
+            server = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
+                cwd=ROOT, env=env)
+            try:
+                import requests
+
+                for _ in range(200):
+                    try:
+                        if requests.get(f"http://127.0.0.1:{port}/healthz").ok:
+                            break
+                    except requests.RequestException:
+                        time.sleep(0.1)
+                row = run_level(port, server.pid, hub, clients, args.broadcasts)
+            finally:
+                server.terminate()
+                server.wait()
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+    header = ("| subscribers | held | connect all (s) | server RSS (MB) | KB per connection "
+              "| broadcast to all, median (ms) | delivery p50 (ms) | delivery p99 (ms) "
+              "| lost | worker CPU per broadcast (s) |")
+    lines = [header, "|" + "---|" * 10]
+    for r in rows:
+        lines.append(
+            f"| {r['clients']:,} | {r['held']:,} | {r['connect_s']:.2f} | {r['rss_mb']:.0f} "
+            f"| {r['kb_per_conn']:.1f} | {r['broadcast_ms_median']:.0f} | {r['p50_ms']:.0f} "
+            f"| {r['p99_ms']:.0f} | {r['lost']} | {r['cpu_s_per_broadcast']:.2f} |")
+    table = "\n".join(lines)
+    print(table)
+    machine = f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}"
+    Path(args.report).write_text(f"""# SSE fan-out on 2 gevent workers
+
+Measured {time.strftime('%Y-%m-%d')} on {machine}, with the load generator
+(2 processes, gevent, raw sockets) on the same machine. Command:
+
+    .venv/bin/python bench/sse_fanout.py --clients {' '.join(map(str, args.clients))} --broadcasts {args.broadcasts}
+
+{table}
+
+- *held*: subscribers whose stream was open when the broadcasts went out.
+- *connect all*: from the first connect to the last subscriber's first bytes.
+- *KB per connection*: growth of the two workers' RSS, divided by the subscribers.
+- *broadcast to all*: from `publish` until the last subscriber had the message
+  (the median over {args.broadcasts} broadcasts); *delivery p50/p99* over every
+  (subscriber, broadcast) pair.
+- The machine is shared and noisy: compare rows of one run, not runs.
+""")
+    print(f"wrote {args.report}")
+    return 0 if all(r["lost"] == 0 and r["held"] == r["clients"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--generator":
+        generator(int(sys.argv[2]), int(sys.argv[3]))
+    else:
+        sys.exit(main())
