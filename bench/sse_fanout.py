@@ -38,12 +38,12 @@ def generator(port, count):
 
     import gevent
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     request = (f"GET /sub/{CHANNEL} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                "Accept: text/event-stream\r\n\r\n").encode()
     marker = re.compile(rb"data: b(\d+)\n")
-    receipts = [dict() for _ in range(count)]
+    receipts = [{} for _ in range(count)]
     connected = []
     failures = []
 

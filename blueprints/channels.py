@@ -19,7 +19,12 @@ from core import sse
 from core.connection import aborter
 from core.errors import abort_json
 from core.hub import (
-    CHANNEL_RULE, PUBLIC_CHANNEL, InvalidId, SubscriptionClosed, format_id, parse_id,
+    CHANNEL_RULE,
+    PUBLIC_CHANNEL,
+    InvalidId,
+    SubscriptionClosed,
+    format_id,
+    parse_id,
 )
 from core.security import require_publisher
 from core.web import get_hub

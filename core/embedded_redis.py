@@ -102,7 +102,8 @@ class EmbeddedRedis:
             self.process = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                # the gunicorn master and pytest start this before any thread exists
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
             )
             if self._wait_ready(timeout):
                 return self

@@ -90,7 +90,7 @@ def format_id(key):
 class Message:
     """One channel message; its wire encodings are computed once and shared."""
 
-    __slots__ = ("id", "key", "data", "is_json", "_sse", "_json")
+    __slots__ = ("_json", "_sse", "data", "id", "is_json", "key")
     is_reset = False
 
     def __init__(self, id, data, is_json):

@@ -33,7 +33,7 @@ def event(data, event=None, id=None, retry=None):
 
 def comment(text=""):
     """A comment line: ignored by EventSource, keeps proxies and NAT tables awake."""
-    return f": {_field(text)}\n\n".encode("utf-8")
+    return f": {_field(text)}\n\n".encode()
 
 
 def retry(milliseconds):

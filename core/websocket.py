@@ -57,10 +57,10 @@ def init_app(app):
     @app.before_request
     def guard_websocket_upgrade():
         if request.headers.get("Upgrade", "").lower() != "websocket":
-            return None
+            return
         if not origin_allowed(request.headers.get("Origin")):
             abort_json(403, "WebSocket connections from this Origin are not allowed")
         raw = client_socket(request.environ)
         if raw is not None and "gunicorn.socket" in request.environ:
             request.environ["gunicorn.socket"] = _WholeFrameSocket(raw)
-        return None
+        return

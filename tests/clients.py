@@ -71,7 +71,7 @@ class SSEClient(Collector):
                     self.comments += 1
                 else:
                     field, _, value = line.partition(":")
-                    value = value[1:] if value.startswith(" ") else value
+                    value = value.removeprefix(" ")
                     if field == "data":
                         event["data"] = event["data"] + "\n" + value if "data" in event else value
                     elif field == "retry":

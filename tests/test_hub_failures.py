@@ -93,7 +93,7 @@ def _read_until_closed(sock, timeout):
     while time.monotonic() < deadline:
         try:
             chunk = sock.recv(65536)
-        except (ConnectionResetError, socket.timeout):
+        except (TimeoutError, ConnectionResetError):
             return received, True
         if not chunk:
             return received, True

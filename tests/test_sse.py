@@ -12,7 +12,7 @@ def parse(frame):
         if not line or line.startswith(":"):
             continue
         name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
+        value = value.removeprefix(" ")
         if name == "data":
             data.append(value)
         else:
