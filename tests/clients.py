@@ -193,3 +193,31 @@ class LongPoller(Collector):
 
     def close(self):
         self._stop.set()
+
+
+# -- asking the server ---------------------------------------------------------
+
+
+def healthz_bodies(server, workers=2, tries=100):
+    """{pid: (status, body)} of /healthz from every worker (the kernel picks
+    the worker, so ask until each has answered)."""
+    bodies = {}
+    for _ in range(tries):
+        response = requests.get(server.url + "/healthz", timeout=5)
+        bodies[response.json()["pid"]] = (response.status_code, response.json())
+        if len(bodies) == workers:
+            break
+    return bodies
+
+
+def wait_subscribed(server, count, timeout=10):
+    """Wait until the workers report `count` subscribers in total (via /healthz)."""
+    deadline = time.monotonic() + timeout
+    seen = {}
+    while time.monotonic() < deadline:
+        body = requests.get(server.url + "/healthz", timeout=5).json()
+        seen[body["pid"]] = body["subscribers"]
+        if sum(seen.values()) >= count and len(seen) >= 2:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"expected {count} subscribers, the workers report {seen}")

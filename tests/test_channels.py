@@ -7,7 +7,7 @@ import pytest
 import requests
 import websocket
 
-from tests.clients import LongPoller, SSEClient, WSClient, long_poll
+from tests.clients import LongPoller, SSEClient, WSClient, long_poll, wait_subscribed
 
 TRANSPORTS = ["sse", "longpoll", "ws"]
 
@@ -32,20 +32,6 @@ def data_of(sub):
 
 def ids_of(sub):
     return [item["id"] for item in sub.items if "id" in item and not item.get("reset")]
-
-
-def wait_subscribed(server, count, timeout=10):
-    """Wait until the workers report `count` subscribers in total (via /healthz)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    seen = {}
-    while time.monotonic() < deadline:
-        body = requests.get(server.url + "/healthz", timeout=5).json()
-        seen[body["pid"]] = body["subscribers"]
-        if sum(seen.values()) >= count and len(seen) >= 2:
-            return
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
