@@ -324,24 +324,21 @@ class Hub:
 
     def publish(self, channel, data, is_json=False):
         """Append `data` (str; JSON text when is_json) to `channel`; returns its id."""
-        if not channel or " " in channel:
-            raise ValueError(f"invalid channel name {channel!r}")
-        return self._publish(
-            keys=[self.stream_key(channel)],
-            args=[self.maxlen, self.ttl_ms, self.notify_channel, channel,
-                  "j" if is_json else "t", data],
-        )
+        return self._publish(**self._publish_call(channel, data, is_json))
 
     def publish_many(self, channel, texts, is_json=False):
         """Publish several messages in one round trip; returns their ids."""
-        if not channel or " " in channel:
-            raise ValueError(f"invalid channel name {channel!r}")
         pipe = self.redis.pipeline(transaction=False)
         for text in texts:
-            self._publish(keys=[self.stream_key(channel)], client=pipe,
-                          args=[self.maxlen, self.ttl_ms, self.notify_channel, channel,
-                                "j" if is_json else "t", text])
+            self._publish(**self._publish_call(channel, text, is_json), client=pipe)
         return pipe.execute()
+
+    def _publish_call(self, channel, data, is_json):
+        if not channel or " " in channel:
+            raise ValueError(f"invalid channel name {channel!r}")
+        return {"keys": [self.stream_key(channel)],
+                "args": [self.maxlen, self.ttl_ms, self.notify_channel, channel,
+                         "j" if is_json else "t", data]}
 
     def publish_json(self, channel, obj):
         return self.publish(channel, json.dumps(obj, separators=(",", ":")), is_json=True)
