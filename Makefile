@@ -5,8 +5,9 @@ BIN    := $(VENV)/bin
 
 .PHONY: run test bench lint clean
 
+# Demo users (jack/beanstalk, admin) unless DEMO_USERS=0; never in APP_ENV=production.
 run: $(VENV)/.installed
-	$(BIN)/gunicorn -c gunicorn.conf.py app:app
+	DEMO_USERS=$${DEMO_USERS:-1} $(BIN)/gunicorn -c gunicorn.conf.py app:app
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

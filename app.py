@@ -12,9 +12,11 @@ import socket
 import redis
 from flask import Flask
 
-from core import errors, websocket
+from core import errors, security, websocket
 from core.config import ConfigError, load_settings
 from core.hub import Hub
+from core.sessions import RedisSessionInterface
+from core.users import UserStore, users_cli
 
 
 def _redis_client(url):
@@ -51,8 +53,6 @@ def create_app(config=None):
             "start the server with `make run`, or set REDIS_URL"
         )
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_MESSAGE_BYTES"]
-    app.config["SESSION_COOKIE_HTTPONLY"] = True
-    app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     app.config["SESSION_COOKIE_SECURE"] = app.config["APP_ENV"] == "production"
 
     client = _redis_client(app.config["REDIS_URL"])
@@ -62,14 +62,19 @@ def create_app(config=None):
         queue_size=app.config["SUBSCRIBER_QUEUE_SIZE"], maxlen=app.config["STREAM_MAXLEN"],
         ttl_seconds=app.config["STREAM_TTL_SECONDS"],
     )
+    app.extensions["users"] = UserStore(client, app.config["REDIS_PREFIX"])
+    app.session_interface = RedisSessionInterface(
+        client, app.config["REDIS_PREFIX"], app.config["SESSION_IDLE_SECONDS"])
+    app.cli.add_command(users_cli)
 
     _log_like_gunicorn()
     errors.register_error_handlers(app)
+    security.init_app(app)
     websocket.init_app(app)
 
-    from blueprints import channels, cities, clock, cookies, home, longpoll
+    from blueprints import auth, channels, cities, clock, cookies, home, longpoll
 
-    for module in (home, channels, cities, cookies, longpoll, clock):
+    for module in (home, auth, channels, cities, cookies, longpoll, clock):
         app.register_blueprint(module.bp)
 
     if app.config["SERVED_BY_HEADER"]:

@@ -80,6 +80,16 @@ def post_fork(server, worker):
     os.environ["WORKER_NUMBER"] = str(worker.age)
 
 
+def post_worker_init(worker):
+    # DEMO_USERS=1: the first worker up creates jack/beanstalk and an admin
+    # (and logs the admin's password when it was generated).
+    app = worker.wsgi
+    if app.config.get("DEMO_USERS"):
+        from core.users import seed_demo_users
+
+        seed_demo_users(app.extensions["users"], app.config["DEMO_ADMIN_PASSWORD"], worker.log)
+
+
 def on_exit(server):
     global _embedded_redis
     if _embedded_redis is not None:

@@ -1,12 +1,16 @@
 """Channels: one model, three transports (DESIGN §4 "Channels").
 
-    POST /pub/<channel>            publish (bearer PUBLISH_TOKEN) -> 201 {"id"}
+    POST /pub/<channel>            publish (permission needed) -> 201 {"id"}
     GET  /sub/<channel>            SSE when Accept: text/event-stream, else long-poll JSON
     WS   /sub/<channel>/ws         {"subscribed","cursor"}, then frames {"id","data"}
 
 Every transport resumes from the client's last id (SSE `Last-Event-ID` or
 `?last_event_id=`, long-poll `?cursor=`, WebSocket `?last_event_id=`) and
 reports an unknown or trimmed id as an explicit reset.
+
+Publishing needs a session or bearer token whose user may publish on the
+channel; subscribing to `private-*` channels needs the same for subscribe
+(core/security.py decides).
 """
 
 import json
@@ -26,7 +30,7 @@ from core.hub import (
     format_id,
     parse_id,
 )
-from core.security import require_publisher
+from core.security import channel_access_error, require_channel_access
 from core.web import get_hub
 from core.websocket import POLICY_VIOLATION, TRY_AGAIN_LATER, close_reason, sock
 
@@ -49,8 +53,8 @@ def _cursor(raw, what):
 
 @bp.post("/pub/<channel>")
 def publish(channel):
-    require_publisher()
     _check_channel(channel)
+    require_channel_access("publish", channel)
     body = request.get_data(cache=False)
     if not body:
         abort_json(400, "empty message")
@@ -71,6 +75,7 @@ def publish(channel):
 @bp.get("/sub/<channel>")
 def subscribe(channel):
     _check_channel(channel)
+    require_channel_access("subscribe", channel)
     if sse.wants_event_stream(request):
         # On reconnect the browser sends Last-Event-ID; it wins over the query
         # string, which only says where the first connection started.
@@ -120,6 +125,10 @@ def _long_poll(channel, cursor):
 def subscribe_ws(ws, channel):
     if not PUBLIC_CHANNEL.match(channel):
         ws.close(POLICY_VIOLATION, close_reason(f"invalid channel name: {CHANNEL_RULE}"))
+        return
+    denied = channel_access_error("subscribe", channel)
+    if denied:
+        ws.close(POLICY_VIOLATION, close_reason(denied[1]))
         return
     try:
         cursor = parse_id(request.args["last_event_id"]) if request.args.get(

@@ -15,13 +15,11 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # name: (type, default, description)
 SETTINGS = {
     "APP_ENV": (str, "dev", "`dev` or `production`; production refuses to start without "
-                "SECRET_KEY, PUBLISH_TOKEN and REDIS_URL"),
+                "SECRET_KEY and REDIS_URL"),
     "REDIS_URL": (str, None, "Redis to use; unset in dev: `make run` starts an embedded "
                   "redis-server and writes its URL to `instance/redis.url`"),
     "REDIS_PREFIX": (str, "rt:", "prefix of every Redis key and pub/sub channel of this app"),
     "SECRET_KEY": (str, None, "signs cookies; dev: generated once into `instance/secret_key`"),
-    "PUBLISH_TOKEN": (str, None, "bearer token for `POST /pub/<channel>`; dev: generated once "
-                      "into `instance/publish_token`"),
     "INSTANCE_DIR": (str, str(PROJECT_ROOT / "instance"), "where dev secrets, the embedded "
                      "Redis' data and its URL are kept"),
     "STREAM_MAXLEN": (int, 1000, "messages retained per channel for resume (approximate trim)"),
@@ -35,6 +33,16 @@ SETTINGS = {
     "WS_PING_SECONDS": (float, 25.0, "WebSocket ping interval (dead peers are dropped)"),
     "ALLOWED_ORIGINS": (str, "", "extra Origins allowed to open WebSockets, comma-separated "
                         "(the server's own origin is always allowed)"),
+    "DEMO_USERS": (bool, False, "seed the demo users jack/beanstalk and admin (never in "
+                   "production); `make run` turns it on"),
+    "DEMO_ADMIN_PASSWORD": (str, None, "the demo admin's password; unset: a random one, "
+                            "printed in the log when the admin is created"),
+    "SESSION_IDLE_SECONDS": (int, 2 * 3600, "a session unused this long expires"),
+    "JWT_TTL_SECONDS": (int, 3600, "lifetime of tokens from `POST /auth/token`"),
+    "JWT_ISSUER": (str, "realtime-flask", "`iss` of issued tokens (checked on use)"),
+    "JWT_AUDIENCE": (str, "realtime-flask-api", "`aud` of issued tokens (checked on use)"),
+    "LOGIN_RATE_LIMIT": (str, "20 per minute", "attempts per client address, shared by every "
+                         "login endpoint (Basic, challenge, respond, login, token)"),
     "SERVED_BY_HEADER": (bool, None, "add `X-Served-By: host/pid` to responses; default on in "
                          "dev, off in production"),
 }
@@ -104,12 +112,12 @@ def load_settings(env=None):
     if settings["SERVED_BY_HEADER"] is None:
         settings["SERVED_BY_HEADER"] = not production
 
-    for name in ("SECRET_KEY", "PUBLISH_TOKEN"):
-        if settings[name]:
-            continue
+    if not settings["SECRET_KEY"]:
         if production:
-            raise ConfigError(f"{name} must be set when APP_ENV=production")
-        settings[name] = _dev_secret(settings["INSTANCE_DIR"], name.lower())
+            raise ConfigError("SECRET_KEY must be set when APP_ENV=production")
+        settings["SECRET_KEY"] = _dev_secret(settings["INSTANCE_DIR"], "secret_key")
+    if production:
+        settings["DEMO_USERS"] = False  # never seed known passwords in production
 
     if not settings["REDIS_URL"]:
         if production:

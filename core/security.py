@@ -1,15 +1,36 @@
-"""Credentials and request-origin checks, shared by every blueprint.
+"""Access control in one place: who is asking, may they, and is it really them.
 
-Until users and tokens exist (the auth issue), publishing over HTTP needs the
-operator's PUBLISH_TOKEN as a bearer token.
+- `current_user()`: from a bearer token (header, or `?access_token=` on GET
+  for EventSource/WebSocket, which cannot set headers), else the session.
+- `login_required`, `admin_required`, `require_channel_access(action, channel)`.
+- CSRF: a cookie-authenticated state change must come from an allowed Origin
+  or carry the session's `X-CSRF-Token`.
+- `login_limit`: the shared, Redis-backed rate limit of every login endpoint.
+- `origin_allowed()`: the Origin allow-list (WebSocket upgrades, CSRF).
 """
 
+import functools
 import hmac
+import secrets
 from urllib.parse import urlsplit
 
-from flask import current_app, request
+from flask import current_app, g, request, session
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 
+from core import tokens
 from core.errors import abort_json
+from core.users import User
+
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+PRIVATE_PREFIX = "private-"
+
+limiter = Limiter(key_func=get_remote_address)
+login_limit = limiter.shared_limit(lambda: current_app.config["LOGIN_RATE_LIMIT"], scope="login")
+
+
+def constant_time_equal(a, b):
+    return hmac.compare_digest(str(a).encode(), str(b).encode())
 
 
 def bearer_token():
@@ -17,14 +38,95 @@ def bearer_token():
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
-def require_publisher():
-    """401 unless the request carries `Authorization: Bearer <PUBLISH_TOKEN>`."""
+def _presented_token():
     token = bearer_token()
-    expected = current_app.config["PUBLISH_TOKEN"]
-    # compare_digest: the time taken does not reveal how much of the token matched
-    if not token or not hmac.compare_digest(token.encode(), expected.encode()):
-        abort_json(401, "publishing needs a valid bearer token",
-                   headers={"WWW-Authenticate": 'Bearer realm="publish"'})
+    if not token and request.method == "GET":
+        token = request.args.get("access_token", "")
+    return token
+
+
+def current_user():
+    """The User making this request, or None. A token that is presented but
+    invalid is a 401 (never silently ignored in favour of the session)."""
+    if "user" in g:
+        return g.user
+    user, g.auth = None, None
+    token = _presented_token()
+    if token:
+        try:
+            claims = tokens.verify(token, current_app.config, current_app.extensions["redis"])
+        except tokens.TokenError as exc:
+            abort_json(401, str(exc), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        if current_app.extensions["users"].get(claims["sub"]) is None:
+            abort_json(401, "token's user no longer exists")
+        perms = claims.get("perms") or {}
+        user = User(name=claims["sub"], fullname=claims["sessionData"].get("fullname", ""),
+                    roles=list(claims.get("roles") or []), publish=list(perms.get("publish", [])),
+                    subscribe=list(perms.get("subscribe", [])))
+        g.auth, g.claims = "token", claims
+    elif session.get("user"):
+        user = current_app.extensions["users"].get(session["user"])
+        g.auth = "session" if user else None
+    g.user = user
+    return user
+
+
+def start_session(user):
+    """Log `user` in with a fresh session id (no fixation); returns the CSRF token."""
+    session.clear()
+    session.regenerate()
+    session["user"] = user.name
+    session["csrf"] = secrets.token_urlsafe(32)
+    g.user, g.auth = user, "session"
+    return session["csrf"]
+
+
+def _unauthorized():
+    abort_json(401, "login required", headers={"WWW-Authenticate": 'Bearer realm="api"'})
+
+
+def login_required(view):
+    @functools.wraps(view)
+    def wrapped(*args, **kwargs):
+        if current_user() is None:
+            _unauthorized()
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def admin_required(view):
+    @functools.wraps(view)
+    def wrapped(*args, **kwargs):
+        user = current_user()
+        if user is None:
+            _unauthorized()
+        if not user.is_admin:
+            abort_json(403, "administrators only")
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def channel_access_error(action, channel):
+    """None when allowed, else (status, reason). Subscribing to a public
+    channel needs nobody; private channels and publishing need permission."""
+    if action == "subscribe" and not channel.startswith(PRIVATE_PREFIX):
+        return None
+    user = current_user()
+    if user is None:
+        return 401, f"{action} on {channel!r} needs a login or a bearer token"
+    if not user.may(action, channel):
+        return 403, f"{user.name} may not {action} on {channel!r}"
+    return None
+
+
+def require_channel_access(action, channel):
+    error = channel_access_error(action, channel)
+    if error:
+        status, reason = error
+        headers = {"WWW-Authenticate": 'Bearer realm="api"'} if status == 401 else None
+        abort_json(status, reason, headers=headers)
 
 
 def origin_allowed(origin):
@@ -37,3 +139,34 @@ def origin_allowed(origin):
         return True
     # Host only, not scheme: behind a TLS-terminating proxy the app sees http.
     return urlsplit(origin).netloc == request.host
+
+
+def csrf_protect():
+    """before_request: refuse cross-site state changes that ride on cookies.
+
+    Browsers send Origin on every cross-site POST; a foreign one is refused
+    outright. Without Origin (old browsers, scripts), a request that carries
+    the session cookie must repeat the session's CSRF token in X-CSRF-Token.
+    Bearer-token requests carry no ambient credential and pass.
+    """
+    if request.method in SAFE_METHODS or bearer_token():
+        return
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        if origin == "null" or not origin_allowed(origin):
+            abort_json(403, "cross-site request refused (Origin not allowed)")
+        return
+    if current_app.config["SESSION_COOKIE_NAME"] not in request.cookies:
+        return
+    expected = session.get("csrf")
+    supplied = request.headers.get("X-CSRF-Token", "")
+    if not expected or not supplied or not constant_time_equal(supplied, expected):
+        abort_json(403, "missing or wrong X-CSRF-Token (or send an Origin header)")
+
+
+def init_app(app):
+    app.config.setdefault("RATELIMIT_STORAGE_URI", app.config["REDIS_URL"])
+    app.config.setdefault("RATELIMIT_KEY_PREFIX", f"{app.config['REDIS_PREFIX']}ratelimit")
+    app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+    limiter.init_app(app)
+    app.before_request(csrf_protect)

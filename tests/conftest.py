@@ -19,7 +19,7 @@ import requests
 from core.embedded_redis import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-PUBLISH_TOKEN = "test-publish-token"
+SECRET_KEY = "test-secret-key"
 
 
 @pytest.fixture(scope="session")
@@ -36,11 +36,29 @@ def base_env(redis_server, tmp_path_factory):
         "APP_ENV": "dev",
         "REDIS_URL": redis_server.url,
         "INSTANCE_DIR": str(instance),
-        "SECRET_KEY": "test-secret-key",
-        "PUBLISH_TOKEN": PUBLISH_TOKEN,
+        "SECRET_KEY": SECRET_KEY,
+        "LOGIN_RATE_LIMIT": "10000 per minute",  # the rate-limit test sets its own
         "PYTHONUNBUFFERED": "1",
         "GRACEFUL_TIMEOUT": "3",  # tests leave streams open; do not wait 30 s at teardown
     }
+
+
+@pytest.fixture(scope="session")
+def admin_token(redis_server, base_env):
+    """A bearer token of an admin user (may publish everywhere), valid on
+    every test server: they share the Redis and the SECRET_KEY."""
+    from core.config import load_settings
+    from core.tokens import issue
+    from core.users import UserStore
+
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    settings = load_settings(base_env)
+    store = UserStore(client, settings["REDIS_PREFIX"])
+    admin = store.get("test-admin") or store.create(
+        "test-admin", "test-admin-password", fullname="Test Admin", admin=True)
+    token, _ = issue(admin, settings, ttl=6 * 3600)
+    GunicornServer.default_token = token
+    return token
 
 
 @pytest.fixture
@@ -93,7 +111,10 @@ class GunicornServer:
                 self.process.wait()
         self._log.close()
 
-    def publish(self, channel, data, content_type="text/plain", token=PUBLISH_TOKEN):
+    default_token = None  # set by the admin_token fixture
+
+    def publish(self, channel, data, content_type="text/plain", token=None):
+        token = token or self.default_token
         response = requests.post(
             f"{self.url}/pub/{channel}", data=data.encode() if isinstance(data, str) else data,
             headers={"Authorization": f"Bearer {token}", "Content-Type": content_type},
@@ -104,7 +125,7 @@ class GunicornServer:
 
 
 @pytest.fixture(scope="session")
-def start_server(base_env, tmp_path_factory):
+def start_server(base_env, tmp_path_factory, admin_token):
     """Factory: start_server(workers=2, SETTING=value, ...) -> a running GunicornServer."""
     started = []
 
@@ -128,7 +149,7 @@ def server(start_server):
 @pytest.fixture
 def app(base_env, monkeypatch):
     """An in-process app for plain request/response endpoints (Flask test client)."""
-    for name in ("REDIS_URL", "INSTANCE_DIR", "SECRET_KEY", "PUBLISH_TOKEN", "APP_ENV"):
+    for name in ("REDIS_URL", "INSTANCE_DIR", "SECRET_KEY", "APP_ENV", "LOGIN_RATE_LIMIT"):
         monkeypatch.setenv(name, base_env[name])
     from app import create_app
 

@@ -202,7 +202,7 @@ def test_malformed_ws_id_closes_with_policy_violation(server, channel):
 @pytest.mark.parametrize("name", ["a" * 65, "-leading-dash", "has space", "semi;colon",
                                   "internal:channel", "caf%C3%A9"])
 def test_invalid_channel_names_are_rejected(server, name):
-    headers = {"Authorization": "Bearer test-publish-token"}
+    headers = {"Authorization": f"Bearer {server.default_token}"}
     pub = requests.post(f"{server.url}/pub/{name}", data="x", headers=headers, timeout=5)
     sub = requests.get(f"{server.url}/sub/{name}", timeout=5)
     for response in (pub, sub):
@@ -213,16 +213,16 @@ def test_invalid_channel_names_are_rejected(server, name):
     assert client.close_code == 1008
 
 
-@pytest.mark.parametrize("headers, status", [
-    ({}, 401),
-    ({"Authorization": "Bearer wrong-token"}, 401),
-    ({"Authorization": "Basic dGVzdDp0ZXN0"}, 401),
+@pytest.mark.parametrize("headers, reason", [
+    ({}, "needs a login or a bearer token"),
+    ({"Authorization": "Bearer wrong-token"}, "malformed token"),
+    ({"Authorization": "Basic dGVzdDp0ZXN0"}, "needs a login or a bearer token"),
 ])
-def test_publishing_needs_the_token(server, channel, headers, status):
+def test_publishing_needs_a_credential(server, channel, headers, reason):
     response = requests.post(f"{server.url}/pub/{channel}", data="x", headers=headers, timeout=5)
-    assert response.status_code == status
+    assert response.status_code == 401
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
-    assert "token" in response.json()["error"]
+    assert reason in response.json()["error"]
 
 
 @pytest.mark.parametrize("body, content_type, status, reason", [
@@ -234,7 +234,7 @@ def test_publishing_needs_the_token(server, channel, headers, status):
 def test_bad_bodies_get_a_clear_4xx(server, channel, body, content_type, status, reason):
     response = requests.post(
         f"{server.url}/pub/{channel}", data=body, timeout=5,
-        headers={"Authorization": "Bearer test-publish-token", "Content-Type": content_type})
+        headers={"Authorization": f"Bearer {server.default_token}", "Content-Type": content_type})
     assert response.status_code == status
     assert reason in response.json()["error"]
 

@@ -11,14 +11,13 @@ def test_dev_generates_secrets_once_and_keeps_them(tmp_path):
     second = load_settings(env)
     assert len(first["SECRET_KEY"]) >= 32
     assert first["SECRET_KEY"] == second["SECRET_KEY"]
-    assert first["PUBLISH_TOKEN"] == second["PUBLISH_TOKEN"] != first["SECRET_KEY"]
     assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
 
 
-@pytest.mark.parametrize("missing", ["SECRET_KEY", "PUBLISH_TOKEN", "REDIS_URL"])
+@pytest.mark.parametrize("missing", ["SECRET_KEY", "REDIS_URL"])
 def test_production_refuses_to_start_without_secrets(tmp_path, missing):
     env = {"APP_ENV": "production", "INSTANCE_DIR": str(tmp_path), "SECRET_KEY": "s" * 40,
-           "PUBLISH_TOKEN": "p" * 40, "REDIS_URL": "redis://localhost"}
+           "REDIS_URL": "redis://localhost"}
     del env[missing]
     with pytest.raises(ConfigError, match=missing):
         load_settings(env)
@@ -32,10 +31,11 @@ def test_malformed_settings_name_the_culprit(tmp_path, name, value):
         load_settings({"INSTANCE_DIR": str(tmp_path), name: value})
 
 
-def test_served_by_header_defaults_off_in_production(tmp_path):
-    env = {"APP_ENV": "production", "SECRET_KEY": "s", "PUBLISH_TOKEN": "p",
+def test_production_defaults_hide_the_worker_and_never_seed_demo_users(tmp_path):
+    env = {"APP_ENV": "production", "SECRET_KEY": "s", "DEMO_USERS": "1",
            "REDIS_URL": "redis://x", "INSTANCE_DIR": str(tmp_path)}
     assert load_settings(env)["SERVED_BY_HEADER"] is False
+    assert load_settings(env)["DEMO_USERS"] is False  # never seeded in production
     assert load_settings({"INSTANCE_DIR": str(tmp_path)})["SERVED_BY_HEADER"] is True
 
 

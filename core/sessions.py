@@ -1,0 +1,85 @@
+"""Server-side sessions: the cookie carries only a signed session id; the
+data lives in Redis with an idle TTL (refreshed on every request).
+
+`session.regenerate()` (at login: no session fixation) gives the session a
+new id and drops the old one; `session.destroy()` (logout) deletes it.
+"""
+
+import json
+import secrets
+
+from flask import request
+from flask.sessions import SessionInterface, SessionMixin
+from itsdangerous import BadSignature, Signer
+from werkzeug.datastructures import CallbackDict
+
+
+class RedisSession(CallbackDict, SessionMixin):
+    def __init__(self, initial=None, sid=None):
+        def on_update(_):
+            self.modified = True
+
+        super().__init__(initial, on_update)
+        self.sid = sid
+        self.modified = False
+        self._regenerate = False
+        self._destroy = False
+
+    def regenerate(self):
+        self._regenerate = True
+        self.modified = True
+
+    def destroy(self):
+        self.clear()
+        self._destroy = True
+
+
+class RedisSessionInterface(SessionInterface):
+    def __init__(self, redis_client, prefix, idle_ttl):
+        self.redis = redis_client
+        self.prefix = prefix
+        self.idle_ttl = int(idle_ttl)
+
+    def _key(self, sid):
+        return f"{self.prefix}session:{sid}"
+
+    def _signer(self, app):
+        return Signer(app.secret_key, salt="session-id")
+
+    def open_session(self, app, request):
+        raw = request.cookies.get(self.get_cookie_name(app))
+        if raw:
+            try:
+                sid = self._signer(app).unsign(raw).decode()
+            except BadSignature:
+                return RedisSession()
+            data = self.redis.get(self._key(sid))
+            if data is not None:
+                return RedisSession(json.loads(data), sid=sid)
+        return RedisSession()
+
+    def save_session(self, app, session, response):
+        name = self.get_cookie_name(app)
+        domain, path = self.get_cookie_domain(app), self.get_cookie_path(app)
+        if session._destroy or (not session and session.sid):
+            if session.sid:
+                self.redis.delete(self._key(session.sid))
+            response.delete_cookie(name, domain=domain, path=path)
+            return
+        if not session:
+            return  # nothing to keep: no cookie for anonymous visitors
+        if session._regenerate and session.sid:
+            self.redis.delete(self._key(session.sid))
+            session.sid = None
+        if session.sid is None:
+            session.sid = secrets.token_urlsafe(32)
+        if session.modified:
+            self.redis.set(self._key(session.sid), json.dumps(dict(session)), ex=self.idle_ttl)
+        else:
+            self.redis.expire(self._key(session.sid), self.idle_ttl)
+        response.set_cookie(
+            name, self._signer(app).sign(session.sid).decode(), domain=domain, path=path,
+            httponly=True, samesite="Lax",
+            secure=request.is_secure or self.get_cookie_secure(app),
+        )
+        response.vary.add("Cookie")

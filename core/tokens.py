@@ -1,0 +1,93 @@
+"""JWT bearer tokens (RFC 7519, following RFC 8725's practices).
+
+HS256 with a key derived from SECRET_KEY, the algorithm pinned on
+verification, and every registered claim we issue required and checked
+(`iss`, `aud`, `sub`, `iat`, `exp`, `jti`). `sessionData` is encrypted
+(Fernet: AES-128-CBC + HMAC) so the token's holder cannot read or alter it.
+Logout puts the `jti` on a denylist in Redis until the token would expire.
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+import uuid
+
+import jwt
+from cryptography.fernet import Fernet, InvalidToken
+
+ALGORITHM = "HS256"
+REQUIRED = ["iss", "aud", "sub", "iat", "exp", "jti"]
+
+
+class TokenError(Exception):
+    """Why a token was refused; the message is safe to return."""
+
+
+def _derive(secret_key, label):
+    return hmac.new(secret_key.encode(), label, hashlib.sha256).digest()
+
+
+def signing_key(secret_key):
+    return _derive(secret_key, b"jwt-signing-key")
+
+
+def _fernet(secret_key):
+    return Fernet(base64.urlsafe_b64encode(_derive(secret_key, b"jwt-session-data")))
+
+
+def issue(user, config, now=None, ttl=None):
+    """A signed token for `user`; returns (token, claims)."""
+    now = int(now if now is not None else time.time())
+    session_data = {"fullname": user.fullname, "roles": user.roles, "issuedAt": now}
+    claims = {
+        "iss": config["JWT_ISSUER"], "aud": config["JWT_AUDIENCE"], "sub": user.name,
+        "iat": now, "exp": now + int(ttl if ttl is not None else config["JWT_TTL_SECONDS"]),
+        "jti": uuid.uuid4().hex,
+        "roles": user.roles,
+        "perms": {"publish": user.publish, "subscribe": user.subscribe},
+        "sessionData": _fernet(config["SECRET_KEY"]).encrypt(
+            json.dumps(session_data).encode()).decode(),
+    }
+    return jwt.encode(claims, signing_key(config["SECRET_KEY"]), algorithm=ALGORITHM), claims
+
+
+def verify(token, config, redis_client):
+    """The token's claims with `sessionData` decrypted, or TokenError."""
+    try:
+        claims = jwt.decode(
+            token, signing_key(config["SECRET_KEY"]), algorithms=[ALGORITHM],
+            audience=config["JWT_AUDIENCE"], issuer=config["JWT_ISSUER"],
+            options={"require": REQUIRED}, leeway=5,
+        )
+    except jwt.ExpiredSignatureError:
+        raise TokenError("token expired") from None
+    except jwt.InvalidAudienceError:
+        raise TokenError("token is not for this audience") from None
+    except jwt.InvalidIssuerError:
+        raise TokenError("token has the wrong issuer") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise TokenError(f"token lacks the {exc.claim!r} claim") from None
+    except jwt.InvalidSignatureError:
+        raise TokenError("token signature is invalid") from None
+    except jwt.InvalidTokenError:
+        raise TokenError("malformed token") from None
+    if redis_client.exists(_revoked_key(config, claims["jti"])):
+        raise TokenError("token was revoked")
+    try:
+        claims["sessionData"] = json.loads(
+            _fernet(config["SECRET_KEY"]).decrypt(claims["sessionData"].encode()))
+    except (InvalidToken, AttributeError, KeyError, ValueError):
+        raise TokenError("token sessionData cannot be decrypted") from None
+    return claims
+
+
+def revoke(claims, config, redis_client):
+    """Deny this token's jti until it would have expired anyway."""
+    ttl = max(int(claims["exp"] - time.time()) + 10, 1)
+    redis_client.set(_revoked_key(config, claims["jti"]), "1", ex=ttl)
+
+
+def _revoked_key(config, jti):
+    return f"{config['REDIS_PREFIX']}revoked-jti:{jti}"
