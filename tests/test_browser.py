@@ -68,3 +68,74 @@ def test_clock_page_ticks(server, page):
     assert page.locator("#clock").inner_text() != first
     assert page.locator("#status").inner_text() == "streaming"
     assert page.locator("#pid").inner_text().isdigit()
+
+
+@pytest.fixture(scope="module")
+def browser_user(redis_server):
+    import uuid
+
+    import redis
+
+    from core.users import UserStore
+
+    store = UserStore(redis.Redis.from_url(redis_server.url, decode_responses=True), "rt:")
+    return store.create(f"web{uuid.uuid4().hex[:8]}", "browser-password", fullname="Web Surfer")
+
+
+def _fill(page, user, password):
+    page.fill("#username", user)
+    page.fill("#password", password)
+
+
+def test_challenge_response_login_in_the_browser(server, page, browser_user):
+    page.goto(server.url + "/auth/")
+    _fill(page, browser_user.name, "wrong-password")
+    page.click("#scram-go")
+    page.wait_for_function("document.getElementById('scram-log').textContent.includes('← 401')",
+                           timeout=30_000)
+    assert page.locator("#whoami").inner_text() == "not logged in"
+
+    _fill(page, browser_user.name, "browser-password")
+    page.click("#scram-go")
+    page.wait_for_function(
+        "document.getElementById('scram-log').textContent.includes('server proved')",
+        timeout=30_000)
+    log = page.locator("#scram-log").inner_text()
+    assert "browser-password" not in log  # the password never went over the wire
+    page.wait_for_function(
+        "document.getElementById('whoami').textContent.includes('(session)')", timeout=10_000)
+
+
+def test_token_flow_in_the_browser(server, page, browser_user):
+    page.goto(server.url + "/auth/")
+    _fill(page, browser_user.name, "browser-password")
+    page.click("#token-go")
+    page.wait_for_selector("#tokendata-go:not([disabled])", timeout=15_000)
+    assert '"alg":"HS256"' in page.locator("#token-log").inner_text()
+    page.click("#tokendata-go")
+    page.wait_for_function("document.getElementById('token-log').textContent.includes('Web Surfer')",
+                           timeout=15_000)  # sessionData, decrypted by the server
+    page.click("#revoke-go")
+    page.wait_for_function("document.getElementById('token-log').textContent.includes('revoked')",
+                           timeout=15_000)
+    page.click("#tokendata-go")
+    page.wait_for_function(
+        "document.getElementById('token-log').textContent.includes('token was revoked')",
+        timeout=15_000)
+
+
+def test_password_session_and_basic_in_the_browser(server, page, browser_user):
+    page.goto(server.url + "/auth/")
+    _fill(page, browser_user.name, "browser-password")
+    page.click("#basic-go")
+    page.wait_for_function(
+        "document.getElementById('basic-log').textContent.includes('Welcome, Web Surfer!')",
+        timeout=15_000)
+    page.click("#login-go")
+    page.wait_for_function(
+        "document.getElementById('whoami').textContent.includes('(session)')", timeout=15_000)
+    cookies = {c["name"]: c for c in page.context.cookies()}
+    assert cookies["session"]["httpOnly"] is True and cookies["session"]["sameSite"] == "Lax"
+    page.click("#logout-go")
+    page.wait_for_function(
+        "document.getElementById('whoami').textContent === 'not logged in'", timeout=15_000)
