@@ -14,6 +14,7 @@ test: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/sse_fanout.py
+	$(BIN)/python bench/login_cost.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -12,7 +12,6 @@ Every client must receive every broadcast: a loss fails the run.
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -167,37 +166,18 @@ def main():
     parser.add_argument("--report", default=str(ROOT / "docs" / "bench-sse-fanout.md"))
     args = parser.parse_args()
 
-    import tempfile
-
     import redis
 
-    from core.embedded_redis import EmbeddedRedis, free_port
+    from bench.common import gunicorn_server, redis_server
     from core.hub import Hub
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis") as rs:
-        client = redis.Redis.from_url(rs.url, decode_responses=True)
-        hub = Hub(client, rs.url)
+    with redis_server() as rs:
+        hub = Hub(redis.Redis.from_url(rs.url, decode_responses=True), rs.url)
         for clients in args.clients:
-            port = free_port()
-            env = {**os.environ, "REDIS_URL": rs.url, "BIND": f"127.0.0.1:{port}",
-                   "WEB_CONCURRENCY": "2", "INSTANCE_DIR": tmp, "LOG_LEVEL": "warning"}
-            server = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
-                cwd=ROOT, env=env)
-            try:
-                import requests
-
-                for _ in range(200):
-                    try:
-                        if requests.get(f"http://127.0.0.1:{port}/healthz").ok:
-                            break
-                    except requests.RequestException:
-                        time.sleep(0.1)
-                row = run_level(port, server.pid, hub, clients, args.broadcasts)
-            finally:
-                server.terminate()
-                server.wait()
+            with gunicorn_server(rs.url) as (url, master_pid, _env):
+                row = run_level(int(url.rsplit(":", 1)[1]), master_pid, hub, clients,
+                                args.broadcasts)
             rows.append(row)
             print(json.dumps(row), flush=True)
 
@@ -212,7 +192,9 @@ def main():
             f"| {r['p99_ms']:.0f} | {r['lost']} | {r['cpu_s_per_broadcast']:.2f} |")
     table = "\n".join(lines)
     print(table)
-    machine = f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}"
+    from bench.common import machine as describe_machine
+
+    machine = describe_machine()
     Path(args.report).write_text(f"""# SSE fan-out on 2 gevent workers
 
 Measured {time.strftime('%Y-%m-%d')} on {machine}, with the load generator

@@ -62,6 +62,14 @@ def _check_password(username, password):
     return user if passwords.verify_password(user.secrets["password"], password) else None
 
 
+def _user_from_password_body():
+    """The user named by a username/password body, or 401."""
+    user = _check_password(*_fields("username", "password"))
+    if user is None:
+        abort_json(401, "wrong username or password")
+    return user
+
+
 def _key(kind, value):
     return f"{current_app.config['REDIS_PREFIX']}{kind}:{value}"
 
@@ -123,10 +131,7 @@ def respond():
 @bp.post("/login")
 @login_limit
 def login():
-    username, password = _fields("username", "password")
-    user = _check_password(username, password)
-    if user is None:
-        abort_json(401, "wrong username or password")
+    user = _user_from_password_body()
     csrf = start_session(user)
     return {"ok": True, "user": user.public(), "csrfToken": csrf}
 
@@ -134,10 +139,7 @@ def login():
 @bp.post("/token")
 @login_limit
 def token():
-    username, password = _fields("username", "password")
-    user = _check_password(username, password)
-    if user is None:
-        abort_json(401, "wrong username or password")
+    user = _user_from_password_body()
     encoded, claims = tokens.issue(user, current_app.config)
     return {"token": encoded, "tokenType": "Bearer", "expiresIn": claims["exp"] - claims["iat"]}
 
