@@ -404,3 +404,19 @@ def test_demo_users_are_seeded_once_with_the_configured_admin_password(start_ser
                           json={"username": "admin", "password": "admin-demo-password"})
     assert admin.status_code == 200
     assert "Demo users: jack/beanstalk" in server.log()
+
+
+def test_login_required_and_admin_required_guard_views(app, alice, admin_token):
+    from core.security import admin_required, login_required
+
+    app.add_url_rule("/test-only/member", "member", login_required(lambda: {"ok": True}))
+    app.add_url_rule("/test-only/admin", "admin", admin_required(lambda: {"ok": True}))
+    client = app.test_client()
+    assert client.get("/test-only/member").status_code == 401
+    assert client.get("/test-only/admin").status_code == 401
+    login(client, alice.name)
+    assert client.get("/test-only/member").status_code == 200
+    denied = client.get("/test-only/admin")
+    assert denied.status_code == 403 and denied.get_json()["error"] == "administrators only"
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    assert app.test_client().get("/test-only/admin", headers=admin).status_code == 200
