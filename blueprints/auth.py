@@ -20,34 +20,18 @@ from flask import Blueprint, current_app, g, jsonify, request, session
 from core import passwords, tokens
 from core.errors import abort_json
 from core.security import current_user, login_limit, start_session
-from core.web import get_redis
+from core.web import get_redis, required_fields
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
 
 CHALLENGE_TTL = 30
-MAX_FIELD = 1024
+MAX_FIELD = 1024  # longest username, password or proof accepted
 BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="realtime-flask", charset="UTF-8"'}
 _DUMMY = {}
 
 
 def _users():
     return current_app.extensions["users"]
-
-
-def _fields(*names):
-    """Required string fields from a JSON or form body; 400 when absent or oversize."""
-    body = request.get_json(silent=True) if request.is_json else request.form
-    if not isinstance(body, dict):
-        abort_json(400, "expected a JSON object or a form")
-    values = []
-    for name in names:
-        value = body.get(name)
-        if not isinstance(value, str) or not value:
-            abort_json(400, f"{name!r} is required (a non-empty string)")
-        if len(value) > MAX_FIELD:
-            abort_json(400, f"{name!r} is too long")
-        values.append(value)
-    return values
 
 
 def _check_password(username, password):
@@ -64,7 +48,7 @@ def _check_password(username, password):
 
 def _user_from_password_body():
     """The user named by a username/password body, or 401."""
-    user = _check_password(*_fields("username", "password"))
+    user = _check_password(*required_fields("username", "password", max_length=MAX_FIELD))
     if user is None:
         abort_json(401, "wrong username or password")
     return user
@@ -96,7 +80,7 @@ def basic():
 @bp.post("/challenge")
 @login_limit
 def challenge():
-    (username,) = _fields("username")
+    (username,) = required_fields("username", max_length=MAX_FIELD)
     user = _users().get(username)
     if user is not None:
         salt, iterations = user.secrets["scram_salt"], int(user.secrets["scram_iterations"])
@@ -113,7 +97,7 @@ def challenge():
 @bp.post("/respond")
 @login_limit
 def respond():
-    nonce, proof = _fields("nonce", "proof")
+    nonce, proof = required_fields("nonce", "proof", max_length=MAX_FIELD)
     username = get_redis().getdel(_key("challenge", nonce))  # once only
     if username is None:
         abort_json(401, "unknown, expired or already used challenge")

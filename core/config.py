@@ -43,6 +43,13 @@ SETTINGS = {
     "JWT_AUDIENCE": (str, "realtime-flask-api", "`aud` of issued tokens (checked on use)"),
     "LOGIN_RATE_LIMIT": (str, "20 per minute", "attempts per client address, shared by every "
                          "login endpoint (Basic, challenge, respond, login, token)"),
+    "TICKER_CALL_IN_MS": (int, 5000, "the ticker's normal poll interval, told to clients"),
+    "TICKER_TARGET_RPS": (float, 200.0, "quote requests per second above which callIn grows "
+                          "in proportion"),
+    "TICKER_UPSTREAM_URL": (str, None, "quote provider URL template with `{symbol}`, answering "
+                            "JSON with a numeric `price` (unset: the simulated market)"),
+    "TICKER_UPSTREAM_INTERVAL": (float, 5.0, "at most one provider call per symbol this often "
+                                 "(seconds), whatever the number of pollers"),
     "SERVED_BY_HEADER": (bool, None, "add `X-Served-By: host/pid` to responses; default on in "
                          "dev, off in production"),
 }

@@ -90,7 +90,7 @@ def format_id(key):
 class Message:
     """One channel message; its wire encodings are computed once and shared."""
 
-    __slots__ = ("_json", "_sse", "data", "id", "is_json", "key")
+    __slots__ = ("_cache", "_json", "_sse", "data", "id", "is_json", "key")
     is_reset = False
 
     def __init__(self, id, data, is_json):
@@ -100,11 +100,24 @@ class Message:
         self.is_json = is_json
         self._sse = None
         self._json = None
+        self._cache = None
 
     @property
     def value(self):
-        """The payload as Python: parsed JSON, or the text."""
-        return json.loads(self.data) if self.is_json else self.data
+        """The payload as Python: parsed JSON (once per worker), or the text."""
+        if not self.is_json:
+            return self.data
+        return self.cached("value", lambda: json.loads(self.data))
+
+    def cached(self, key, build):
+        """`build()` once per message and worker, shared by every subscriber:
+        apps derive their own frames from a message without re-encoding it
+        for each client."""
+        if self._cache is None:
+            self._cache = {}
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
 
     @property
     def sse(self):

@@ -57,6 +57,8 @@ def _split(value):
 
 
 def check_password_rules(password):
+    if not password.strip():
+        raise UserError("a password cannot be only spaces")
     if len(password) < MIN_PASSWORD:
         raise UserError(f"passwords have at least {MIN_PASSWORD} characters")
     if len(password.encode("utf-8")) > passwords.MAX_PASSWORD_BYTES:

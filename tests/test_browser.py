@@ -1,8 +1,10 @@
 """The demo pages in real headless Chromium (Playwright driving the system browser)."""
 
+import itertools
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -139,3 +141,56 @@ def test_password_session_and_basic_in_the_browser(server, page, browser_user):
     page.click("#logout-go")
     page.wait_for_function(
         "document.getElementById('whoami').textContent === 'not logged in'", timeout=15_000)
+
+
+def test_two_qa_pages_see_questions_but_answers_only_when_following(start_server, browser):
+    import uuid
+
+    board = start_server(REDIS_PREFIX=f"qab{uuid.uuid4().hex[:6]}:")
+    first, second = browser.new_context().new_page(), browser.new_context().new_page()
+    for page in (first, second):
+        page.goto(board.url + "/qa/")
+        page.wait_for_selector("#status.ok", timeout=15_000)
+    first.fill("#question", "Who broadcasts the <b>questions</b>?")
+    first.click("#ask-form button")
+    question = second.get_by_role("button", name="Who broadcasts the <b>questions</b>?")
+    question.wait_for(timeout=15_000)
+    assert second.locator("#questions b").count() == 0  # rendered as text
+
+    first.get_by_role("button", name="Who broadcasts the <b>questions</b>?").click()
+    first.wait_for_selector("#answer:not([disabled])", timeout=15_000)
+    first.fill("#answer", "the hub, through Redis")
+    first.click("#answer-button")
+    first.locator("#answers li", has_text="the hub, through Redis").wait_for(timeout=15_000)
+    assert second.locator("#answers li").count() == 0  # not following it: nothing
+
+    question.click()
+    second.locator("#answers li", has_text="the hub, through Redis").wait_for(timeout=15_000)
+    for page in (first, second):
+        page.context.close()
+
+
+def test_ticker_page_updates_at_the_pace_the_server_sets(start_server, browser):
+    import uuid
+
+    server = start_server(TICKER_CALL_IN_MS=1000, REDIS_PREFIX=f"tkb{uuid.uuid4().hex[:6]}:")
+    context = browser.new_context()
+    page = context.new_page()
+    requested = []
+    page.on("request", lambda r: requested.append(time.monotonic())
+            if "/ticker/quote" in r.url else None)
+    page.goto(server.url + "/ticker/")
+    page.wait_for_function("Number(document.getElementById('polls').textContent) >= 4",
+                           timeout=15_000)
+    assert page.locator("#callin").inner_text() == "1000"
+    assert page.locator("#field-price").inner_text().replace(".", "").isdigit()
+    gaps = [b - a for a, b in itertools.pairwise(requested)]
+    assert min(gaps) > 0.8  # it waited for callIn between polls
+    page.fill("#symbol", "ZZZZ")
+    page.click("#symbol-form button")
+    page.wait_for_function(
+        "document.getElementById('callin').textContent === 'never (stopped)'", timeout=10_000)
+    stopped_at = len(requested)
+    page.wait_for_timeout(2500)
+    assert len(requested) == stopped_at  # callIn null: no more polls
+    context.close()

@@ -1,0 +1,217 @@
+"""The Q&A board over Server-Sent Events (chapter 6), with its state in Redis.
+
+    GET  /qa/                  the page
+    GET  /qa/stream            SSE: login {"id"}, questions {"questions"}, answers {"question","answers"}, ping
+    POST /qa/questions         {"question"} -> 201; duplicate 409; empty/oversize 400
+    POST /qa/select            {"question"} -> the stream now follows it; unknown 404
+    POST /qa/answers           {"answer"} -> appended to the selected question
+
+Requests name their client with `X-Client-Id`, the signed id the stream gave
+in its `login` event. Every change is one event on the internal hub channel
+`qa:events`, carrying the whole new list and its length: a stream forwards
+questions to everyone, and answers only when they are for the question its
+client follows; an event older than what a stream has shown (two workers
+publishing at once) is skipped. A stream that reconnects with `?client=`
+keeps its id and selection, and gets the full current state again.
+"""
+
+import hashlib
+import json
+import secrets
+import time
+
+from flask import Blueprint, current_app, request
+from itsdangerous import BadSignature, URLSafeSerializer
+
+from core import sse
+from core.errors import abort_json
+from core.hub import SubscriptionClosed
+from core.web import get_hub, get_redis, required_fields
+
+bp = Blueprint("qa", __name__, url_prefix="/qa")
+
+CHANNEL = "qa:events"
+MAX_QUESTION, MAX_ANSWER = 280, 1000
+MAX_QUESTIONS, MAX_ANSWERS = 200, 200
+PING_SECONDS = 10
+SELECTION_TTL = 24 * 3600
+
+# KEYS: list, set of normalised texts; ARGV: text, normalised, limit.
+# Returns {0, the whole list...}, {1} duplicate, {2} full.
+_APPEND_LUA = """
+if ARGV[2] ~= '' and redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 1 then return {1} end
+if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[3]) then return {2} end
+if ARGV[2] ~= '' then redis.call('SADD', KEYS[2], ARGV[2]) end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+local all = redis.call('LRANGE', KEYS[1], 0, -1)
+table.insert(all, 1, 0)
+return all
+"""
+
+
+def _key(*parts, prefix=None):
+    prefix = current_app.config["REDIS_PREFIX"] if prefix is None else prefix
+    return prefix + "qa:" + ":".join(parts)
+
+
+def _answers_key(question, prefix=None):
+    return _key("answers", hashlib.sha256(question.encode()).hexdigest(), prefix=prefix)
+
+
+def _normalise(text):
+    return " ".join(text.split()).casefold()
+
+
+def _signer():
+    return URLSafeSerializer(current_app.config["SECRET_KEY"], salt="qa-client")
+
+
+def _client_id():
+    signed = request.headers.get("X-Client-Id")
+    if not signed:
+        abort_json(401, "X-Client-Id is required: the id from the stream's login event")
+    try:
+        return _signer().loads(signed)
+    except BadSignature:
+        abort_json(403, "X-Client-Id is not one this server issued")
+
+
+def _append(list_key, set_key, text, normalised, limit):
+    script = get_redis().register_script(_APPEND_LUA)
+    return script(keys=[list_key, set_key], args=[text, normalised, limit])
+
+
+@bp.get("/")
+def page():
+    return current_app.send_static_file("qa.html")
+
+
+@bp.post("/questions")
+def ask():
+    _client_id()
+    (question,) = required_fields("question", max_length=MAX_QUESTION)
+    question = " ".join(question.split())
+    result = _append(_key("questions"), _key("question-set"), question, _normalise(question),
+                     MAX_QUESTIONS)
+    if result[0] == 1:
+        abort_json(409, "that question was already asked")
+    if result[0] == 2:
+        abort_json(409, f"the board is full ({MAX_QUESTIONS} questions)")
+    questions = result[1:]
+    get_hub().publish_json(CHANNEL, {"type": "questions", "questions": questions,
+                                     "count": len(questions)})
+    return {"ok": True, "question": question, "count": len(questions)}, 201
+
+
+@bp.post("/select")
+def select():
+    client = _client_id()
+    (question,) = required_fields("question", max_length=MAX_QUESTION)
+    r = get_redis()
+    if not r.sismember(_key("question-set"), _normalise(question)):
+        abort_json(404, "no such question")
+    question = " ".join(question.split())
+    r.set(_key("selected", client), question, ex=SELECTION_TTL)
+    answers = r.lrange(_answers_key(question), 0, -1)
+    get_hub().publish_json(CHANNEL, {"type": "select", "client": client, "question": question,
+                                     "answers": answers, "count": len(answers)})
+    return {"ok": True, "question": question, "answers": answers}
+
+
+@bp.post("/answers")
+def answer():
+    client = _client_id()
+    (text,) = required_fields("answer", max_length=MAX_ANSWER)
+    question = get_redis().get(_key("selected", client))
+    if question is None:
+        abort_json(400, "select a question before answering")
+    result = _append(_answers_key(question), "", text.strip(), "", MAX_ANSWERS)
+    if result[0] == 2:
+        abort_json(409, f"that question has its {MAX_ANSWERS} answers")
+    answers = result[1:]
+    get_hub().publish_json(CHANNEL, {"type": "answers", "question": question, "answers": answers,
+                                     "count": len(answers)})
+    return {"ok": True, "question": question, "count": len(answers)}, 201
+
+
+@bp.get("/stream")
+def stream():
+    client, signed = None, request.args.get("client")
+    if signed:
+        try:
+            client = _signer().loads(signed)
+        except BadSignature:
+            abort_json(403, "client is not an id this server issued")
+    if client is None:
+        client = secrets.token_hex(16)
+        signed = _signer().dumps(client)
+    state = _BoardState(get_redis(), current_app.config["REDIS_PREFIX"], client)
+    return sse.stream_response(
+        _board_stream(get_hub(), state, client, signed, current_app.config["SSE_RETRY_MS"]))
+
+
+class _BoardState:
+    """Reads what a (re)connecting client must be shown. Used by the stream
+    after the view has returned, so it carries its key prefix (no app context)."""
+
+    def __init__(self, redis_client, prefix, client):
+        self.redis, self.prefix, self.client = redis_client, prefix, client
+
+    def read(self):
+        questions = self.redis.lrange(_key("questions", prefix=self.prefix), 0, -1)
+        selected = self.redis.get(_key("selected", self.client, prefix=self.prefix))
+        answers = self.redis.lrange(_answers_key(selected, self.prefix), 0, -1) if selected else []
+        return questions, selected, answers
+
+
+def _questions_frame(questions):
+    return sse.event(json.dumps({"questions": questions}), event="questions")
+
+
+def _answers_frame(question, answers):
+    return sse.event(json.dumps({"question": question, "answers": answers}), event="answers")
+
+
+def _board_stream(hub, state, client, signed, retry_ms):
+    # Subscribe first, then read the state: nothing published in between is missed.
+    with hub.subscribe(CHANNEL) as sub:
+        questions, selected, answers = state.read()
+        shown = {"questions": len(questions), "answers": len(answers)}
+        yield sse.PADDING + sse.retry(retry_ms) + sse.event(json.dumps({"id": signed}),
+                                                             event="login")
+        yield _questions_frame(questions) + (
+            _answers_frame(selected, answers) if selected else b"")
+        next_ping = time.monotonic() + PING_SECONDS
+        while True:
+            try:
+                items = sub.wait(max(next_ping - time.monotonic(), 0))
+            except SubscriptionClosed as closed:
+                yield sse.event(json.dumps({"reason": closed.reason}), event="close")
+                return
+            out = []
+            for msg in items:
+                if msg.is_reset:  # the log moved on without us: show the state afresh
+                    questions, selected, answers = state.read()
+                    shown = {"questions": len(questions), "answers": len(answers)}
+                    out.append(_questions_frame(questions))
+                    if selected:
+                        out.append(_answers_frame(selected, answers))
+                    continue
+                event = msg.value
+                kind = event["type"]
+                if kind == "questions" and event["count"] > shown["questions"]:
+                    shown["questions"] = event["count"]
+                    out.append(msg.cached("sse", lambda e=event: _questions_frame(e["questions"])))
+                elif kind == "select" and event["client"] == client:
+                    selected, shown["answers"] = event["question"], event["count"]
+                    out.append(_answers_frame(selected, event["answers"]))
+                elif (kind == "answers" and event["question"] == selected
+                      and event["count"] > shown["answers"]):
+                    shown["answers"] = event["count"]
+                    out.append(msg.cached("sse", lambda e=event: _answers_frame(
+                        e["question"], e["answers"])))
+            if time.monotonic() >= next_ping:
+                out.append(sse.event(str(int(time.time() * 1000)), event="ping"))
+                next_ping = time.monotonic() + PING_SECONDS
+            if out:
+                yield b"".join(out)

@@ -1,0 +1,167 @@
+"""The AJAX stock ticker (chapter 6): the server, which sees the load and the
+errors, tells each client when to call back (`callIn`, in ms).
+
+    GET /ticker/                     the page
+    GET /ticker/quote?symbol=IBM     {"quote": {...}, "callIn": ms}
+
+Quotes come from a simulated market: a random walk per symbol kept in Redis
+and advanced one step per second by a Lua script, so every worker returns the
+same price at a given moment. With TICKER_UPSTREAM_URL set, quotes come from
+that provider instead, through a Redis cache and lock: however many clients
+poll, one upstream call per symbol per TICKER_UPSTREAM_INTERVAL seconds.
+
+The callIn rule:
+- normally TICKER_CALL_IN_MS (5000);
+- under load, scaled by (requests per second over the last 5 s) / TICKER_TARGET_RPS
+  when that exceeds 1, up to 60000;
+- after an upstream failure 10000, doubling with each consecutive failure, up to 120000;
+- `null` (stop polling) for an unknown symbol (404).
+"""
+
+import json
+import re
+import time
+import urllib.request
+
+from flask import Blueprint, current_app, request
+
+from core.errors import abort_json
+from core.web import get_redis
+
+bp = Blueprint("ticker", __name__, url_prefix="/ticker")
+
+LISTED = {"IBM": 140.0, "AAPL": 190.0, "MSFT": 410.0, "GOOG": 150.0, "AMZN": 180.0,
+          "NVDA": 120.0, "TSLA": 250.0, "META": 480.0}
+SYMBOL = re.compile(r"[A-Z][A-Z0-9.]{0,9}\Z")
+MAX_CALL_IN, MAX_ERROR_CALL_IN, ERROR_CALL_IN = 60_000, 120_000, 10_000
+RATE_WINDOW = 5
+FIELDS = ("price", "change", "changePercent", "open", "high", "low", "volume")
+
+# KEYS[1] the symbol's hash; ARGV: symbol, now (s), start price.
+# Walks the price one step per elapsed second (at most an hour's worth at once);
+# each step is derived from sha1(symbol:second), so it is the same on every worker.
+_MARKET_LUA = """
+local s = redis.call('HGETALL', KEYS[1])
+local st = {}
+for i = 1, #s, 2 do st[s[i]] = s[i + 1] end
+local now = tonumber(ARGV[2])
+local price, t = tonumber(st.price), tonumber(st.t)
+if not price then
+  price = tonumber(ARGV[3]); t = now
+  st.open = price; st.high = price; st.low = price; st.volume = 0
+end
+local high, low, volume = tonumber(st.high), tonumber(st.low), tonumber(st.volume)
+if now - t > 3600 then t = now - 3600 end
+while t < now do
+  t = t + 1
+  local h = redis.sha1hex(ARGV[1] .. ':' .. t)
+  local u = tonumber(string.sub(h, 1, 8), 16) / 4294967296
+  local v = tonumber(string.sub(h, 9, 12), 16)
+  price = math.max(0.01, price * (1 + (u - 0.5) * 0.004))
+  if price > high then high = price end
+  if price < low then low = price end
+  volume = volume + 100 + v % 5000
+end
+redis.call('HSET', KEYS[1], 'price', price, 't', t, 'open', st.open, 'high', high,
+           'low', low, 'volume', volume)
+return {tostring(price), tostring(st.open), tostring(high), tostring(low), tostring(volume), t}
+"""
+
+
+def _key(*parts):
+    return current_app.config["REDIS_PREFIX"] + "ticker:" + ":".join(parts)
+
+
+@bp.get("/")
+def page():
+    return current_app.send_static_file("ticker.html")
+
+
+@bp.get("/quote")
+def quote():
+    symbol = request.args.get("symbol", "").strip().upper()
+    if not SYMBOL.match(symbol):
+        abort_json(400, "symbol: 1-10 of A-Z 0-9 ., starting with a letter")
+    load_call_in = _call_in_for_load()
+    if current_app.config["TICKER_UPSTREAM_URL"]:
+        result, error_call_in = _upstream_quote(symbol)
+        if result is None:
+            return {"error": error_call_in[0], "callIn": error_call_in[1]}, 502
+        return {"quote": result, "callIn": load_call_in}
+    if symbol not in LISTED:
+        return {"error": f"unknown symbol {symbol!r}", "listed": sorted(LISTED),
+                "callIn": None}, 404
+    return {"quote": _simulated_quote(symbol), "callIn": load_call_in}
+
+
+def _simulated_quote(symbol):
+    script = get_redis().register_script(_MARKET_LUA)
+    price, open_, high, low, volume, t = script(
+        keys=[_key("market", symbol)], args=[symbol, int(time.time()), LISTED[symbol]])
+    price, open_ = float(price), float(open_)
+    return {
+        "symbol": symbol, "price": round(price, 2), "change": round(price - open_, 2),
+        "changePercent": round((price - open_) / open_ * 100, 3), "open": round(open_, 2),
+        "high": round(float(high), 2), "low": round(float(low), 2),
+        "volume": int(float(volume)), "time": int(t) * 1000, "source": "simulated",
+    }
+
+
+def _call_in_for_load():
+    """Count this request and derive callIn from the recent request rate."""
+    config, r = current_app.config, get_redis()
+    now = int(time.time())
+    pipe = r.pipeline(transaction=False)
+    pipe.incr(_key("rate", str(now)))
+    pipe.expire(_key("rate", str(now)), RATE_WINDOW + 2)
+    pipe.mget([_key("rate", str(second)) for second in range(now - RATE_WINDOW + 1, now + 1)])
+    counts = pipe.execute()[2]
+    rate = sum(int(c or 0) for c in counts) / RATE_WINDOW
+    factor = max(1.0, rate / config["TICKER_TARGET_RPS"])
+    return int(min(MAX_CALL_IN, config["TICKER_CALL_IN_MS"] * factor))
+
+
+def _upstream_quote(symbol):
+    """(quote, None) from the shared cache or one upstream call; on failure
+    (None, (error, callIn))."""
+    config, r = current_app.config, get_redis()
+    interval = config["TICKER_UPSTREAM_INTERVAL"]
+    cache_key, lock_key = _key("cache", symbol), _key("lock", symbol)
+    failures_key = _key("failures", symbol)
+    cached = r.get(cache_key)
+    if cached is not None and time.time() - json.loads(cached)["fetchedAt"] < interval:
+        return json.loads(cached)["quote"], None
+    if r.set(lock_key, "1", nx=True, px=int(interval * 1000)):
+        try:
+            quote = _fetch(config["TICKER_UPSTREAM_URL"].format(symbol=symbol), symbol)
+        except (OSError, ValueError) as exc:
+            failures = r.incr(failures_key)
+            r.expire(failures_key, 3600)
+            r.set(_key("last-error", symbol), str(exc)[:200], ex=3600)
+            return None, _upstream_error(failures)
+        r.delete(failures_key)
+        r.set(cache_key, json.dumps({"quote": quote, "fetchedAt": time.time()}),
+              ex=int(interval * 10) + 1)
+        return quote, None
+    # Another request is fetching: serve the previous value, or wait briefly for the new one.
+    deadline = time.monotonic() + 3
+    while cached is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        cached = r.get(cache_key)
+    if cached is not None:
+        return json.loads(cached)["quote"], None
+    return None, _upstream_error(int(r.get(failures_key) or 1))
+
+
+def _upstream_error(failures):
+    call_in = min(MAX_ERROR_CALL_IN, ERROR_CALL_IN * 2 ** (max(failures, 1) - 1))
+    return "the quote provider is unavailable, retrying later", call_in
+
+
+def _fetch(url, symbol):
+    with urllib.request.urlopen(url, timeout=3) as response:  # the operator configures this URL
+        data = json.loads(response.read(64 * 1024))
+    if not isinstance(data, dict) or not isinstance(data.get("price"), (int, float)):
+        raise ValueError("the provider's answer has no numeric price")  # noqa: TRY004
+    quote = {name: data[name] for name in FIELDS if isinstance(data.get(name), (int, float))}
+    return {**quote, "symbol": symbol, "time": int(time.time() * 1000), "source": "upstream"}
