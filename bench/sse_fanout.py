@@ -1,11 +1,13 @@
 """SSE fan-out: how many subscribers 2 gevent workers hold, the memory each
 costs, and how long one broadcast takes to reach all of them.
 
-    .venv/bin/python bench/sse_fanout.py [--clients 1000 10000] [--broadcasts 5]
+    .venv/bin/python bench/sse_fanout.py [--clients 1000 10000] [--broadcasts 5] [--app qa]
 
 Starts its own redis-server and gunicorn (2 gevent workers, the shipped
 gunicorn.conf.py), opens the subscribers from 2 load-generator processes
 (gevent, raw sockets), publishes, and writes docs/bench-sse-fanout.md.
+With `--app qa` the subscribers are Q&A board streams (`/qa/stream`) and each
+broadcast is a new question (`POST /qa/questions`): docs/bench-qa-fanout.md.
 Every client must receive every broadcast: a loss fails the run.
 """
 
@@ -27,7 +29,18 @@ GENERATORS = 2
 
 # -- load generator (a child process) ---------------------------------------------
 
-def generator(port, count):
+APPS = {
+    # app: (stream path, report file, title)
+    "channels": (f"/sub/{CHANNEL}", "bench-sse-fanout.md", "SSE fan-out on 2 gevent workers"),
+    "qa": ("/qa/stream", "bench-qa-fanout.md", "Q&A board fan-out on 2 gevent workers"),
+}
+
+
+def marker_text(k):
+    return f"bcast-{k}-end"
+
+
+def generator(port, count, path):
     """Open `count` SSE clients; on "report", print every client's receipts."""
     from gevent import monkey
 
@@ -39,9 +52,9 @@ def generator(port, count):
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    request = (f"GET /sub/{CHANNEL} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                "Accept: text/event-stream\r\n\r\n").encode()
-    marker = re.compile(rb"data: b(\d+)\n")
+    marker = re.compile(rb"bcast-(\d+)-end")
     receipts = [{} for _ in range(count)]
     connected = []
     failures = []
@@ -111,12 +124,13 @@ def cpu_seconds(pids):
     return total
 
 
-def run_level(server_port, master_pid, hub, clients, broadcasts):
+def run_level(server_port, master_pid, publish, clients, broadcasts, path):
     pids = worker_pids(master_pid)
     base_rss = sum(rss_kb(p) for p in pids)
     per = [clients // GENERATORS + (1 if i < clients % GENERATORS else 0)
            for i in range(GENERATORS)]
-    procs = [subprocess.Popen([sys.executable, __file__, "--generator", str(server_port), str(n)],
+    procs = [subprocess.Popen([sys.executable, __file__, "--generator", str(server_port), str(n),
+                               path],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for n in per]
     hello = [json.loads(p.stdout.readline()) for p in procs]
@@ -128,7 +142,7 @@ def run_level(server_port, master_pid, hub, clients, broadcasts):
     sent = {}
     for k in range(1, broadcasts + 1):
         sent[k] = time.time()
-        hub.publish(CHANNEL, f"b{k}")
+        publish(k)
         time.sleep(1.5)
     cpu_used = cpu_seconds(pids) - cpu_before
     for p in procs:
@@ -159,12 +173,34 @@ def run_level(server_port, master_pid, hub, clients, broadcasts):
     }
 
 
+def qa_publisher(url):
+    """Each broadcast is a new question, posted like the page does."""
+    import requests
+
+    with requests.get(url + "/qa/stream", stream=True, timeout=10,
+                      headers={"Accept": "text/event-stream"}) as stream:
+        for line in stream.iter_lines(decode_unicode=True):
+            if line.startswith("data: {\"id\""):
+                client_id = json.loads(line[6:])["id"]
+                break
+
+    def publish(k):
+        response = requests.post(url + "/qa/questions", json={"question": marker_text(k)},
+                                 headers={"X-Client-Id": client_id}, timeout=10)
+        response.raise_for_status()
+
+    return publish
+
+
 def main():
     parser = argparse.ArgumentParser(description="SSE fan-out benchmark")
     parser.add_argument("--clients", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--broadcasts", type=int, default=5)
-    parser.add_argument("--report", default=str(ROOT / "docs" / "bench-sse-fanout.md"))
+    parser.add_argument("--app", choices=sorted(APPS), default="channels")
+    parser.add_argument("--report", help="default: docs/bench-sse-fanout.md (or -qa-)")
     args = parser.parse_args()
+    path, report_name, title = APPS[args.app]
+    args.report = args.report or str(ROOT / "docs" / report_name)
 
     import redis
 
@@ -175,9 +211,11 @@ def main():
     with redis_server() as rs:
         hub = Hub(redis.Redis.from_url(rs.url, decode_responses=True), rs.url)
         for clients in args.clients:
-            with gunicorn_server(rs.url) as (url, master_pid, _env):
-                row = run_level(int(url.rsplit(":", 1)[1]), master_pid, hub, clients,
-                                args.broadcasts)
+            with gunicorn_server(rs.url, REDIS_PREFIX=f"bench{clients}:") as (url, pid, _env):
+                publish = (qa_publisher(url) if args.app == "qa" else
+                           lambda k: hub.publish(CHANNEL, marker_text(k)))
+                row = run_level(int(url.rsplit(":", 1)[1]), pid, publish, clients,
+                                args.broadcasts, path)
             rows.append(row)
             print(json.dumps(row), flush=True)
 
@@ -195,12 +233,12 @@ def main():
     from bench.common import machine as describe_machine
 
     machine = describe_machine()
-    Path(args.report).write_text(f"""# SSE fan-out on 2 gevent workers
+    Path(args.report).write_text(f"""# {title}
 
 Measured {time.strftime('%Y-%m-%d')} on {machine}, with the load generator
 (2 processes, gevent, raw sockets) on the same machine. Command:
 
-    .venv/bin/python bench/sse_fanout.py --clients {' '.join(map(str, args.clients))} --broadcasts {args.broadcasts}
+    .venv/bin/python bench/sse_fanout.py --app {args.app} --clients {' '.join(map(str, args.clients))} --broadcasts {args.broadcasts}
 
 {table}
 
@@ -218,6 +256,6 @@ Measured {time.strftime('%Y-%m-%d')} on {machine}, with the load generator
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--generator":
-        generator(int(sys.argv[2]), int(sys.argv[3]))
+        generator(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     else:
         sys.exit(main())

@@ -36,18 +36,17 @@ MAX_QUESTIONS, MAX_ANSWERS = 200, 200
 PING_SECONDS = 10
 SELECTION_TTL = 24 * 3600
 
-# KEYS: list, set of normalised texts; ARGV: text, normalised, limit.
-# Returns {0, the whole list...}, {1} duplicate, {2} full.
+# KEYS: list, hash normalised text -> text; ARGV: text, normalised ('' = no
+# duplicate check), limit. Returns {0, the whole list...}, {1} duplicate, {2} full.
 _APPEND_LUA = """
-if ARGV[2] ~= '' and redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 1 then return {1} end
+if ARGV[2] ~= '' and redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return {1} end
 if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[3]) then return {2} end
-if ARGV[2] ~= '' then redis.call('SADD', KEYS[2], ARGV[2]) end
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[2], ARGV[2], ARGV[1]) end
 redis.call('RPUSH', KEYS[1], ARGV[1])
 local all = redis.call('LRANGE', KEYS[1], 0, -1)
 table.insert(all, 1, 0)
 return all
 """
-
 
 def _key(*parts, prefix=None):
     prefix = current_app.config["REDIS_PREFIX"] if prefix is None else prefix
@@ -91,7 +90,7 @@ def ask():
     _client_id()
     (question,) = required_fields("question", max_length=MAX_QUESTION)
     question = " ".join(question.split())
-    result = _append(_key("questions"), _key("question-set"), question, _normalise(question),
+    result = _append(_key("questions"), _key("question-index"), question, _normalise(question),
                      MAX_QUESTIONS)
     if result[0] == 1:
         abort_json(409, "that question was already asked")
@@ -108,9 +107,10 @@ def select():
     client = _client_id()
     (question,) = required_fields("question", max_length=MAX_QUESTION)
     r = get_redis()
-    if not r.sismember(_key("question-set"), _normalise(question)):
+    # The question as it was asked, whatever the case and spacing of this request.
+    question = r.hget(_key("question-index"), _normalise(question))
+    if question is None:
         abort_json(404, "no such question")
-    question = " ".join(question.split())
     r.set(_key("selected", client), question, ex=SELECTION_TTL)
     answers = r.lrange(_answers_key(question), 0, -1)
     get_hub().publish_json(CHANNEL, {"type": "select", "client": client, "question": question,
@@ -125,7 +125,8 @@ def answer():
     question = get_redis().get(_key("selected", client))
     if question is None:
         abort_json(400, "select a question before answering")
-    result = _append(_answers_key(question), "", text.strip(), "", MAX_ANSWERS)
+    answers_key = _answers_key(question)
+    result = _append(answers_key, answers_key, text.strip(), "", MAX_ANSWERS)
     if result[0] == 2:
         abort_json(409, f"that question has its {MAX_ANSWERS} answers")
     answers = result[1:]

@@ -54,6 +54,7 @@ def unique(text):
 
 def test_stream_starts_with_login_then_the_whole_board(board):
     visitor = Visitor(board)
+    assert visitor.stream.wait_count(2)
     assert [i["event"] for i in visitor.stream.items[:2]] == ["login", "questions"]
     assert visitor.stream.retry == 2000
     visitor.close()
@@ -164,3 +165,17 @@ def test_questions_render_as_text_and_pings_keep_the_stream_alive(board):
     assert visitor.stream.wait_for(lambda items: any(i["event"] == "ping" for i in items),
                                    timeout=15)
     visitor.close()
+
+
+def test_selecting_with_other_case_or_spacing_follows_the_same_question(board):
+    asker, reader = Visitor(board), Visitor(board)
+    question = unique("Where do answers live?")
+    asker.post("questions", {"question": question})
+    asker.post("select", {"question": question})
+    asker.post("answers", {"answer": "in Redis"})
+    selected = reader.post("select", {"question": "  " + question.upper() + " "})
+    assert selected.status_code == 200
+    assert selected.json() == {"ok": True, "question": question, "answers": ["in Redis"]}
+    assert reader.wait_answers(question, "in Redis")
+    asker.close()
+    reader.close()
