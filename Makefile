@@ -13,8 +13,10 @@ test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-bench
-	$(BIN)/python bench/sse_fanout.py
+	$(BIN)/python bench/sse_fanout.py --app channels
+	$(BIN)/python bench/sse_fanout.py --app qa
 	$(BIN)/python bench/login_cost.py
+	$(BIN)/python bench/ticker_load.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

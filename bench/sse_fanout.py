@@ -31,8 +31,12 @@ GENERATORS = 2
 
 APPS = {
     # app: (stream path, report file, title)
-    "channels": (f"/sub/{CHANNEL}", "bench-sse-fanout.md", "SSE fan-out on 2 gevent workers"),
-    "qa": ("/qa/stream", "bench-qa-fanout.md", "Q&A board fan-out on 2 gevent workers"),
+    "channels": (f"/sub/{CHANNEL}", "bench-sse-fanout.md",
+                 "SSE fan-out on 2 gevent workers (GET /sub/<channel>; each broadcast is "
+                 "one publish)"),
+    "qa": ("/qa/stream", "bench-qa-fanout.md",
+           "Q&A board fan-out on 2 gevent workers (GET /qa/stream; each broadcast is a new "
+           "question, POST /qa/questions, delivered as the whole question list)"),
 }
 
 
