@@ -17,6 +17,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/sse_fanout.py --app qa
 	$(BIN)/python bench/login_cost.py
 	$(BIN)/python bench/ticker_load.py
+	$(BIN)/python bench/editor_ops.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

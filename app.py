@@ -72,9 +72,20 @@ def create_app(config=None):
     security.init_app(app)
     websocket.init_app(app)
 
-    from blueprints import auth, channels, cities, clock, cookies, home, longpoll, qa, ticker
+    from blueprints import (
+        auth,
+        channels,
+        cities,
+        clock,
+        cookies,
+        editor,
+        home,
+        longpoll,
+        qa,
+        ticker,
+    )
 
-    for module in (home, auth, channels, cities, cookies, longpoll, clock, qa, ticker):
+    for module in (home, auth, channels, cities, cookies, longpoll, clock, qa, ticker, editor):
         app.register_blueprint(module.bp)
 
     if app.config["SERVED_BY_HEADER"]:

@@ -59,13 +59,20 @@ PING_INTERVAL = 10.0  # listener pings Redis after this much silence...
 PING_TIMEOUT = 10.0  # ...and reconnects when the pong does not come
 ABORT_GRACE = 2.0  # a dropped consumer has this long to write its goodbye
 
-# KEYS[1] stream; ARGV: maxlen, ttl ms, notify channel, channel, type, data
-_PUBLISH_LUA = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 't', ARGV[5], 'd', ARGV[6])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' ' .. id .. ' ' .. ARGV[5] .. ARGV[6])
-return id
+# Defines hub_publish(stream_key, channel, kind, data) for Lua scripts: XADD to
+# the capped stream, refresh its TTL, PUBLISH the notification; returns the id.
+# An app script that changes its state and calls hub_publish in the same script
+# (see Hub.script) makes the change and its message one atomic step, delivered
+# in commit order.
+_PUBLISH_FUNCTION = """
+local function hub_publish(stream_key, channel, kind, data)
+  local id = redis.call('XADD', stream_key, 'MAXLEN', '~', %(maxlen)d, '*', 't', kind, 'd', data)
+  redis.call('PEXPIRE', stream_key, %(ttl_ms)d)
+  redis.call('PUBLISH', '%(notify)s', channel .. ' ' .. id .. ' ' .. kind .. data)
+  return id
+end
 """
+_PREFIX_SAFE = re.compile(r"[A-Za-z0-9:_.-]*\Z")
 
 
 class InvalidId(ValueError):
@@ -320,7 +327,9 @@ class Hub:
         self.queue_size = queue_size
         self.maxlen = maxlen
         self.ttl_ms = int(ttl_seconds * 1000)
-        self._publish = redis_client.register_script(_PUBLISH_LUA)
+        if not _PREFIX_SAFE.match(prefix):
+            raise ValueError(f"REDIS_PREFIX {prefix!r}: use A-Z a-z 0-9 : _ . -")
+        self._publish = self.script("return hub_publish(KEYS[1], ARGV[1], ARGV[2], ARGV[3])")
         self._channels = {}
         self._lock = threading.Lock()
         self._epoch = 0
@@ -334,6 +343,14 @@ class Hub:
 
     def stream_key(self, channel):
         return f"{self.prefix}stream:{channel}"
+
+    def script(self, body):
+        """Register a Lua script that may call hub_publish(stream_key, channel,
+        kind, data); `kind` is 'j' (JSON) or 't' (text). Pass stream keys
+        (`stream_key(channel)`) in KEYS."""
+        prelude = _PUBLISH_FUNCTION % {"maxlen": self.maxlen, "ttl_ms": self.ttl_ms,
+                                       "notify": self.notify_channel}
+        return self.redis.register_script(prelude + body)
 
     def publish(self, channel, data, is_json=False):
         """Append `data` (str; JSON text when is_json) to `channel`; returns its id."""
@@ -350,8 +367,7 @@ class Hub:
         if not channel or " " in channel:
             raise ValueError(f"invalid channel name {channel!r}")
         return {"keys": [self.stream_key(channel)],
-                "args": [self.maxlen, self.ttl_ms, self.notify_channel, channel,
-                         "j" if is_json else "t", data]}
+                "args": [channel, "j" if is_json else "t", data]}
 
     def publish_json(self, channel, obj):
         return self.publish(channel, json.dumps(obj, separators=(",", ":")), is_json=True)

@@ -15,7 +15,8 @@ def test_index_links_every_demo(client):
     page = client.get("/")
     assert page.status_code == 200
     html = page.get_data(as_text=True)
-    for link in ("/longpoll/", "/clock/", "/qa/", "/ticker/", "/auth/", "/whoami",
+    for link in ("/longpoll/", "/clock/", "/qa/", "/ticker/", "/auth/", "/editor/welcome",
+                 "/whoami",
                  "/listCities/usa/ohio", "/cookie", "/healthz"):
         assert f'href="{link}"' in html
 

@@ -194,3 +194,35 @@ def test_ticker_page_updates_at_the_pace_the_server_sets(start_server, browser):
     page.wait_for_timeout(2500)
     assert len(requested) == stopped_at  # callIn null: no more polls
     context.close()
+
+
+def test_two_editor_pages_typing_at_once_converge_and_show_carets(server, browser):
+    import uuid
+
+    url = f"{server.url}/editor/b-{uuid.uuid4().hex[:8]}"
+    pages = []
+    for name in ("ada", "grace"):
+        context = browser.new_context()
+        context.add_init_script(f"localStorage.setItem('editor-name', '{name}')")
+        page = context.new_page()
+        page.goto(url)
+        page.wait_for_selector("#status.ok", timeout=15_000)
+        page.click("#text")
+        pages.append(page)
+    ada, grace = pages
+    for a_char, g_char in zip("abc😀d", "xyz\tw"):  # interleaved: ops cross in flight
+        ada.keyboard.type(a_char)
+        grace.keyboard.press("Tab") if g_char == "\t" else grace.keyboard.type(g_char)
+    converged = ("document.getElementById('text').value.length >= 14 && "
+                 "document.getElementById('version').textContent !== 'null'")
+    for page in pages:
+        page.wait_for_function(converged, timeout=15_000)
+    ada.wait_for_function("(t) => document.getElementById('text').value === t",
+                          arg=grace.locator("#text").input_value(), timeout=15_000)
+    text = ada.locator("#text").input_value()
+    assert sorted(text.replace("    ", "\t")) == sorted("abc😀dxyz\tw")
+    assert "    " in text  # Tab inserted indentation
+    ada.locator(".remote-caret[data-name='grace']").wait_for(state="attached", timeout=15_000)
+    grace.locator(".remote-caret[data-name='ada']").wait_for(state="attached", timeout=15_000)
+    for page in pages:
+        page.context.close()

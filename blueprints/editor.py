@@ -1,0 +1,264 @@
+"""The collaborative code editor: operational transformation on Redis (DESIGN §6).
+
+    GET /editor/<doc>            the page
+    GET /editor/<doc>/text       {"v", "text"}
+    WS  /editor/<doc>/ws[?v=N]   the protocol below
+
+Server -> client: `snapshot {v, text, reset}` (first connect, or a version too
+old to catch up from), or the ops since `?v=` as `op` messages; then
+`ready {v}`; later `op {v, op, src, id}` from others, `ack {v}` for one's own,
+`presence {src, name, caret, v}`, `leave {src}`.
+Client -> server: `op {v, op, id}` made against version v; `presence {v, caret}`.
+
+Committing: the op is transformed against every op committed since its `v`,
+applied, and stored by one Lua script that checks the version has not moved
+(else: read and transform again), appends to the bounded op log, records the
+op id (a resubmitted op is not applied twice) and publishes the entry on the
+hub in the same step, so every worker sees commits in version order. The
+current text is kept beside the log; the log keeps the last LOG_LENGTH ops.
+"""
+
+import json
+import random
+import re
+import secrets
+import threading
+import time
+import weakref
+
+from flask import Blueprint, current_app, render_template, request
+from simple_websocket import ConnectionClosed
+
+from core import ot
+from core.errors import abort_json
+from core.hub import SubscriptionClosed
+from core.web import get_hub, get_redis
+from core.websocket import POLICY_VIOLATION, close_reason, sock
+
+bp = Blueprint("editor", __name__, url_prefix="/editor")
+
+DOC_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+MAX_DOC = 100_000  # code points
+LOG_LENGTH = 500
+MAX_NAME = 40
+
+# KEYS: doc hash, log, ids; ARGV: from version. -> {v, text, base, {entries since from}}
+_READ_LUA = """
+local st = redis.call('HMGET', KEYS[1], 'v', 'text', 'base')
+local v, base = tonumber(st[1] or '0'), tonumber(st[3] or '0')
+local from = tonumber(ARGV[1])
+local entries = {}
+if from >= base and from < v then entries = redis.call('LRANGE', KEYS[2], from - base, -1) end
+return {v, st[2] or '', base, entries}
+"""
+
+# KEYS: doc hash, log, ids, hub stream; ARGV: expected v, new text, entry JSON
+# without its closing `"v":N}`, op id, log length, hub channel.
+# -> {1, v} committed, {0, v} the version moved, {2, v} this op id was committed as v.
+_COMMIT_LUA = """
+local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if v ~= tonumber(ARGV[1]) then return {0, v} end
+local seen = redis.call('HGET', KEYS[3], ARGV[4])
+if seen then return {2, tonumber(seen)} end
+v = v + 1
+local entry = ARGV[3] .. '"v":' .. v .. '}'
+redis.call('HSET', KEYS[1], 'v', v, 'text', ARGV[2])
+redis.call('HSETNX', KEYS[1], 'base', 0)
+redis.call('RPUSH', KEYS[2], entry)
+redis.call('HSET', KEYS[3], ARGV[4], v)
+if redis.call('LLEN', KEYS[2]) > tonumber(ARGV[5]) then
+  local oldest = cjson.decode(redis.call('LPOP', KEYS[2]))
+  redis.call('HINCRBY', KEYS[1], 'base', 1)
+  redis.call('HDEL', KEYS[3], oldest.id)
+end
+hub_publish(KEYS[4], ARGV[6], 'j', entry)
+return {1, v}
+"""
+
+
+# Greenlets of one worker commit to a document one at a time: the optimistic
+# retry loop below then only races the other workers.
+_commit_locks = weakref.WeakValueDictionary()
+_commit_locks_guard = threading.Lock()
+
+
+def _commit_lock(doc_key):
+    with _commit_locks_guard:
+        lock = _commit_locks.get(doc_key)
+        if lock is None:
+            lock = _commit_locks[doc_key] = threading.Lock()
+        return lock
+
+
+class Rejected(Exception):
+    """An op the server refuses; the message goes into the close reason."""
+
+
+class Document:
+    """One document's state in Redis. Built in the view (app context), used
+    by the WebSocket loops after it."""
+
+    def __init__(self, doc_id):
+        prefix = current_app.config["REDIS_PREFIX"]
+        self.hub, self.redis = get_hub(), get_redis()
+        self.channel = f"editor:{doc_id}"
+        self.keys = [f"{prefix}editor:{doc_id}", f"{prefix}editor:{doc_id}:log",
+                     f"{prefix}editor:{doc_id}:ids"]
+        self._read = self.redis.register_script(_READ_LUA)
+        self._commit = self.hub.script(_COMMIT_LUA)
+
+    def read(self, since=0):
+        """(v, text, base, [log entries after version `since`])."""
+        v, text, base, entries = self._read(keys=self.keys, args=[since])
+        return int(v), text, int(base), [json.loads(e) for e in entries]
+
+    def submit(self, base_v, op, op_id, src):
+        """Transform `op` (made against version base_v) and commit it; returns
+        the version it was committed as (a resubmitted op keeps its first one)."""
+        with _commit_lock(self.keys[0]):
+            return self._submit(base_v, op, op_id, src)
+
+    def _submit(self, base_v, op, op_id, src):
+        for attempt in range(50):
+            if attempt:
+                time.sleep(random.uniform(0, 0.002 * attempt))  # another worker just won
+            v, text, base, entries = self.read(base_v)
+            if base_v > v:
+                raise Rejected(f"version {base_v} is in the future (document is at {v})")
+            if base_v < base:
+                raise Rejected(f"version {base_v} is too old to catch up; reload")
+            rebased = op
+            for entry in entries:
+                if entry["id"] == op_id:
+                    return entry["v"]  # already committed (resubmitted after a reconnect)
+                rebased, _ = ot.transform(rebased, ot.from_json(entry["op"]))
+            try:
+                new_text = ot.apply(text, rebased)
+            except ot.OTError as exc:
+                raise Rejected(str(exc)) from None
+            if len(new_text) > MAX_DOC:
+                raise Rejected(f"a document holds at most {MAX_DOC} characters")
+            entry_head = json.dumps({"kind": "op", "op": ot.to_json(rebased), "src": src,
+                                     "id": op_id}, separators=(",", ":"))[:-1] + ","
+            status, version = self._commit(
+                keys=[*self.keys, self.hub.stream_key(self.channel)],
+                args=[v, new_text, entry_head, op_id, LOG_LENGTH, self.channel])
+            if status in (1, 2):
+                return int(version)
+        raise Rejected("too much contention; resubmit")
+
+
+@bp.get("/<doc>")
+def page(doc):
+    if not DOC_ID.match(doc):
+        abort_json(400, "document ids are 1-64 of A-Z a-z 0-9 _ -")
+    return render_template("editor.html", doc=doc)
+
+
+@bp.get("/<doc>/text")
+def text(doc):
+    if not DOC_ID.match(doc):
+        abort_json(400, "document ids are 1-64 of A-Z a-z 0-9 _ -")
+    v, body, _, _ = Document(doc).read()
+    return {"v": v, "text": body}
+
+
+def _parse_op_message(message):
+    if not isinstance(message.get("v"), int) or isinstance(message["v"], bool) or message["v"] < 0:
+        raise Rejected("op.v must be a version number")
+    op_id = message.get("id")
+    if not isinstance(op_id, str) or not 1 <= len(op_id) <= 64:
+        raise Rejected("op.id must be a string of 1-64 characters")
+    try:
+        return message["v"], ot.from_json(message.get("op")), op_id
+    except ot.OTError as exc:
+        raise Rejected(f"bad op: {exc}") from None
+
+
+def _caret(message):
+    caret = message.get("caret")
+    if (not isinstance(caret, list) or len(caret) != 2
+            or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= MAX_DOC
+                       for c in caret)):
+        raise Rejected("presence.caret must be [anchor, head] code point indexes")
+    return caret
+
+
+@sock.route("/<doc>/ws", bp=bp)
+def editor_ws(ws, doc):
+    if not DOC_ID.match(doc):
+        ws.close(POLICY_VIOLATION, "document ids are 1-64 of A-Z a-z 0-9 _ -")
+        return
+    raw_v = request.args.get("v", "")
+    since = int(raw_v) if raw_v.isdigit() and len(raw_v) < 12 else None
+    name = "".join(ch for ch in request.args.get("name", "") if ch.isprintable())[:MAX_NAME]
+    document, src = Document(doc), secrets.token_hex(8)
+    heartbeat = current_app.config["HEARTBEAT_SECONDS"]
+
+    with document.hub.subscribe(document.channel) as sub:  # first: nothing slips by
+        v, body, base, entries = document.read(since if since is not None else 0)
+        if since is None or not base <= since <= v:
+            ws.send(json.dumps({"type": "snapshot", "v": v, "text": body,
+                                "reset": since is not None}))
+        else:
+            for entry in entries:
+                ws.send(json.dumps({"type": "op", **entry}))
+        ws.send(json.dumps({"type": "ready", "v": v}))
+        forwarder = threading.Thread(target=_forward, args=(ws, sub, src, v, heartbeat),
+                                     daemon=True)
+        forwarder.start()
+        try:
+            _receive(ws, document, src, name)
+        finally:
+            sub.close("connection closed")
+            document.hub.publish_json(document.channel, {"kind": "leave", "src": src})
+
+
+def _receive(ws, document, src, name):
+    """The client's messages. Only the forwarder writes to the socket, so frames
+    leave in the order the hub delivered them."""
+    while True:
+        raw = ws.receive()
+        try:
+            try:
+                message = json.loads(raw) if isinstance(raw, str) else None
+            except ValueError:
+                message = None
+            if not isinstance(message, dict):
+                raise Rejected("messages are JSON objects")
+            if message.get("type") == "op":
+                document.submit(*_parse_op_message(message), src)
+            elif message.get("type") == "presence":
+                version = message.get("v")
+                document.hub.publish_json(document.channel, {
+                    "kind": "presence", "src": src, "name": name, "caret": _caret(message),
+                    "v": version if isinstance(version, int) else None})
+            else:
+                raise Rejected("unknown message type")
+        except Rejected as exc:
+            ws.close(POLICY_VIOLATION, close_reason(str(exc)))
+            return
+
+
+def _forward(ws, sub, src, version, heartbeat):
+    """Hub -> this client: others' ops, acks for ours (in version order), presence."""
+    try:
+        while ws.connected:
+            for msg in sub.wait(heartbeat):
+                if msg.is_reset:
+                    ws.close(POLICY_VIOLATION, "fell behind; reconnect to catch up")
+                    return
+                entry = msg.value
+                if entry["kind"] == "op":
+                    if entry["v"] <= version:
+                        continue
+                    version = entry["v"]
+                    out = ({"type": "ack", "v": version} if entry["src"] == src
+                           else {"type": "op", **entry})
+                elif entry["src"] != src:
+                    out = {"type": entry["kind"], **entry}
+                else:
+                    continue
+                ws.send(json.dumps(out))
+    except (SubscriptionClosed, ConnectionClosed, OSError):
+        pass  # our client left (the receive loop ends the subscription) or the socket broke
