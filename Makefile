@@ -18,6 +18,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/login_cost.py
 	$(BIN)/python bench/ticker_load.py
 	$(BIN)/python bench/editor_ops.py
+	$(BIN)/python bench/track_ingest.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -78,14 +78,18 @@ def create_app(config=None):
         cities,
         clock,
         cookies,
+        draw,
+        echo,
         editor,
         home,
         longpoll,
         qa,
         ticker,
+        track,
     )
 
-    for module in (home, auth, channels, cities, cookies, longpoll, clock, qa, ticker, editor):
+    for module in (home, auth, channels, cities, cookies, longpoll, clock, qa, ticker, editor,
+                   echo, draw, track):
         app.register_blueprint(module.bp)
 
     if app.config["SERVED_BY_HEADER"]:

@@ -14,8 +14,6 @@ channel; subscribing to `private-*` channels needs the same for subscribe
 """
 
 import json
-import os
-import socket
 
 from flask import Blueprint, Response, current_app, request
 
@@ -32,7 +30,13 @@ from core.hub import (
 )
 from core.security import channel_access_error, require_channel_access
 from core.web import get_hub
-from core.websocket import POLICY_VIOLATION, TRY_AGAIN_LATER, close_reason, sock
+from core.websocket import (
+    POLICY_VIOLATION,
+    TRY_AGAIN_LATER,
+    close_reason,
+    sock,
+    with_served_by,
+)
 
 bp = Blueprint("channels", __name__)
 
@@ -139,10 +143,8 @@ def subscribe_ws(ws, channel):
     heartbeat = current_app.config["HEARTBEAT_SECONDS"]
     with get_hub().subscribe(channel, cursor, on_abort=aborter(request.environ)) as sub:
         # Tells the client it is subscribed, and from where.
-        hello = {"subscribed": channel, "cursor": format_id(sub.cursor)}
-        if current_app.config["SERVED_BY_HEADER"]:  # the handshake cannot carry the header
-            hello["served_by"] = f"{socket.gethostname()}/{os.getpid()}"
-        ws.send(json.dumps(hello))
+        ws.send(json.dumps(with_served_by({"subscribed": channel,
+                                           "cursor": format_id(sub.cursor)})))
         while ws.connected:
             try:
                 items = sub.wait(heartbeat)

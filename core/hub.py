@@ -43,6 +43,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from core import sse
+from core.offload import spawn
 
 log = logging.getLogger(__name__)
 
@@ -292,22 +293,6 @@ class Subscription:
         return entries
 
 
-def _spawn(function):
-    """Run `function` in the background: a greenlet under gevent, else a thread.
-
-    A bare greenlet (not a patched Thread) stays out of threading's shutdown
-    bookkeeping, so a worker told to quit exits without a traceback."""
-    from gevent import monkey
-
-    if monkey.is_module_patched("threading"):
-        import gevent
-
-        return gevent.spawn(function)
-    thread = threading.Thread(target=function, daemon=True)
-    thread.start()
-    return thread
-
-
 class _Local:
     """The subscriptions of one channel in this worker."""
 
@@ -444,7 +429,7 @@ class Hub:
             return
         with self._lock:
             if self._listener is None:
-                self._listener = _spawn(self._run)
+                self._listener = spawn(self._run)
 
     def stop(self):
         self._stopped = True

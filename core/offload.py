@@ -1,9 +1,11 @@
-"""Run CPU-heavy work (password hashing) off the gevent hub.
+"""Where work runs: CPU-heavy calls off the gevent hub, background loops beside it.
 
 Under gevent a CPU-bound call in a greenlet stalls every connection of the
 worker; gevent's thread pool runs it on a real thread while the hub goes on
 serving. Outside gevent (CLI, tests, gthread workers) it is a plain call.
 """
+
+import threading
 
 from gevent import monkey
 
@@ -14,3 +16,17 @@ def run_blocking(function, *args):
 
         return gevent.get_hub().threadpool.apply(function, args)
     return function(*args)
+
+
+def spawn(function):
+    """Run `function` in the background: a greenlet under gevent, else a thread.
+
+    A bare greenlet (not a patched Thread) stays out of threading's shutdown
+    bookkeeping, so a worker told to quit exits without a traceback."""
+    if monkey.is_module_patched("threading"):
+        import gevent
+
+        return gevent.spawn(function)
+    thread = threading.Thread(target=function, daemon=True)
+    thread.start()
+    return thread

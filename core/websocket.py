@@ -5,9 +5,13 @@ Handlers are flask-sock loops (`while True: msg = ws.receive(); ...`)
 registered with `sock.route(path, bp=bp)`.
 """
 
+import json
+import math
+import os
+import socket
 import threading
 
-from flask import request
+from flask import current_app, request
 from flask_sock import Sock
 
 from core.connection import client_socket
@@ -20,6 +24,39 @@ sock = Sock()
 GOING_AWAY = 1001
 POLICY_VIOLATION = 1008  # invalid input: the reason says what
 TRY_AGAIN_LATER = 1013  # dropped as a slow consumer: reconnect and resume
+
+
+class BadFrame(ValueError):
+    """A frame the server refuses; the message becomes the close reason."""
+
+
+def json_object(raw):
+    """A client frame as a dict, or BadFrame."""
+    try:
+        message = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        message = None
+    if not isinstance(message, dict):
+        raise BadFrame("frames are JSON objects")
+    return message
+
+
+def fraction(message, name):
+    """message[name] as a finite number within 0..1 (a share of the canvas or window)."""
+    value = message.get(name)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise BadFrame(f"{name} must be a number")
+    if not 0 <= value <= 1:
+        raise BadFrame(f"{name} must be between 0 and 1 (a fraction of the canvas)")
+    return value
+
+
+def with_served_by(hello):
+    """Add the worker to a first frame when SERVED_BY_HEADER is on: a WebSocket
+    handshake cannot carry our X-Served-By header."""
+    if current_app.config["SERVED_BY_HEADER"]:
+        hello["served_by"] = f"{socket.gethostname()}/{os.getpid()}"
+    return hello
 
 
 def close_reason(text):
@@ -47,10 +84,48 @@ class _WholeFrameSocket:
         return getattr(self._raw, name)
 
 
+def locked_send(ws):
+    """A send function safe to call from two threads of one connection: with
+    permessage-deflate a frame must leave in the order it was compressed, so
+    building and writing it happen under one lock."""
+    lock = threading.Lock()
+
+    def send(data):
+        with lock:
+            ws.send(data)
+
+    return send
+
+
+def forward_from_hub(ws, sub, translate, heartbeat, send):
+    """Start a thread that relays hub messages to the client: `translate(msg)`
+    returns the text to send, or None to skip. It ends when the socket closes
+    or the subscription is closed (call `sub.close(...)` when the client leaves)."""
+    from simple_websocket import ConnectionClosed
+
+    from core.hub import SubscriptionClosed
+
+    def relay():
+        try:
+            while ws.connected:
+                for msg in sub.wait(heartbeat):
+                    out = translate(msg)
+                    if out is not None:
+                        send(out)
+        except (SubscriptionClosed, ConnectionClosed, OSError):
+            pass
+
+    thread = threading.Thread(target=relay, daemon=True)
+    thread.start()
+    return thread
+
+
 def init_app(app):
     app.config.setdefault("SOCK_SERVER_OPTIONS", {
         "ping_interval": app.config["WS_PING_SECONDS"],
         "max_message_size": 64 * 1024,
+        # offered by /ws/echo; a route that gets no offer sees ws.subprotocol None
+        "subprotocols": ["json"],
     })
     sock.init_app(app)
 

@@ -61,6 +61,20 @@ def admin_token(redis_server, base_env):
     return token
 
 
+@pytest.fixture(scope="session")
+def alice_token(redis_server, base_env):
+    """A bearer token of a plain (non-admin) user."""
+    from core.config import load_settings
+    from core.tokens import issue
+    from core.users import UserStore
+
+    settings = load_settings(base_env)
+    store = UserStore(redis.Redis.from_url(redis_server.url, decode_responses=True),
+                      settings["REDIS_PREFIX"])
+    user = store.get("test-plain") or store.create("test-plain", "test-plain-password")
+    return issue(user, settings, ttl=6 * 3600)[0]
+
+
 @pytest.fixture
 def rdb(redis_server):
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)

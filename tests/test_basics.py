@@ -16,7 +16,7 @@ def test_index_links_every_demo(client):
     assert page.status_code == 200
     html = page.get_data(as_text=True)
     for link in ("/longpoll/", "/clock/", "/qa/", "/ticker/", "/auth/", "/editor/welcome",
-                 "/whoami",
+                 "/draw/", "/track/", "/admin/track", "/ws/", "/whoami",
                  "/listCities/usa/ohio", "/cookie", "/healthz"):
         assert f'href="{link}"' in html
 

@@ -226,3 +226,55 @@ def test_two_editor_pages_typing_at_once_converge_and_show_carets(server, browse
     grace.locator(".remote-caret[data-name='ada']").wait_for(state="attached", timeout=15_000)
     for page in pages:
         page.context.close()
+
+
+def test_two_drawing_pages_see_each_others_strokes_and_pointers(server, browser):
+    pages = []
+    for _ in range(2):
+        page = browser.new_context(viewport={"width": 800, "height": 600}).new_page()
+        page.goto(server.url + "/draw/")
+        page.wait_for_selector("#status.ok", timeout=15_000)
+        pages.append(page)
+    artist, watcher = pages
+    artist.mouse.move(200, 300)
+    artist.mouse.down()
+    for x in range(200, 601, 20):
+        artist.mouse.move(x, 300)
+        artist.wait_for_timeout(30)
+    artist.mouse.up()
+    watcher.locator(".pointer").first.wait_for(timeout=15_000)  # the artist's labelled cursor
+    # the stroke reached the other canvas: a dark pixel in the middle of the line
+    watcher.wait_for_function(
+        "document.getElementById('board').getContext('2d')"
+        ".getImageData(400, 300, 1, 1).data[3] > 0", timeout=15_000)
+    artist.context.close()
+    watcher.locator(".pointer").first.wait_for(state="detached", timeout=15_000)  # left
+    watcher.context.close()
+
+
+def test_a_tracked_visitor_appears_on_the_admin_dashboard(server, browser):
+    admin = browser.new_context()
+    dashboard = admin.new_page()
+    response = admin.request.post(server.url + "/auth/login", headers={"Origin": server.url},
+                                  data={"username": "test-admin", "password": "test-admin-password"})
+    assert response.ok
+    dashboard.goto(server.url + "/admin/track")
+    dashboard.wait_for_selector("#status.ok", timeout=15_000)
+    visitor = browser.new_context(viewport={"width": 800, "height": 600}).new_page()
+    visitor.goto(server.url + "/track/")
+    visitor.wait_for_selector("#status.ok", timeout=15_000)
+    for x in range(100, 700, 25):
+        visitor.mouse.move(x, 200 + x // 10)
+        visitor.wait_for_timeout(20)
+    visitor_id = visitor.locator("#me").inner_text()
+    dashboard.wait_for_function("(id) => document.getElementById('visitors').textContent"
+                                ".split(' ').includes(id)", arg=visitor_id, timeout=15_000)
+    assert int(dashboard.locator("#users").inner_text()) >= 1
+    sent = int(visitor.locator("#sent").inner_text())
+    assert sent > 5
+    dashboard.wait_for_function("(n) => Number(document.getElementById('total').textContent) >= n",
+                                arg=sent, timeout=15_000)  # every move counted on the chart
+    visitor.context.close()
+    dashboard.wait_for_function("(id) => !document.getElementById('visitors').textContent"
+                                ".split(' ').includes(id)", arg=visitor_id, timeout=15_000)
+    admin.close()

@@ -1,0 +1,193 @@
+"""Mouse tracking of many visitors, charted live for administrators (chapter 7).
+
+    GET /track/                 the tracked visitor's page
+    WS  /track/ws               client -> {"x","y"} (fractions 0..1 of the window)
+    GET /admin/track            the dashboard (administrators)
+    GET /admin/track/stream     SSE (administrators): snapshot {users}, then
+                                batch {positions: {id: [x, y]}, events, at}, join {id}, leave {id}
+
+Each worker coalesces its visitors' positions (the latest per visitor) and
+publishes one batch about every 100 ms, not one Redis message per mouse event;
+joins and leaves are published at once. Presence lives in a Redis sorted set
+(score = expiry), refreshed every 2 s by the worker holding the visitor: if a
+worker dies, its visitors expire within PRESENCE_TTL and any worker's reaper
+announces their leave, so nobody haunts the dashboard.
+
+Several dashboards may be open at once (the Node.js original refused a second
+admin login): each is one more hub subscriber, and an administrator with two
+tabs, or two administrators, is normal in a real product.
+"""
+
+import json
+import logging
+import secrets
+import threading
+import time
+
+from flask import Blueprint, current_app, render_template
+
+from core import sse
+from core.hub import SubscriptionClosed
+from core.offload import spawn
+from core.security import admin_required, current_user
+from core.web import get_hub, get_redis
+from core.websocket import (
+    POLICY_VIOLATION,
+    BadFrame,
+    close_reason,
+    fraction,
+    json_object,
+    sock,
+    with_served_by,
+)
+
+bp = Blueprint("track", __name__)
+log = logging.getLogger(__name__)
+
+CHANNEL = "track:events"
+BATCH_SECONDS = 0.1
+PRESENCE_TTL = 10
+REFRESH_SECONDS = 2
+
+
+class Tracker:
+    """This worker's visitors: latest positions, coalesced into batches."""
+
+    def __init__(self, hub, redis_client, prefix):
+        self.hub, self.redis = hub, redis_client
+        self.presence_key = f"{prefix}track:presence"
+        self.latest, self.events, self.local = {}, 0, set()
+        self.lock = threading.Lock()
+        self.started = False
+
+    def start(self):
+        with self.lock:
+            if self.started:
+                return
+            self.started = True
+        spawn(self._run)
+
+    def join(self, visitor):
+        self.start()
+        with self.lock:
+            self.local.add(visitor)
+        self.redis.zadd(self.presence_key, {visitor: time.time() + PRESENCE_TTL})
+        self.hub.publish_json(CHANNEL, {"type": "join", "id": visitor})
+
+    def move(self, visitor, x, y):
+        with self.lock:
+            self.latest[visitor] = (x, y)
+            self.events += 1
+
+    def leave(self, visitor):
+        with self.lock:
+            self.local.discard(visitor)
+            self.latest.pop(visitor, None)
+        if self.redis.zrem(self.presence_key, visitor):
+            self.hub.publish_json(CHANNEL, {"type": "leave", "id": visitor})
+
+    def _run(self):
+        next_refresh = 0.0
+        while True:
+            time.sleep(BATCH_SECONDS)
+            try:
+                self._flush()
+                if time.monotonic() >= next_refresh:
+                    next_refresh = time.monotonic() + REFRESH_SECONDS
+                    self._refresh_and_reap()
+            except Exception:  # Redis down: keep coalescing, try again next tick
+                log.warning("track: could not publish a batch", exc_info=True)
+
+    def _flush(self):
+        with self.lock:
+            latest, events = self.latest, self.events
+            self.latest, self.events = {}, 0
+        if latest or events:
+            self.hub.publish_json(CHANNEL, {
+                "type": "batch", "positions": {k: list(v) for k, v in latest.items()},
+                "events": events, "at": int(time.time() * 1000)})
+
+    def _refresh_and_reap(self):
+        now = time.time()
+        with self.lock:
+            local = list(self.local)
+        if local:
+            self.redis.zadd(self.presence_key, dict.fromkeys(local, now + PRESENCE_TTL))
+        for visitor in self.redis.zrangebyscore(self.presence_key, "-inf", now):
+            if self.redis.zrem(self.presence_key, visitor):  # only one worker wins each
+                self.hub.publish_json(CHANNEL, {"type": "leave", "id": visitor})
+
+
+def _tracker():
+    app = current_app._get_current_object()
+    tracker = app.extensions.get("tracker")
+    if tracker is None:
+        tracker = app.extensions["tracker"] = Tracker(
+            get_hub(), get_redis(), app.config["REDIS_PREFIX"])
+    return tracker
+
+
+def _position(raw):
+    message = json_object(raw)
+    return round(fraction(message, "x"), 4), round(fraction(message, "y"), 4)
+
+
+@bp.get("/track/")
+def visitor_page():
+    return current_app.send_static_file("track.html")
+
+
+@sock.route("/track/ws", bp=bp)
+def track_ws(ws):
+    tracker, visitor = _tracker(), secrets.token_hex(4)
+    ws.send(json.dumps(with_served_by({"type": "welcome", "id": visitor})))
+    tracker.join(visitor)
+    try:
+        while True:
+            try:
+                x, y = _position(ws.receive())
+            except BadFrame as exc:
+                ws.close(POLICY_VIOLATION, close_reason(str(exc)))
+                return
+            tracker.move(visitor, x, y)
+    finally:
+        tracker.leave(visitor)
+
+
+@bp.get("/admin/track")
+def dashboard():
+    user = current_user()
+    if user is None or not user.is_admin:
+        return render_template("admin_login_needed.html", user=user), 401 if user is None else 403
+    return current_app.send_static_file("track_dashboard.html")
+
+
+@bp.get("/admin/track/stream")
+@admin_required
+def dashboard_stream():
+    tracker = _tracker()
+    tracker.start()
+    return sse.stream_response(_dashboard_events(
+        get_hub(), tracker, current_app.config["SSE_RETRY_MS"],
+        current_app.config["HEARTBEAT_SECONDS"]))
+
+
+def _dashboard_events(hub, tracker, retry_ms, heartbeat):
+    with hub.subscribe(CHANNEL) as sub:  # subscribe, then read: no join slips between
+        users = tracker.redis.zrangebyscore(tracker.presence_key, time.time(), "+inf")
+        yield sse.retry(retry_ms) + sse.event(json.dumps({"users": users}), event="snapshot")
+        while True:
+            try:
+                items = sub.wait(heartbeat)
+            except SubscriptionClosed as closed:
+                yield sse.event(json.dumps({"reason": closed.reason}), event="close")
+                return
+            if not items:
+                yield sse.comment("keepalive")
+                continue
+            yield b"".join(
+                sse.event(json.dumps({"users": tracker.redis.zrangebyscore(
+                    tracker.presence_key, time.time(), "+inf")}), event="snapshot")
+                if msg.is_reset else
+                msg.cached("sse", lambda m=msg: sse.event(m.data, event=m.value["type"]))
+                for msg in items)

@@ -1,0 +1,215 @@
+"""WebSocket apps: echo, collaborative drawing, mouse tracking with its dashboard."""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+import requests
+import websocket
+
+from tests.clients import SSEClient
+
+
+def connect(server, path, **options):
+    return websocket.create_connection(f"{server.ws_url}{path}", timeout=10, **options)
+
+
+def close_of(ws):
+    """(code, reason) of the close frame the server sends next."""
+    while True:
+        opcode, data = ws.recv_data(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return int.from_bytes(data[:2], "big"), data[2:].decode()
+
+
+# -- echo ------------------------------------------------------------------------------
+
+
+def test_echo_greets_then_echoes(server):
+    ws = connect(server, "/ws/echo")
+    assert ws.recv() == "You've connected!"
+    ws.send("hello ✓")
+    assert ws.recv() == "hello ✓"
+    ws.send_binary(b"\x00\x01")
+    assert ws.recv() == b"\x00\x01"
+    ws.close()
+
+
+def test_echo_negotiates_json(server):
+    ws = connect(server, "/ws/echo", subprotocols=["json"])
+    assert ws.getsubprotocol() == "json"
+    assert json.loads(ws.recv()) == {"type": "greeting", "message": "You've connected!"}
+    ws.send(json.dumps({"a": [1, 2]}))
+    assert json.loads(ws.recv()) == {"type": "echo", "data": {"a": [1, 2]}}
+    ws.send("not json")
+    assert close_of(ws) == (1007, "the json subprotocol needs JSON text frames")
+
+
+def test_oversize_frames_are_refused(server):
+    ws = connect(server, "/ws/echo")
+    ws.recv()
+    ws.send("x" * (64 * 1024 + 1))
+    code, _ = close_of(ws)
+    assert code == 1009  # message too big
+
+
+@pytest.mark.parametrize("path", ["/ws/echo", "/draw/ws", "/track/ws"])
+def test_foreign_origins_are_refused(server, path):
+    with pytest.raises(websocket.WebSocketBadStatusException) as excinfo:
+        connect(server, path, origin="https://evil.example")
+    assert excinfo.value.status_code == 403
+
+
+# -- drawing -----------------------------------------------------------------------------
+
+
+def drawer(server):
+    ws = connect(server, "/draw/ws")
+    welcome = json.loads(ws.recv())
+    assert welcome["type"] == "welcome"
+    return ws, welcome
+
+
+def next_of(ws, kind, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = json.loads(ws.recv())
+        if message.get("type") == kind:
+            return message
+    raise AssertionError(f"no {kind} message")
+
+
+def test_strokes_and_pointers_cross_workers_and_newcomers_see_the_drawing(server):
+    a, hello_a = drawer(server)
+    others = []
+    while True:  # a second drawer on the other worker
+        b, hello_b = drawer(server)
+        if hello_b["served_by"] != hello_a["served_by"]:
+            break
+        others.append(b)
+        assert len(others) < 30
+    for x, drawing in ((0.1, False), (0.2, True), (0.3, True)):
+        a.send(json.dumps({"x": x, "y": 0.5, "drawing": drawing}))
+    moves = [next_of(b, "moving") for _ in range(3)]
+    assert [m["x"] for m in moves] == [0.1, 0.2, 0.3]
+    assert {m["id"] for m in moves} == {hello_a["id"]}
+    newcomer, hello_c = drawer(server)
+    assert [0.2, 0.5, 0.3, 0.5] in hello_c["segments"]  # the stroke so far
+    a.close()
+    gone = next_of(b, "clientdisconnect")
+    assert gone["id"] == hello_a["id"]
+    for ws in (b, newcomer, *others):
+        ws.close()
+
+
+def test_only_administrators_may_clear(server, admin_token):
+    user, _ = drawer(server)
+    user.send(json.dumps({"type": "clear"}))
+    assert next_of(user, "error")["reason"] == "only administrators may clear"
+    admin = connect(server, f"/draw/ws?access_token={admin_token}")
+    json.loads(admin.recv())
+    admin.send(json.dumps({"type": "clear"}))
+    next_of(user, "clear")
+    _, hello = drawer(server)
+    assert hello["segments"] == []
+    user.close()
+    admin.close()
+
+
+@pytest.mark.parametrize("frame, reason", [
+    ("not json", "JSON objects"),
+    ("[0.5, 0.5]", "JSON objects"),
+    ('{"y": 0.5, "drawing": true}', "x must be a number"),
+    ('{"x": "0.5", "y": 0.5, "drawing": true}', "x must be a number"),
+    ('{"x": NaN, "y": 0.5, "drawing": true}', "x must be a number"),
+    ('{"x": 0.5, "y": 1.5, "drawing": true}', "between 0 and 1"),
+    ('{"x": 0.5, "y": 0.5}', "drawing must be"),
+    ('{"x": 0.5, "y": 0.5, "drawing": "yes"}', "drawing must be"),
+])
+def test_bad_drawing_frames_close_with_a_reason(server, frame, reason):
+    ws, _ = drawer(server)
+    ws.send(frame)
+    code, text = close_of(ws)
+    assert code == 1008 and reason in text
+
+
+# -- mouse tracking -----------------------------------------------------------------------
+
+
+def dashboard(server, token):
+    stream = SSEClient(f"{server.url}/admin/track/stream?access_token={token}")
+    assert stream.status == 200
+    assert stream.wait_for(lambda items: any(i["event"] == "snapshot" for i in items))
+    return stream
+
+
+def events(stream, kind):
+    return [json.loads(i["data"]) for i in stream.items if i["event"] == kind]
+
+
+def visitor(server):
+    ws = connect(server, "/track/ws")
+    return ws, json.loads(ws.recv())
+
+
+def test_visitors_on_any_worker_show_up_on_the_dashboard(server, admin_token):
+    board = dashboard(server, admin_token)
+    visitors = []
+    while len({hello["served_by"] for _, hello in visitors} | {board.served_by}) < 2:
+        visitors.append(visitor(server))
+        assert len(visitors) < 30
+    ids = {hello["id"] for _, hello in visitors}
+    assert board.wait_for(lambda items: ids <= {json.loads(i["data"])["id"]
+                                               for i in items if i["event"] == "join"})
+    for n in range(30):
+        for ws, _ in visitors:
+            ws.send(json.dumps({"x": 0.25, "y": n / 100}))
+    assert board.wait_for(lambda items: ids <= {
+        vid for i in items if i["event"] == "batch" for vid in json.loads(i["data"])["positions"]})
+    batches = events(board, "batch")
+    assert sum(b["events"] for b in batches) == 30 * len(visitors)  # every move counted
+    assert len(batches) < 30 * len(visitors)  # coalesced, not one message per move
+    last = [b["positions"][hello["id"]] for b in batches for _, hello in visitors[:1]
+            if hello["id"] in b["positions"]][-1]
+    assert last == [0.25, 0.29]
+    for ws, _ in visitors:
+        ws.close()
+    assert board.wait_for(lambda items: ids <= {json.loads(i["data"])["id"]
+                                               for i in items if i["event"] == "leave"})
+    board.close()
+
+
+def test_a_killed_workers_visitors_expire(start_server, admin_token):
+    server = start_server()
+    board = dashboard(server, admin_token)
+    ws, hello = visitor(server)
+    assert board.wait_for(lambda items: any(i["event"] == "join" for i in items))
+    pid = int(hello["served_by"].rsplit("/", 1)[1])
+    os.kill(pid, signal.SIGKILL)  # no chance to say goodbye
+    if board.closed.is_set():  # the dashboard was on that worker: watch from the other
+        board = dashboard(server, admin_token)
+    assert board.wait_for(lambda items: hello["id"] in {
+        json.loads(i["data"])["id"] for i in items if i["event"] == "leave"}, timeout=25)
+    board.close()
+
+
+def test_dashboard_is_for_administrators_only(server, alice_token):
+    assert requests.get(f"{server.url}/admin/track/stream", timeout=5).status_code == 401
+    denied = requests.get(f"{server.url}/admin/track/stream", timeout=5,
+                          headers={"Authorization": f"Bearer {alice_token}"})
+    assert denied.status_code == 403
+    page = requests.get(f"{server.url}/admin/track", timeout=5)
+    assert page.status_code == 401 and "Administrators only" in page.text
+
+
+@pytest.mark.parametrize("frame, reason", [
+    ("nope", "JSON objects"), ('{"x": 0.5}', "y must be a number"),
+    ('{"x": -0.1, "y": 0.5}', "between 0 and 1"), ('{"x": true, "y": 0.5}', "x must be a number"),
+])
+def test_bad_tracking_frames_close_with_a_reason(server, frame, reason):
+    ws, _ = visitor(server)
+    ws.send(frame)
+    code, text = close_of(ws)
+    assert code == 1008 and reason in text
