@@ -12,7 +12,7 @@ import socket
 import redis
 from flask import Flask
 
-from core import errors, security, websocket
+from core import errors, offload, security, websocket
 from core.config import ConfigError, load_settings
 from core.hub import Hub
 from core.sessions import RedisSessionInterface
@@ -67,6 +67,7 @@ def create_app(config=None):
         client, app.config["REDIS_PREFIX"], app.config["SESSION_IDLE_SECONDS"])
     app.cli.add_command(users_cli)
 
+    offload.warm_up_imports()
     _log_like_gunicorn()
     errors.register_error_handlers(app)
     security.init_app(app)
@@ -83,14 +84,22 @@ def create_app(config=None):
         editor,
         home,
         longpoll,
+        processes,
         qa,
         ticker,
         track,
     )
 
     for module in (home, auth, channels, cities, cookies, longpoll, clock, qa, ticker, editor,
-                   echo, draw, track):
+                   echo, draw, track, processes):
         app.register_blueprint(module.bp)
+
+    from core import lifecycle
+
+    @app.after_request
+    def count_request(response):
+        lifecycle.requests_served[0] += 1
+        return response
 
     if app.config["SERVED_BY_HEADER"]:
         host = socket.gethostname()

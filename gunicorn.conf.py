@@ -29,6 +29,9 @@ timeout = int(os.environ.get("TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "30"))
 keepalive = int(os.environ.get("KEEPALIVE", "5"))
 
+# -- development: restart workers when the code changes (RELOAD=1) -----------------
+reload = os.environ.get("RELOAD", "0") in ("1", "true", "yes")
+
 # -- logging ---------------------------------------------------------------------
 loglevel = os.environ.get("LOG_LEVEL", "info")
 accesslog = os.environ.get("ACCESS_LOG") or None  # "-" for stdout
@@ -69,10 +72,20 @@ def on_starting(server):
                     _embedded_redis.url, instance)
 
 
+def child_exit(server, worker):
+    # In the master: record that a worker went away, and why (PM2's restart count).
+    from core import monitor
+
+    monitor.record_exit(worker.pid)
+
+
 def when_ready(server):
     host, _, port = bind.rpartition(":")
     shown = "localhost" if host in ("", "0.0.0.0", "127.0.0.1", "[::]") else host
     server.log.info("Serving on http://%s:%s/  (Ctrl-C stops everything)", shown, port)
+    from core import monitor
+
+    monitor.report_master(server)
 
 
 def post_fork(server, worker):
@@ -81,9 +94,13 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
+    app = worker.wsgi
+    # Vital signs to Redis, the memory limit, prompt hand-over on stop (core/monitor.py).
+    from core import monitor
+
+    monitor.start(worker, app)
     # DEMO_USERS=1: the first worker up creates jack/beanstalk and an admin
     # (and logs the admin's password when it was generated).
-    app = worker.wsgi
     if app.config.get("DEMO_USERS"):
         from core.users import seed_demo_users
 

@@ -17,7 +17,7 @@ import json
 
 from flask import Blueprint, Response, current_app, request
 
-from core import sse
+from core import lifecycle, sse
 from core.connection import aborter
 from core.errors import abort_json
 from core.hub import (
@@ -34,7 +34,7 @@ from core.websocket import (
     POLICY_VIOLATION,
     TRY_AGAIN_LATER,
     close_reason,
-    sock,
+    route,
     with_served_by,
 )
 
@@ -113,8 +113,11 @@ def _long_poll(channel, cursor):
     original's /poll, but with a cursor so nothing is lost between polls.
     Without a cursor, wait for the next message."""
     hub = get_hub()
-    with hub.subscribe(channel, cursor) as sub:
-        items = sub.wait(current_app.config["LONGPOLL_TIMEOUT_SECONDS"])
+    with lifecycle.connection("longpoll"), hub.subscribe(channel, cursor) as sub:
+        try:
+            items = sub.wait(current_app.config["LONGPOLL_TIMEOUT_SECONDS"])
+        except SubscriptionClosed:  # the worker is stopping: poll again (elsewhere) now
+            items = []
         position = format_id(sub.cursor)
     if items and items[0].is_reset:  # a Reset always comes alone
         body = json.dumps({"reset": True, "events": [], "cursor": items[0].id})
@@ -125,7 +128,7 @@ def _long_poll(channel, cursor):
     return Response(body, mimetype="application/json", headers={"Cache-Control": "no-store"})
 
 
-@sock.route("/sub/<channel>/ws", bp=bp)
+@route("/sub/<channel>/ws", bp)
 def subscribe_ws(ws, channel):
     if not PUBLIC_CHANNEL.match(channel):
         ws.close(POLICY_VIOLATION, close_reason(f"invalid channel name: {CHANNEL_RULE}"))
@@ -149,7 +152,8 @@ def subscribe_ws(ws, channel):
             try:
                 items = sub.wait(heartbeat)
             except SubscriptionClosed as closed:
-                ws.close(TRY_AGAIN_LATER, close_reason(closed.reason))
+                code = lifecycle.SERVICE_RESTART if lifecycle.stopping() else TRY_AGAIN_LATER
+                ws.close(code, close_reason(closed.reason))
                 return
             for item in items:
                 ws.send(item.json)

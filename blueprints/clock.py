@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 from flask import Blueprint, current_app
 
-from core import sse
+from core import lifecycle, sse
 
 bp = Blueprint("clock", __name__)
 
@@ -27,7 +27,7 @@ def clock_stream():
 def _ticks(retry_ms, heartbeat):
     yield sse.PADDING + sse.retry(retry_ms)
     last_beat = time.monotonic()
-    while True:
+    while not lifecycle.stopping():
         now = time.time()
         time.sleep(1 - now % 1)  # tick on the second (parks this greenlet only)
         stamp = datetime.now(timezone.utc)
@@ -39,3 +39,4 @@ def _ticks(retry_ms, heartbeat):
         if time.monotonic() - last_beat >= heartbeat:
             last_beat = time.monotonic()
             yield sse.comment("heartbeat")
+    yield sse.event(json.dumps({"reason": "server restarting"}), event="close")

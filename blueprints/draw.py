@@ -27,7 +27,7 @@ from core.websocket import (
     fraction,
     json_object,
     locked_send,
-    sock,
+    route,
     with_served_by,
 )
 
@@ -48,7 +48,7 @@ def page():
     return current_app.send_static_file("draw.html")
 
 
-@sock.route("/ws", bp=bp)
+@route("/ws", bp)
 def draw_ws(ws):
     hub, r = get_hub(), get_redis()
     segments_key = f"{current_app.config['REDIS_PREFIX']}draw:segments"

@@ -8,7 +8,7 @@ import json
 
 from flask import Blueprint, current_app
 
-from core.websocket import sock
+from core.websocket import route
 
 bp = Blueprint("echo", __name__)
 GREETING = "You've connected!"
@@ -20,7 +20,7 @@ def page():
     return current_app.send_static_file("echo.html")
 
 
-@sock.route("/ws/echo", bp=bp)
+@route("/ws/echo", bp)
 def echo(ws):
     speaks_json = ws.subprotocol == "json"
     ws.send(json.dumps({"type": "greeting", "message": GREETING}) if speaks_json else GREETING)

@@ -33,7 +33,7 @@ from core import ot
 from core.errors import abort_json
 from core.hub import SubscriptionClosed
 from core.web import get_hub, get_redis
-from core.websocket import POLICY_VIOLATION, close_reason, sock
+from core.websocket import POLICY_VIOLATION, close_reason, route
 
 bp = Blueprint("editor", __name__, url_prefix="/editor")
 
@@ -184,7 +184,7 @@ def _caret(message):
     return caret
 
 
-@sock.route("/<doc>/ws", bp=bp)
+@route("/<doc>/ws", bp)
 def editor_ws(ws, doc):
     if not DOC_ID.match(doc):
         ws.close(POLICY_VIOLATION, "document ids are 1-64 of A-Z a-z 0-9 _ -")

@@ -37,7 +37,7 @@ from core.websocket import (
     close_reason,
     fraction,
     json_object,
-    sock,
+    route,
     with_served_by,
 )
 
@@ -137,7 +137,7 @@ def visitor_page():
     return current_app.send_static_file("track.html")
 
 
-@sock.route("/track/ws", bp=bp)
+@route("/track/ws", bp)
 def track_ws(ws):
     tracker, visitor = _tracker(), secrets.token_hex(4)
     ws.send(json.dumps(with_served_by({"type": "welcome", "id": visitor})))

@@ -50,6 +50,8 @@ SETTINGS = {
                             "JSON with a numeric `price` (unset: the simulated market)"),
     "TICKER_UPSTREAM_INTERVAL": (float, 5.0, "at most one provider call per symbol this often "
                                  "(seconds), whatever the number of pollers"),
+    "MAX_WORKER_MEMORY_MB": (int, None, "a worker whose RSS exceeds this stops accepting, "
+                             "hands its clients over and is replaced (unset: no limit)"),
     "SERVED_BY_HEADER": (bool, None, "add `X-Served-By: host/pid` to responses; default on in "
                          "dev, off in production"),
 }

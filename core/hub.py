@@ -434,6 +434,16 @@ class Hub:
     def stop(self):
         self._stopped = True
 
+    def shutdown(self, reason):
+        """The worker is stopping: end every subscription with `reason` (its
+        client reconnects elsewhere and resumes from its cursor)."""
+        self._stopped = True
+        with self._lock:
+            subs = [s for local in self._channels.values() for s in local.subscribers]
+        for sub in subs:
+            self._detach(sub)
+            sub.close(reason)
+
     def _run(self):
         # No retries inside redis-py: a silent reconnect would skip our catch-up.
         client = redis.Redis.from_url(

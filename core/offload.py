@@ -5,6 +5,7 @@ worker; gevent's thread pool runs it on a real thread while the hub goes on
 serving. Outside gevent (CLI, tests, gthread workers) it is a plain call.
 """
 
+import encodings.idna  # noqa: F401  (see warm_up_imports)
 import threading
 
 from gevent import monkey
@@ -30,3 +31,16 @@ def spawn(function):
     thread = threading.Thread(target=function, daemon=True)
     thread.start()
     return thread
+
+
+def warm_up_imports():
+    """Import up front what the first socket connection imports lazily.
+
+    Python's import lock is per thread and greenlets share the thread: two
+    greenlets that both trigger a lazy import (gevent's resolver and the idna
+    codec, on their first getaddrinfo) can deadlock a worker. Called once from
+    the app factory, in the worker's main greenlet, before it serves."""
+    if monkey.is_module_patched("socket"):
+        import gevent
+
+        gevent.get_hub().resolver  # noqa: B018  (imports the configured resolver)

@@ -48,15 +48,23 @@ def _field(value):
 
 
 def stream_response(chunks):
-    """A streaming `text/event-stream` response that no proxy buffers or caches."""
+    """A streaming `text/event-stream` response that no proxy buffers or caches,
+    counted as an open SSE connection while it streams."""
     return Response(
-        chunks,
+        _counted(chunks),
         mimetype="text/event-stream",
         headers={
             "Cache-Control": "no-cache, no-store",
             "X-Accel-Buffering": "no",  # nginx: pass each chunk through at once
         },
     )
+
+
+def _counted(chunks):
+    from core import lifecycle
+
+    with lifecycle.connection("sse"):
+        yield from chunks
 
 
 def wants_event_stream(request):

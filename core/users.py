@@ -10,6 +10,7 @@ may publish and subscribe everywhere.
 
 import re
 import secrets
+import time
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
@@ -123,8 +124,13 @@ class UserStore:
 
 
 def seed_demo_users(store, admin_password, log):
-    """DEMO_USERS=1: jack/beanstalk and an admin, created once (one worker wins)."""
-    if not store.redis.set(f"{store.prefix}demo-users-seeded", "1", nx=True):
+    """DEMO_USERS=1: jack/beanstalk and an admin, created once (one worker wins;
+    the others wait for it, so no worker serves before the users exist)."""
+    marker = f"{store.prefix}demo-users-seeded"
+    if not store.redis.set(marker, "seeding", nx=True, ex=60):
+        deadline = time.monotonic() + 60
+        while store.redis.get(marker) == "seeding" and time.monotonic() < deadline:
+            time.sleep(0.1)
         return
     if store.get("jack") is None:
         store.create("jack", "beanstalk", fullname="Jack Spratt",
@@ -137,6 +143,7 @@ def seed_demo_users(store, admin_password, log):
         else:
             log.warning("Demo users: jack/beanstalk, admin/%s (random; set "
                         "DEMO_ADMIN_PASSWORD to choose it)", password)
+    store.redis.set(marker, "done")
 
 
 # -- flask users ... -------------------------------------------------------------------

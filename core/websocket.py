@@ -2,9 +2,11 @@
 handshake, and whole-frame writes.
 
 Handlers are flask-sock loops (`while True: msg = ws.receive(); ...`)
-registered with `sock.route(path, bp=bp)`.
+registered with `route(path, bp)`: flask-sock's `sock.route`, plus the
+connection counted in core.lifecycle and closed with 1012 when the worker stops.
 """
 
+import functools
 import json
 import math
 import os
@@ -82,6 +84,24 @@ class _WholeFrameSocket:
 
     def __getattr__(self, name):
         return getattr(self._raw, name)
+
+
+def route(path, bp):
+    """flask-sock's route, with the connection registered in core.lifecycle."""
+    from core import lifecycle
+
+    def decorator(handler):
+        @functools.wraps(handler)
+        def counted(ws, *args, **kwargs):
+            def close(reason):
+                ws.close(lifecycle.SERVICE_RESTART, close_reason(reason))
+
+            with lifecycle.connection("websocket", close):
+                return handler(ws, *args, **kwargs)
+
+        return sock.route(path, bp=bp)(counted)
+
+    return decorator
 
 
 def locked_send(ws):

@@ -174,7 +174,11 @@ class LongPoller(Collector):
     def _run(self):
         try:
             while not self._stop.is_set():
-                response = long_poll(self.url, self.cursor)
+                try:
+                    response = long_poll(self.url, self.cursor)
+                except requests.ConnectionError:  # a worker going away: poll again
+                    time.sleep(0.2)
+                    continue
                 if response.status_code != 200:
                     self.error = f"HTTP {response.status_code}: {response.text}"
                     time.sleep(0.2)

@@ -1,0 +1,98 @@
+"""Process monitoring, like PM2's web JSON and dashboard (chapter 7).
+
+    GET /admin/processes         JSON: every master and worker on every host, and recent restarts
+    GET /admin/monitor           the live charts (administrators)
+    GET /admin/monitor/stream    SSE: the same JSON every 2 s
+    GET /metrics                 Prometheus text format, for all workers of all hosts (administrators)
+
+Workers report themselves to Redis every 2 s with a TTL (core/monitor.py), so
+any worker answers for all of them, and a dead one drops out by itself.
+"""
+
+import json
+import time
+
+from flask import Blueprint, Response, current_app, render_template
+
+from core import sse
+from core.monitor import REPORT_SECONDS
+from core.security import admin_required, current_user
+from core.web import get_redis
+
+bp = Blueprint("processes", __name__)
+
+
+def snapshot(redis_client, prefix):
+    keys = [k for k in redis_client.scan_iter(f"{prefix}proc:*", count=500)
+            if not k.startswith((f"{prefix}proc:cause:", f"{prefix}proc:restarts"))]
+    reports = [json.loads(v) for v in redis_client.mget(keys) if v] if keys else []
+    restarts = [json.loads(e) for e in redis_client.lrange(f"{prefix}proc:restarts", 0, 49)]
+    reports.sort(key=lambda r: (r["host"], r["role"] != "master", r["pid"]))
+    return {"processes": reports, "restarts": restarts,
+            "restart_count": redis_client.llen(f"{prefix}proc:restarts"), "at": time.time()}
+
+
+@bp.get("/admin/processes")
+@admin_required
+def processes():
+    return snapshot(get_redis(), current_app.config["REDIS_PREFIX"])
+
+
+@bp.get("/admin/monitor")
+def monitor_page():
+    user = current_user()
+    if user is None or not user.is_admin:
+        return render_template("admin_login_needed.html", user=user), 401 if user is None else 403
+    return current_app.send_static_file("monitor.html")
+
+
+@bp.get("/admin/monitor/stream")
+@admin_required
+def monitor_stream():
+    redis_client, prefix = get_redis(), current_app.config["REDIS_PREFIX"]
+    retry_ms = current_app.config["SSE_RETRY_MS"]
+
+    def frames():
+        from core import lifecycle
+
+        yield sse.retry(retry_ms)
+        while not lifecycle.stopping():
+            yield sse.event(json.dumps(snapshot(redis_client, prefix)), event="processes")
+            time.sleep(REPORT_SECONDS)
+
+    return sse.stream_response(frames())
+
+
+@bp.get("/metrics")
+@admin_required
+def metrics():
+    """Gauges and counters per process, from the reports of every worker."""
+    data = snapshot(get_redis(), current_app.config["REDIS_PREFIX"])
+    lines = []
+
+    def metric(name, kind, doc, samples):
+        lines.extend([f"# HELP {name} {doc}", f"# TYPE {name} {kind}"])
+        for labels, value in samples:
+            text = ",".join(f'{k}="{v}"' for k, v in labels.items())
+            lines.append(f"{name}{{{text}}} {value}" if text else f"{name} {value}")
+
+    procs = data["processes"]
+    workers = [p for p in procs if p["role"] == "worker"]
+
+    def ident(p):
+        return {"host": p["host"], "pid": p["pid"], "role": p["role"]}
+
+    metric("realtime_process_resident_memory_bytes", "gauge", "RSS of each process.",
+           [(ident(p), p["rss"]) for p in procs])
+    metric("realtime_worker_cpu_percent", "gauge", "CPU use over the last report interval.",
+           [(ident(p), p["cpu"]) for p in workers])
+    metric("realtime_worker_uptime_seconds", "gauge", "Seconds since the worker started.",
+           [(ident(p), p["uptime"]) for p in workers])
+    metric("realtime_worker_requests_total", "counter", "Requests served by the worker.",
+           [(ident(p), p["requests"]) for p in workers])
+    metric("realtime_worker_open_connections", "gauge", "Open long-lived connections.",
+           [({**ident(p), "transport": t}, n) for p in workers
+            for t, n in sorted(p["connections"].items())])
+    metric("realtime_worker_restarts_total", "counter", "Workers that exited (recent history).",
+           [({}, data["restart_count"])])
+    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")

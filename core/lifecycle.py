@@ -1,0 +1,59 @@
+"""The worker's life: its open connections, and closing them promptly when it stops.
+
+Every long-lived connection registers here while it lasts (SSE through
+core.sse.stream_response, WebSockets through core.websocket.route, long-polls
+in the channels blueprint). When gunicorn tells the worker to stop (a reload,
+a shutdown, the memory limit), `begin_shutdown` ends them all at once: hub
+subscribers get a SubscriptionClosed with the reason, WebSockets a close 1012
+(service restart). Clients reconnect to the new workers and resume from their
+last id, so the worker drains in seconds instead of the 30 s graceful timeout.
+"""
+
+import threading
+from contextlib import contextmanager, suppress
+
+SERVICE_RESTART = 1012  # RFC 6455 close code
+
+_lock = threading.Lock()
+_open = {}  # token -> (kind, close function or None)
+_stopping = threading.Event()
+requests_served = [0]  # a list: incremented in place by an after_request hook
+
+
+def stopping():
+    return _stopping.is_set()
+
+
+@contextmanager
+def connection(kind, close=None):
+    """Count a connection of `kind` while it is open; `close(reason)` ends it on shutdown."""
+    token = object()
+    with _lock:
+        _open[token] = (kind, close)
+    try:
+        yield
+    finally:
+        with _lock:
+            _open.pop(token, None)
+
+
+def open_connections():
+    counts = {"sse": 0, "longpoll": 0, "websocket": 0}
+    with _lock:
+        for kind, _ in _open.values():
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def begin_shutdown(reason, hub=None):
+    """Tell every open connection to go elsewhere (idempotent)."""
+    if _stopping.is_set():
+        return
+    _stopping.set()
+    if hub is not None:
+        hub.shutdown(reason)
+    with _lock:
+        closers = [close for _, close in _open.values() if close is not None]
+    for close in closers:
+        with suppress(Exception):  # already closed by its client: nothing to do
+            close(reason)

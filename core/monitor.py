@@ -1,0 +1,183 @@
+"""Each worker's vital signs, reported to Redis, and its memory limit.
+
+`start(worker, app)` runs in every gunicorn worker (post_worker_init). Every
+REPORT_SECONDS it:
+- notices that gunicorn asked the worker to stop (a reload, a shutdown) and
+  ends its long-lived connections at once (core.lifecycle);
+- stops the worker gracefully when its RSS is over MAX_WORKER_MEMORY_MB:
+  it stops accepting, its clients move to the other workers, and gunicorn
+  starts a fresh one (PM2's max_memory_restart, without letting it grow further);
+- writes pid, host, uptime, RSS, CPU, open connections per transport and
+  requests served to `<prefix>proc:<host>:<pid>`, expiring after 3 reports.
+The master records restarts and their causes (`record_exit`, from child_exit).
+"""
+
+import json
+import logging
+import os
+import socket
+import time
+
+from core import lifecycle
+from core.offload import spawn
+
+REPORT_SECONDS = 2.0
+log = logging.getLogger(__name__)
+
+
+def rss_bytes(pid="self"):
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_seconds():
+    times = os.times()
+    return times.user + times.system
+
+
+def process_key(prefix, host, pid):
+    return f"{prefix}proc:{host}:{pid}"
+
+
+def start(worker, app):
+    spawn(lambda: _watch(worker, app))
+
+
+def _watch(worker, app):
+    hub, redis_client = app.extensions["hub"], app.extensions["redis"]
+    prefix, limit_mb = app.config["REDIS_PREFIX"], app.config["MAX_WORKER_MEMORY_MB"]
+    host, pid, started = socket.gethostname(), os.getpid(), time.time()
+    last_cpu, last_wall = cpu_seconds(), time.monotonic()
+    while True:
+        if not worker.alive:
+            lifecycle.begin_shutdown("server restarting: reconnect to resume", hub)
+            _note_cause(redis_client, prefix, host, pid, "graceful stop (reload or shutdown)")
+            return
+        rss = rss_bytes()
+        if limit_mb and rss > limit_mb * 1024 * 1024:
+            cause = f"memory limit: RSS {rss // 2**20} MB over {limit_mb} MB"
+            log.warning("worker %s: %s; restarting it", pid, cause)
+            _note_cause(redis_client, prefix, host, pid, cause)
+            worker.alive = False  # gunicorn's loop stops accepting and drains
+            lifecycle.begin_shutdown("server restarting: reconnect to resume", hub)
+            return
+        now_cpu, now_wall = cpu_seconds(), time.monotonic()
+        cpu = 100 * (now_cpu - last_cpu) / max(now_wall - last_wall, 1e-6)
+        last_cpu, last_wall = now_cpu, now_wall
+        report = {
+            "role": "worker", "pid": pid, "ppid": os.getppid(), "host": host,
+            "worker": os.environ.get("WORKER_NUMBER"), "started": started,
+            "uptime": round(time.time() - started, 1), "rss": rss, "cpu": round(cpu, 1),
+            "connections": lifecycle.open_connections(),
+            "requests": lifecycle.requests_served[0],
+            "subscribers": hub.stats()["subscribers"], "at": time.time(),
+        }
+        try:
+            redis_client.set(process_key(prefix, host, pid), json.dumps(report),
+                             ex=int(REPORT_SECONDS * 3))
+        except Exception:  # Redis away: report again next time
+            log.debug("could not report to Redis", exc_info=True)
+        time.sleep(REPORT_SECONDS)
+
+
+def _note_cause(redis_client, prefix, host, pid, cause):
+    try:
+        redis_client.set(f"{prefix}proc:cause:{host}:{pid}", cause, ex=120)
+    except Exception:
+        log.debug("could not record the cause of exit", exc_info=True)
+
+
+# -- in the gunicorn master ----------------------------------------------------------------
+# The master must not import redis-py: workers fork from it, and gevent has to
+# patch sockets and ssl before redis-py is imported (a module half-imported by
+# a master thread at fork time is broken in the child). A few RESP commands on a
+# plain socket are all the master needs.
+
+
+class MasterRedis:
+    """Just enough of a Redis client for the master: redis:// URLs, no TLS."""
+
+    def __init__(self, url):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme != "redis":
+            raise ValueError(f"the master reports over redis:// only, not {parts.scheme}://")
+        self.address = (parts.hostname or "localhost", parts.port or 6379)
+        self.password = parts.password
+        self.db = (parts.path or "/0").lstrip("/") or "0"
+
+    def __call__(self, *commands):
+        """Run commands in one connection; returns their replies."""
+        setup = ([("AUTH", self.password)] if self.password else []) + [("SELECT", self.db)]
+        with socket.create_connection(self.address, timeout=2) as conn:
+            payload = b"".join(_encode(c) for c in setup + list(commands))
+            conn.sendall(payload)
+            reader = conn.makefile("rb")
+            replies = [_decode(reader) for _ in setup + list(commands)]
+        return replies[len(setup):]
+
+
+def _encode(command):
+    parts = [str(a).encode() for a in command]
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
+def _decode(reader):
+    line = reader.readline().rstrip(b"\r\n")
+    kind, rest = line[:1], line[1:]
+    if kind == b"-":
+        raise OSError(rest.decode())
+    if kind == b"$":
+        size = int(rest)
+        return None if size < 0 else reader.read(size + 2)[:-2].decode()
+    if kind == b"*":
+        return [_decode(reader) for _ in range(int(rest))]
+    return int(rest) if kind == b":" else rest.decode()
+
+
+def record_exit(pid):
+    """child_exit: one entry in `<prefix>proc:restarts` with the worker's cause."""
+    prefix, host = os.environ.get("REDIS_PREFIX", "rt:"), socket.gethostname()
+    try:
+        run = MasterRedis(os.environ["REDIS_URL"])
+        (cause,) = run(("GET", f"{prefix}proc:cause:{host}:{pid}"))
+        entry = json.dumps({"pid": pid, "host": host, "at": time.time(),
+                            "cause": cause or "died (crash or killed)"})
+        run(("LPUSH", f"{prefix}proc:restarts", entry), ("LTRIM", f"{prefix}proc:restarts", 0, 199),
+            ("DEL", process_key(prefix, host, pid)))
+    except (OSError, ValueError, KeyError):
+        log.warning("could not record the exit of worker %s", pid, exc_info=True)
+
+
+def report_master(server):
+    """A thread in the master: its own report every REPORT_SECONDS."""
+    import threading
+
+    prefix, host, pid, started = (os.environ.get("REDIS_PREFIX", "rt:"), socket.gethostname(),
+                                  os.getpid(), time.time())
+
+    def loop():
+        try:
+            run = MasterRedis(os.environ["REDIS_URL"])
+        except (ValueError, KeyError) as exc:
+            log.warning("master: not reporting to Redis (%s)", exc)
+            return
+        while True:
+            report = {"role": "master", "pid": pid, "host": host, "started": started,
+                      "uptime": round(time.time() - started, 1), "rss": rss_bytes(),
+                      "workers": sorted(server.WORKERS), "at": time.time()}
+            try:
+                run(("SET", process_key(prefix, host, pid), json.dumps(report),
+                     "EX", int(REPORT_SECONDS * 3)))
+            except OSError:
+                pass  # Redis away: report again next time
+            time.sleep(REPORT_SECONDS)
+
+    threading.Thread(target=loop, daemon=True, name="master-report").start()
