@@ -126,10 +126,12 @@ def test_processes_and_metrics_are_for_administrators(server, admin_token, alice
         plain = requests.get(server.url + path, timeout=5,
                              headers={"Authorization": f"Bearer {alice_token}"})
         assert plain.status_code == 403
-    text = wait_until(lambda: (lambda body: body if "realtime_worker_requests_total{" in body
-                               else None)(requests.get(
-                                   server.url + "/metrics", timeout=5,
-                                   headers={"Authorization": f"Bearer {admin_token}"}).text))
+    def scrape():
+        body = requests.get(server.url + "/metrics", timeout=5,
+                            headers={"Authorization": f"Bearer {admin_token}"}).text
+        return body if "realtime_worker_requests_total{" in body else None
+
+    text = wait_until(scrape)
     assert "# TYPE realtime_process_resident_memory_bytes gauge" in text
     assert 'transport="websocket"' in text
     pids = {int(line.split('pid="')[1].split('"')[0]) for line in text.splitlines()
