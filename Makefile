@@ -19,6 +19,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/ticker_load.py
 	$(BIN)/python bench/editor_ops.py
 	$(BIN)/python bench/track_ingest.py
+	$(BIN)/python bench/logproc.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
