@@ -20,6 +20,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/editor_ops.py
 	$(BIN)/python bench/track_ingest.py
 	$(BIN)/python bench/logproc.py
+	$(BIN)/python bench/reload_drain.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

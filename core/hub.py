@@ -387,6 +387,8 @@ class Hub:
             # caller tells its client it is subscribed.
             cursor = self.newest_key(channel)
         sub = Subscription(self, channel, cursor, on_abort)
+        if self._stopped:  # a draining worker: send the client elsewhere at once
+            sub.close("server restarting: reconnect to resume")
         with self._lock:
             self._channels.setdefault(channel, _Local()).subscribers.add(sub)
         try:

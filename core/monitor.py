@@ -2,8 +2,8 @@
 
 `start(worker, app)` runs in every gunicorn worker (post_worker_init). Every
 REPORT_SECONDS it:
-- notices that gunicorn asked the worker to stop (a reload, a shutdown) and
-  ends its long-lived connections at once (core.lifecycle);
+- notices (within CHECK_SECONDS) that gunicorn asked the worker to stop (a
+  reload, a shutdown) and ends its long-lived connections at once (core.lifecycle);
 - stops the worker gracefully when its RSS is over MAX_WORKER_MEMORY_MB:
   it stops accepting, its clients move to the other workers, and gunicorn
   starts a fresh one (PM2's max_memory_restart, without letting it grow further);
@@ -22,6 +22,7 @@ from core import lifecycle
 from core.offload import spawn
 
 REPORT_SECONDS = 2.0
+CHECK_SECONDS = 0.25  # how soon a stopping worker notices and hands its clients over
 log = logging.getLogger(__name__)
 
 
@@ -54,10 +55,11 @@ def _watch(worker, app):
     prefix, limit_mb = app.config["REDIS_PREFIX"], app.config["MAX_WORKER_MEMORY_MB"]
     host, pid, started = socket.gethostname(), os.getpid(), time.time()
     last_cpu, last_wall = cpu_seconds(), time.monotonic()
+    next_report = 0.0
     while True:
         if not worker.alive:
-            lifecycle.begin_shutdown("server restarting: reconnect to resume", hub)
             _note_cause(redis_client, prefix, host, pid, "graceful stop (reload or shutdown)")
+            _hand_over(worker, hub)
             return
         rss = rss_bytes()
         if limit_mb and rss > limit_mb * 1024 * 1024:
@@ -65,8 +67,12 @@ def _watch(worker, app):
             log.warning("worker %s: %s; restarting it", pid, cause)
             _note_cause(redis_client, prefix, host, pid, cause)
             worker.alive = False  # gunicorn's loop stops accepting and drains
-            lifecycle.begin_shutdown("server restarting: reconnect to resume", hub)
+            _hand_over(worker, hub)
             return
+        if time.monotonic() < next_report:
+            time.sleep(CHECK_SECONDS)
+            continue
+        next_report = time.monotonic() + REPORT_SECONDS
         now_cpu, now_wall = cpu_seconds(), time.monotonic()
         cpu = 100 * (now_cpu - last_cpu) / max(now_wall - last_wall, 1e-6)
         last_cpu, last_wall = now_cpu, now_wall
@@ -83,7 +89,14 @@ def _watch(worker, app):
                              ex=int(REPORT_SECONDS * 3))
         except Exception:  # Redis away: report again next time
             log.debug("could not report to Redis", exc_info=True)
-        time.sleep(REPORT_SECONDS)
+        time.sleep(CHECK_SECONDS)
+
+
+def _hand_over(worker, hub):
+    """End every long-lived connection now, and stop holding idle keep-alive
+    connections (gunicorn would wait KEEPALIVE seconds for each next request)."""
+    worker.cfg.set("keepalive", 0)
+    lifecycle.begin_shutdown("server restarting: reconnect to resume", hub)
 
 
 def _note_cause(redis_client, prefix, host, pid, cause):
