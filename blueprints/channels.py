@@ -98,14 +98,8 @@ def _event_stream(hub, channel, cursor, on_abort, heartbeat, retry_ms):
     # client sees the response headers.
     with hub.subscribe(channel, cursor, on_abort=on_abort) as sub:
         yield sse.retry(retry_ms)
-        while True:
-            try:
-                items = sub.wait(heartbeat)
-            except SubscriptionClosed as closed:
-                # EventSource reconnects after `retry` ms and resumes from its last id.
-                yield sse.event(json.dumps({"reason": closed.reason}), event="close")
-                return
-            yield b"".join(item.sse for item in items) if items else sse.comment("keepalive")
+        yield from sse.from_subscription(sub, heartbeat,
+                                         lambda items: b"".join(item.sse for item in items))
 
 
 def _long_poll(channel, cursor):

@@ -12,11 +12,11 @@ any worker answers for all of them, and a dead one drops out by itself.
 import json
 import time
 
-from flask import Blueprint, Response, current_app, render_template
+from flask import Blueprint, Response, current_app
 
 from core import sse
 from core.monitor import REPORT_SECONDS
-from core.security import admin_required, current_user
+from core.security import admin_page, admin_required
 from core.web import get_redis
 
 bp = Blueprint("processes", __name__)
@@ -40,10 +40,7 @@ def processes():
 
 @bp.get("/admin/monitor")
 def monitor_page():
-    user = current_user()
-    if user is None or not user.is_admin:
-        return render_template("admin_login_needed.html", user=user), 401 if user is None else 403
-    return current_app.send_static_file("monitor.html")
+    return admin_page("monitor.html")
 
 
 @bp.get("/admin/monitor/stream")

@@ -24,12 +24,11 @@ import secrets
 import threading
 import time
 
-from flask import Blueprint, current_app, render_template
+from flask import Blueprint, current_app
 
 from core import sse
-from core.hub import SubscriptionClosed
 from core.offload import spawn
-from core.security import admin_required, current_user
+from core.security import admin_page, admin_required
 from core.web import get_hub, get_redis
 from core.websocket import (
     POLICY_VIOLATION,
@@ -156,10 +155,7 @@ def track_ws(ws):
 
 @bp.get("/admin/track")
 def dashboard():
-    user = current_user()
-    if user is None or not user.is_admin:
-        return render_template("admin_login_needed.html", user=user), 401 if user is None else 403
-    return current_app.send_static_file("track_dashboard.html")
+    return admin_page("track_dashboard.html")
 
 
 @bp.get("/admin/track/stream")
@@ -173,21 +169,15 @@ def dashboard_stream():
 
 
 def _dashboard_events(hub, tracker, retry_ms, heartbeat):
-    with hub.subscribe(CHANNEL) as sub:  # subscribe, then read: no join slips between
+    def users_frame():
         users = tracker.redis.zrangebyscore(tracker.presence_key, time.time(), "+inf")
-        yield sse.retry(retry_ms) + sse.event(json.dumps({"users": users}), event="snapshot")
-        while True:
-            try:
-                items = sub.wait(heartbeat)
-            except SubscriptionClosed as closed:
-                yield sse.event(json.dumps({"reason": closed.reason}), event="close")
-                return
-            if not items:
-                yield sse.comment("keepalive")
-                continue
-            yield b"".join(
-                sse.event(json.dumps({"users": tracker.redis.zrangebyscore(
-                    tracker.presence_key, time.time(), "+inf")}), event="snapshot")
-                if msg.is_reset else
-                msg.cached("sse", lambda m=msg: sse.event(m.data, event=m.value["type"]))
-                for msg in items)
+        return sse.event(json.dumps({"users": users}), event="snapshot")
+
+    def encode(items):  # a Reset (we missed messages) becomes a fresh snapshot
+        return b"".join(users_frame() if msg.is_reset else
+                        msg.cached("sse", lambda m=msg: sse.event(m.data, event=m.value["type"]))
+                        for msg in items)
+
+    with hub.subscribe(CHANNEL) as sub:  # subscribe, then read: no join slips between
+        yield sse.retry(retry_ms) + users_frame()
+        yield from sse.from_subscription(sub, heartbeat, encode)

@@ -14,7 +14,7 @@ import hmac
 import secrets
 from urllib.parse import urlsplit
 
-from flask import current_app, g, request, session
+from flask import current_app, g, render_template, request, session
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
@@ -106,6 +106,15 @@ def admin_required(view):
         return view(*args, **kwargs)
 
     return wrapped
+
+
+def admin_page(static_file):
+    """An administrators' page, or a page saying how to log in as one (401/403)."""
+    user = current_user()
+    if user is None or not user.is_admin:
+        page = render_template("admin_login_needed.html", user=user)
+        return page, 401 if user is None else 403
+    return current_app.send_static_file(static_file)
 
 
 def channel_access_error(action, channel):

@@ -5,6 +5,7 @@ written to every subscriber. Data with embedded newlines or carriage returns
 becomes several `data:` lines, which EventSource joins back with "\\n".
 """
 
+import json
 import re
 
 from flask import Response
@@ -58,6 +59,21 @@ def stream_response(chunks):
             "X-Accel-Buffering": "no",  # nginx: pass each chunk through at once
         },
     )
+
+
+def from_subscription(sub, heartbeat, encode):
+    """The SSE body of a hub subscription: `encode(items)` for each batch, a
+    keepalive comment when idle, and `event: close` with the reason when the hub
+    drops the subscription (EventSource reconnects and resumes from its last id)."""
+    from core.hub import SubscriptionClosed
+
+    while True:
+        try:
+            items = sub.wait(heartbeat)
+        except SubscriptionClosed as closed:
+            yield event(json.dumps({"reason": closed.reason}), event="close")
+            return
+        yield encode(items) if items else comment("keepalive")
 
 
 def _counted(chunks):

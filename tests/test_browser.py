@@ -278,3 +278,23 @@ def test_a_tracked_visitor_appears_on_the_admin_dashboard(server, browser):
     dashboard.wait_for_function("(id) => !document.getElementById('visitors').textContent"
                                 ".split(' ').includes(id)", arg=visitor_id, timeout=15_000)
     admin.close()
+
+
+def test_monitor_page_charts_the_workers(server, browser):
+    admin = browser.new_context()
+    response = admin.request.post(server.url + "/auth/login", headers={"Origin": server.url},
+                                  data={"username": "test-admin", "password": "test-admin-password"})
+    assert response.ok
+    page = admin.new_page()
+    page.goto(server.url + "/admin/monitor")
+    page.wait_for_selector("#status.ok", timeout=15_000)
+    page.wait_for_function(
+        "[...document.querySelectorAll('#table tr')].filter(r => r.textContent.startsWith('worker'))"
+        ".length >= 2", timeout=15_000)
+    rows = page.locator("#table tr").all_inner_texts()
+    assert any(row.startswith("master") for row in rows)
+    admin.close()
+    anonymous = browser.new_context().new_page()
+    anonymous.goto(server.url + "/admin/monitor")
+    assert "Administrators only" in anonymous.content()
+    anonymous.context.close()
