@@ -213,11 +213,13 @@ def main():
 
     rows = []
     with redis_server() as rs:
-        hub = Hub(redis.Redis.from_url(rs.url, decode_responses=True), rs.url)
+        client = redis.Redis.from_url(rs.url, decode_responses=True)
         for clients in args.clients:
-            with gunicorn_server(rs.url, REDIS_PREFIX=f"bench{clients}:") as (url, pid, _env):
+            prefix = f"bench{clients}:"  # each level starts from an empty board
+            hub = Hub(client, rs.url, prefix=prefix)
+            with gunicorn_server(rs.url, REDIS_PREFIX=prefix) as (url, pid, _env):
                 publish = (qa_publisher(url) if args.app == "qa" else
-                           lambda k: hub.publish(CHANNEL, marker_text(k)))
+                           lambda k, hub=hub: hub.publish(CHANNEL, marker_text(k)))
                 row = run_level(int(url.rsplit(":", 1)[1]), pid, publish, clients,
                                 args.broadcasts, path)
             rows.append(row)
