@@ -27,13 +27,11 @@ import time
 import weakref
 
 from flask import Blueprint, current_app, render_template, request
-from simple_websocket import ConnectionClosed
 
 from core import ot
 from core.errors import abort_json
-from core.hub import SubscriptionClosed
 from core.web import get_hub, get_redis
-from core.websocket import POLICY_VIOLATION, close_reason, route
+from core.websocket import POLICY_VIOLATION, close_reason, forward_from_hub, route
 
 bp = Blueprint("editor", __name__, url_prefix="/editor")
 
@@ -204,9 +202,7 @@ def editor_ws(ws, doc):
             for entry in entries:
                 ws.send(json.dumps({"type": "op", **entry}))
         ws.send(json.dumps({"type": "ready", "v": v}))
-        forwarder = threading.Thread(target=_forward, args=(ws, sub, src, v, heartbeat),
-                                     daemon=True)
-        forwarder.start()
+        forward_from_hub(ws, sub, _translator(ws, src, v), heartbeat, ws.send)
         try:
             _receive(ws, document, src, name)
         finally:
@@ -240,25 +236,26 @@ def _receive(ws, document, src, name):
             return
 
 
-def _forward(ws, sub, src, version, heartbeat):
-    """Hub -> this client: others' ops, acks for ours (in version order), presence."""
-    try:
-        while ws.connected:
-            for msg in sub.wait(heartbeat):
-                if msg.is_reset:
-                    ws.close(POLICY_VIOLATION, "fell behind; reconnect to catch up")
-                    return
-                entry = msg.value
-                if entry["kind"] == "op":
-                    if entry["v"] <= version:
-                        continue
-                    version = entry["v"]
-                    out = ({"type": "ack", "v": version} if entry["src"] == src
-                           else {"type": "op", **entry})
-                elif entry["src"] != src:
-                    out = {"type": entry["kind"], **entry}
-                else:
-                    continue
-                ws.send(json.dumps(out))
-    except (SubscriptionClosed, ConnectionClosed, OSError):
-        pass  # our client left (the receive loop ends the subscription) or the socket broke
+def _translator(ws, src, version):
+    """Hub -> this client: others' ops, acks for ours (in version order), presence.
+    The forwarder thread is the only writer of data frames."""
+    seen = [version]
+
+    def translate(msg):
+        if msg.is_reset:
+            ws.close(POLICY_VIOLATION, "fell behind; reconnect to catch up")
+            return None
+        entry = msg.value
+        if entry["kind"] == "op":
+            if entry["v"] <= seen[0]:
+                return None
+            seen[0] = entry["v"]
+            out = ({"type": "ack", "v": entry["v"]} if entry["src"] == src
+                   else {"type": "op", **entry})
+        elif entry["src"] != src:
+            out = {"type": entry["kind"], **entry}
+        else:
+            return None
+        return json.dumps(out)
+
+    return translate
