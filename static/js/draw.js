@@ -1,6 +1,6 @@
 // Collaborative drawing: our strokes go to /draw/ws at most every 50 ms;
 // others' strokes and pointers come back as "moving" events.
-import { setStatus, sleep } from "./status.js";
+import { keepWebSocket, setStatus } from "./status.js";
 
 const $ = (id) => document.getElementById(id);
 const canvas = $("board");
@@ -107,22 +107,16 @@ function move(event) {
 
 $("clear").addEventListener("click", () => socket?.send(JSON.stringify({ type: "clear" })));
 
-async function connectForever() {
-  let backoff = 500;
-  for (;;) {
-    const scheme = location.protocol === "https:" ? "wss" : "ws";
-    socket = new WebSocket(`${scheme}://${location.host}/draw/ws`);
-    await new Promise((resolve) => {
-      socket.addEventListener("open", () => { backoff = 500; setStatus($("status"), "ok", "live"); });
-      socket.addEventListener("message", (event) => onMessage(JSON.parse(event.data)));
-      socket.addEventListener("close", resolve);
-    });
-    for (const other of others.values()) other.label.remove();
-    others.clear();
-    setStatus($("status"), "warn", "reconnecting…");
-    await sleep(backoff);
-    backoff = Math.min(backoff * 2, 10000);
-  }
+function connectForever() {
+  keepWebSocket(() => "/draw/ws", {
+    onOpen: (opened) => { socket = opened; setStatus($("status"), "ok", "live"); },
+    onMessage,
+    onClose: () => {
+      for (const other of others.values()) other.label.remove();
+      others.clear();
+      setStatus($("status"), "warn", "reconnecting…");
+    },
+  });
 }
 
 resize();

@@ -2,7 +2,7 @@
 // in flight with a buffer behind it; remote operations are transformed against
 // both, then applied with the caret kept in place. Protocol: blueprints/editor.py.
 import * as ot from "./ot.js";
-import { setStatus, sleep } from "./status.js";
+import { keepWebSocket, setStatus } from "./status.js";
 
 const $ = (id) => document.getElementById(id);
 const area = $("text");
@@ -167,26 +167,20 @@ function onMessage(message) {
   render();
 }
 
-async function connectForever() {
-  let backoff = 500;
-  for (;;) {
+function connectForever() {
+  keepWebSocket(() => {
     const params = new URLSearchParams({ name: $("name").value });
     if (version !== null) params.set("v", String(version));
-    const scheme = location.protocol === "https:" ? "wss" : "ws";
-    socket = new WebSocket(`${scheme}://${location.host}/editor/${docId}/ws?${params}`);
-    await new Promise((resolve) => {
-      socket.addEventListener("open", () => { backoff = 500; });
-      socket.addEventListener("message", (event) => onMessage(JSON.parse(event.data)));
-      socket.addEventListener("close", (event) => {
-        if (event.code === 1008) $("notice").textContent = `Server closed: ${event.reason}`;
-        resolve();
-      });
-    });
-    ready = false;
-    setStatus($("status"), "warn", "reconnecting… (keep typing: edits are kept)");
-    await sleep(backoff);
-    backoff = Math.min(backoff * 2, 10000);
-  }
+    return `/editor/${docId}/ws?${params}`;
+  }, {
+    onOpen: (opened) => { socket = opened; },
+    onMessage,
+    onClose: (event) => {
+      if (event.code === 1008) $("notice").textContent = `Server closed: ${event.reason}`;
+      ready = false;
+      setStatus($("status"), "warn", "reconnecting… (keep typing: edits are kept)");
+    },
+  });
 }
 
 connectForever();
