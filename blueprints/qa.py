@@ -8,11 +8,13 @@
 
 Requests name their client with `X-Client-Id`, the signed id the stream gave
 in its `login` event. Every change is one event on the internal hub channel
-`qa:events`, carrying the whole new list and its length: a stream forwards
-questions to everyone, and answers only when they are for the question its
-client follows; an event older than what a stream has shown (two workers
-publishing at once) is skipped. A stream that reconnects with `?client=`
-keeps its id and selection, and gets the full current state again.
+`qa:events`, carrying the whole new list and its length, published by the
+same Lua script that changes the list (Hub.script), so events arrive in the
+order of the changes. A stream forwards questions to everyone, and answers
+only when they are for the question its client follows; an event no newer
+than the state a stream read when it started is skipped. A stream that
+reconnects with `?client=` keeps its id and selection, and gets the full
+current state again.
 """
 
 import hashlib
@@ -36,16 +38,21 @@ MAX_QUESTIONS, MAX_ANSWERS = 200, 200
 PING_SECONDS = 10
 SELECTION_TTL = 24 * 3600
 
-# KEYS: list, hash normalised text -> text; ARGV: text, normalised ('' = no
-# duplicate check), limit. Returns {0, the whole list...}, {1} duplicate, {2} full.
+# KEYS: list, hash normalised text -> text, hub stream; ARGV: text, normalised
+# ('' = no duplicate check), limit, hub channel, event type, question.
+# Appends and publishes the whole new list in one step.
+# Returns {0, length}, {1} duplicate, {2} full.
 _APPEND_LUA = """
 if ARGV[2] ~= '' and redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return {1} end
 if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[3]) then return {2} end
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[2], ARGV[2], ARGV[1]) end
 redis.call('RPUSH', KEYS[1], ARGV[1])
 local all = redis.call('LRANGE', KEYS[1], 0, -1)
-table.insert(all, 1, 0)
-return all
+local event = {type = ARGV[5], count = #all}
+if ARGV[5] == 'questions' then event.questions = all
+else event.question = ARGV[6]; event.answers = all end
+hub_publish(KEYS[3], ARGV[4], 'j', cjson.encode(event))
+return {0, #all}
 """
 
 def _key(*parts, prefix=None):
@@ -75,9 +82,11 @@ def _client_id():
         abort_json(403, "X-Client-Id is not one this server issued")
 
 
-def _append(list_key, set_key, text, normalised, limit):
-    script = get_redis().register_script(_APPEND_LUA)
-    return script(keys=[list_key, set_key], args=[text, normalised, limit])
+def _append(list_key, index_key, text, normalised, limit, event, question=""):
+    hub = get_hub()
+    return hub.script(_APPEND_LUA)(
+        keys=[list_key, index_key, hub.stream_key(CHANNEL)],
+        args=[text, normalised, limit, CHANNEL, event, question])
 
 
 @bp.get("/")
@@ -91,15 +100,12 @@ def ask():
     (question,) = required_fields("question", max_length=MAX_QUESTION)
     question = " ".join(question.split())
     result = _append(_key("questions"), _key("question-index"), question, _normalise(question),
-                     MAX_QUESTIONS)
+                     MAX_QUESTIONS, "questions")
     if result[0] == 1:
         abort_json(409, "that question was already asked")
     if result[0] == 2:
         abort_json(409, f"the board is full ({MAX_QUESTIONS} questions)")
-    questions = result[1:]
-    get_hub().publish_json(CHANNEL, {"type": "questions", "questions": questions,
-                                     "count": len(questions)})
-    return {"ok": True, "question": question, "count": len(questions)}, 201
+    return {"ok": True, "question": question, "count": result[1]}, 201
 
 
 @bp.post("/select")
@@ -126,13 +132,10 @@ def answer():
     if question is None:
         abort_json(400, "select a question before answering")
     answers_key = _answers_key(question)
-    result = _append(answers_key, answers_key, text.strip(), "", MAX_ANSWERS)
+    result = _append(answers_key, answers_key, text.strip(), "", MAX_ANSWERS, "answers", question)
     if result[0] == 2:
         abort_json(409, f"that question has its {MAX_ANSWERS} answers")
-    answers = result[1:]
-    get_hub().publish_json(CHANNEL, {"type": "answers", "question": question, "answers": answers,
-                                     "count": len(answers)})
-    return {"ok": True, "question": question, "count": len(answers)}, 201
+    return {"ok": True, "question": question, "count": result[1]}, 201
 
 
 @bp.get("/stream")
