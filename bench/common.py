@@ -47,6 +47,31 @@ def gunicorn_server(redis_url, workers=2, **env_overrides):
             server.wait()
 
 
+def rss_kb(pid):
+    """Resident memory of one process, in KB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def worker_pids(master_pid):
+    """The gunicorn master's worker processes."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master_pid)],
+                         capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+def cpu_seconds(pids):
+    """User + system CPU the processes have used so far."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def machine():
     import platform
 

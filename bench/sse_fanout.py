@@ -13,7 +13,6 @@ Every client must receive every broadcast: a loss fails the run.
 
 import argparse
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -106,26 +105,7 @@ def generator(port, count, path):
 
 # -- coordinator -------------------------------------------------------------------
 
-def rss_kb(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def worker_pids(master_pid):
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master_pid)],
-                         capture_output=True, text=True).stdout.split()
-    return [int(p) for p in out]
-
-
-def cpu_seconds(pids):
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+from bench.common import cpu_seconds, rss_kb, worker_pids
 
 
 def run_level(server_port, master_pid, publish, clients, broadcasts, path):
