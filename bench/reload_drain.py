@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/reload_drain.py [--clients 2000]
 
-Opens `--clients` SSE subscribers (the load generator of bench/sse_fanout.py),
+Opens `--clients` SSE subscribers (the load generator of bench/fanout.py),
 sends HUP to the gunicorn master, and times until every old worker has exited.
 Without the prompt hand-over (core/lifecycle.py) the old workers would hold
 their streams until the 30 s graceful timeout. Writes docs/bench-reload.md.
@@ -33,8 +33,8 @@ def main():
     args = parser.parse_args()
     with redis_server() as rs, gunicorn_server(rs.url) as (url, master, _env):
         port = url.rsplit(":", 1)[1]
-        gen = subprocess.Popen([sys.executable, str(ROOT / "bench" / "sse_fanout.py"),
-                                "--generator", port, str(args.clients), "/sub/bench"],
+        gen = subprocess.Popen([sys.executable, str(ROOT / "bench" / "fanout.py"),
+                                "--generator", port, f"sse:{args.clients}", "/sub/bench"],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         held = json.loads(gen.stdout.readline())["ok"]
         old = children(master)

@@ -34,6 +34,7 @@ from core.websocket import (
     POLICY_VIOLATION,
     TRY_AGAIN_LATER,
     close_reason,
+    direct_writer,
     route,
     with_served_by,
 )
@@ -87,17 +88,20 @@ def subscribe(channel):
         cursor = _cursor(raw, "Last-Event-ID")
         config = current_app.config
         return sse.stream_response(_event_stream(
-            get_hub(), channel, cursor, aborter(request.environ),
+            get_hub(), channel, cursor, request.environ,
             config["HEARTBEAT_SECONDS"], config["SSE_RETRY_MS"]))
     return _long_poll(channel, _cursor(request.args.get("cursor"), "cursor"))
 
 
-def _event_stream(hub, channel, cursor, on_abort, heartbeat, retry_ms):
+def _event_stream(hub, channel, cursor, environ, heartbeat, retry_ms):
     # Runs after the view returned (no app context): everything comes in as arguments.
     # The subscription is in place before the first chunk, and so before the
     # client sees the response headers.
-    with hub.subscribe(channel, cursor, on_abort=on_abort) as sub:
+    with hub.subscribe(channel, cursor, on_abort=aborter(environ)) as sub:
         yield sse.retry(retry_ms)
+        # The headers are out: while this stream idles, the hub's listener may
+        # write live events onto the socket itself (one send per subscriber).
+        sub.write_directly(sse.direct_writer(environ))
         yield from sse.from_subscription(sub, heartbeat,
                                          lambda items: b"".join(item.sse for item in items))
 
@@ -142,6 +146,7 @@ def subscribe_ws(ws, channel):
         # Tells the client it is subscribed, and from where.
         ws.send(json.dumps(with_served_by({"subscribed": channel,
                                            "cursor": format_id(sub.cursor)})))
+        sub.write_directly(direct_writer(ws, request.environ))
         while ws.connected:
             try:
                 items = sub.wait(heartbeat)

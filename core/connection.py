@@ -26,3 +26,47 @@ def aborter(environ):
             pass  # already closed
 
     return abort
+
+
+class DirectWriter:
+    """Writes a broadcast's pre-encoded bytes straight onto a client's socket.
+
+    The hub's listener uses it for a subscriber whose own greenlet is parked
+    idle (core.hub.Subscription.write_directly): one non-blocking `send` per
+    subscriber instead of waking a greenlet that would walk the response
+    generators to write the same bytes. `frame(msg)` gives the exact bytes
+    the normal path would have written (shared by every subscriber through
+    Message.cached); `try_send` never blocks: it returns how much went out,
+    or None while the connection is in the middle of a write of its own.
+    Only under gevent, where the listener and the consumer never run at once.
+    """
+
+    def __init__(self, sock, frame):
+        self._sock = sock  # gunicorn's socket (or core.websocket's locked wrapper)
+        self._real = getattr(sock, "_raw", sock)._sock  # gevent's non-blocking socket
+        self._busy = getattr(sock, "busy", None)
+        self.frame = frame
+
+    def try_send(self, data):
+        if self._busy is not None and self._busy():
+            return None
+        try:
+            return self._real.send(data)
+        except BlockingIOError:
+            return 0
+
+    def sendall(self, data):
+        """The rest of a frame, written by the consumer (parks until it is out)."""
+        self._sock.sendall(data)
+
+
+def direct_writer(environ, frame):
+    """A DirectWriter for this request's socket, or None where it cannot work
+    (not gevent, or not gunicorn's gevent socket)."""
+    from gevent import monkey
+
+    sock = environ.get("gunicorn.socket")
+    if not monkey.is_module_patched("socket") or not hasattr(getattr(sock, "_raw", sock),
+                                                              "_sock"):
+        return None
+    return DirectWriter(sock, frame)

@@ -59,6 +59,7 @@ CATCH_UP_PAGE = 500
 PING_INTERVAL = 10.0  # listener pings Redis after this much silence...
 PING_TIMEOUT = 10.0  # ...and reconnects when the pong does not come
 ABORT_GRACE = 2.0  # a dropped consumer has this long to write its goodbye
+IDLE_KEEP = 60.0  # a channel's known newest id outlives its last local subscriber this long
 
 # Defines hub_publish(stream_key, channel, kind, data) for Lua scripts: XADD to
 # the capped stream, refresh its TTL, PUBLISH the notification; returns the id.
@@ -183,6 +184,17 @@ class Subscription:
         self._catching_up = True
         self._pending = []
         self._pending_overflow = False
+        self._direct = None  # a core.connection.DirectWriter, see write_directly
+        self._idle = False  # the consumer is parked in wait() with nothing to do
+        self._unsent = None  # the tail of a directly written frame the socket refused
+
+    def write_directly(self, writer):
+        """From now on, while the consumer is parked idle in `wait()`, the
+        listener writes live messages straight to the client with `writer`
+        (core.connection.DirectWriter) instead of queueing them and waking
+        the consumer. The consumer must have written everything `wait()` gave
+        it before it waits again, which a straight-line loop does. None: off."""
+        self._direct = writer
 
     # -- listener side -------------------------------------------------
 
@@ -199,6 +211,8 @@ class Subscription:
                 return
             if msg.key <= self.cursor:
                 return  # already delivered by the catch-up
+            if self._idle and self._direct is not None and self._write_direct(msg):
+                return
             if len(self._queue) >= self.hub.queue_size:
                 overflow = True
             else:
@@ -210,6 +224,24 @@ class Subscription:
                           f"{self.hub.queue_size} messages behind")
         else:
             self._wakeup.set()
+
+    def _write_direct(self, msg):
+        """True when `msg` went to the socket (wholly, or its tail is left in
+        `_unsent` for the consumer to finish); False: queue it as usual."""
+        data = self._direct.frame(msg)
+        try:
+            sent = self._direct.try_send(data)
+        except OSError:  # the client is gone: the consumer finds out on its own
+            self._direct = None
+            return False
+        if sent is None:
+            return False
+        self.cursor = msg.key
+        if sent < len(data):  # the socket is full: the consumer writes the rest
+            self._unsent = data[sent:]
+            self._idle = False
+            self._wakeup.set()
+        return True
 
     def resync(self):
         """The listener lost messages: read them from the stream again."""
@@ -243,6 +275,12 @@ class Subscription:
         deadline = time.monotonic() + timeout
         while True:
             self._wakeup.clear()
+            if self._unsent is not None:
+                unsent, self._unsent = self._unsent, None
+                try:
+                    self._direct.sendall(unsent)
+                except OSError as exc:
+                    raise SubscriptionClosed(f"connection lost: {exc}") from exc
             if self.closed_reason is not None:
                 raise SubscriptionClosed(self.closed_reason)
             with self._lock:
@@ -258,7 +296,14 @@ class Subscription:
                         return items
                     continue
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._wakeup.wait(remaining):
+            if remaining <= 0:
+                return []
+            self._idle = True
+            try:
+                woken = self._wakeup.wait(remaining)
+            finally:
+                self._idle = False
+            if not woken:
                 return []
 
     def _catch_up_step(self, epoch):
@@ -290,16 +335,29 @@ class Subscription:
                         entries.append(msg)
                         self.cursor = msg.key
                 self._pending.clear()
+                hub._note_newest(self.channel, self.cursor, epoch)
         return entries
 
 
 class _Local:
-    """The subscriptions of one channel in this worker."""
+    """The subscriptions of one channel in this worker, and the channel's
+    newest id as far as this worker knows it.
 
-    __slots__ = ("subscribers",)
+    `newest` is exact while the listener connection of `epoch` lasts: it was
+    taken from a subscription that had just caught up with the stream, and
+    every later notification updates it. A new subscriber "from now", or one
+    resuming from exactly `newest`, then goes live at once with no Redis round
+    trip. A channel keeps its entry for IDLE_KEEP seconds after its last
+    subscriber leaves: long-poll clients leave and come back after every
+    message."""
+
+    __slots__ = ("epoch", "idle_since", "newest", "subscribers")
 
     def __init__(self):
         self.subscribers = set()
+        self.newest = None
+        self.epoch = None
+        self.idle_since = None
 
 
 class Hub:
@@ -382,20 +440,39 @@ class Hub:
         call; START = everything retained). `on_abort` cuts the client's connection
         if it stops reading after being dropped as a slow consumer."""
         self.start()
-        if cursor is None:
+        sub = Subscription(self, channel, cursor, on_abort)
+        if not self._attach(sub):
             # "From now" means from this call: fix the position before the
             # caller tells its client it is subscribed.
-            cursor = self.newest_key(channel)
-        sub = Subscription(self, channel, cursor, on_abort)
+            sub.cursor = self.newest_key(channel)
+            self._attach(sub)
         if self._stopped:  # a draining worker: send the client elsewhere at once
             sub.close("server restarting: reconnect to resume")
-        with self._lock:
-            self._channels.setdefault(channel, _Local()).subscribers.add(sub)
         try:
             yield sub
         finally:
             sub._finished = True
             self._detach(sub)
+
+    def _attach(self, sub):
+        """Register `sub`; False (and nothing done) if it has no cursor and the
+        channel's newest id is not known here."""
+        with self._lock:
+            local = self._channels.get(sub.channel)
+            known = None
+            if local is not None and local.epoch == self._epoch and self._connected:
+                known = local.newest
+            if known is not None and sub.cursor in (None, known):
+                # Nothing to read: the listener offers everything after `known`.
+                sub.cursor = known
+                sub._catching_up = False
+            elif sub.cursor is None:
+                return False
+            if local is None:
+                local = self._channels[sub.channel] = _Local()
+            local.subscribers.add(sub)
+            local.idle_since = None
+            return True
 
     def _detach(self, sub):
         with self._lock:
@@ -403,7 +480,23 @@ class Hub:
             if local is not None:
                 local.subscribers.discard(sub)
                 if not local.subscribers:
-                    del self._channels[sub.channel]
+                    local.idle_since = time.monotonic()
+
+    def _note_newest(self, channel, key, epoch):
+        """A subscription of `channel` caught up to `key` during `epoch`."""
+        with self._lock:
+            local = self._channels.get(channel)
+            if local is None or epoch != self._epoch or not self._connected:
+                return
+            if local.epoch != epoch or local.newest is None or key > local.newest:
+                local.newest, local.epoch = key, epoch
+
+    def _forget_idle(self, now):
+        with self._lock:
+            idle = [name for name, local in self._channels.items()
+                    if local.idle_since is not None and now - local.idle_since > IDLE_KEEP]
+            for name in idle:
+                del self._channels[name]
 
     def drop(self, sub, reason):
         """Disconnect one subscriber (it may resume from its cursor)."""
@@ -419,7 +512,7 @@ class Hub:
         with self._lock:
             return {
                 "connected": self._connected,
-                "channels": len(self._channels),
+                "channels": sum(1 for c in self._channels.values() if c.subscribers),
                 "subscribers": sum(len(c.subscribers) for c in self._channels.values()),
                 "reconnects": self.reconnects,
             }
@@ -475,11 +568,14 @@ class Hub:
         pubsub = client.pubsub()
         try:
             pubsub.subscribe(self.notify_channel)
-            last_heard = time.monotonic()
+            last_heard = last_sweep = time.monotonic()
             ping_sent = None
             while not self._stopped:
                 msg = pubsub.get_message(timeout=1.0)
                 now = time.monotonic()
+                if now - last_sweep > IDLE_KEEP / 4:
+                    self._forget_idle(now)
+                    last_sweep = now
                 if msg is None:
                     if ping_sent is not None and now - ping_sent > PING_TIMEOUT:
                         raise redis.ConnectionError("no answer to PING")
@@ -520,5 +616,9 @@ class Hub:
             return  # nobody in this worker listens to that channel
         msg_id, _, typed = rest.partition(" ")
         msg = Message(msg_id, typed[1:], typed[:1] == "j")
-        for sub in tuple(local.subscribers):
+        with self._lock:
+            if local.epoch == self._epoch and (local.newest is None or msg.key > local.newest):
+                local.newest = msg.key
+            subscribers = tuple(local.subscribers)
+        for sub in subscribers:
             sub.offer(msg)

@@ -76,6 +76,25 @@ def from_subscription(sub, heartbeat, encode):
         yield encode(items) if items else comment("keepalive")
 
 
+def direct_writer(environ):
+    """A core.connection.DirectWriter for this event stream: a message's SSE
+    event framed exactly as gunicorn frames a chunk of a streamed response
+    (HTTP/1.1: chunked transfer encoding; HTTP/1.0: the bytes as they are).
+    None for other protocols (HTTP/2 frames its own bodies)."""
+    from core.connection import direct_writer as writer_for
+
+    protocol = environ.get("SERVER_PROTOCOL")
+    if protocol == "HTTP/1.1":
+        return writer_for(environ, lambda msg: msg.cached("sse-chunk", lambda: _chunk(msg.sse)))
+    if protocol == "HTTP/1.0":
+        return writer_for(environ, lambda msg: msg.sse)
+    return None
+
+
+def _chunk(data):
+    return b"%X\r\n%s\r\n" % (len(data), data)
+
+
 def _counted(chunks):
     from core import lifecycle
 

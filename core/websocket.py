@@ -82,6 +82,12 @@ class _WholeFrameSocket:
             self._raw.sendall(data)
         return len(data)
 
+    sendall = send
+
+    def busy(self):
+        """A frame is being written (core.connection.DirectWriter waits its turn)."""
+        return self._write_lock.locked()
+
     def __getattr__(self, name):
         return getattr(self._raw, name)
 
@@ -102,6 +108,31 @@ def route(path, bp):
         return sock.route(path, bp=bp)(counted)
 
     return decorator
+
+
+def direct_writer(ws, environ):
+    """A core.connection.DirectWriter that sends a hub message's `json` as one
+    text frame, or None when the connection negotiated an extension
+    (permessage-deflate compresses every frame per connection)."""
+    from core.connection import direct_writer as writer_for
+
+    protocol = getattr(getattr(ws.ws, "connection", None), "_proto", None)  # wsproto's
+    if getattr(protocol, "extensions", None) != []:
+        return None
+    return writer_for(environ, lambda msg: msg.cached("ws-text-frame", lambda: _text_frame(
+        msg.json.encode("utf-8"))))
+
+
+def _text_frame(payload):
+    """A final, unmasked text frame (RFC 6455 §5.2), as a server sends it."""
+    size = len(payload)
+    if size < 126:
+        header = bytes([0x81, size])
+    elif size < 1 << 16:
+        header = bytes([0x81, 126]) + size.to_bytes(2, "big")
+    else:
+        header = bytes([0x81, 127]) + size.to_bytes(8, "big")
+    return header + payload
 
 
 def locked_send(ws):

@@ -1,6 +1,7 @@
 """Channels over SSE, long-poll and WebSocket, against gunicorn with 2 gevent workers."""
 
 import json
+import socket
 from urllib.parse import quote
 
 import pytest
@@ -248,3 +249,41 @@ def test_websocket_from_a_foreign_origin_is_refused(server, channel):
     server.publish(channel, "hello")
     assert same_origin.wait_count(1)
     same_origin.close()
+
+
+@pytest.mark.parametrize("protocol", ["HTTP/1.0", "HTTP/1.1"])
+def test_live_events_are_framed_for_the_client_protocol(server, channel, protocol):
+    """Live events are written straight from the hub to idle streams: they
+    must be framed as the rest of the response (chunked only on HTTP/1.1)."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(f"GET /sub/{channel} {protocol}\r\nHost: 127.0.0.1\r\n"
+                 "Accept: text/event-stream\r\n\r\n".encode())
+    received = b""
+    while b"retry:" not in received:
+        received += sock.recv(65536)
+    wait_subscribed(server, 1)
+    texts = ["one", "two\nlines", "ünï"]
+    for text in texts:
+        server.publish(channel, text)
+    while received.count(b"\n\n") < 1 + len(texts) or (
+            protocol == "HTTP/1.1" and not received.endswith(b"\r\n")):
+        received += sock.recv(65536)
+    sock.close()
+    head, _, body = received.partition(b"\r\n\r\n")
+    if protocol == "HTTP/1.1":
+        assert b"transfer-encoding: chunked" in head.lower()
+        unchunked = b""
+        while body:
+            size, _, rest = body.partition(b"\r\n")
+            unchunked += rest[:int(size, 16)]
+            assert rest[int(size, 16):int(size, 16) + 2] == b"\r\n"
+            body = rest[int(size, 16) + 2:]
+        body = unchunked
+    else:
+        assert b"transfer-encoding" not in head.lower()
+    fields = {line.partition(":")[0] for line in body.decode().split("\n") if line}
+    assert fields <= {"", "retry", "id", "data"}, fields  # nothing but SSE lines
+    events = [e for e in body.decode().split("\n\n") if "data:" in e]
+    data = ["\n".join(line[6:] for line in e.split("\n") if line.startswith("data: "))
+            for e in events]
+    assert data == texts

@@ -1,5 +1,9 @@
 """The hub's catch-up algorithm against a real Redis, with the race made explicit."""
 
+import os
+import socket
+import time
+
 import pytest
 
 from core.hub import START, Hub, InvalidId, Message, format_id, parse_id
@@ -82,3 +86,52 @@ def test_text_and_json_payload_encodings():
     obj = Message("2-0", '{"a":[1,2]}', True)
     assert obj.json == '{"id":"2-0","data":{"a":[1,2]}}'
     assert obj.value == {"a": [1, 2]}
+
+
+def _reads(rdb):
+    """How many stream reads Redis has served so far."""
+    stats = rdb.info("commandstats")
+    return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("xrange", "xrevrange"))
+
+
+def test_later_subscribers_start_from_the_known_newest_id_without_reading_redis(hub, rdb,
+                                                                                channel):
+    hub.publish(channel, "before")
+    with hub.subscribe(channel) as first:
+        assert hub.connected_event.wait(5)
+        assert first.wait(0.2) == []  # caught up: the worker now knows the newest id
+        newest = first.cursor
+    reads = _reads(rdb)
+    # The first has left: its channel's newest id is kept for the next long-poll.
+    with hub.subscribe(channel) as fresh, hub.subscribe(channel, newest) as resuming:
+        assert _reads(rdb) == reads
+        assert fresh.cursor == resuming.cursor == newest
+        hub.publish(channel, "after")
+        assert [m.data for m in fresh.wait(5)] == ["after"]
+        assert [m.data for m in resuming.wait(5)] == ["after"]
+    with hub.subscribe(channel, START) as replay:  # an older cursor still reads the stream
+        assert [m.data for m in replay.wait(5)] == ["before", "after"]
+    assert _reads(rdb) > reads
+
+
+def test_known_newest_id_is_not_trusted_across_a_listener_reconnect(rdb, redis_server,
+                                                                    channel):
+    hub = Hub(rdb, redis_server.url, prefix="unit-reconnect:")
+    hub.publish(channel, "before")
+    with hub.subscribe(channel) as first:
+        assert hub.connected_event.wait(5)
+        first.wait(0.2)
+        newest = first.cursor
+        name = f"unit-reconnect:hub:{socket.gethostname()}:{os.getpid()}"
+        (listener,) = [c for c in rdb.client_list() if c["name"] == name]
+        rdb.client_kill_filter(_id=listener["id"])
+        hub.publish(channel, "while the listener was away")
+        deadline = time.monotonic() + 10
+        while not (hub.reconnects and hub.live_epoch()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # Back, but what was published meanwhile never reached this worker.
+        with hub.subscribe(channel, newest) as resuming:
+            assert [m.data for m in resuming.wait(10)] == ["while the listener was away"]
+        assert [m.data for m in first.wait(10)] == ["while the listener was away"]
+    assert hub.reconnects == 1
+    hub.stop()

@@ -2,6 +2,7 @@
 
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -127,21 +128,42 @@ def test_a_client_that_stops_reading_is_cut_off_without_holding_back_others(
     healthy.close()
 
 
+def _paused_ws_connection(server, channel):
+    """A WebSocket subscriber with a tiny receive window that reads nothing yet."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(f"GET /sub/{channel}/ws HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+    return sock
+
+
 def test_slow_consumer_is_told_why_before_being_closed(start_server, redis_server, rdb,
                                                       channel):
     """A burst faster than a client drains: it gets an explicit close reason
     (and may resume from its last id)."""
     server = start_server(SUBSCRIBER_QUEUE_SIZE=5)
-    client = WSClient(f"{server.ws_url}/sub/{channel}/ws")
-    sse = SSEClient(f"{server.url}/sub/{channel}")
+    sse = _stalled_sse_connection(server, channel)
+    ws = _paused_ws_connection(server, channel)
     wait_subscribed(server, 2)
-    # One pipeline: the listener receives the burst in one read and fans it
-    # out before either client's greenlet runs again.
-    Hub(rdb, redis_server.url).publish_many(channel, [f"burst {i}" for i in range(300)])
-    assert client.closed.wait(30)
-    assert client.close_code == 1013
-    assert "slow consumer" in client.close_reason
-    assert sse.wait_for(lambda items: any(i["event"] == "close" for i in items), timeout=30)
-    close = next(i for i in sse.items if i["event"] == "close")
-    assert "slow consumer" in close["data"]
-    assert sse.closed.wait(10)
+    # 9 MB in one pipeline: far more than the sockets buffer, so messages
+    # queue up for both clients while they are not reading.
+    burst = [f"burst {i} " + "x" * 30_000 for i in range(300)]
+    Hub(rdb, redis_server.url).publish_many(channel, burst)
+    time.sleep(0.5)
+    # Both read again, at once (within the 2 s grace): the last thing is the reason.
+    with ThreadPoolExecutor(2) as pool:
+        sse_read, ws_read = [pool.submit(_read_until_closed, sock, 30) for sock in (sse, ws)]
+    received, closed = sse_read.result()
+    assert closed
+    assert received.count(b"\nid: ") < len(burst)
+    tail = received[-300:].decode("utf-8", "replace")
+    assert "event: close" in tail and "slow consumer" in tail
+    received, closed = ws_read.result()
+    assert closed
+    assert received.count(b"burst ") < len(burst)
+    close_frame = received[received.rindex(b"\x88"):]
+    assert close_frame[2:4] == (1013).to_bytes(2, "big")  # try again later
+    assert b"slow consumer" in close_frame

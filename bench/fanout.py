@@ -1,0 +1,411 @@
+"""Fan-out at scale: 10,000 subscribers per transport on 2 gevent workers.
+
+    .venv/bin/python bench/fanout.py [--transports sse ws longpoll] [--clients 10000]
+                                     [--mixed 20000] [--broadcasts 5] [--app qa]
+                                     [--profile connect|broadcast]
+
+Starts its own redis-server and gunicorn (2 gevent workers, the shipped
+gunicorn.conf.py) and, for each transport, opens the subscribers from 2
+load-generator processes (gevent, raw sockets), publishes, and records: the
+time to connect them all, each broadcast's completion (until the last
+subscriber has it), per-delivery p50/p99, server RSS per connection, worker
+CPU, and loss. `--mixed N` also holds N connections at once, a third of each
+transport. Writes docs/fanout.md. With `--app qa` the subscribers are Q&A
+board streams (`/qa/stream`) and each broadcast is a new question:
+docs/bench-qa-fanout.md. `--profile PHASE` samples one worker with py-spy
+during that phase and prints where its time went. Any loss fails the run.
+"""
+
+import argparse
+import base64
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+CHANNEL = "bench"
+GENERATORS = 2
+ORIGIN = "http://127.0.0.1"
+PATHS = {"sse": f"/sub/{CHANNEL}", "ws": f"/sub/{CHANNEL}/ws", "longpoll": f"/sub/{CHANNEL}"}
+
+
+def marker_text(k):
+    return f"bcast-{k}-end"
+
+
+# -- load generator (a child process) ---------------------------------------------
+
+def generator(port, spec, sse_path):
+    """Open the clients of `spec` ("sse:5000,ws:5000"): one greenlet and socket
+    each. Prints a hello line once all are connected and, on "report" from
+    stdin, every client's receipt time of each broadcast marker."""
+    from gevent import monkey
+
+    monkey.patch_all()
+    import resource
+    import socket
+
+    import gevent
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    marker = re.compile(rb"bcast-(\d+)-end")
+    receipts, connected, failures = [], [], []
+    connected_ids, unconnected = set(), []
+
+    def joined(i):
+        connected.append(time.time())
+        connected_ids.add(i)
+
+    def record(i, data):
+        now = time.time()
+        for match in marker.finditer(data):
+            receipts[i].setdefault(int(match[1]), now)
+
+    def connect():
+        return socket.create_connection(("127.0.0.1", port), timeout=120)
+
+    def read_until(sock, buf, token):
+        while token not in buf:
+            buf = fill(sock, buf, len(buf) + 1)
+        return buf
+
+    def fill(sock, buf, size):
+        """`buf` plus what the socket says until it holds `size` bytes."""
+        while len(buf) < size:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed by the server")
+            buf += chunk
+        return buf
+
+    def sse(i):
+        sock = connect()
+        sock.sendall(f"GET {sse_path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     "Accept: text/event-stream\r\n\r\n".encode())
+        read_until(sock, b"", b"retry:")
+        joined(i)
+        sock.settimeout(None)
+        tail = b""
+        while chunk := sock.recv(65536):
+            data = tail + chunk
+            record(i, data)
+            tail = data[-64:]
+
+    def ws(i):
+        sock = connect()
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall(f"GET {PATHS['ws']} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                     f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                     f"Sec-WebSocket-Version: 13\r\nOrigin: {ORIGIN}\r\n\r\n".encode())
+        buf = read_until(sock, b"", b"\r\n\r\n")
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            raise ConnectionError(head.split(b"\r\n", 1)[0].decode())
+        sock.settimeout(None)
+        hello = False
+        while True:
+            buf = fill(sock, buf, 2)
+            opcode, length, offset = buf[0] & 0x0F, buf[1] & 0x7F, 2
+            if length == 126:
+                buf = fill(sock, buf, 4)
+                length, offset = int.from_bytes(buf[2:4], "big"), 4
+            elif length == 127:
+                buf = fill(sock, buf, 10)
+                length, offset = int.from_bytes(buf[2:10], "big"), 10
+            buf = fill(sock, buf, offset + length)
+            payload, buf = buf[offset:offset + length], buf[offset + length:]
+            if opcode == 0x9:  # ping: answer with a masked pong (mask 0 keeps the payload)
+                sock.sendall(bytes([0x8A, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
+            elif opcode == 0x8:
+                raise ConnectionError(f"closed by the server: {payload[2:]!r}")
+            elif not hello:
+                hello = True
+                joined(i)
+            else:
+                record(i, payload)
+
+    def longpoll(i):
+        # The first poll asks for everything retained (the primer message):
+        # its answer is a full round trip, like an SSE client's first bytes.
+        sock = connect()
+        sock.settimeout(None)
+        cursor, buf, first = "0", b"", True
+        while True:
+            sock.sendall(f"GET {PATHS['longpoll']}?cursor={cursor} HTTP/1.1\r\n"
+                         "Host: 127.0.0.1\r\n\r\n".encode())
+            buf = read_until(sock, buf, b"\r\n\r\n")
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])
+            buf = fill(sock, buf, length)
+            body, buf = buf[:length], buf[length:]
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise ConnectionError(head.split(b"\r\n", 1)[0].decode())
+            record(i, body)
+            cursor = json.loads(body)["cursor"]
+            if first:
+                first = False
+                joined(i)
+
+    def client(kind, i):
+        try:
+            {"sse": sse, "ws": ws, "longpoll": longpoll}[kind](i)
+        except Exception as exc:  # reported, never silent
+            failures.append(f"{kind}: {exc!r}")
+            if i not in connected_ids:
+                unconnected.append(i)
+
+    kinds = []
+    for part in spec.split(","):
+        kind, _, n = part.partition(":")
+        kinds += [kind] * int(n)
+    started = time.time()
+    for i, kind in enumerate(kinds):
+        receipts.append({})
+        gevent.spawn(client, kind, i)
+        if i % 200 == 199:
+            gevent.sleep(0)  # let connects progress while spawning
+    while len(connected) + len(unconnected) < len(kinds):
+        gevent.sleep(0.01)
+    print(json.dumps({"started": started, "connected": max(connected, default=started),
+                      "ok": len(connected), "failures": failures[:5]}), flush=True)
+    # Wait for "report" in a thread: a plain read would block every greenlet.
+    gevent.get_hub().threadpool.apply(sys.stdin.readline)
+    gevent.sleep(1)
+    print(json.dumps({"receipts": [{str(k): v for k, v in r.items()} for r in receipts],
+                      "failures": failures[:5], "failed": len(failures)}), flush=True)
+
+
+# -- profiling ---------------------------------------------------------------------------
+
+class Profile:
+    """py-spy sampling one worker while a phase runs; prints the hot spots."""
+
+    def __init__(self, pid, phase):
+        self.out = Path(tempfile.gettempdir()) / f"fanout-{phase}-{pid}.txt"
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
+             "--format", "raw", "--rate", "200", "--output", str(self.out), "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)  # py-spy attaches
+
+    def stop(self, top=25):
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(30)
+        own, total = Counter(), Counter()
+        samples = 0
+        for line in self.out.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            frames = [f.split(" (")[0] + " " + f.split("/")[-1].rstrip(")")
+                      for f in stack.split(";")]
+            samples += int(count)
+            own[frames[-1]] += int(count)
+            for frame in set(frames):
+                total[frame] += int(count)
+        print(f"profile: {samples} samples in {self.out}")
+        print("self time:")
+        for frame, n in own.most_common(top):
+            print(f"  {100 * n / samples:5.1f}%  {frame}")
+        print("inclusive:")
+        for frame, n in total.most_common(top + 15):
+            print(f"  {100 * n / samples:5.1f}%  {frame}")
+
+
+# -- coordinator -------------------------------------------------------------------
+
+def split(mix):
+    """{"sse": 5000, ...} -> one spec string per generator process."""
+    specs = [[] for _ in range(GENERATORS)]
+    for kind, n in mix.items():
+        for g in range(GENERATORS):
+            share = n // GENERATORS + (1 if g < n % GENERATORS else 0)
+            if share:
+                specs[g].append(f"{kind}:{share}")
+    return [",".join(s) for s in specs if s]
+
+
+def run_level(port, master_pid, publish, mix, broadcasts, sse_path, profile=None):
+    from bench.common import cpu_seconds, rss_kb, worker_pids
+
+    pids = worker_pids(master_pid)
+    base_rss = sum(rss_kb(p) for p in pids)
+    profiler = Profile(pids[0], "connect") if profile == "connect" else None
+    procs = [subprocess.Popen([sys.executable, __file__, "--generator", str(port), spec,
+                               sse_path],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for spec in split(mix)]
+    hello = [json.loads(p.stdout.readline()) for p in procs]
+    if profiler:
+        profiler.stop()
+    ok = sum(h["ok"] for h in hello)
+    connect_s = max(h["connected"] for h in hello) - min(h["started"] for h in hello)
+    time.sleep(2)  # let the servers settle before measuring memory
+    held_rss = sum(rss_kb(p) for p in pids)
+    profiler = Profile(pids[0], "broadcast") if profile == "broadcast" else None
+    cpu_before = cpu_seconds(pids)
+    sent = {}
+    for k in range(1, broadcasts + 1):
+        sent[k] = time.time()
+        publish(k)
+        time.sleep(1.5)
+    cpu_used = cpu_seconds(pids) - cpu_before
+    if profiler:
+        profiler.stop()
+    for p in procs:
+        p.stdin.write("report\n")
+        p.stdin.flush()
+    receipts, failed = [], 0
+    for p in procs:
+        report = json.loads(p.stdout.readline())
+        receipts += report["receipts"]
+        failed += report["failed"]
+        if report["failures"]:
+            print("generator failures:", report["failures"], file=sys.stderr)
+        p.stdin.close()
+        p.terminate()
+        p.wait()
+    completions, latencies, lost = [], [], 0
+    for k, t0 in sent.items():
+        times = [r[str(k)] for r in receipts if str(k) in r]
+        lost += len(receipts) - len(times)
+        if times:
+            completions.append((max(times) - t0) * 1000)
+            latencies += [(t - t0) * 1000 for t in times]
+    latencies.sort()
+    return {
+        "mix": mix, "clients": sum(mix.values()), "held": ok, "failed": failed,
+        "connect_s": connect_s,
+        "rss_mb": held_rss / 1024, "kb_per_conn": (held_rss - base_rss) / max(ok, 1),
+        "broadcast_ms_median": statistics.median(completions) if completions else float("nan"),
+        "p50_ms": latencies[len(latencies) // 2] if latencies else float("nan"),
+        "p99_ms": latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
+        "lost": lost, "cpu_s_per_broadcast": cpu_used / broadcasts,
+    }
+
+
+def qa_publisher(url):
+    """Each broadcast is a new question, posted like the page does."""
+    import requests
+
+    with requests.get(url + "/qa/stream", stream=True, timeout=10,
+                      headers={"Accept": "text/event-stream"}) as stream:
+        for line in stream.iter_lines(decode_unicode=True):
+            if line.startswith("data: {\"id\""):
+                client_id = json.loads(line[6:])["id"]
+                break
+
+    def publish(k):
+        response = requests.post(url + "/qa/questions", json={"question": marker_text(k)},
+                                 headers={"X-Client-Id": client_id}, timeout=10)
+        response.raise_for_status()
+
+    return publish
+
+
+def describe(mix):
+    if len(mix) == 1:
+        return next(iter(mix))
+    return "mixed (" + " + ".join(f"{n:,} {k}" for k, n in mix.items()) + ")"
+
+
+def table(rows):
+    lines = ["| transport | subscribers | held | connect all (s) | server RSS (MB) "
+             "| KB per connection | broadcast to all, median (ms) | delivery p50 (ms) "
+             "| delivery p99 (ms) | lost | worker CPU per broadcast (s) |",
+             "|" + "---|" * 11]
+    for r in rows:
+        lines.append(
+            f"| {describe(r['mix'])} | {r['clients']:,} | {r['held']:,} | {r['connect_s']:.2f} "
+            f"| {r['rss_mb']:.0f} | {r['kb_per_conn']:.1f} | {r['broadcast_ms_median']:.0f} "
+            f"| {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['lost']} "
+            f"| {r['cpu_s_per_broadcast']:.2f} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description="fan-out benchmark")
+    parser.add_argument("--transports", nargs="+", choices=sorted(PATHS),
+                        default=["sse", "ws", "longpoll"])
+    parser.add_argument("--clients", type=int, nargs="+", default=[10000])
+    parser.add_argument("--mixed", type=int, default=20000,
+                        help="connections held at once, a third per transport (0: skip)")
+    parser.add_argument("--broadcasts", type=int, default=5)
+    parser.add_argument("--app", choices=["channels", "qa"], default="channels")
+    parser.add_argument("--profile", choices=["connect", "broadcast"])
+    parser.add_argument("--report", help="default: docs/fanout.md (docs/bench-qa-fanout.md)")
+    args = parser.parse_args()
+    if args.app == "qa":
+        args.transports, args.mixed = ["sse"], 0
+    sse_path = "/qa/stream" if args.app == "qa" else PATHS["sse"]
+    report = args.report or str(ROOT / "docs" / (
+        "bench-qa-fanout.md" if args.app == "qa" else "fanout.md"))
+
+    import redis
+
+    from bench.common import gunicorn_server, machine, redis_server
+    from core.hub import Hub
+
+    levels = [{kind: n} for kind in args.transports for n in args.clients]
+    if args.mixed:
+        third = args.mixed // 3
+        levels.append({"sse": third, "ws": third, "longpoll": args.mixed - 2 * third})
+    rows = []
+    with redis_server() as rs:
+        client = redis.Redis.from_url(rs.url, decode_responses=True)
+        for n, mix in enumerate(levels):
+            prefix = f"bench{n}:"  # each level starts from an empty channel
+            hub = Hub(client, rs.url, prefix=prefix)
+            hub.publish(CHANNEL, "primer")  # what a long-poll client's first poll returns
+            with gunicorn_server(rs.url, REDIS_PREFIX=prefix, ALLOWED_ORIGINS=ORIGIN) as (
+                    url, pid, _env):
+                publish = (qa_publisher(url) if args.app == "qa" else
+                           lambda k, hub=hub: hub.publish(CHANNEL, marker_text(k)))
+                row = run_level(int(url.rsplit(":", 1)[1]), pid, publish, mix,
+                                args.broadcasts, sse_path, args.profile)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+    text = table(rows)
+    print(text)
+    command = " ".join(["bench/fanout.py", *sys.argv[1:]])
+    what = ("Q&A board streams (GET /qa/stream; each broadcast is a new question, "
+            "POST /qa/questions, delivered as the whole question list)"
+            if args.app == "qa" else "channel subscribers (each broadcast is one publish)")
+    Path(report).write_text(f"""# Fan-out on 2 gevent workers: {what}
+
+Measured {time.strftime('%Y-%m-%d')} on {machine()}, with the load generator
+(2 processes, gevent, raw sockets) on the same machine. Command:
+
+    .venv/bin/python {command}
+
+{text}
+
+- *held*: subscribers connected when the broadcasts went out.
+- *connect all*: from the first connect until the last subscriber is in: an SSE
+  stream's first bytes, a WebSocket's `subscribed` frame, or a long-poll's first
+  answer (it asks for everything retained, one primer message; its next poll
+  is then held).
+- *KB per connection*: growth of the two workers' RSS, divided by the subscribers.
+- *broadcast to all*: from `publish` until the last subscriber had the message
+  (the median over {args.broadcasts} broadcasts, 1.5 s apart); *delivery p50/p99*
+  over every (subscriber, broadcast) pair.
+- The machine is shared and noisy: compare rows of one run, not runs.
+""")
+    print(f"wrote {report}")
+    return 0 if all(r["lost"] == 0 and r["held"] == r["clients"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--generator":
+        generator(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    else:
+        sys.exit(main())
