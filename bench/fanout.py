@@ -239,11 +239,14 @@ def run_level(port, master_pid, publish, mix, broadcasts, sse_path, profile=None
     pids = worker_pids(master_pid)
     base_rss = sum(rss_kb(p) for p in pids)
     profiler = Profile(pids[0], "connect") if profile == "connect" else None
+    cpu_at_start = cpu_seconds(pids)
     procs = [subprocess.Popen([sys.executable, __file__, "--generator", str(port), spec,
                                sse_path],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for spec in split(mix)]
     hello = [json.loads(p.stdout.readline()) for p in procs]
+    connect_cpu = cpu_seconds(pids) - cpu_at_start
+    generator_cpu = cpu_seconds([p.pid for p in procs])
     if profiler:
         profiler.stop()
     ok = sum(h["ok"] for h in hello)
@@ -283,7 +286,8 @@ def run_level(port, master_pid, publish, mix, broadcasts, sse_path, profile=None
     latencies.sort()
     return {
         "mix": mix, "clients": sum(mix.values()), "held": ok, "failed": failed,
-        "connect_s": connect_s,
+        "connect_s": connect_s, "connect_cpu_us": connect_cpu / max(ok, 1) * 1e6,
+        "generator_cpu_s": generator_cpu,
         "rss_mb": held_rss / 1024, "kb_per_conn": (held_rss - base_rss) / max(ok, 1),
         "broadcast_ms_median": statistics.median(completions) if completions else float("nan"),
         "p50_ms": latencies[len(latencies) // 2] if latencies else float("nan"),

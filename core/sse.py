@@ -105,6 +105,11 @@ def _counted(chunks):
 def wants_event_stream(request):
     """True when the client named text/event-stream explicitly (EventSource
     does); `*/*` or no Accept header means a plain HTTP client."""
+    accept = request.headers.get("Accept", "")
+    if accept == "text/event-stream":  # EventSource's own header: skip the parser
+        return True
+    if "text/event-stream" not in accept:
+        return False
     return any(
         value == "text/event-stream" and quality > 0
         for value, quality in request.accept_mimetypes

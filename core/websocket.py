@@ -171,13 +171,55 @@ def forward_from_hub(ws, sub, translate, heartbeat, send):
     return thread
 
 
+class _ReaderGreenlet:
+    """What simple-websocket asks of the Thread that reads each connection
+    (`name`, `start()`), as a bare greenlet under gevent: a patched
+    threading.Thread carries a few KB of bookkeeping per connection."""
+
+    name = "simple_websocket.Base._thread"
+
+    def __init__(self, target):
+        self._target = target
+
+    def start(self):
+        import gevent
+
+        gevent.spawn(self._target)
+
+
+class _OneSocketSelector:
+    """The selector simple-websocket's reader uses to time its pings, for its
+    one socket: waits on the hub directly instead of building a selector
+    (a registry and its maps) per connection."""
+
+    def register(self, sock, events, data=None):
+        self._fileno = sock.fileno()
+
+    def select(self, timeout=None):
+        from gevent.socket import wait_read
+
+        try:
+            wait_read(self._fileno, timeout)
+        except TimeoutError:
+            return []
+        return [(None, 1)]
+
+    def close(self):
+        pass
+
+
 def init_app(app):
-    app.config.setdefault("SOCK_SERVER_OPTIONS", {
+    from gevent import monkey
+
+    options = {
         "ping_interval": app.config["WS_PING_SECONDS"],
         "max_message_size": 64 * 1024,
         # offered by /ws/echo; a route that gets no offer sees ws.subprotocol None
         "subprotocols": ["json"],
-    })
+    }
+    if monkey.is_module_patched("threading"):
+        options.update(thread_class=_ReaderGreenlet, selector_class=_OneSocketSelector)
+    app.config.setdefault("SOCK_SERVER_OPTIONS", options)
     sock.init_app(app)
 
     @app.before_request
