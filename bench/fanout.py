@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 CHANNEL = "bench"
 GENERATORS = 2
 ORIGIN = "http://127.0.0.1"
+MIXED_RATE = 4000  # connects per second for the mixed level
 PATHS = {"sse": f"/sub/{CHANNEL}", "ws": f"/sub/{CHANNEL}/ws", "longpoll": f"/sub/{CHANNEL}"}
 
 
@@ -44,10 +45,11 @@ def marker_text(k):
 
 # -- load generator (a child process) ---------------------------------------------
 
-def generator(port, spec, sse_path):
+def generator(port, spec, sse_path, rate=0):
     """Open the clients of `spec` ("sse:5000,ws:5000"): one greenlet and socket
-    each. Prints a hello line once all are connected and, on "report" from
-    stdin, every client's receipt time of each broadcast marker."""
+    each, all at once or `rate` per second. Prints a hello line once all are
+    connected and, on "report" from stdin, every client's receipt time of each
+    broadcast marker."""
     from gevent import monkey
 
     monkey.patch_all()
@@ -72,7 +74,12 @@ def generator(port, spec, sse_path):
             receipts[i].setdefault(int(match[1]), now)
 
     def connect():
-        return socket.create_connection(("127.0.0.1", port), timeout=120)
+        # Not create_connection: its getaddrinfo goes through gevent's thread
+        # pool, a thread handoff per client that the load generator pays for.
+        sock = socket.socket()
+        sock.settimeout(120)
+        sock.connect(("127.0.0.1", port))
+        return sock
 
     def read_until(sock, buf, token):
         while token not in buf:
@@ -138,7 +145,6 @@ def generator(port, spec, sse_path):
         # The first poll asks for everything retained (the primer message):
         # its answer is a full round trip, like an SSE client's first bytes.
         sock = connect()
-        sock.settimeout(None)
         cursor, buf, first = "0", b"", True
         while True:
             sock.sendall(f"GET {PATHS['longpoll']}?cursor={cursor} HTTP/1.1\r\n"
@@ -155,6 +161,7 @@ def generator(port, spec, sse_path):
             if first:
                 first = False
                 joined(i)
+                sock.settimeout(None)  # later polls are held up to 25 s
 
     def client(kind, i):
         try:
@@ -172,12 +179,15 @@ def generator(port, spec, sse_path):
     for i, kind in enumerate(kinds):
         receipts.append({})
         gevent.spawn(client, kind, i)
-        if i % 200 == 199:
-            gevent.sleep(0)  # let connects progress while spawning
-    while len(connected) + len(unconnected) < len(kinds):
+        if i % 200 == 199:  # let connects progress while spawning
+            gevent.sleep(200 / rate if rate else 0)
+    while len(connected) + len(unconnected) < len(kinds) and time.time() < started + 90:
         gevent.sleep(0.01)
+    stuck = Counter(kinds[i] for i in range(len(kinds))
+                    if i not in connected_ids and i not in unconnected)
     print(json.dumps({"started": started, "connected": max(connected, default=started),
-                      "ok": len(connected), "failures": failures[:5]}), flush=True)
+                      "ok": len(connected), "failures": failures[:5],
+                      "not_in_after_90_s": stuck}), flush=True)
     # Wait for "report" in a thread: a plain read would block every greenlet.
     gevent.get_hub().threadpool.apply(sys.stdin.readline)
     gevent.sleep(1)
@@ -233,7 +243,8 @@ def split(mix):
     return [",".join(s) for s in specs if s]
 
 
-def run_level(port, master_pid, publish, mix, broadcasts, sse_path, profile=None):
+def run_level(port, master_pid, publish, mix, broadcasts, sse_path, profile=None,
+              gap=1.5, settle=0.0, rate=0):
     from bench.common import cpu_seconds, rss_kb, worker_pids
 
     pids = worker_pids(master_pid)
@@ -241,10 +252,14 @@ def run_level(port, master_pid, publish, mix, broadcasts, sse_path, profile=None
     profiler = Profile(pids[0], "connect") if profile == "connect" else None
     cpu_at_start = cpu_seconds(pids)
     procs = [subprocess.Popen([sys.executable, __file__, "--generator", str(port), spec,
-                               sse_path],
+                               sse_path, str(rate // GENERATORS)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for spec in split(mix)]
     hello = [json.loads(p.stdout.readline()) for p in procs]
+    for h in hello:
+        if h["failures"] or h["not_in_after_90_s"]:
+            print("generator:", {k: h[k] for k in ("ok", "failures", "not_in_after_90_s")},
+                  file=sys.stderr)
     connect_cpu = cpu_seconds(pids) - cpu_at_start
     generator_cpu = cpu_seconds([p.pid for p in procs])
     if profiler:
@@ -259,7 +274,8 @@ def run_level(port, master_pid, publish, mix, broadcasts, sse_path, profile=None
     for k in range(1, broadcasts + 1):
         sent[k] = time.time()
         publish(k)
-        time.sleep(1.5)
+        time.sleep(gap)
+    time.sleep(settle)  # slow transports (10,000 long-polls) are still delivering
     cpu_used = cpu_seconds(pids) - cpu_before
     if profiler:
         profiler.stop()
@@ -369,12 +385,21 @@ def main():
             prefix = f"bench{n}:"  # each level starts from an empty channel
             hub = Hub(client, rs.url, prefix=prefix)
             hub.publish(CHANNEL, "primer")  # what a long-poll client's first poll returns
-            with gunicorn_server(rs.url, REDIS_PREFIX=prefix, ALLOWED_ORIGINS=ORIGIN) as (
-                    url, pid, _env):
+            # 20,000 on 2 workers: the kernel's SO_REUSEPORT hash does not split
+            # them exactly evenly, so allow each worker more than half.
+            capacity = max(10_000, sum(mix.values()) * 3 // 4)
+            with gunicorn_server(rs.url, REDIS_PREFIX=prefix, ALLOWED_ORIGINS=ORIGIN,
+                                 WORKER_CONNECTIONS=capacity) as (url, pid, _env):
                 publish = (qa_publisher(url) if args.app == "qa" else
                            lambda k, hub=hub: hub.publish(CHANNEL, marker_text(k)))
                 row = run_level(int(url.rsplit(":", 1)[1]), pid, publish, mix,
-                                args.broadcasts, sse_path, args.profile)
+                                args.broadcasts, sse_path, args.profile,
+                                # a broadcast to 10,000 long-polls takes seconds
+                                gap=5.0 if "longpoll" in mix else 1.5,
+                                settle=5.0 if "longpoll" in mix else 0.0,
+                                # 20,000 at once overflow the kernel's listen queues
+                                # (somaxconn 4,096 per worker): arrive at a pace
+                                rate=MIXED_RATE if len(mix) > 1 else 0)
             rows.append(row)
             print(json.dumps(row), flush=True)
 
@@ -398,9 +423,17 @@ Measured {time.strftime('%Y-%m-%d')} on {machine()}, with the load generator
   stream's first bytes, a WebSocket's `subscribed` frame, or a long-poll's first
   answer (it asks for everything retained, one primer message; its next poll
   is then held).
+- The mixed level connects at {MIXED_RATE:,} per second: 20,000 connects at
+  once overflow the kernel's listen queues (`somaxconn` 4,096 per worker
+  socket), and a connection whose handshake was dropped can take minutes of
+  TCP retransmits to get in.
+- Each worker accepts up to `WORKER_CONNECTIONS` connections (10,000 by default,
+  0.75 × the level here): the kernel does not spread connections over the two
+  workers' sockets exactly evenly.
 - *KB per connection*: growth of the two workers' RSS, divided by the subscribers.
 - *broadcast to all*: from `publish` until the last subscriber had the message
-  (the median over {args.broadcasts} broadcasts, 1.5 s apart); *delivery p50/p99*
+  (the median over {args.broadcasts} broadcasts, 1.5 s apart, 5 s with long-polls);
+  *delivery p50/p99*
   over every (subscriber, broadcast) pair.
 - The machine is shared and noisy: compare rows of one run, not runs.
 """)
@@ -410,6 +443,6 @@ Measured {time.strftime('%Y-%m-%d')} on {machine()}, with the load generator
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--generator":
-        generator(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+        generator(int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]) if len(sys.argv) > 5 else 0)
     else:
         sys.exit(main())
