@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench load lint clean
 
 # Demo users (jack/beanstalk, admin) unless DEMO_USERS=0; never in APP_ENV=production.
 run: $(VENV)/.installed
@@ -13,14 +13,34 @@ test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-bench
-	$(BIN)/python bench/sse_fanout.py --app channels
-	$(BIN)/python bench/sse_fanout.py --app qa
+	$(BIN)/python bench/fanout.py
+	$(BIN)/python bench/fanout.py --app qa
 	$(BIN)/python bench/login_cost.py
 	$(BIN)/python bench/ticker_load.py
 	$(BIN)/python bench/editor_ops.py
 	$(BIN)/python bench/track_ingest.py
 	$(BIN)/python bench/logproc.py
 	$(BIN)/python bench/reload_drain.py
+	$(BIN)/python bench/threads_vs_events.py
+
+# Locust against a server that is already running (`make run` in another
+# terminal, or any deployment): 60 s headless, a mix of every user class; exits
+# non-zero when more than FAIL_RATIO of the requests failed. Reports in docs/load/.
+HOST       ?= http://127.0.0.1:8000
+# (gunicorn.conf.py reads HOST from the environment as a bind address: a value
+# without a scheme is not a URL to load, so the default is used instead)
+LOAD_HOST   = $(if $(findstring ://,$(HOST)),$(HOST),http://127.0.0.1:8000)
+USERS      ?= 40
+SPAWN_RATE ?= 10
+RUN_TIME   ?= 60s
+FAIL_RATIO ?= 0.01
+LOAD_DIR   ?= docs/load
+
+load: $(VENV)/.installed-load
+	mkdir -p $(LOAD_DIR)
+	$(BIN)/python -m locust -f loadtests/locustfile.py --headless --only-summary \
+		--host $(LOAD_HOST) --users $(USERS) --spawn-rate $(SPAWN_RATE) --run-time $(RUN_TIME) \
+		--max-fail-ratio $(FAIL_RATIO) --csv $(LOAD_DIR)/locust --html $(LOAD_DIR)/report.html
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
@@ -35,6 +55,10 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 
 $(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+$(VENV)/.installed-load: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -e '.[load]'
 	touch $@ $(VENV)/.installed
 
 $(VENV)/.installed-bench: pyproject.toml | $(VENV)/bin/python

@@ -1,0 +1,78 @@
+"""Load test of every transport and demo, one Locust user class per scenario.
+
+    make load HOST=http://127.0.0.1:8000      # 60 s headless against a running server
+
+`make load` starts nothing: run the server first (`make run`, or any
+deployment). The README's "Load testing (Locust)" section shows a run and how
+to read it. Settings, from the environment:
+
+    LOAD_CHANNEL         channel the subscribers read and the publisher feeds (chat.bench)
+    LOAD_USERNAME        user for the publisher and the login flows (jack; may publish chat.*)
+    LOAD_PASSWORD        its password (beanstalk)
+    LOAD_ADMIN_USERNAME  administrator for the mouse-tracking dashboard (admin)
+    LOAD_ADMIN_PASSWORD  its password (default DEMO_ADMIN_PASSWORD); unset: no dashboard user
+    LOAD_PUBLISH_RATE    messages per second from each publisher (5)
+    LOAD_HOLD_SECONDS    how long a subscriber holds a stream before it leaves and
+                         resumes from its last id, as "MIN-MAX" seconds (20-40)
+
+and `--max-fail-ratio` (LOCUST_MAX_FAIL_RATIO, default 0.01): the run exits 1
+when a larger share of all requests failed.
+
+Custom transports report through `events.request`, so they land in Locust's
+statistics beside the HTTP requests:
+
+- request type SSE / WS / LONGPOLL, name `... delivery`: now minus the
+  millisecond part of the message id (`<ms>-<seq>`, a Redis stream id, stamped
+  by Redis when the server published it), so it is the publish-to-client delay;
+  it assumes the load generator's clock agrees with the server's.
+- `... first event`: from opening the stream to its first message.
+- `... resumed`: a message published while the client was away, delivered
+  after it reconnected with its last id; the time is since reconnecting.
+- The publisher numbers its messages; a subscriber that sees one twice, out of
+  order, or misses one after a resume records a failure.
+
+Where things live (all in loadtests/; this file is only the entry point that
+Locust loads, and it imports every user class so that Locust finds them):
+
+    _common.py    settings, --max-fail-ratio and the exit code, the browser-like
+                 HttpUser base, reporting helpers, SequenceCheck, ChannelSubscriber
+    channels.py  Publisher, SSESubscriber, WebSocketSubscriber, LongPollClient
+    demos.py     Drawer, MouseVisitor, TrackDashboard, TickerPoller
+    qa.py        QAParticipant
+    logins.py    LoginVisitor and its SCRAM helpers
+"""
+
+# How the modules import each other: as top-level sibling modules (`from _common
+# import ...`), never as `loadtests.<module>` nor relatively. Locust imports this
+# file as the top-level module `locustfile`, with this directory first on
+# sys.path while it does so, whether it was started as `locust` or `python -m
+# locust` and from whatever directory; so the siblings always resolve, to these
+# files. `loadtests._common` would need the project root on sys.path, and a
+# relative import a package; mixing two schemes would import _common.py twice,
+# under two names, and register its event listeners twice. (With `-f loadtests/`
+# Locust loads every .py file here as a locustfile, but skips `_common.py`.)
+# _common registers the event listeners (--max-fail-ratio, exit code) on import.
+import _common  # noqa: F401
+
+# The user classes in their definition order in the former single file, the
+# order `--list` shows them in.
+# isort: off
+from channels import Publisher, SSESubscriber, WebSocketSubscriber, LongPollClient
+from demos import Drawer, MouseVisitor, TrackDashboard, TickerPoller
+from qa import QAParticipant
+from logins import LoginVisitor
+# isort: on
+
+# Locust runs the User classes it finds in this module's namespace.
+__all__ = [
+    "Drawer",
+    "LoginVisitor",
+    "LongPollClient",
+    "MouseVisitor",
+    "Publisher",
+    "QAParticipant",
+    "SSESubscriber",
+    "TickerPoller",
+    "TrackDashboard",
+    "WebSocketSubscriber",
+]

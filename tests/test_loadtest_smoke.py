@@ -1,0 +1,110 @@
+"""The locustfile works: every user class, headless for a few seconds, against
+a real server (gunicorn with 2 gevent workers on the test redis-server).
+
+Locust is run as a subprocess: importing it here would monkey-patch this
+pytest process with gevent.
+"""
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+import redis
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("locust") is None,
+                                reason="locust is not installed (pip install -e '.[dev]')")
+
+# How many of each user class: two drawers so that one sees the other's moves.
+USERS = {"Publisher": 1, "SSESubscriber": 2, "WebSocketSubscriber": 2, "LongPollClient": 1,
+         "Drawer": 2, "MouseVisitor": 1, "TrackDashboard": 1, "TickerPoller": 1,
+         "QAParticipant": 2, "LoginVisitor": 1}
+
+# (type, name) rows a user of each class must have produced, without failure.
+EXPECTED = [
+    ("POST", "/pub/[channel]"),
+    ("SSE", "/sub/[channel] connect"),
+    ("SSE", "/sub/[channel] first event"),
+    ("SSE", "/sub/[channel] delivery"),
+    ("SSE", "/sub/[channel] resumed"),
+    ("WS", "/sub/[channel]/ws subscribed"),
+    ("WS", "/sub/[channel]/ws first event"),
+    ("WS", "/sub/[channel]/ws delivery"),
+    ("WS", "/sub/[channel]/ws resumed"),
+    ("GET", "/sub/[channel] long-poll"),
+    ("LONGPOLL", "/sub/[channel] delivery"),
+    ("WS", "/draw/ws welcome"),
+    ("WS", "/draw/ws relay"),
+    ("WS", "/track/ws welcome"),
+    ("SSE", "/admin/track/stream snapshot"),
+    ("SSE", "/admin/track/stream batch"),
+    ("GET", "/ticker/quote"),
+    ("SSE", "/qa/stream login (first event)"),
+    ("POST", "/qa/questions"),
+    ("QA", "question -> stream"),
+    ("POST", "/qa/select"),
+    ("QA", "select -> answers"),
+    ("POST", "/qa/answers"),
+    ("QA", "answer -> stream"),
+    ("GET", "/auth/basic"),
+    ("POST", "/auth/challenge"),
+    ("POST", "/auth/respond"),
+    ("POST", "/auth/login"),
+    ("GET", "/auth/me"),
+    ("POST", "/auth/logout (session)"),
+    ("POST", "/auth/token"),
+    ("POST", "/auth/tokendata"),
+    ("POST", "/auth/logout (token)"),
+    ("POST", "/auth/tokendata (revoked: 401)"),
+]
+
+
+def create_users(redis_url, prefix):
+    from core.users import UserStore
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        store = UserStore(client, prefix)
+        store.create("loader", "loader-password", publish=["chat.*"])
+        store.create("loadadmin", "loadadmin-password", admin=True)
+    finally:
+        client.close()
+
+
+def test_locustfile_runs_every_user_class_without_failures(start_server, redis_server, tmp_path):
+    # A key prefix of its own: the drawing, the Q&A board and the users stay out of other tests.
+    prefix = f"load{uuid.uuid4().hex[:6]}:"
+    server = start_server(REDIS_PREFIX=prefix)
+    create_users(redis_server.url, prefix)
+    env = {**os.environ, "LOAD_USERNAME": "loader", "LOAD_PASSWORD": "loader-password",
+           "LOAD_ADMIN_USERNAME": "loadadmin", "LOAD_ADMIN_PASSWORD": "loadadmin-password",
+           "LOAD_CHANNEL": "chat.smoke", "LOAD_PUBLISH_RATE": "10",
+           "LOAD_HOLD_SECONDS": "2-3"}  # short holds: subscribers also leave and resume
+    config = [{"user_class_name": name, "fixed_count": n} for name, n in USERS.items()]
+    total = sum(USERS.values())
+    result = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", "loadtests/locustfile.py", "--headless",
+         "--only-summary", "--host", server.url, "-u", str(total), "-r", str(total),
+         "-t", "8s", "--max-fail-ratio", "0", "--csv", str(tmp_path / "smoke"),
+         "--config-users", json.dumps(config)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    output = result.stdout[-6000:] + result.stderr[-6000:]
+    assert result.returncode == 0, output
+    assert "load test passed" in result.stdout, output
+
+    with open(tmp_path / "smoke_stats.csv", newline="") as f:
+        rows = {(row["Type"], row["Name"]): row for row in csv.DictReader(f)}
+    missing = [key for key in EXPECTED if int(rows.get(key, {}).get("Request Count", 0)) == 0]
+    assert not missing, f"no requests for {missing}\n{output}"
+    failed = {key: row["Failure Count"] for key, row in rows.items()
+              if int(row["Failure Count"]) > 0}
+    assert not failed, f"failures: {failed}\n{output}"
+    # Nothing the server sent was refused as out of order or missing.
+    with open(tmp_path / "smoke_failures.csv", newline="") as f:
+        assert list(csv.DictReader(f)) == []
