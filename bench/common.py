@@ -76,3 +76,19 @@ def machine():
     import platform
 
     return f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def proc_status(pid):
+    """The numeric fields of /proc/<pid>/status ({"VmRSS": KB, "VmSize": KB,
+    "Threads": n, ...}); {} once the process is gone."""
+    fields = {}
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return fields
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        parts = value.split()
+        if parts and parts[0].isdigit():
+            fields[name] = int(parts[0])
+    return fields

@@ -52,6 +52,9 @@ SETTINGS = {
                                  "(seconds), whatever the number of pollers"),
     "MAX_WORKER_MEMORY_MB": (int, None, "a worker whose RSS exceeds this stops accepting, "
                              "hands its clients over and is replaced (unset: no limit)"),
+    "CPU_OFFLOAD": (bool, True, "under gevent, run password hashing in gevent's thread pool; "
+                    "off: on the hub, stalling every other connection of the worker "
+                    "(only to measure that, bench/threads_vs_events.py)"),
     "SERVED_BY_HEADER": (bool, None, "add `X-Served-By: host/pid` to responses; default on in "
                          "dev, off in production"),
 }

@@ -3,6 +3,8 @@
 Under gevent a CPU-bound call in a greenlet stalls every connection of the
 worker; gevent's thread pool runs it on a real thread while the hub goes on
 serving. Outside gevent (CLI, tests, gthread workers) it is a plain call.
+`CPU_OFFLOAD=0` makes it a plain call under gevent too, on the hub: only to
+measure what that costs everyone else (bench/threads_vs_events.py).
 """
 
 import encodings.idna  # noqa: F401  (see warm_up_imports)
@@ -12,11 +14,20 @@ from gevent import monkey
 
 
 def run_blocking(function, *args):
-    if monkey.is_module_patched("threading"):
+    """`function(*args)`, on gevent's thread pool when gevent has patched the
+    standard library and the app's CPU_OFFLOAD setting is on (the default)."""
+    if monkey.is_module_patched("threading") and _offload_enabled():
         import gevent
 
         return gevent.get_hub().threadpool.apply(function, args)
     return function(*args)
+
+
+def _offload_enabled():
+    # Outside an app context (the CLI, post_worker_init's demo users): offload.
+    from flask import current_app, has_app_context
+
+    return not has_app_context() or current_app.config.get("CPU_OFFLOAD", True)
 
 
 def spawn(function):
