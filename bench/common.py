@@ -49,10 +49,7 @@ def gunicorn_server(redis_url, workers=2, **env_overrides):
 
 def rss_kb(pid):
     """Resident memory of one process, in KB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    return proc_status(pid).get("VmRSS", 0)
 
 
 def worker_pids(master_pid):
