@@ -69,6 +69,16 @@ def cpu_seconds(pids):
     return total
 
 
+def run_for(seconds, threads, stop):
+    """Start `threads`, let them run `seconds`, then set `stop` and join them."""
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+
+
 def machine():
     import platform
 

@@ -338,13 +338,15 @@ def describe(mix):
 
 
 def table(rows):
-    lines = ["| transport | subscribers | held | connect all (s) | server RSS (MB) "
+    lines = ["| transport | subscribers | held | connect all (s) | worker CPU per connect (µs) "
+             "| load generator CPU (s) | server RSS (MB) "
              "| KB per connection | broadcast to all, median (ms) | delivery p50 (ms) "
              "| delivery p99 (ms) | lost | worker CPU per broadcast (s) |",
-             "|" + "---|" * 11]
+             "|" + "---|" * 13]
     for r in rows:
         lines.append(
             f"| {describe(r['mix'])} | {r['clients']:,} | {r['held']:,} | {r['connect_s']:.2f} "
+            f"| {r['connect_cpu_us']:.0f} | {r['generator_cpu_s']:.1f} "
             f"| {r['rss_mb']:.0f} | {r['kb_per_conn']:.1f} | {r['broadcast_ms_median']:.0f} "
             f"| {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['lost']} "
             f"| {r['cpu_s_per_broadcast']:.2f} |")
@@ -430,6 +432,9 @@ Measured {time.strftime('%Y-%m-%d')} on {machine()}, with the load generator
 - Each worker accepts up to `WORKER_CONNECTIONS` connections (10,000 by default,
   0.75 × the level here): the kernel does not spread connections over the two
   workers' sockets exactly evenly.
+- *worker CPU per connect*: the two workers' CPU time while the clients
+  connected, divided by the subscribers; *load generator CPU*: what the two
+  generator processes used meanwhile, on the same 2 cores.
 - *KB per connection*: growth of the two workers' RSS, divided by the subscribers.
 - *broadcast to all*: from `publish` until the last subscriber had the message
   (the median over {args.broadcasts} broadcasts, 1.5 s apart, 5 s with long-polls);

@@ -23,7 +23,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, gunicorn_server, machine, redis_server
+from bench.common import ROOT, gunicorn_server, machine, redis_server, run_for
 
 PASSWORD = "benchmark-password"
 
@@ -89,12 +89,7 @@ def main():
             threads += [threading.Thread(target=log_in_repeatedly,
                                          args=(url, "bench", stop, counts, failures))
                         for _ in range(args.concurrency)]
-            for thread in threads:
-                thread.start()
-            time.sleep(args.seconds)
-            stop.set()
-            for thread in threads:
-                thread.join()
+            run_for(args.seconds, threads, stop)
 
     rows = [
         ("Argon2id verify (m=19 MiB, t=2, p=1), one core", f"{argon2_ms:.0f} ms"),

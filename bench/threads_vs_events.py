@@ -377,7 +377,7 @@ def cpu_bound(rs_url, args):
     """/whoami latency while clients log in, with hashing off the hub and on it."""
     import redis
 
-    from bench.common import gunicorn_server
+    from bench.common import gunicorn_server, run_for
     from bench.login_cost import PASSWORD, log_in_repeatedly, percentile, probe
     from core.users import UserStore
 
@@ -387,12 +387,7 @@ def cpu_bound(rs_url, args):
         threads += [threading.Thread(target=log_in_repeatedly,
                                      args=(url, "bench", stop, counts, failures))
                     for _ in range(login_clients)]
-        for thread in threads:
-            thread.start()
-        time.sleep(seconds)
-        stop.set()
-        for thread in threads:
-            thread.join()
+        run_for(seconds, threads, stop)
         row = {"login_clients": login_clients, "logins_per_s": len(counts) / seconds,
                "failed": len(failures), "p50_ms": percentile(samples, 0.5),
                "p99_ms": percentile(samples, 0.99), "max_ms": max(samples) * 1000,

@@ -21,7 +21,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, gunicorn_server, machine, redis_server
+from bench.common import ROOT, gunicorn_server, machine, redis_server, run_for
 
 SYMBOLS = ["IBM", "AAPL", "MSFT", "GOOG"]
 
@@ -39,12 +39,7 @@ def hammer(url, seconds, clients):
                             response.json().get("callIn")))
 
     threads = [threading.Thread(target=poll, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    time.sleep(seconds)
-    stop.set()
-    for thread in threads:
-        thread.join()
+    run_for(seconds, threads, stop)
     latencies = sorted(s[0] * 1000 for s in samples)
     call_ins = [s[2] for s in samples if s[2] is not None]
     return {
