@@ -108,6 +108,10 @@ def post_worker_init(worker):
 
     monitor.start(worker, app)
     _tune_garbage_collector()
+    # The hub's direct writes produce the bytes of gunicorn's HTTP/1.x responses.
+    from core import connection
+
+    connection.direct_writes_allowed = getattr(worker.cfg, "protocol", "http") == "http"
     # DEMO_USERS=1: the first worker up creates jack/beanstalk and an admin
     # (and logs the admin's password when it was generated).
     if app.config.get("DEMO_USERS"):

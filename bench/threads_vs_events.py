@@ -571,8 +571,8 @@ def write_report(data):
     parts = [f"""# Threads vs events, measured
 
 Measured {data['date']} on {data['machine']}, with the load generator (2
-processes, gevent, raw sockets) on the same machine, which another workload
-shares. Command:
+processes, gevent, raw sockets) on the same machine, a shared VM: compare
+rows of one run. Command:
 
     {data['command']}
 

@@ -41,15 +41,18 @@ class DirectWriter:
     Only under gevent, where the listener and the consumer never run at once.
     """
 
-    def __init__(self, sock, frame):
+    def __init__(self, sock, frame, is_open=None):
         self._sock = sock  # gunicorn's socket (or core.websocket's locked wrapper)
         self._real = getattr(sock, "_raw", sock)._sock  # gevent's non-blocking socket
         self._busy = getattr(sock, "busy", None)
+        self._is_open = is_open
         self.frame = frame
 
     def try_send(self, data):
         if self._busy is not None and self._busy():
             return None
+        if self._is_open is not None and not self._is_open():
+            return None  # e.g. a WebSocket after its close handshake
         try:
             return self._real.send(data)
         except BlockingIOError:
@@ -60,13 +63,18 @@ class DirectWriter:
         self._sock.sendall(data)
 
 
-def direct_writer(environ, frame):
+# Off when gunicorn speaks another protocol than HTTP (`--protocol uwsgi`
+# does not chunk responses): set by gunicorn.conf.py's post_worker_init.
+direct_writes_allowed = True
+
+
+def direct_writer(environ, frame, is_open=None):
     """A DirectWriter for this request's socket, or None where it cannot work
-    (not gevent, or not gunicorn's gevent socket)."""
+    (not gevent, not gunicorn's gevent socket, not gunicorn's HTTP protocol)."""
     from gevent import monkey
 
     sock = environ.get("gunicorn.socket")
-    if not monkey.is_module_patched("socket") or not hasattr(getattr(sock, "_raw", sock),
-                                                              "_sock"):
+    if not direct_writes_allowed or not monkey.is_module_patched("socket") or not hasattr(
+            getattr(sock, "_raw", sock), "_sock"):
         return None
-    return DirectWriter(sock, frame)
+    return DirectWriter(sock, frame, is_open)

@@ -120,7 +120,7 @@ def direct_writer(ws, environ):
     if getattr(protocol, "extensions", None) != []:
         return None
     return writer_for(environ, lambda msg: msg.cached("ws-text-frame", lambda: _text_frame(
-        msg.json.encode("utf-8"))))
+        msg.json.encode("utf-8"))), is_open=lambda: ws.connected)
 
 
 def _text_frame(payload):
