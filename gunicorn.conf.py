@@ -115,9 +115,14 @@ def post_worker_init(worker):
     # DEMO_USERS=1: the first worker up creates jack/beanstalk and an admin
     # (and logs the admin's password when it was generated).
     if app.config.get("DEMO_USERS"):
-        from core.users import seed_demo_users
+        from core.users import UserError, seed_demo_users
 
-        seed_demo_users(app.extensions["users"], app.config["DEMO_ADMIN_PASSWORD"], worker.log)
+        try:
+            seed_demo_users(app.extensions["users"], app.config["DEMO_ADMIN_PASSWORD"],
+                            worker.log)
+        except UserError as exc:  # a DEMO_ADMIN_PASSWORD our password rules refuse
+            worker.log.error("DEMO_ADMIN_PASSWORD: %s", exc)
+            raise SystemExit(3) from None  # gunicorn's "worker failed to boot": stop
 
 
 def _tune_garbage_collector():

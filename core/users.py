@@ -137,7 +137,11 @@ def seed_demo_users(store, admin_password, log):
                      publish=["chat.*", "private-jack.*"], subscribe=["private-jack.*"])
     if store.get("admin") is None:
         password = admin_password or secrets.token_urlsafe(12)
-        store.create("admin", password, fullname="Administrator", admin=True)
+        try:
+            store.create("admin", password, fullname="Administrator", admin=True)
+        except UserError:
+            store.redis.delete(marker)  # nobody waits 60 s for a seeding that failed
+            raise
         if admin_password:
             log.warning("Demo users: jack/beanstalk, admin/(DEMO_ADMIN_PASSWORD)")
         else:

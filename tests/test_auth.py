@@ -406,6 +406,16 @@ def test_demo_users_are_seeded_once_with_the_configured_admin_password(start_ser
     assert "Demo users: jack/beanstalk" in server.log()
 
 
+def test_a_demo_admin_password_the_rules_refuse_stops_the_server_with_the_reason(
+        start_server):
+    prefix = f"demo{uuid.uuid4().hex[:6]}:"
+    with pytest.raises(RuntimeError, match="gunicorn exited early") as failed:
+        start_server(DEMO_USERS=1, DEMO_ADMIN_PASSWORD="short", REDIS_PREFIX=prefix)
+    log = str(failed.value)
+    assert "DEMO_ADMIN_PASSWORD: passwords have at least 8 characters" in log
+    assert "Traceback" not in log
+
+
 def test_login_required_and_admin_required_guard_views(app, alice, admin_token):
     from core.security import admin_required, login_required
 
