@@ -65,6 +65,12 @@ def on_starting(server):
     """Without REDIS_URL (and outside production), start a private redis-server
     for as long as this master runs; workers inherit its URL."""
     global _embedded_redis
+    from core.config import ConfigError, load_settings
+
+    try:  # a bad setting stops here, once, not in every worker with a traceback
+        load_settings()
+    except ConfigError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
     if os.environ.get("REDIS_URL"):
         return
     from core.config import instance_dir, redis_url_file

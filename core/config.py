@@ -110,6 +110,9 @@ def redis_url_file(instance_dir):
     return Path(instance_dir) / "redis.url"
 
 
+MIN_PASSWORD_LENGTH = 8  # core.users' rule, checked here for DEMO_ADMIN_PASSWORD at startup
+
+
 def load_settings(env=None):
     """Read SETTINGS from `env` (default os.environ) and fill in dev defaults."""
     env = os.environ if env is None else env
@@ -130,6 +133,10 @@ def load_settings(env=None):
         settings["SECRET_KEY"] = _dev_secret(settings["INSTANCE_DIR"], "secret_key")
     if production:
         settings["DEMO_USERS"] = False  # never seed known passwords in production
+    demo_password = settings["DEMO_ADMIN_PASSWORD"]
+    if settings["DEMO_USERS"] and demo_password and len(demo_password) < MIN_PASSWORD_LENGTH:
+        raise ConfigError(f"DEMO_ADMIN_PASSWORD: passwords have at least "
+                          f"{MIN_PASSWORD_LENGTH} characters")
 
     if not settings["REDIS_URL"]:
         if production:

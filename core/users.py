@@ -19,10 +19,11 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from core import passwords
+from core.config import MIN_PASSWORD_LENGTH
 
 USERNAME = re.compile(r"[a-z][a-z0-9_.-]{0,31}\Z")
 USERNAME_RULE = "1-32 of a-z 0-9 _ . -, starting with a letter"
-MIN_PASSWORD = 8
+MIN_PASSWORD = MIN_PASSWORD_LENGTH
 
 
 class UserError(ValueError):
