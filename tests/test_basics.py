@@ -21,6 +21,19 @@ def test_index_links_every_demo(client):
         assert f'href="{link}"' in html
 
 
+def test_pages_carry_a_content_security_policy_and_every_response_the_basic_headers(client):
+    page = client.get("/clock/")
+    csp = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    script_src = csp.split("script-src")[1].split(";")[0]
+    assert "unsafe-eval" not in csp and "'unsafe-inline'" not in script_src
+    for response in (page, client.get("/healthz"), client.get("/no/such/page")):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["Referrer-Policy"] == "same-origin"
+    assert "Content-Security-Policy" not in client.get("/healthz").headers  # JSON
+
+
 def test_healthz_reports_redis_hub_and_pid(server):
     response = requests.get(server.url + "/healthz", timeout=5)
     assert response.status_code == 200

@@ -15,6 +15,17 @@ pytestmark = pytest.mark.browser
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def wait_for(page, expression, arg=None, timeout=10_000):
+    """Like page.wait_for_function, which evaluates its predicate with eval() in
+    the page: our pages' Content-Security-Policy forbids that (as it should), so
+    poll through page.evaluate, which DevTools runs outside the page's CSP."""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression, arg):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} ms waiting for {expression}")
+        page.wait_for_timeout(50)
+
+
 @pytest.fixture(scope="module")
 def browser():
     if CHROMIUM is None:
@@ -60,13 +71,25 @@ def test_longpoll_page_shows_lines_sent_through_the_broadcaster(server, base_env
     assert "a third line" in items.nth(2).inner_text()
 
 
+def test_the_pages_policy_stops_injected_inline_script(server, page):
+    page.goto(server.url + "/clock/")
+    page.evaluate("""() => {
+        const script = document.createElement("script");
+        script.textContent = "window.injected = true";
+        document.body.append(script);
+    }""")
+    page.wait_for_timeout(200)
+    assert page.evaluate("window.injected") is None  # blocked by script-src 'self'
+    assert page.locator("#status").inner_text() in ("connecting", "streaming")
+
+
 def test_clock_page_ticks(server, page):
     page.goto(server.url + "/clock/")
-    page.wait_for_function("Number(document.getElementById('ticks').textContent) >= 2",
-                           timeout=10_000)
+    wait_for(page, "Number(document.getElementById('ticks').textContent) >= 2",
+             timeout=10_000)
     first = page.locator("#clock").inner_text()
-    page.wait_for_function("Number(document.getElementById('ticks').textContent) >= 4",
-                           timeout=10_000)
+    wait_for(page, "Number(document.getElementById('ticks').textContent) >= 4",
+             timeout=10_000)
     assert page.locator("#clock").inner_text() != first
     assert page.locator("#status").inner_text() == "streaming"
     assert page.locator("#pid").inner_text().isdigit()
@@ -93,19 +116,19 @@ def test_challenge_response_login_in_the_browser(server, page, browser_user):
     page.goto(server.url + "/auth/")
     _fill(page, browser_user.name, "wrong-password")
     page.click("#scram-go")
-    page.wait_for_function("document.getElementById('scram-log').textContent.includes('← 401')",
-                           timeout=30_000)
+    wait_for(page, "document.getElementById('scram-log').textContent.includes('← 401')",
+             timeout=30_000)
     assert page.locator("#whoami").inner_text() == "not logged in"
 
     _fill(page, browser_user.name, "browser-password")
     page.click("#scram-go")
-    page.wait_for_function(
-        "document.getElementById('scram-log').textContent.includes('server proved')",
-        timeout=30_000)
+    wait_for(page, 
+             "document.getElementById('scram-log').textContent.includes('server proved')",
+             timeout=30_000)
     log = page.locator("#scram-log").inner_text()
     assert "browser-password" not in log  # the password never went over the wire
-    page.wait_for_function(
-        "document.getElementById('whoami').textContent.includes('(session)')", timeout=10_000)
+    wait_for(page, 
+             "document.getElementById('whoami').textContent.includes('(session)')", timeout=10_000)
 
 
 def test_token_flow_in_the_browser(server, page, browser_user):
@@ -115,32 +138,32 @@ def test_token_flow_in_the_browser(server, page, browser_user):
     page.wait_for_selector("#tokendata-go:not([disabled])", timeout=15_000)
     assert '"alg":"HS256"' in page.locator("#token-log").inner_text()
     page.click("#tokendata-go")
-    page.wait_for_function("document.getElementById('token-log').textContent.includes('Web Surfer')",
-                           timeout=15_000)  # sessionData, decrypted by the server
+    wait_for(page, "document.getElementById('token-log').textContent.includes('Web Surfer')",
+             timeout=15_000)  # sessionData, decrypted by the server
     page.click("#revoke-go")
-    page.wait_for_function("document.getElementById('token-log').textContent.includes('revoked')",
-                           timeout=15_000)
+    wait_for(page, "document.getElementById('token-log').textContent.includes('revoked')",
+             timeout=15_000)
     page.click("#tokendata-go")
-    page.wait_for_function(
-        "document.getElementById('token-log').textContent.includes('token was revoked')",
-        timeout=15_000)
+    wait_for(page, 
+             "document.getElementById('token-log').textContent.includes('token was revoked')",
+             timeout=15_000)
 
 
 def test_password_session_and_basic_in_the_browser(server, page, browser_user):
     page.goto(server.url + "/auth/")
     _fill(page, browser_user.name, "browser-password")
     page.click("#basic-go")
-    page.wait_for_function(
-        "document.getElementById('basic-log').textContent.includes('Welcome, Web Surfer!')",
-        timeout=15_000)
+    wait_for(page, 
+             "document.getElementById('basic-log').textContent.includes('Welcome, Web Surfer!')",
+             timeout=15_000)
     page.click("#login-go")
-    page.wait_for_function(
-        "document.getElementById('whoami').textContent.includes('(session)')", timeout=15_000)
+    wait_for(page, 
+             "document.getElementById('whoami').textContent.includes('(session)')", timeout=15_000)
     cookies = {c["name"]: c for c in page.context.cookies()}
     assert cookies["session"]["httpOnly"] is True and cookies["session"]["sameSite"] == "Lax"
     page.click("#logout-go")
-    page.wait_for_function(
-        "document.getElementById('whoami').textContent === 'not logged in'", timeout=15_000)
+    wait_for(page, 
+             "document.getElementById('whoami').textContent === 'not logged in'", timeout=15_000)
 
 
 def test_two_qa_pages_see_questions_but_answers_only_when_following(start_server, browser):
@@ -180,16 +203,16 @@ def test_ticker_page_updates_at_the_pace_the_server_sets(start_server, browser):
     page.on("request", lambda r: requested.append(time.monotonic())
             if "/ticker/quote" in r.url else None)
     page.goto(server.url + "/ticker/")
-    page.wait_for_function("Number(document.getElementById('polls').textContent) >= 4",
-                           timeout=15_000)
+    wait_for(page, "Number(document.getElementById('polls').textContent) >= 4",
+             timeout=15_000)
     assert page.locator("#callin").inner_text() == "1000"
     assert page.locator("#field-price").inner_text().replace(".", "").isdigit()
     gaps = [b - a for a, b in itertools.pairwise(requested)]
     assert min(gaps) > 0.8  # it waited for callIn between polls
     page.fill("#symbol", "ZZZZ")
     page.click("#symbol-form button")
-    page.wait_for_function(
-        "document.getElementById('callin').textContent === 'never (stopped)'", timeout=10_000)
+    wait_for(page, 
+             "document.getElementById('callin').textContent === 'never (stopped)'", timeout=10_000)
     stopped_at = len(requested)
     page.wait_for_timeout(2500)
     assert len(requested) == stopped_at  # callIn null: no more polls
@@ -216,9 +239,9 @@ def test_two_editor_pages_typing_at_once_converge_and_show_carets(server, browse
     converged = ("document.getElementById('text').value.length >= 14 && "
                  "document.getElementById('version').textContent !== 'null'")
     for page in pages:
-        page.wait_for_function(converged, timeout=15_000)
-    ada.wait_for_function("(t) => document.getElementById('text').value === t",
-                          arg=grace.locator("#text").input_value(), timeout=15_000)
+        wait_for(page, converged, timeout=15_000)
+    wait_for(ada, "(t) => document.getElementById('text').value === t",
+             arg=grace.locator("#text").input_value(), timeout=15_000)
     text = ada.locator("#text").input_value()
     assert sorted(text.replace("    ", "\t")) == sorted("abc😀dxyz\tw")
     assert "    " in text  # Tab inserted indentation
@@ -244,9 +267,9 @@ def test_two_drawing_pages_see_each_others_strokes_and_pointers(server, browser)
     artist.mouse.up()
     watcher.locator(".pointer").first.wait_for(timeout=15_000)  # the artist's labelled cursor
     # the stroke reached the other canvas: a dark pixel in the middle of the line
-    watcher.wait_for_function(
-        "document.getElementById('board').getContext('2d')"
-        ".getImageData(400, 300, 1, 1).data[3] > 0", timeout=15_000)
+    wait_for(watcher, 
+             "document.getElementById('board').getContext('2d')"
+             ".getImageData(400, 300, 1, 1).data[3] > 0", timeout=15_000)
     artist.context.close()
     watcher.locator(".pointer").first.wait_for(state="detached", timeout=15_000)  # left
     watcher.context.close()
@@ -267,16 +290,16 @@ def test_a_tracked_visitor_appears_on_the_admin_dashboard(server, browser):
         visitor.mouse.move(x, 200 + x // 10)
         visitor.wait_for_timeout(20)
     visitor_id = visitor.locator("#me").inner_text()
-    dashboard.wait_for_function("(id) => document.getElementById('visitors').textContent"
-                                ".split(' ').includes(id)", arg=visitor_id, timeout=15_000)
+    wait_for(dashboard, "(id) => document.getElementById('visitors').textContent"
+             ".split(' ').includes(id)", arg=visitor_id, timeout=15_000)
     assert int(dashboard.locator("#users").inner_text()) >= 1
     sent = int(visitor.locator("#sent").inner_text())
     assert sent > 5
-    dashboard.wait_for_function("(n) => Number(document.getElementById('total').textContent) >= n",
-                                arg=sent, timeout=15_000)  # every move counted on the chart
+    wait_for(dashboard, "(n) => Number(document.getElementById('total').textContent) >= n",
+             arg=sent, timeout=15_000)  # every move counted on the chart
     visitor.context.close()
-    dashboard.wait_for_function("(id) => !document.getElementById('visitors').textContent"
-                                ".split(' ').includes(id)", arg=visitor_id, timeout=15_000)
+    wait_for(dashboard, "(id) => !document.getElementById('visitors').textContent"
+             ".split(' ').includes(id)", arg=visitor_id, timeout=15_000)
     admin.close()
 
 
@@ -288,9 +311,9 @@ def test_monitor_page_charts_the_workers(server, browser):
     page = admin.new_page()
     page.goto(server.url + "/admin/monitor")
     page.wait_for_selector("#status.ok", timeout=15_000)
-    page.wait_for_function(
-        "[...document.querySelectorAll('#table tr')].filter(r => r.textContent.startsWith('worker'))"
-        ".length >= 2", timeout=15_000)
+    wait_for(page, 
+             "[...document.querySelectorAll('#table tr')].filter(r => r.textContent.startsWith('worker'))"
+             ".length >= 2", timeout=15_000)
     rows = page.locator("#table tr").all_inner_texts()
     assert any(row.startswith("master") for row in rows)
     admin.close()
