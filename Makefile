@@ -21,6 +21,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/track_ingest.py
 	$(BIN)/python bench/logproc.py
 	$(BIN)/python bench/reload_drain.py
+	$(BIN)/python bench/slow_consumers.py
 	$(BIN)/python bench/threads_vs_events.py
 
 # Locust against a server that is already running (`make run` in another
