@@ -11,6 +11,7 @@ import socket
 
 import redis
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from core import errors, offload, security, websocket
 from core.config import ConfigError, load_settings
@@ -53,6 +54,12 @@ def create_app(config=None):
             "start the server with `make run`, or set REDIS_URL"
         )
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_MESSAGE_BYTES"]
+    if app.config["TRUSTED_PROXIES"]:
+        # Behind nginx: the client's address (rate limits), scheme (Secure
+        # cookies) and Host (Origin checks) come from the X-Forwarded-* headers
+        # the last TRUSTED_PROXIES hops added; anything a client sent is ignored.
+        hops = app.config["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     app.config["SESSION_COOKIE_SECURE"] = app.config["APP_ENV"] == "production"
 
     client = _redis_client(app.config["REDIS_URL"])

@@ -57,7 +57,12 @@ SETTINGS = {
                     "(only to measure that, bench/threads_vs_events.py)"),
     "SERVED_BY_HEADER": (bool, None, "add `X-Served-By: host/pid` to responses; default on in "
                          "dev, off in production"),
+    "TRUSTED_PROXIES": (int, 0, "reverse proxies in front of gunicorn whose X-Forwarded-For/"
+                        "-Proto/-Host to believe (nginx alone: 1); 0 trusts none"),
 }
+
+# Settings for which 0 is meaningful (every other number must be positive).
+ZERO_ALLOWED = {"TRUSTED_PROXIES"}
 
 
 class ConfigError(RuntimeError):
@@ -76,7 +81,10 @@ def _parse(name, kind, raw):
         value = kind(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r}: expected {kind.__name__}") from None
-    if kind in (int, float) and value <= 0:
+    if kind in (int, float) and name in ZERO_ALLOWED:
+        if value < 0:
+            raise ConfigError(f"{name}={raw!r}: must be 0 or more")
+    elif kind in (int, float) and value <= 0:
         raise ConfigError(f"{name}={raw!r}: must be positive")
     return value
 

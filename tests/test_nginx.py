@@ -1,0 +1,302 @@
+"""Scale-out: two gunicorn instances, one Redis, the shipped deploy/nginx.conf
+in front (round-robin, no sticky sessions).
+
+What is published through one instance reaches subscribers of the other on
+every transport; a long-poll cursor and an SSE Last-Event-ID continue on
+whichever instance the next request lands. The TRUSTED_PROXIES tests at the end
+need no nginx and always run.
+"""
+
+import itertools
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+import requests
+import websocket
+
+from core.config import ConfigError, load_settings
+from core.embedded_redis import free_port
+from tests.clients import SSEClient, WSClient, healthz_bodies, long_poll
+from tests.conftest import ROOT
+
+NGINX = shutil.which("nginx") or next(
+    (p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
+SKIP_REASON = "nginx is not installed (apt-get install nginx; .ci/run installs it)"
+
+
+def render_site(upstreams, port):
+    """deploy/nginx.conf with the test's instances and listen address; the rest
+    of the shipped file is used as is."""
+    text = (ROOT / "deploy" / "nginx.conf").read_text()
+    lines = "".join(f"    server 127.0.0.1:{p};\n" for p in upstreams)
+    text, n = re.subn(r"(?:^    server 127\.0\.0\.1:\d+;\n)+", lines, text, flags=re.MULTILINE)
+    assert n == 1, "deploy/nginx.conf: upstream server lines not found"
+    text, n = re.subn(r"^    listen 80;\n", f"    listen 127.0.0.1:{port};\n", text, flags=re.MULTILINE)
+    assert n == 1, "deploy/nginx.conf: `listen 80;` not found"
+    text, n = re.subn(r"^    listen \[::\]:80;\n", "", text, flags=re.MULTILINE)
+    assert n == 1
+    return text
+
+
+MAIN_CONF = """\
+{user}
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+daemon off;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {tmp}/access.log;
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    include {tmp}/site.conf;
+}}
+"""
+
+
+class Cluster:
+    def __init__(self, a, b, port):
+        self.a, self.b = a, b
+        self.url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}"
+        self.pids = {name: set(healthz_bodies(server)) for name, server in (("A", a), ("B", b))}
+        assert all(len(p) == 2 for p in self.pids.values()), self.pids
+
+    def instance(self, served_by):
+        """'A' or 'B' from an X-Served-By header (host/pid)."""
+        pid = int(served_by.rsplit("/", 1)[1])
+        return next(name for name, pids in self.pids.items() if pid in pids)
+
+
+@pytest.fixture(scope="module")
+def cluster(start_server, tmp_path_factory):
+    if NGINX is None:
+        pytest.skip(SKIP_REASON)
+    tmp = tmp_path_factory.mktemp("nginx")
+    # Two separate deployments sharing only Redis (and SECRET_KEY): each has
+    # its own instance directory (gunicorn's control socket lives there).
+    a = start_server(workers=2, TRUSTED_PROXIES=1, INSTANCE_DIR=tmp / "instance-a")
+    b = start_server(workers=2, TRUSTED_PROXIES=1, INSTANCE_DIR=tmp / "instance-b")
+    port = free_port()
+    (tmp / "site.conf").write_text(render_site([a.port, b.port], port))
+    # As root, nginx's workers would switch to `nobody`, who cannot enter tmp.
+    user = "user root;" if os.geteuid() == 0 else ""
+    (tmp / "nginx.conf").write_text(MAIN_CONF.format(tmp=tmp, user=user))
+    log = open(tmp / "stderr.log", "wb")
+    process = subprocess.Popen([NGINX, "-p", str(tmp), "-e", str(tmp / "error.log"),
+                                "-c", str(tmp / "nginx.conf")], stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            if process.poll() is not None:
+                pytest.fail("nginx exited: " + (tmp / "stderr.log").read_text()
+                            + (tmp / "error.log").read_text())
+            try:
+                if requests.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("nginx did not answer: " + (tmp / "error.log").read_text())
+            time.sleep(0.1)
+        yield Cluster(a, b, port)
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+        a.stop()
+        b.stop()
+
+
+def test_round_robin_without_stickiness(cluster):
+    served = [cluster.instance(requests.get(cluster.url + "/healthz", timeout=5)
+                               .headers["X-Served-By"]) for _ in range(6)]
+    assert set(served) == {"A", "B"}
+    assert all(x != y for x, y in itertools.pairwise(served)), served
+
+
+def test_published_on_one_instance_reaches_every_transport_through_nginx(cluster, channel):
+    path = f"/sub/{channel}"
+    sse = SSEClient(f"{cluster.url}{path}?last_event_id=0")
+    ws = WSClient(f"{cluster.ws_url}{path}/ws?last_event_id=0", origin=cluster.url)
+    ws_no_origin = WSClient(f"{cluster.ws_url}{path}/ws?last_event_id=0")
+    assert sse.status == 200, sse.response.text
+    assert sse.response.headers["Content-Type"].startswith("text/event-stream")
+    assert ws.hello is not None and ws_no_origin.hello is not None
+
+    # Through each instance directly, and through nginx: whichever instance a
+    # subscriber sits on, some of these were published through the other one.
+    sent = []
+    for i in range(6):
+        target = (cluster.a, cluster.b)[i % 2]
+        if i >= 4:
+            response = requests.post(
+                f"{cluster.url}/pub/{channel}", data=f"m{i}",
+                headers={"Authorization": f"Bearer {target.default_token}",
+                         "Content-Type": "text/plain"}, timeout=10)
+            assert response.status_code == 201, response.text
+            sent.append((response.json()["id"], f"m{i}"))
+        else:
+            sent.append((target.publish(channel, f"m{i}")[0], f"m{i}"))
+
+    # Long-poll through nginx: from the start, then live (held) for one more.
+    body = long_poll(f"{cluster.url}{path}", cursor="0").json()
+    assert [(e["id"], e["data"]) for e in body["events"]] == sent
+
+    try:
+        for sub in (sse, ws, ws_no_origin):
+            assert sub.wait_count(6, timeout=15), (sub.items, sub.error)
+        assert [(e["id"], e["data"]) for e in sse.messages()] == sent
+        assert [(f["id"], f["data"]) for f in ws.items] == sent
+        assert [(f["id"], f["data"]) for f in ws_no_origin.items] == sent
+        assert {cluster.instance(sse.served_by)} | {cluster.instance(ws.served_by)} <= {"A", "B"}
+    finally:
+        sse.close()
+        ws.close()
+        ws_no_origin.close()
+
+
+def test_origin_checks_see_the_public_host_through_nginx(cluster, channel):
+    with pytest.raises(websocket.WebSocketBadStatusException) as excinfo:
+        websocket.create_connection(f"{cluster.ws_url}/sub/{channel}/ws",
+                                    origin="http://evil.example", timeout=10)
+    assert excinfo.value.status_code == 403
+
+    def login(origin):
+        return requests.post(f"{cluster.url}/auth/login", timeout=10,
+                             json={"username": "nobody-here", "password": "x" * 12},
+                             headers={"Origin": origin}).status_code
+
+    assert login(cluster.url) == 401  # same origin: on to the (failing) login
+    assert login("http://evil.example") == 403
+
+
+def _poll_into(result, url, cursor):
+    result["r"] = long_poll(url, cursor=cursor)
+
+
+def test_long_poll_cursor_continues_on_the_other_instance(cluster, channel):
+    url = f"{cluster.url}/sub/{channel}"
+    cursor = cluster.a.publish(channel, "first")[0]
+    served = []
+    for i in range(6):
+        publisher = (cluster.a, cluster.b)[i % 2]
+        if i % 2:  # the poll is already held when the message is published
+            result = {}
+            poll = threading.Thread(target=_poll_into, args=(result, url, cursor))
+            poll.start()
+            time.sleep(0.5)
+            msg_id = publisher.publish(channel, f"n{i}")[0]
+            poll.join(30)
+            response = result["r"]
+        else:  # the message is already there: the cursor alone finds it
+            msg_id = publisher.publish(channel, f"n{i}")[0]
+            response = long_poll(url, cursor=cursor)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert [(e["id"], e["data"]) for e in body["events"]] == [(msg_id, f"n{i}")], body
+        assert body["cursor"] == msg_id and not body.get("reset")
+        cursor = body["cursor"]
+        served.append(cluster.instance(response.headers["X-Served-By"]))
+    # Round-robin: every request of this loop went to the other instance.
+    assert all(x != y for x, y in itertools.pairwise(served)), served
+
+
+def test_sse_resume_on_the_other_instance_gets_exactly_the_missed_messages(cluster, channel):
+    url = f"{cluster.url}/sub/{channel}"
+    before = [(cluster.a.publish(channel, f"b{i}")[0], f"b{i}") for i in range(3)]
+    first = SSEClient(url + "?last_event_id=0")
+    try:
+        assert first.wait_count(3), first.items
+        assert [(e["id"], e["data"]) for e in first.messages()] == before
+        first_instance = cluster.instance(first.served_by)
+    finally:
+        first.close()
+    missed = [(cluster.b.publish(channel, f"x{i}")[0], f"x{i}") for i in range(3)]
+
+    # Reconnect as EventSource does (Last-Event-ID header) until the request
+    # lands on the other instance (round-robin: the next one normally does).
+    for _ in range(4):
+        second = SSEClient(url, last_event_id=before[-1][0])
+        if cluster.instance(second.served_by) != first_instance:
+            break
+        second.close()
+    else:
+        pytest.fail("every reconnect landed on the same instance")
+    try:
+        assert second.wait_count(3), second.items
+        live = cluster.a.publish(channel, "live")[0]
+        assert second.wait_count(4), second.items
+        time.sleep(0.3)  # nothing more may follow
+        assert [(e["id"], e["data"]) for e in second.messages()] == missed + [(live, "live")]
+    finally:
+        second.close()
+
+
+# -- TRUSTED_PROXIES (no nginx needed) ----------------------------------------------------
+
+
+def test_trusted_proxies_is_zero_or_more(tmp_path):
+    assert load_settings({"INSTANCE_DIR": str(tmp_path)})["TRUSTED_PROXIES"] == 0
+    assert load_settings({"INSTANCE_DIR": str(tmp_path), "TRUSTED_PROXIES": "0"})[
+        "TRUSTED_PROXIES"] == 0
+    assert load_settings({"INSTANCE_DIR": str(tmp_path), "TRUSTED_PROXIES": "2"})[
+        "TRUSTED_PROXIES"] == 2
+    with pytest.raises(ConfigError, match="TRUSTED_PROXIES"):
+        load_settings({"INSTANCE_DIR": str(tmp_path), "TRUSTED_PROXIES": "-1"})
+
+
+def _app(base_env, monkeypatch, **config):
+    for name in ("REDIS_URL", "INSTANCE_DIR", "SECRET_KEY", "APP_ENV"):
+        monkeypatch.setenv(name, base_env[name])
+    from app import create_app
+
+    return create_app({"RATELIMIT_KEY_PREFIX": f"rl-{uuid.uuid4().hex}", **config})
+
+
+PROXY = {"REMOTE_ADDR": "10.0.0.2"}  # every request comes from the proxy's address
+
+
+def _attempts(client, forwarded_for):
+    return [client.post("/auth/login", json={"username": "nobody-here", "password": "x" * 12},
+                        headers={"X-Forwarded-For": forwarded_for},
+                        environ_base=PROXY).status_code for _ in range(3)]
+
+
+@pytest.mark.parametrize("trusted", [0, 1])
+def test_rate_limit_counts_forwarded_clients_only_behind_a_trusted_proxy(
+        base_env, monkeypatch, trusted):
+    app = _app(base_env, monkeypatch, TRUSTED_PROXIES=trusted, LOGIN_RATE_LIMIT="2 per minute")
+    client = app.test_client()
+    assert _attempts(client, "203.0.113.5") == [401, 401, 429]
+    # A spoofed header the proxy appended to is not believed beyond the last hop.
+    other = _attempts(client, "198.51.100.1, 203.0.113.6")
+    assert other == ([401, 401, 429] if trusted else [429, 429, 429])
+
+
+@pytest.mark.parametrize("trusted", [0, 1])
+def test_origin_check_sees_the_public_host_behind_a_trusted_proxy(
+        base_env, monkeypatch, trusted):
+    app = _app(base_env, monkeypatch, TRUSTED_PROXIES=trusted)
+    client = app.test_client()
+    response = client.post(
+        "/auth/login", json={"username": "nobody-here", "password": "x" * 12},
+        headers={"Host": "10.0.0.3:8001", "Origin": "https://chat.example.org",
+                 "X-Forwarded-Host": "chat.example.org", "X-Forwarded-Proto": "https",
+                 "X-Forwarded-For": "203.0.113.7"}, environ_base=PROXY)
+    # Trusted: the Origin matches the public host, the login itself fails (401).
+    assert response.status_code == (401 if trusted else 403), response.get_json()
