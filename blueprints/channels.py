@@ -16,6 +16,7 @@ channel; subscribing to `private-*` channels needs the same for subscribe
 import json
 
 from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import HTTPException
 
 from core import lifecycle, sse
 from core.connection import aborter
@@ -29,12 +30,13 @@ from core.hub import (
     parse_id,
 )
 from core.security import channel_access_error, require_channel_access
-from core.web import get_hub
+from core.web import get_hub, is_unicode
 from core.websocket import (
     POLICY_VIOLATION,
     TRY_AGAIN_LATER,
     close_reason,
     direct_writer,
+    refusal,
     route,
     with_served_by,
 )
@@ -70,9 +72,14 @@ def publish(channel):
     is_json = request.mimetype == "application/json"
     if is_json:
         try:
-            text = json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=False)
-        except ValueError:
+            # allow_nan=False: NaN and Infinity (and 1e999) are not JSON, and
+            # browsers' JSON.parse would choke on every copy delivered
+            text = json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False)
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             abort_json(400, "Content-Type is application/json but the body is not valid JSON")
+        if not is_unicode(text):
+            abort_json(400, "the JSON has a string that is not valid Unicode (a lone surrogate)")
     msg_id = get_hub().publish(channel, text, is_json=is_json)
     return {"id": msg_id, "channel": channel}, 201
 
@@ -131,7 +138,11 @@ def subscribe_ws(ws, channel):
     if not PUBLIC_CHANNEL.match(channel):
         ws.close(POLICY_VIOLATION, close_reason(f"invalid channel name: {CHANNEL_RULE}"))
         return
-    denied = channel_access_error("subscribe", channel)
+    try:
+        denied = channel_access_error("subscribe", channel)
+    except HTTPException as exc:  # a presented ?access_token= that is not valid
+        ws.close(POLICY_VIOLATION, refusal(exc))
+        return
     if denied:
         ws.close(POLICY_VIOLATION, close_reason(denied[1]))
         return

@@ -29,7 +29,7 @@ def echo(ws):
         if speaks_json:
             try:
                 value = json.loads(message)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, RecursionError):  # Recursion: nested too deeply
                 ws.close(INVALID_PAYLOAD, "the json subprotocol needs JSON text frames")
                 return
             ws.send(json.dumps({"type": "echo", "data": value}))

@@ -30,8 +30,15 @@ from flask import Blueprint, current_app, render_template, request
 
 from core import ot
 from core.errors import abort_json
-from core.web import get_hub, get_redis
-from core.websocket import POLICY_VIOLATION, close_reason, forward_from_hub, route
+from core.web import get_hub, get_redis, is_unicode
+from core.websocket import (
+    POLICY_VIOLATION,
+    BadFrame,
+    close_reason,
+    forward_from_hub,
+    json_object,
+    route,
+)
 
 bp = Blueprint("editor", __name__, url_prefix="/editor")
 
@@ -165,7 +172,7 @@ def _parse_op_message(message):
     if not isinstance(message.get("v"), int) or isinstance(message["v"], bool) or message["v"] < 0:
         raise Rejected("op.v must be a version number")
     op_id = message.get("id")
-    if not isinstance(op_id, str) or not 1 <= len(op_id) <= 64:
+    if not isinstance(op_id, str) or not 1 <= len(op_id) <= 64 or not is_unicode(op_id):
         raise Rejected("op.id must be a string of 1-64 characters")
     try:
         return message["v"], ot.from_json(message.get("op")), op_id
@@ -217,11 +224,9 @@ def _receive(ws, document, src, name):
         raw = ws.receive()
         try:
             try:
-                message = json.loads(raw) if isinstance(raw, str) else None
-            except ValueError:
-                message = None
-            if not isinstance(message, dict):
-                raise Rejected("messages are JSON objects")
+                message = json_object(raw)
+            except BadFrame:
+                raise Rejected("messages are JSON objects") from None
             if message.get("type") == "op":
                 document.submit(*_parse_op_message(message), src)
             elif message.get("type") == "presence":

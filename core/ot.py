@@ -16,6 +16,8 @@ call it with the same argument order (client's op first, server's op second),
 so they break ties alike.
 """
 
+from core.web import is_unicode
+
 MAX_COMPONENTS = 10_000
 
 
@@ -43,6 +45,8 @@ def from_json(components):
         elif kind == "insert":
             if not isinstance(value, str) or not value:
                 raise OTError("insert takes a non-empty string")
+            if not is_unicode(value):
+                raise OTError("insert text must be valid Unicode (no lone surrogates)")
             op.append(value)
         else:
             raise OTError(f"unknown component {kind!r}")

@@ -13,10 +13,23 @@ def get_hub():
     return current_app.extensions["hub"]
 
 
+def is_unicode(text):
+    """False for a str that cannot be encoded as UTF-8: a lone surrogate, which
+    JSON's \\ud800 escapes can produce, and which Redis and UTF-8 output refuse."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def required_fields(*names, max_length=1024):
     """Required string fields from a JSON or form body; 400 when a field is
     absent, not a string, empty, or longer than `max_length` characters."""
-    body = request.get_json(silent=True) if request.is_json else request.form
+    try:
+        body = request.get_json(silent=True) if request.is_json else request.form
+    except RecursionError:  # JSON nested too deeply for the parser
+        body = None
     if not isinstance(body, dict):
         abort_json(400, "expected a JSON object or a form")
     values = []
@@ -26,5 +39,7 @@ def required_fields(*names, max_length=1024):
             abort_json(400, f"{name!r} is required (a non-empty string)")
         if len(value) > max_length:
             abort_json(400, f"{name!r} is too long (at most {max_length} characters)")
+        if not is_unicode(value):
+            abort_json(400, f"{name!r} is not valid Unicode (a lone surrogate escape)")
         values.append(value)
     return values

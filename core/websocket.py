@@ -36,7 +36,7 @@ def json_object(raw):
     """A client frame as a dict, or BadFrame."""
     try:
         message = json.loads(raw) if isinstance(raw, str) else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         message = None
     if not isinstance(message, dict):
         raise BadFrame("frames are JSON objects")
@@ -51,6 +51,16 @@ def fraction(message, name):
     if not 0 <= value <= 1:
         raise BadFrame(f"{name} must be between 0 and 1 (a fraction of the canvas)")
     return value
+
+
+def refusal(exc):
+    """The reason of an abort_json() (an HTTPException) as a close reason. After
+    the handshake a handler must close with it, not let it escape: Flask would
+    write an HTTP response into the WebSocket stream."""
+    response = getattr(exc, "response", None)
+    body = response.get_json(silent=True) if response is not None else None
+    reason = body.get("error") if isinstance(body, dict) else None
+    return close_reason(str(reason or getattr(exc, "description", None) or "refused"))
 
 
 def with_served_by(hello):
@@ -194,6 +204,8 @@ class _OneSocketSelector:
 
     def register(self, sock, events, data=None):
         self._fileno = sock.fileno()
+        if self._fileno < 0:  # closed before the reader started: as selectors do
+            raise ValueError(f"invalid file descriptor: {self._fileno}")
 
     def select(self, timeout=None):
         from gevent.socket import wait_read
@@ -202,6 +214,8 @@ class _OneSocketSelector:
             wait_read(self._fileno, timeout)
         except TimeoutError:
             return []
+        except ValueError:  # the socket is gone: readable, its recv() ends the reader
+            pass
         return [(None, 1)]
 
     def close(self):
