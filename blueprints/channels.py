@@ -119,11 +119,15 @@ def _long_poll(channel, cursor):
     Without a cursor, wait for the next message."""
     hub = get_hub()
     with lifecycle.connection("longpoll"), hub.subscribe(channel, cursor) as sub:
+        start = sub.cursor
         try:
             items = sub.wait(current_app.config["LONGPOLL_TIMEOUT_SECONDS"])
-        except SubscriptionClosed:  # the worker is stopping: poll again (elsewhere) now
-            items = []
-        position = format_id(sub.cursor)
+            position = format_id(sub.cursor)
+        except SubscriptionClosed:
+            # The worker is stopping, or a burst overflowed this poll's queue:
+            # nothing was delivered, so poll again (perhaps elsewhere) from where
+            # this one started. sub.cursor has moved past the queued messages.
+            items, position = [], format_id(start)
     if items and items[0].is_reset:  # a Reset always comes alone
         body = json.dumps({"reset": True, "events": [], "cursor": items[0].id})
     else:

@@ -89,7 +89,9 @@ def _read_until_closed(sock, timeout):
     while time.monotonic() < deadline:
         try:
             chunk = sock.recv(65536)
-        except (TimeoutError, ConnectionResetError):
+        except TimeoutError:
+            return received, False  # silence is not a close
+        except ConnectionResetError:
             return received, True
         if not chunk:
             return received, True
