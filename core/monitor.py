@@ -22,6 +22,7 @@ from core import lifecycle
 from core.offload import spawn
 
 REPORT_SECONDS = 2.0
+BOOT_GRACE = 1.0  # seconds a new worker serves before its memory limit applies
 CHECK_SECONDS = 0.25  # how soon a stopping worker notices and hands its clients over
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,10 @@ def _watch(worker, app):
             _hand_over(worker, hub)
             return
         rss = rss_bytes()
-        if limit_mb and rss > limit_mb * 1024 * 1024:
+        # A fresh worker serves for BOOT_GRACE before the limit applies: with a
+        # limit below what a worker needs to boot, replacements would otherwise
+        # stop accepting at once, one after another, and nothing would be served.
+        if limit_mb and rss > limit_mb * 1024 * 1024 and time.time() - started > BOOT_GRACE:
             cause = f"memory limit: RSS {rss // 2**20} MB over {limit_mb} MB"
             log.warning("worker %s: %s; restarting it", pid, cause)
             _note_cause(redis_client, prefix, host, pid, cause)

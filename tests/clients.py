@@ -3,6 +3,7 @@ on a background thread so a test can hold many at once."""
 
 import json
 import socket
+import subprocess
 import threading
 import time
 
@@ -225,3 +226,41 @@ def wait_subscribed(server, count, timeout=10):
             return
         time.sleep(0.05)
     raise AssertionError(f"expected {count} subscribers, the workers report {seen}")
+
+
+def wait_until(predicate, timeout=20, step=0.1):
+    """The predicate's first truthy value within `timeout` seconds, else its last."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()
+
+
+def read_until_closed(sock, timeout):
+    """What a raw socket receives until the server closes it: (bytes, closed).
+    Silence for `timeout` seconds is not a close."""
+    sock.settimeout(timeout)
+    received = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(1 << 20)
+        except TimeoutError:
+            return received, False
+        except ConnectionResetError:
+            return received, True
+        if not chunk:
+            return received, True
+        received += chunk
+    return received, False
+
+
+def worker_pids(server):
+    """The pids of a GunicornServer's workers (its master's children)."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(server.process.pid)],
+                         capture_output=True, text=True).stdout.split()
+    return {int(p) for p in out}
+

@@ -16,7 +16,6 @@ import os
 import random
 import signal
 import socket
-import subprocess
 import threading
 import time
 
@@ -27,7 +26,7 @@ import websocket
 
 from core.embedded_redis import EmbeddedRedis
 from core.hub import Hub
-from tests.clients import healthz_bodies
+from tests.clients import healthz_bodies, read_until_closed, wait_until, worker_pids
 
 pytestmark = pytest.mark.chaos
 
@@ -261,20 +260,7 @@ def assert_exactly_once_in_order(clients, expected, resets_allowed=False):
             assert not client.resets(), describe(client, expected)
 
 
-def worker_pids(server):
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(server.process.pid)],
-                         capture_output=True, text=True).stdout.split()
-    return {int(p) for p in out}
 
-
-def wait_until(predicate, timeout, step=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()
 
 
 class Publisher(threading.Thread):
@@ -519,23 +505,6 @@ def test_redis_unreachable_for_10_s_healthz_503_workers_stay_up_and_recover(
 # -- (4) slow consumers -----------------------------------------------------------------
 
 
-def _read_until_closed(sock, timeout):
-    """Everything the server sends until it closes the connection: (bytes, closed).
-    `closed` is False when the connection was still open after `timeout`."""
-    sock.settimeout(timeout)
-    received = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            chunk = sock.recv(1 << 20)
-        except TimeoutError:
-            return received, False
-        except ConnectionResetError:
-            return received, True
-        if not chunk:
-            return received, True
-        received += chunk
-    return received, False
 
 
 def _stalled(server, request):
@@ -592,7 +561,7 @@ def test_slow_consumers_are_cut_off_while_every_other_client_gets_everything(
         assert not hanging, [describe(c, [first, *burst]) for c in hanging]
         assert_exactly_once_in_order(clients, [first, *burst])
         for name in ("sse", "ws"):
-            received, closed = _read_until_closed(stalled[name], timeout=30)
+            received, closed = read_until_closed(stalled[name], timeout=30)
             assert closed, f"the stalled {name} client should have been cut off"
             assert received.count(b":xxxx") < len(burst), name
     finally:
@@ -616,7 +585,7 @@ def test_a_long_poll_that_stops_reading_its_response_is_cut_off(
     stalled = _stalled_long_poll(server, channel, "0")
     try:
         time.sleep(6)  # SSE and WebSocket writers stuck this long are long gone
-        received, closed = _read_until_closed(stalled, timeout=5)
+        received, closed = read_until_closed(stalled, timeout=5)
         head, _, body = received.partition(b"\r\n\r\n")
         length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
                           if line.lower().startswith(b"content-length")))

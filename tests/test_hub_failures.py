@@ -7,7 +7,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from core.hub import Hub
-from tests.clients import LongPoller, SSEClient, WSClient, healthz_bodies, wait_subscribed
+from tests.clients import (
+    LongPoller,
+    SSEClient,
+    WSClient,
+    healthz_bodies,
+    read_until_closed,
+    wait_subscribed,
+)
 from tests.test_channels import data_of
 
 
@@ -82,21 +89,6 @@ def _stalled_sse_connection(server, channel):
     return sock
 
 
-def _read_until_closed(sock, timeout):
-    sock.settimeout(timeout)
-    received = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            return received, False  # silence is not a close
-        except ConnectionResetError:
-            return received, True
-        if not chunk:
-            return received, True
-        received += chunk
-    return received, False
 
 
 @pytest.mark.parametrize("transport", ["sse", "ws"])
@@ -119,7 +111,7 @@ def test_a_client_that_stops_reading_is_cut_off_without_holding_back_others(
     assert healthy.wait_count(len(sent), timeout=60)
     assert data_of(healthy) == sent
 
-    received, closed = _read_until_closed(stalled, timeout=30)
+    received, closed = read_until_closed(stalled, timeout=30)
     assert closed, "the stalled client should have been disconnected"
     assert received.count(b"\nid: ") < len(sent)
     stalled.close()
@@ -157,7 +149,7 @@ def test_slow_consumer_is_told_why_before_being_closed(start_server, redis_serve
     time.sleep(0.5)
     # Both read again, at once (within the 2 s grace): the last thing is the reason.
     with ThreadPoolExecutor(2) as pool:
-        sse_read, ws_read = [pool.submit(_read_until_closed, sock, 30) for sock in (sse, ws)]
+        sse_read, ws_read = [pool.submit(read_until_closed, sock, 30) for sock in (sse, ws)]
     received, closed = sse_read.result()
     assert closed
     assert received.count(b"\nid: ") < len(burst)

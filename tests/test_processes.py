@@ -4,29 +4,12 @@ limit, and process monitoring."""
 import json
 import os
 import signal
-import subprocess
 import time
 
 import requests
 
 from core.hub import Hub
-from tests.clients import LongPoller, SSEClient, WSClient
-
-
-def worker_pids(server):
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(server.process.pid)],
-                         capture_output=True, text=True).stdout.split()
-    return {int(p) for p in out}
-
-
-def wait_until(predicate, timeout=20, step=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()
+from tests.clients import LongPoller, SSEClient, WSClient, wait_until, worker_pids
 
 
 def test_reload_hands_every_stream_over_without_loss(start_server, redis_server, rdb, channel):
