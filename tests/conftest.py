@@ -103,14 +103,18 @@ class GunicornServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited early:\n{self.log()}")
+                log = self.log()
+                self._log.close()
+                raise RuntimeError(f"gunicorn exited early:\n{log}")
             try:
                 if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return self
             except requests.RequestException:
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"gunicorn did not become healthy:\n{self.log()}")
+        log = self.log()
+        self.stop()  # not left running after the test that started it
+        raise RuntimeError(f"gunicorn did not become healthy:\n{log}")
 
     def log(self):
         return Path(self.log_path).read_text(errors="replace")[-5000:]
