@@ -16,7 +16,6 @@ channel; subscribing to `private-*` channels needs the same for subscribe
 import json
 
 from flask import Blueprint, Response, current_app, request
-from werkzeug.exceptions import HTTPException
 
 from core import lifecycle, sse
 from core.connection import aborter
@@ -36,7 +35,6 @@ from core.websocket import (
     TRY_AGAIN_LATER,
     close_reason,
     direct_writer,
-    refusal,
     route,
     with_served_by,
 )
@@ -142,11 +140,7 @@ def subscribe_ws(ws, channel):
     if not PUBLIC_CHANNEL.match(channel):
         ws.close(POLICY_VIOLATION, close_reason(f"invalid channel name: {CHANNEL_RULE}"))
         return
-    try:
-        denied = channel_access_error("subscribe", channel)
-    except HTTPException as exc:  # a presented ?access_token= that is not valid
-        ws.close(POLICY_VIOLATION, refusal(exc))
-        return
+    denied = channel_access_error("subscribe", channel)
     if denied:
         ws.close(POLICY_VIOLATION, close_reason(denied[1]))
         return

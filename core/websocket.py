@@ -15,6 +15,7 @@ import threading
 
 from flask import current_app, request
 from flask_sock import Sock
+from werkzeug.exceptions import HTTPException
 
 from core.connection import client_socket
 from core.errors import abort_json
@@ -55,8 +56,8 @@ def fraction(message, name):
 
 def refusal(exc):
     """The reason of an abort_json() (an HTTPException) as a close reason. After
-    the handshake a handler must close with it, not let it escape: Flask would
-    write an HTTP response into the WebSocket stream."""
+    the handshake it must not escape the handler (Flask would write an HTTP
+    response into the WebSocket stream): route() closes with it."""
     response = getattr(exc, "response", None)
     body = response.get_json(silent=True) if response is not None else None
     reason = body.get("error") if isinstance(body, dict) else None
@@ -113,7 +114,11 @@ def route(path, bp):
                 ws.close(lifecycle.SERVICE_RESTART, close_reason(reason))
 
             with lifecycle.connection("websocket", close):
-                return handler(ws, *args, **kwargs)
+                try:
+                    return handler(ws, *args, **kwargs)
+                except HTTPException as exc:  # e.g. current_user() on a bad ?access_token=
+                    if ws.connected:
+                        ws.close(POLICY_VIOLATION, refusal(exc))
 
         return sock.route(path, bp=bp)(counted)
 
