@@ -10,7 +10,8 @@ with `--stalled` more subscribers that connected and then never read again
 (a 4 KB receive window). Reports the healthy subscribers' delivery p50/p99
 in both runs, how many stalled ones were cut off, and loss. The subscriber
 queue is SUBSCRIBER_QUEUE_SIZE=20 here, so the burst reaches each stalled
-client's bound. Writes docs/bench-slow-consumers.md.
+client's bound, and LONGPOLL_WRITE_SECONDS=2 gives a stalled long-poll the
+same 2 s as a dropped stream. Writes docs/bench-slow-consumers.md.
 """
 
 import argparse
@@ -26,6 +27,7 @@ from bench.fanout import CHANNEL, ORIGIN, PATHS, marker_text, run_level
 
 PAYLOAD = "x" * 60_000
 QUEUE_SIZE = 20
+WRITE_SECONDS = 2
 
 
 def stall(port, transport, count):
@@ -36,7 +38,7 @@ def stall(port, transport, count):
         "ws": f"GET {PATHS['ws']} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
               "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
               f"Sec-WebSocket-Version: 13\r\nOrigin: {ORIGIN}\r\n\r\n",
-        # A long-poll that never reads its answer holds only that answer.
+        # A long-poll that never reads its answer (the next 60 KB message).
         "longpoll": f"GET {PATHS['longpoll']} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     }
     socks = []
@@ -89,7 +91,8 @@ def main():
             hub = Hub(client, rs.url, prefix=prefix)
             hub.publish(CHANNEL, "primer")
             with gunicorn_server(rs.url, REDIS_PREFIX=prefix, ALLOWED_ORIGINS=ORIGIN,
-                                 SUBSCRIBER_QUEUE_SIZE=QUEUE_SIZE) as (url, pid, _env):
+                                 SUBSCRIBER_QUEUE_SIZE=QUEUE_SIZE,
+                                 LONGPOLL_WRITE_SECONDS=WRITE_SECONDS) as (url, pid, _env):
                 port = int(url.rsplit(":", 1)[1])
                 socks = stall(port, transport, stalled)
                 time.sleep(1)
@@ -97,7 +100,10 @@ def main():
                                 lambda k, hub=hub: hub.publish(CHANNEL, marker_text(k) + PAYLOAD),
                                 {transport: args.clients}, args.broadcasts, PATHS["sse"],
                                 gap=0.05, settle=5.0 if transport == "longpoll" else 2.0)
-                time.sleep(3)  # past the 2 s grace after which a dropped socket is shut
+                # Past the 2 s after which a dropped or stuck socket is shut; a
+                # long-poll answer that fit in the socket buffers is closed
+                # by gunicorn's KEEPALIVE (15 s) instead.
+                time.sleep(16 if transport == "longpoll" else 3)
                 row.update(transport=transport, stalled=stalled, cut_off=cut_off(socks))
             rows.append(row)
             print(row, flush=True)
@@ -125,8 +131,13 @@ generator and the stalled clients on the same machine. Command:
 - A stalled SSE or WebSocket client is dropped once {QUEUE_SIZE} messages wait
   for it, and its socket is shut 2 s later; its writes never hold up the
   others, because each subscriber has its own greenlet and queue, and the
-  listener's direct writes never block. A long-poll that never reads holds
-  only its one answer.
+  listener's direct writes never block.
+- A stalled long-poll is cut off when its answer is not wholly written
+  {WRITE_SECONDS} s after it started (LONGPOLL_WRITE_SECONDS={WRITE_SECONDS}; 10 by
+  default); until then it holds only that one answer and its greenlet. An
+  answer that fits in the socket buffers (here one 60 KB message) frees the
+  greenlet at once, and gunicorn's KEEPALIVE (15 s) closes the idle
+  connection: the bench waits 16 s before counting long-polls cut off.
 - Compare the healthy p99 with and without stalled clients on each transport,
   within this run: the machine is shared and noisy.
 """)

@@ -18,7 +18,7 @@ import json
 from flask import Blueprint, Response, current_app, request
 
 from core import lifecycle, sse
-from core.connection import aborter
+from core.connection import aborter, cut_off_if_unwritten
 from core.errors import abort_json
 from core.hub import (
     CHANNEL_RULE,
@@ -116,10 +116,11 @@ def _long_poll(channel, cursor):
     original's /poll, but with a cursor so nothing is lost between polls.
     Without a cursor, wait for the next message."""
     hub = get_hub()
+    config = current_app.config
     with lifecycle.connection("longpoll"), hub.subscribe(channel, cursor) as sub:
         start = sub.cursor
         try:
-            items = sub.wait(current_app.config["LONGPOLL_TIMEOUT_SECONDS"])
+            items = sub.wait(config["LONGPOLL_TIMEOUT_SECONDS"])
             position = format_id(sub.cursor)
         except SubscriptionClosed:
             # The worker is stopping, or a burst overflowed this poll's queue:
@@ -127,12 +128,33 @@ def _long_poll(channel, cursor):
             # this one started. sub.cursor has moved past the queued messages.
             items, position = [], format_id(start)
     if items and items[0].is_reset:  # a Reset always comes alone
-        body = json.dumps({"reset": True, "events": [], "cursor": items[0].id})
+        body = json.dumps({"reset": True, "events": [], "cursor": items[0].id}).encode()
     else:
-        last = items[-1].id if items else position
-        events = ",".join(item.json for item in items)
-        body = f'{{"events":[{events}],"cursor":"{last}"}}'
-    return Response(body, mimetype="application/json", headers={"Cache-Control": "no-store"})
+        events = _within(items, config["LONGPOLL_MAX_BYTES"])
+        # Messages left out follow on the next poll: the cursor is the last one sent.
+        last = events[-1][0] if events else position
+        body = b'{"events":[%s],"cursor":"%s"}' % (
+            b",".join(event for _, event in events), last.encode())
+    response = Response(body, mimetype="application/json",
+                        headers={"Cache-Control": "no-store"})
+    # A client that stops reading must not hold this worker's greenlet (and
+    # the answer) for as long as it keeps the connection open.
+    return cut_off_if_unwritten(response, request.environ, config["LONGPOLL_WRITE_SECONDS"])
+
+
+def _within(items, max_bytes):
+    """The first of `items` as (id, JSON bytes) while their total stays
+    within `max_bytes`; always the first one, so a poll never comes back empty
+    when there is news. Small answers fit in the socket buffers, and a backlog
+    is paged instead of held in one answer."""
+    events, size = [], 0
+    for item in items:
+        encoded = item.json.encode()
+        size += len(encoded) + 1
+        if events and size > max_bytes:
+            break
+        events.append((item.id, encoded))
+    return events
 
 
 @route("/sub/<channel>/ws", bp)

@@ -28,6 +28,10 @@ SETTINGS = {
                               "as a slow consumer"),
     "HEARTBEAT_SECONDS": (float, 15.0, "SSE comment / WebSocket check interval on idle streams"),
     "LONGPOLL_TIMEOUT_SECONDS": (float, 25.0, "how long a long-poll request is held"),
+    "LONGPOLL_MAX_BYTES": (int, 256 * 1024, "a long-poll answer takes no more messages past "
+                           "this size (always one); the rest follow on the next poll"),
+    "LONGPOLL_WRITE_SECONDS": (float, 10.0, "a long-poll answer the client has not read "
+                               "whole within this time is cut off (gevent workers)"),
     "SSE_RETRY_MS": (int, 2000, "`retry:` sent to EventSource clients"),
     "MAX_MESSAGE_BYTES": (int, 64 * 1024, "largest message accepted by `POST /pub/<channel>`"),
     "WS_PING_SECONDS": (float, 25.0, "WebSocket ping interval (dead peers are dropped)"),

@@ -16,6 +16,10 @@ def aborter(environ):
     which gunicorn treats as an ordinary client disconnect.
     """
     sock = client_socket(environ)
+    # The OS socket under gevent's: gevent's own shutdown() would also cancel
+    # the blocked write with EBADF ("closed in another greenlet"), which
+    # gunicorn logs as a traceback; the kernel's makes it fail with EPIPE.
+    sock = getattr(sock, "_sock", sock)
 
     def abort():
         if sock is None:
@@ -26,6 +30,29 @@ def aborter(environ):
             pass  # already closed
 
     return abort
+
+
+def cut_off_if_unwritten(response, environ, seconds):
+    """Cut the connection if `response` is not wholly written within `seconds`.
+
+    For a one-shot answer (a long-poll's) that gunicorn writes after the view
+    has returned: a client that stops reading would otherwise hold the
+    writing greenlet, and the answer, for as long as it keeps the connection.
+    The shutdown makes gunicorn's write fail with EPIPE, an ordinary client
+    disconnect. Only under gevent (a libev timer, no greenlet per answer);
+    the sync and gthread workers have no such bound.
+    """
+    from gevent import monkey
+
+    if seconds is None or not monkey.is_module_patched("socket"):
+        return response
+    import gevent
+
+    timer = gevent.get_hub().loop.timer(seconds)
+    timer.start(aborter(environ))
+    # gunicorn closes the response once the last byte is out (or the write failed)
+    response.call_on_close(timer.close)
+    return response
 
 
 class DirectWriter:

@@ -144,6 +144,39 @@ def test_long_poll_times_out_with_an_empty_batch_and_the_same_cursor(start_serve
     assert empty == {"events": [], "cursor": "0-0"}
 
 
+def test_a_long_poll_backlog_comes_in_bounded_answers_with_nothing_lost(start_server, channel):
+    """A client far behind gets its backlog in answers of about
+    LONGPOLL_MAX_BYTES, each cursor the last message it carries, and with
+    the cursor gets everything, once, in order."""
+    server = start_server(LONGPOLL_MAX_BYTES=100_000, STREAM_MAXLEN=5000)
+    published = [f"{i}:" + "x" * 30_000 for i in range(40)]  # 1.2 MB
+    for text in published:
+        server.publish(channel, text)
+    received, answers, cursor = [], [], "0"
+    while len(received) < len(published):
+        response = long_poll(f"{server.url}/sub/{channel}", cursor=cursor, timeout=10)
+        body = response.json()
+        assert body["events"], body
+        answers.append(len(response.content))
+        received += [event["data"] for event in body["events"]]
+        assert body["cursor"] == body["events"][-1]["id"]
+        cursor = body["cursor"]
+    assert received == published
+    assert max(answers) < 100_000 + 31_000  # never more than the cap and one message
+    assert len(answers) >= 12  # 40 messages of 30 KB, three to an answer
+
+
+def test_a_long_poll_answer_always_carries_a_message_bigger_than_its_cap(start_server, channel):
+    server = start_server(LONGPOLL_MAX_BYTES=1000)
+    big, _ = server.publish(channel, "y" * 5000)
+    server.publish(channel, "after")
+    body = long_poll(f"{server.url}/sub/{channel}", cursor="0", timeout=10).json()
+    assert [e["data"] for e in body["events"]] == ["y" * 5000]
+    assert body["cursor"] == big
+    body = long_poll(f"{server.url}/sub/{channel}", cursor=big, timeout=10).json()
+    assert [e["data"] for e in body["events"]] == ["after"]
+
+
 # -- ids that no longer exist: an explicit reset, never a silent gap ------------
 
 
