@@ -118,27 +118,53 @@ def _note_cause(redis_client, prefix, host, pid, cause):
 
 
 class MasterRedis:
-    """Just enough of a Redis client for the master: redis:// URLs, no TLS."""
+    """Just enough of a Redis client for the master, which must not import
+    redis-py: redis:// and rediss:// URLs, read the way redis-py reads them."""
 
     def __init__(self, url):
-        from urllib.parse import urlsplit
+        from urllib.parse import parse_qsl, unquote, urlsplit
 
         parts = urlsplit(url)
-        if parts.scheme != "redis":
-            raise ValueError(f"the master reports over redis:// only, not {parts.scheme}://")
-        self.address = (parts.hostname or "localhost", parts.port or 6379)
-        self.password = parts.password
-        self.db = (parts.path or "/0").lstrip("/") or "0"
+        if parts.scheme not in ("redis", "rediss"):
+            raise ValueError(f"the master reports over redis:// or rediss://, not "
+                             f"{parts.scheme}://")
+        query = dict(parse_qsl(parts.query))
+        self.host, self.port = parts.hostname or "localhost", parts.port or 6379
+        credentials = [unquote(c) for c in (parts.username, parts.password) if c]
+        self.auth = ("AUTH", *credentials) if parts.password else None
+        self.db = query.get("db") or (parts.path or "/0").lstrip("/") or "0"
+        self.tls = _tls_context(query) if parts.scheme == "rediss" else None
 
     def __call__(self, *commands):
         """Run commands in one connection; returns their replies."""
-        setup = ([("AUTH", self.password)] if self.password else []) + [("SELECT", self.db)]
-        with socket.create_connection(self.address, timeout=2) as conn:
+        setup = ([self.auth] if self.auth else []) + [("SELECT", self.db)]
+        with socket.create_connection((self.host, self.port), timeout=2) as raw:
+            conn = self.tls.wrap_socket(raw, server_hostname=self.host) if self.tls else raw
             payload = b"".join(_encode(c) for c in setup + list(commands))
             conn.sendall(payload)
             reader = conn.makefile("rb")
             replies = [_decode(reader) for _ in setup + list(commands)]
         return replies[len(setup):]
+
+
+def _tls_context(query):
+    """redis-py's TLS options from a rediss:// query, with its defaults:
+    the server's certificate and host name are checked."""
+    import ssl
+
+    modes = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+    mode = modes.get(query.get("ssl_cert_reqs", "required").lower())
+    if mode is None:
+        raise ValueError(f"ssl_cert_reqs={query['ssl_cert_reqs']!r}: expected none, "
+                         "optional or required")
+    context = ssl.create_default_context(cafile=query.get("ssl_ca_certs"),
+                                         capath=query.get("ssl_ca_path"))
+    context.check_hostname = mode != ssl.CERT_NONE and query.get(
+        "ssl_check_hostname", "true").upper() not in ("0", "F", "FALSE", "N", "NO")
+    context.verify_mode = mode
+    if query.get("ssl_certfile"):
+        context.load_cert_chain(query["ssl_certfile"], query.get("ssl_keyfile"))
+    return context
 
 
 def _encode(command):
@@ -169,8 +195,8 @@ def record_exit(pid):
                             "cause": cause or "died (crash or killed)"})
         run(("LPUSH", f"{prefix}proc:restarts", entry), ("LTRIM", f"{prefix}proc:restarts", 0, 199),
             ("DEL", process_key(prefix, host, pid)))
-    except (OSError, ValueError, KeyError):
-        log.warning("could not record the exit of worker %s", pid, exc_info=True)
+    except (OSError, ValueError, KeyError) as exc:  # e.g. Redis already gone at shutdown
+        log.warning("could not record the exit of worker %s: %r", pid, exc)
 
 
 def report_master(server):
@@ -179,11 +205,18 @@ def report_master(server):
 
     prefix, host, pid, started = (os.environ.get("REDIS_PREFIX", "rt:"), socket.gethostname(),
                                   os.getpid(), time.time())
+    # The master forks workers while this thread may be inside OpenSSL (a
+    # rediss:// URL): a child forked then inherits OpenSSL's locks held and
+    # hangs at its first hash. So a fork waits for the report in progress.
+    talking = threading.Lock()
+    os.register_at_fork(before=talking.acquire, after_in_parent=talking.release,
+                        after_in_child=talking.release)
 
     def loop():
         try:
-            run = MasterRedis(os.environ["REDIS_URL"])
-        except (ValueError, KeyError) as exc:
+            with talking:
+                run = MasterRedis(os.environ["REDIS_URL"])
+        except (ValueError, KeyError, OSError) as exc:  # OSError: e.g. no such CA file
             log.warning("master: not reporting to Redis (%s)", exc)
             return
         while True:
@@ -191,8 +224,9 @@ def report_master(server):
                       "uptime": round(time.time() - started, 1), "rss": rss_bytes(),
                       "workers": sorted(server.WORKERS), "at": time.time()}
             try:
-                run(("SET", process_key(prefix, host, pid), json.dumps(report),
-                     "EX", int(REPORT_SECONDS * 3)))
+                with talking:
+                    run(("SET", process_key(prefix, host, pid), json.dumps(report),
+                         "EX", int(REPORT_SECONDS * 3)))
             except OSError:
                 pass  # Redis away: report again next time
             time.sleep(REPORT_SECONDS)

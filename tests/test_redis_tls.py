@@ -1,0 +1,152 @@
+"""Redis over TLS (`REDIS_URL=rediss://...`), as docs/deploy.md advises
+across hosts.
+
+The bundled redis-server is built without TLS, so the tests put a TLS
+terminator in front of it (certificates from trustme's throwaway CA). Every
+Redis client of the app goes through it: the workers' pools, each worker's
+hub listener, the rate limiter, and the gunicorn master's own reporter.
+"""
+
+import asyncio
+import json
+import socket
+import ssl
+import threading
+from urllib.parse import quote
+
+import pytest
+import requests
+import trustme
+
+from core.monitor import process_key
+from tests.clients import SSEClient, wait_until
+
+
+class TLSTerminator:
+    """Accepts TLS on a free port and relays the plaintext to `target`."""
+
+    def __init__(self, target, context):
+        self.target = target
+        self.context = context
+        self.sessions = 0  # completed TLS handshakes
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        threading.Thread(target=self._run, args=(ready,), daemon=True).start()
+        ready.wait(10)
+
+    def _run(self, ready):
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(asyncio.start_server(
+            self._relay, "127.0.0.1", 0, ssl=self.context))
+        self.port = self.server.sockets[0].getsockname()[1]
+        ready.set()
+        self.loop.run_forever()
+
+    async def _relay(self, client_reader, client_writer):
+        self.sessions += 1
+        redis_reader, redis_writer = await asyncio.open_connection(*self.target)
+        await asyncio.gather(_pump(client_reader, redis_writer),
+                             _pump(redis_reader, client_writer), return_exceptions=True)
+
+    def close(self):
+        async def shutdown():
+            self.server.close()
+            relays = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in relays:
+                task.cancel()
+            await asyncio.gather(*relays, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+async def _pump(reader, writer):
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def terminator(ca, redis_server):
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    host, port = redis_server.url.split("//")[1].split("/")[0].split(":")
+    proxy = TLSTerminator((host, int(port)), context)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture(scope="module")
+def ca_file(ca, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tls") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+def test_the_whole_app_runs_over_rediss(start_server, terminator, ca_file, rdb, channel):
+    url = (f"rediss://127.0.0.1:{terminator.port}/0"
+           f"?ssl_cert_reqs=required&ssl_ca_certs={quote(str(ca_file))}")
+    server = start_server(REDIS_URL=url)
+    # publish (the pools) and deliver (the hub listener), across both workers
+    sse = SSEClient(f"{server.url}/sub/{channel}?last_event_id=0")
+    texts = [f"over TLS {i}" for i in range(10)]
+    for text in texts:
+        server.publish(channel, text)
+    assert sse.wait_count(len(texts)), sse.items
+    assert [item["data"] for item in sse.items] == texts
+    sse.close()
+    # the rate limiter's storage: a failed login is a 401, not a 500
+    refused = requests.post(f"{server.url}/auth/token", timeout=10,
+                            json={"username": "nobody", "password": "wrong-password"})
+    assert refused.status_code == 401, refused.text
+    # the master's own reporter (a few raw RESP commands over TLS)
+    master = process_key("rt:", socket.gethostname(), server.process.pid)
+    assert wait_until(lambda: json.loads(rdb.get(master) or "{}").get("role") == "master",
+                      timeout=10)
+    assert terminator.sessions >= 3  # two workers' listeners and the master, at least
+    server.stop()  # while Redis is still reachable: it records the workers' exits
+    log = open(server.log_path).read()
+    assert "not reporting" not in log and "could not record" not in log, log[-3000:]
+
+
+def test_rediss_refuses_a_server_whose_certificate_it_cannot_verify(
+        base_env, terminator, tmp_path):
+    """Without the CA, the certificate does not verify: no worker talks to
+    that Redis, /healthz says so, and nothing falls back to plaintext."""
+    from tests.conftest import GunicornServer
+
+    url = f"rediss://127.0.0.1:{terminator.port}/0"
+    server = GunicornServer(base_env, tmp_path / "server.log", workers=1,
+                            REDIS_URL=url)
+    try:
+        with pytest.raises(RuntimeError, match="did not become healthy"):
+            server.start(timeout=8)
+    finally:
+        server.stop()
+    log = open(server.log_path).read()
+    assert "CERTIFICATE_VERIFY_FAILED" in log, log[-3000:]
+
+
+def test_the_master_reads_rediss_urls_like_redis_py(ca_file):
+    from core.monitor import MasterRedis
+
+    master = MasterRedis(f"rediss://user:p%40ss@redis.internal:6380/2"
+                         f"?ssl_ca_certs={quote(str(ca_file))}")
+    assert (master.host, master.port, master.db) == ("redis.internal", 6380, "2")
+    assert master.auth == ("AUTH", "user", "p@ss")
+    assert master.tls.check_hostname and master.tls.verify_mode == ssl.CERT_REQUIRED
+    relaxed = MasterRedis("rediss://localhost?ssl_cert_reqs=none")
+    assert not relaxed.tls.check_hostname and relaxed.tls.verify_mode == ssl.CERT_NONE
+    assert MasterRedis("redis://:secret@localhost").auth == ("AUTH", "secret")
+    with pytest.raises(ValueError, match="ssl_cert_reqs"):
+        MasterRedis("rediss://localhost?ssl_cert_reqs=sometimes")
+    with pytest.raises(ValueError, match="redis:// or rediss://"):
+        MasterRedis("unix:///tmp/redis.sock")
