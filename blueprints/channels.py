@@ -117,7 +117,10 @@ def _long_poll(channel, cursor):
     Without a cursor, wait for the next message."""
     hub = get_hub()
     config = current_app.config
-    with lifecycle.connection("longpoll"), hub.subscribe(channel, cursor) as sub:
+    max_bytes = config["LONGPOLL_MAX_BYTES"]
+    # page_bytes: a backlog is read from Redis about as far as this answer goes
+    with lifecycle.connection("longpoll"), hub.subscribe(channel, cursor,
+                                                         page_bytes=max_bytes) as sub:
         start = sub.cursor
         try:
             items = sub.wait(config["LONGPOLL_TIMEOUT_SECONDS"])
@@ -130,7 +133,7 @@ def _long_poll(channel, cursor):
     if items and items[0].is_reset:  # a Reset always comes alone
         body = json.dumps({"reset": True, "events": [], "cursor": items[0].id}).encode()
     else:
-        events = _within(items, config["LONGPOLL_MAX_BYTES"])
+        events = _within(items, max_bytes)
         # Messages left out follow on the next poll: the cursor is the last one sent.
         last = events[-1][0] if events else position
         body = b'{"events":[%s],"cursor":"%s"}' % (

@@ -56,6 +56,7 @@ START = (0, 0)  # cursor meaning "from the oldest retained message"
 _MAX_PART = 2**64 - 1
 _ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?\Z")
 CATCH_UP_PAGE = 500
+CATCH_UP_PROBE = 8  # first batch of a byte-bounded catch-up read (Hub.read_page)
 PING_INTERVAL = 10.0  # listener pings Redis after this much silence...
 PING_TIMEOUT = 10.0  # ...and reconnects when the pong does not come
 ABORT_GRACE = 2.0  # a dropped consumer has this long to write its goodbye
@@ -171,10 +172,11 @@ class Subscription:
     client's own greenlet and parks it until there is something to send.
     """
 
-    def __init__(self, hub, channel, cursor, on_abort=None):
+    def __init__(self, hub, channel, cursor, on_abort=None, page_bytes=None):
         self.hub = hub
         self.channel = channel
         self.cursor = cursor  # id tuple of the last message delivered or queued
+        self.page_bytes = page_bytes  # a catch-up read stops at about this much data
         self.closed_reason = None
         self._on_abort = on_abort
         self._finished = False
@@ -314,15 +316,17 @@ class Subscription:
             self._pending_overflow = False
         hub = self.hub
         if self.cursor == START:
-            entries = hub.read(self.channel, "-", CATCH_UP_PAGE)
-            full_page = len(entries) == CATCH_UP_PAGE
+            entries, full_page = hub.read_page(self.channel, "-", CATCH_UP_PAGE,
+                                               self.page_bytes)
         else:
-            entries = hub.read(self.channel, format_id(self.cursor), CATCH_UP_PAGE + 1)
+            # The cursor's own message comes first (it proves the id is still
+            # retained), so a page holds at least one more.
+            entries, full_page = hub.read_page(self.channel, format_id(self.cursor),
+                                               CATCH_UP_PAGE + 1, self.page_bytes, at_least=2)
             if not entries or entries[0].key != self.cursor:
                 self.cursor = hub.newest_key(self.channel)
                 return [Reset(format_id(self.cursor))]
             entries = entries[1:]
-            full_page = len(entries) == CATCH_UP_PAGE
         if entries:
             self.cursor = entries[-1].key
         with self._lock:
@@ -424,6 +428,36 @@ class Hub:
             for entry_id, fields in self.redis.xrange(self.stream_key(channel), start, "+", count)
         ]
 
+    def read_page(self, channel, start, count, max_bytes=None, at_least=1):
+        """Up to `count` messages from id `start` (inclusive), and whether
+        there may be more after them.
+
+        With `max_bytes`, reading also stops once the messages' data reach it
+        (though not before `at_least` messages). It reads in batches sized
+        from the messages read so far, so that a page of large messages is
+        not fetched far beyond what the caller will send (a long-poll answer).
+        """
+        if max_bytes is None:
+            messages = self.read(channel, start, count)
+            return messages, len(messages) == count
+        messages, size, batch = [], 0, CATCH_UP_PROBE
+        while True:
+            wanted = min(batch, count - len(messages))
+            got = self.read(channel, start, wanted)
+            for msg in got:
+                messages.append(msg)
+                size += len(msg.data)
+                if size >= max_bytes and len(messages) >= at_least:
+                    return messages, True
+            if len(messages) == count:
+                return messages, True
+            if len(got) < wanted:
+                return messages, False
+            ms, seq = messages[-1].key
+            start = format_id((ms, seq + 1))  # just after the last one (inclusive ranges)
+            # as many as the rest of the budget holds at the average size so far
+            batch = max(CATCH_UP_PROBE, (max_bytes - size) * len(messages) // max(size, 1) + 1)
+
     def newest_key(self, channel):
         """Id of the channel's newest message as a tuple; START when empty."""
         newest = self.redis.xrevrange(self.stream_key(channel), "+", "-", count=1)
@@ -435,12 +469,13 @@ class Hub:
     # -- subscribing ------------------------------------------------------------
 
     @contextmanager
-    def subscribe(self, channel, cursor=None, on_abort=None):
+    def subscribe(self, channel, cursor=None, on_abort=None, page_bytes=None):
         """Subscribe from `cursor` (id tuple; None = only what comes after this
         call; START = everything retained). `on_abort` cuts the client's connection
-        if it stops reading after being dropped as a slow consumer."""
+        if it stops reading after being dropped as a slow consumer. `page_bytes`
+        bounds each catch-up read by size (see read_page)."""
         self.start()
-        sub = Subscription(self, channel, cursor, on_abort)
+        sub = Subscription(self, channel, cursor, on_abort, page_bytes)
         if not self._attach(sub):
             # "From now" means from this call: fix the position before the
             # caller tells its client it is subscribed.

@@ -166,6 +166,20 @@ def test_a_long_poll_backlog_comes_in_bounded_answers_with_nothing_lost(start_se
     assert len(answers) >= 12  # 40 messages of 30 KB, three to an answer
 
 
+def test_a_long_poll_reads_a_backlog_from_redis_about_as_far_as_it_answers(
+        start_server, rdb, channel):
+    """Paging must not make the worker fetch the whole backlog from Redis
+    for each page it sends."""
+    server = start_server(LONGPOLL_MAX_BYTES=100_000, STREAM_MAXLEN=5000)
+    for i in range(200):  # 6 MB
+        server.publish(channel, f"{i}:" + "x" * 30_000)
+    sent_by_redis = rdb.info("stats")["total_net_output_bytes"]
+    body = long_poll(f"{server.url}/sub/{channel}", cursor="0", timeout=10).json()
+    sent_by_redis = rdb.info("stats")["total_net_output_bytes"] - sent_by_redis
+    assert len(body["events"]) == 3
+    assert sent_by_redis < 8 * 31_000, sent_by_redis  # a first batch of 8, not 200
+
+
 def test_a_long_poll_answer_always_carries_a_message_bigger_than_its_cap(start_server, channel):
     server = start_server(LONGPOLL_MAX_BYTES=1000)
     big, _ = server.publish(channel, "y" * 5000)

@@ -88,6 +88,41 @@ def test_text_and_json_payload_encodings():
     assert obj.value == {"a": [1, 2]}
 
 
+def test_a_byte_bounded_page_stops_near_its_budget_and_says_there_is_more(hub, channel):
+    ids = [hub.publish(channel, f"{i:03d}" + "x" * 997) for i in range(40)]  # 1,000 each
+    page, more = hub.read_page(channel, "-", 500, max_bytes=5000)
+    assert [m.id for m in page] == ids[:5] and more
+    # resuming after those: the next page starts right after, in order
+    page, more = hub.read_page(channel, ids[5], 500, max_bytes=12_000)
+    assert [m.id for m in page] == ids[5:17] and more
+    # the budget never leaves a page short of `at_least`
+    page, more = hub.read_page(channel, ids[0], 500, max_bytes=1, at_least=2)
+    assert [m.id for m in page] == ids[:2] and more
+    # a budget bigger than the stream: everything, and nothing more to read
+    page, more = hub.read_page(channel, "-", 500, max_bytes=10**9)
+    assert [m.id for m in page] == ids and not more
+    # the count still bounds it, as without a budget
+    for budget in (10**9, None):
+        page, more = hub.read_page(channel, "-", 30, max_bytes=budget)
+        assert [m.id for m in page] == ids[:30] and more
+
+
+def test_a_byte_bounded_catch_up_delivers_a_backlog_once_in_order(hub, channel):
+    texts = [f"{i}:" + "y" * 3000 for i in range(60)]
+    for text in texts:
+        hub.publish(channel, text)
+    received = []
+    with hub.subscribe(channel, START, page_bytes=10_000) as sub:
+        assert hub.connected_event.wait(5)
+        hub.publish(channel, "live")
+        while len(received) < len(texts) + 1:
+            batch = sub.wait(5)
+            assert batch, received[-1:]
+            assert len(batch) <= 4 or batch[-1].data == "live"  # 10 KB of 3 KB messages
+            received += [m.data for m in batch]
+    assert received == [*texts, "live"]
+
+
 def _reads(rdb):
     """How many stream reads Redis has served so far."""
     stats = rdb.info("commandstats")
