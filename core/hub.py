@@ -443,7 +443,14 @@ class Hub:
         messages, size, batch = [], 0, CATCH_UP_PROBE
         while True:
             wanted = min(batch, count - len(messages))
-            got = self.read(channel, start, wanted)
+            got = self.read(channel, start, wanted + bool(messages))
+            if messages:
+                # Each later batch starts at the last message read: if that is
+                # gone (trimmed meanwhile), stop here rather than skip a gap;
+                # the caller's next read from its cursor reports the reset.
+                if not got or got[0].key != messages[-1].key:
+                    return messages, True
+                got = got[1:]
             for msg in got:
                 messages.append(msg)
                 size += len(msg.data)
@@ -453,8 +460,7 @@ class Hub:
                 return messages, True
             if len(got) < wanted:
                 return messages, False
-            ms, seq = messages[-1].key
-            start = format_id((ms, seq + 1))  # just after the last one (inclusive ranges)
+            start = messages[-1].id
             # as many as the rest of the budget holds at the average size so far
             batch = max(CATCH_UP_PROBE, (max_bytes - size) * len(messages) // max(size, 1) + 1)
 

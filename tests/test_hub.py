@@ -123,6 +123,36 @@ def test_a_byte_bounded_catch_up_delivers_a_backlog_once_in_order(hub, channel):
     assert received == [*texts, "live"]
 
 
+class TrimmingHub(Hub):
+    """Right after the first read of a page, the stream moves on: new
+    messages, and everything older trimmed away."""
+
+    trim_after_read = False
+
+    def read(self, channel, start, count):
+        entries = super().read(channel, start, count)
+        if self.trim_after_read:
+            self.trim_after_read = False
+            for i in range(5):
+                self.publish(channel, f"new {i}")
+            self.redis.xtrim(self.stream_key(channel), maxlen=5, approximate=False)
+        return entries
+
+
+def test_a_byte_bounded_catch_up_reports_a_gap_trimmed_between_its_reads(
+        rdb, redis_server, channel):
+    hub = TrimmingHub(rdb, redis_server.url, prefix="unit:")
+    old = [hub.publish(channel, "o" * 1000) for _ in range(20)]
+    with hub.subscribe(channel, START, page_bytes=100_000) as sub:
+        assert hub.connected_event.wait(5)
+        hub.trim_after_read = True
+        first = sub.wait(5)
+        assert [m.id for m in first] == old[:8]  # the batch before the gap, no more
+        (reset,) = sub.wait(5)  # then the gap is reported, not skipped
+        assert reset.is_reset and reset.id == hub.newest_id(channel)
+    hub.stop()
+
+
 def _reads(rdb):
     """How many stream reads Redis has served so far."""
     stats = rdb.info("commandstats")
