@@ -152,7 +152,8 @@ def _within(items, max_bytes):
     is paged instead of held in one answer."""
     events, size = [], 0
     for item in items:
-        encoded = item.json.encode()
+        # encoded once per message and worker, shared by every poll it answers
+        encoded = item.cached("json_bytes", lambda item=item: item.json.encode())
         size += len(encoded) + 1
         if events and size > max_bytes:
             break

@@ -78,8 +78,7 @@ def ca():
 def terminator(ca, redis_server):
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(context)
-    host, port = redis_server.url.split("//")[1].split("/")[0].split(":")
-    proxy = TLSTerminator((host, int(port)), context)
+    proxy = TLSTerminator(("127.0.0.1", redis_server.port), context)
     yield proxy
     proxy.close()
 
