@@ -13,10 +13,11 @@ import redis
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from core import errors, offload, security, websocket
+from core import errors, offload, security
 from core.config import ConfigError, load_settings
 from core.hub import Hub
 from core.sessions import RedisSessionInterface
+from core.transports import websocket
 from core.users import UserStore, users_cli
 
 
@@ -66,7 +67,8 @@ def create_app(config=None):
     app.extensions["redis"] = client
     app.extensions["hub"] = Hub(
         client, app.config["REDIS_URL"], prefix=app.config["REDIS_PREFIX"],
-        queue_size=app.config["SUBSCRIBER_QUEUE_SIZE"], maxlen=app.config["STREAM_MAXLEN"],
+        queue_size=app.config["SUBSCRIBER_QUEUE_SIZE"],
+        queue_bytes=app.config["SUBSCRIBER_QUEUE_BYTES"], maxlen=app.config["STREAM_MAXLEN"],
         ttl_seconds=app.config["STREAM_TTL_SECONDS"],
     )
     app.extensions["users"] = UserStore(client, app.config["REDIS_PREFIX"])

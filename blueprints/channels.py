@@ -15,29 +15,25 @@ channel; subscribing to `private-*` channels needs the same for subscribe
 
 import json
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, current_app, request
 
-from core import lifecycle, sse
-from core.connection import aborter, cut_off_if_unwritten
+from core import lifecycle
+from core.connection import aborter
 from core.errors import abort_json
-from core.hub import (
-    CHANNEL_RULE,
-    PUBLIC_CHANNEL,
-    InvalidId,
-    SubscriptionClosed,
-    format_id,
-    parse_id,
-)
 from core.security import channel_access_error, require_channel_access
-from core.web import get_hub, is_unicode
-from core.websocket import (
+from core.stream_log import CHANNEL_RULE, PUBLIC_CHANNEL, InvalidId, format_id, parse_id
+from core.subscription import SubscriptionClosed
+from core.transports import longpoll, sse
+from core.transports.websocket import (
     POLICY_VIOLATION,
     TRY_AGAIN_LATER,
     close_reason,
     direct_writer,
+    encode,
     route,
     with_served_by,
 )
+from core.web import get_hub, is_unicode
 
 bp = Blueprint("channels", __name__)
 
@@ -86,79 +82,27 @@ def publish(channel):
 def subscribe(channel):
     _check_channel(channel)
     require_channel_access("subscribe", channel)
+    config = current_app.config
     if sse.wants_event_stream(request):
         # On reconnect the browser sends Last-Event-ID; it wins over the query
         # string, which only says where the first connection started.
         raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
         cursor = _cursor(raw, "Last-Event-ID")
-        config = current_app.config
-        return sse.stream_response(_event_stream(
+        return sse.response(_event_stream(
             get_hub(), channel, cursor, request.environ,
             config["HEARTBEAT_SECONDS"], config["SSE_RETRY_MS"]))
-    return _long_poll(channel, _cursor(request.args.get("cursor"), "cursor"))
+    return longpoll.answer(
+        get_hub(), channel, _cursor(request.args.get("cursor"), "cursor"), request.environ,
+        timeout=config["LONGPOLL_TIMEOUT_SECONDS"], max_bytes=config["LONGPOLL_MAX_BYTES"],
+        write_seconds=config["LONGPOLL_WRITE_SECONDS"])
 
 
 def _event_stream(hub, channel, cursor, environ, heartbeat, retry_ms):
-    # Runs after the view returned (no app context): everything comes in as arguments.
-    # The subscription is in place before the first chunk, and so before the
-    # client sees the response headers.
+    # Runs after the view returned (no app context): everything comes in as
+    # arguments. The subscription is in place before the first chunk, and so
+    # before the client sees the response headers.
     with hub.subscribe(channel, cursor, on_abort=aborter(environ)) as sub:
-        yield sse.retry(retry_ms)
-        # The headers are out: while this stream idles, the hub's listener may
-        # write live events onto the socket itself (one send per subscriber).
-        sub.write_directly(sse.direct_writer(environ))
-        yield from sse.from_subscription(sub, heartbeat,
-                                         lambda items: b"".join(item.sse for item in items))
-
-
-def _long_poll(channel, cursor):
-    """Hold the request until there is news (or the timeout), like the
-    original's /poll, but with a cursor so nothing is lost between polls.
-    Without a cursor, wait for the next message."""
-    hub = get_hub()
-    config = current_app.config
-    max_bytes = config["LONGPOLL_MAX_BYTES"]
-    # page_bytes: a backlog is read from Redis about as far as this answer goes
-    with lifecycle.connection("longpoll"), hub.subscribe(channel, cursor,
-                                                         page_bytes=max_bytes) as sub:
-        start = sub.cursor
-        try:
-            items = sub.wait(config["LONGPOLL_TIMEOUT_SECONDS"])
-            position = format_id(sub.cursor)
-        except SubscriptionClosed:
-            # The worker is stopping, or a burst overflowed this poll's queue:
-            # nothing was delivered, so poll again (perhaps elsewhere) from where
-            # this one started. sub.cursor has moved past the queued messages.
-            items, position = [], format_id(start)
-    if items and items[0].is_reset:  # a Reset always comes alone
-        body = json.dumps({"reset": True, "events": [], "cursor": items[0].id}).encode()
-    else:
-        events = _within(items, max_bytes)
-        # Messages left out follow on the next poll: the cursor is the last one sent.
-        last = events[-1][0] if events else position
-        body = b'{"events":[%s],"cursor":"%s"}' % (
-            b",".join(event for _, event in events), last.encode())
-    response = Response(body, mimetype="application/json",
-                        headers={"Cache-Control": "no-store"})
-    # A client that stops reading must not hold this worker's greenlet (and
-    # the answer) for as long as it keeps the connection open.
-    return cut_off_if_unwritten(response, request.environ, config["LONGPOLL_WRITE_SECONDS"])
-
-
-def _within(items, max_bytes):
-    """The first of `items` as (id, JSON bytes) while their total stays
-    within `max_bytes`; always the first one, so a poll never comes back empty
-    when there is news. Small answers fit in the socket buffers, and a backlog
-    is paged instead of held in one answer."""
-    events, size = [], 0
-    for item in items:
-        # encoded once per message and worker, shared by every poll it answers
-        encoded = item.cached("json_bytes", lambda item=item: item.json.encode())
-        size += len(encoded) + 1
-        if events and size > max_bytes:
-            break
-        events.append((item.id, encoded))
-    return events
+        yield from sse.stream(sub, environ, first=sse.retry(retry_ms), heartbeat=heartbeat)
 
 
 @route("/sub/<channel>/ws", bp)
@@ -190,6 +134,6 @@ def subscribe_ws(ws, channel):
                 ws.close(code, close_reason(closed.reason))
                 return
             for item in items:
-                ws.send(item.json)
+                ws.send(encode(item))
             while ws.receive(timeout=0) is not None:
                 pass  # a subscriber socket carries nothing upstream; drop it

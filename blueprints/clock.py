@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 
 from flask import Blueprint, current_app
 
-from core import lifecycle, sse
+from core import lifecycle
+from core.transports import sse
 
 bp = Blueprint("clock", __name__)
 
@@ -21,7 +22,7 @@ def page():
 def clock_stream():
     retry_ms = current_app.config["SSE_RETRY_MS"]
     heartbeat = current_app.config["HEARTBEAT_SECONDS"]
-    return sse.stream_response(_ticks(retry_ms, heartbeat))
+    return sse.response(_ticks(retry_ms, heartbeat))
 
 
 def _ticks(retry_ms, heartbeat):

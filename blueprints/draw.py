@@ -18,8 +18,7 @@ import secrets
 from flask import Blueprint, current_app
 
 from core.security import current_user
-from core.web import get_hub, get_redis
-from core.websocket import (
+from core.transports.websocket import (
     POLICY_VIOLATION,
     BadFrame,
     close_reason,
@@ -30,6 +29,7 @@ from core.websocket import (
     route,
     with_served_by,
 )
+from core.web import get_hub, get_redis
 
 bp = Blueprint("draw", __name__, url_prefix="/draw")
 

@@ -30,8 +30,7 @@ from flask import Blueprint, current_app, render_template, request
 
 from core import ot
 from core.errors import abort_json
-from core.web import get_hub, get_redis, is_unicode
-from core.websocket import (
+from core.transports.websocket import (
     POLICY_VIOLATION,
     BadFrame,
     close_reason,
@@ -39,6 +38,7 @@ from core.websocket import (
     json_object,
     route,
 )
+from core.web import get_hub, get_redis, is_unicode
 
 bp = Blueprint("editor", __name__, url_prefix="/editor")
 

@@ -14,9 +14,9 @@ import time
 
 from flask import Blueprint, Response, current_app
 
-from core import sse
 from core.monitor import REPORT_SECONDS
 from core.security import admin_page, admin_required
+from core.transports import sse
 from core.web import get_redis
 
 bp = Blueprint("processes", __name__)
@@ -57,7 +57,7 @@ def monitor_stream():
             yield sse.event(json.dumps(snapshot(redis_client, prefix)), event="processes")
             time.sleep(REPORT_SECONDS)
 
-    return sse.stream_response(frames())
+    return sse.response(frames())
 
 
 @bp.get("/metrics")

@@ -25,9 +25,8 @@ import time
 from flask import Blueprint, current_app, request
 from itsdangerous import BadSignature, URLSafeSerializer
 
-from core import sse
 from core.errors import abort_json
-from core.hub import SubscriptionClosed
+from core.transports import sse
 from core.web import get_hub, get_redis, required_fields
 
 bp = Blueprint("qa", __name__, url_prefix="/qa")
@@ -150,22 +149,47 @@ def stream():
         client = secrets.token_hex(16)
         signed = _signer().dumps(client)
     state = _BoardState(get_redis(), current_app.config["REDIS_PREFIX"], client)
-    return sse.stream_response(
-        _board_stream(get_hub(), state, client, signed, current_app.config["SSE_RETRY_MS"]))
+    return sse.response(_board_stream(get_hub(), state, signed, request.environ,
+                                      current_app.config["SSE_RETRY_MS"]))
 
 
 class _BoardState:
-    """Reads what a (re)connecting client must be shown. Used by the stream
-    after the view has returned, so it carries its key prefix (no app context)."""
+    """What one client is shown: read from Redis when its stream (re)starts
+    or missed messages, then kept current from the hub's events. Used by the
+    stream after the view has returned, so it carries its key prefix (no app
+    context)."""
 
     def __init__(self, redis_client, prefix, client):
         self.redis, self.prefix, self.client = redis_client, prefix, client
+        self.selected, self.shown = None, {"questions": 0, "answers": 0}
 
-    def read(self):
+    def reload(self):
+        """The board as it is now, as the frames that show it."""
         questions = self.redis.lrange(_key("questions", prefix=self.prefix), 0, -1)
-        selected = self.redis.get(_key("selected", self.client, prefix=self.prefix))
-        answers = self.redis.lrange(_answers_key(selected, self.prefix), 0, -1) if selected else []
-        return questions, selected, answers
+        self.selected = self.redis.get(_key("selected", self.client, prefix=self.prefix))
+        answers = (self.redis.lrange(_answers_key(self.selected, self.prefix), 0, -1)
+                   if self.selected else [])
+        self.shown = {"questions": len(questions), "answers": len(answers)}
+        return _questions_frame(questions) + (
+            _answers_frame(self.selected, answers) if self.selected else b"")
+
+    def frame(self, msg):
+        """The frame an event means for this client, or None: questions go to
+        everyone, answers only to the followers of their question; an event no
+        newer than what the client was shown is skipped."""
+        event, shown = msg.value, self.shown
+        kind = event["type"]
+        if kind == "questions" and event["count"] > shown["questions"]:
+            shown["questions"] = event["count"]
+            return msg.encoded(_questions_event)
+        if kind == "select" and event["client"] == self.client:
+            self.selected, shown["answers"] = event["question"], event["count"]
+            return _answers_frame(self.selected, event["answers"])
+        if kind == "answers" and event["question"] == self.selected and (
+                event["count"] > shown["answers"]):
+            shown["answers"] = event["count"]
+            return msg.encoded(_answers_event)
+        return None
 
 
 def _questions_frame(questions):
@@ -176,46 +200,24 @@ def _answers_frame(question, answers):
     return sse.event(json.dumps({"question": question, "answers": answers}), event="answers")
 
 
-def _board_stream(hub, state, client, signed, retry_ms):
+def _questions_event(msg):  # shared by every stream the event goes to
+    return _questions_frame(msg.value["questions"])
+
+
+def _answers_event(msg):
+    return _answers_frame(msg.value["question"], msg.value["answers"])
+
+
+def _ping():
+    return sse.event(str(int(time.time() * 1000)), event="ping")
+
+
+def _board_stream(hub, state, signed, environ, retry_ms):
     # Subscribe first, then read the state: nothing published in between is missed.
     with hub.subscribe(CHANNEL) as sub:
-        questions, selected, answers = state.read()
-        shown = {"questions": len(questions), "answers": len(answers)}
-        yield sse.PADDING + sse.retry(retry_ms) + sse.event(json.dumps({"id": signed}),
-                                                             event="login")
-        yield _questions_frame(questions) + (
-            _answers_frame(selected, answers) if selected else b"")
-        next_ping = time.monotonic() + PING_SECONDS
-        while True:
-            try:
-                items = sub.wait(max(next_ping - time.monotonic(), 0))
-            except SubscriptionClosed as closed:
-                yield sse.event(json.dumps({"reason": closed.reason}), event="close")
-                return
-            out = []
-            for msg in items:
-                if msg.is_reset:  # the log moved on without us: show the state afresh
-                    questions, selected, answers = state.read()
-                    shown = {"questions": len(questions), "answers": len(answers)}
-                    out.append(_questions_frame(questions))
-                    if selected:
-                        out.append(_answers_frame(selected, answers))
-                    continue
-                event = msg.value
-                kind = event["type"]
-                if kind == "questions" and event["count"] > shown["questions"]:
-                    shown["questions"] = event["count"]
-                    out.append(msg.cached("sse", lambda e=event: _questions_frame(e["questions"])))
-                elif kind == "select" and event["client"] == client:
-                    selected, shown["answers"] = event["question"], event["count"]
-                    out.append(_answers_frame(selected, event["answers"]))
-                elif (kind == "answers" and event["question"] == selected
-                      and event["count"] > shown["answers"]):
-                    shown["answers"] = event["count"]
-                    out.append(msg.cached("sse", lambda e=event: _answers_frame(
-                        e["question"], e["answers"])))
-            if time.monotonic() >= next_ping:
-                out.append(sse.event(str(int(time.time() * 1000)), event="ping"))
-                next_ping = time.monotonic() + PING_SECONDS
-            if out:
-                yield b"".join(out)
+        first = (sse.PADDING + sse.retry(retry_ms)
+                 + sse.event(json.dumps({"id": signed}), event="login") + state.reload())
+        # A reset (the log moved on without us) shows the whole board afresh.
+        yield from sse.stream(sub, environ, first=first, heartbeat=PING_SECONDS,
+                              encode=state.frame, on_reset=lambda _reset: state.reload(),
+                              keepalive=_ping)

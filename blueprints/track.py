@@ -24,13 +24,12 @@ import secrets
 import threading
 import time
 
-from flask import Blueprint, current_app
+from flask import Blueprint, current_app, request
 
-from core import sse
 from core.offload import spawn
 from core.security import admin_page, admin_required
-from core.web import get_hub, get_redis
-from core.websocket import (
+from core.transports import sse
+from core.transports.websocket import (
     POLICY_VIOLATION,
     BadFrame,
     close_reason,
@@ -39,6 +38,7 @@ from core.websocket import (
     route,
     with_served_by,
 )
+from core.web import get_hub, get_redis
 
 bp = Blueprint("track", __name__)
 log = logging.getLogger(__name__)
@@ -163,21 +163,24 @@ def dashboard():
 def dashboard_stream():
     tracker = _tracker()
     tracker.start()
-    return sse.stream_response(_dashboard_events(
-        get_hub(), tracker, current_app.config["SSE_RETRY_MS"],
+    return sse.response(_dashboard_events(
+        get_hub(), tracker, request.environ, current_app.config["SSE_RETRY_MS"],
         current_app.config["HEARTBEAT_SECONDS"]))
 
 
-def _dashboard_events(hub, tracker, retry_ms, heartbeat):
-    def users_frame():
+def _dashboard_events(hub, tracker, environ, retry_ms, heartbeat):
+    def snapshot(_reset=None):  # a reset (we missed messages) becomes a fresh snapshot
         users = tracker.redis.zrangebyscore(tracker.presence_key, time.time(), "+inf")
         return sse.event(json.dumps({"users": users}), event="snapshot")
 
-    def encode(items):  # a Reset (we missed messages) becomes a fresh snapshot
-        return b"".join(users_frame() if msg.is_reset else
-                        msg.cached("sse", lambda m=msg: sse.event(m.data, event=m.value["type"]))
-                        for msg in items)
-
     with hub.subscribe(CHANNEL) as sub:  # subscribe, then read: no join slips between
-        yield sse.retry(retry_ms) + users_frame()
-        yield from sse.from_subscription(sub, heartbeat, encode)
+        yield from sse.stream(sub, environ, first=sse.retry(retry_ms) + snapshot(),
+                              heartbeat=heartbeat, encode=_dashboard_event, on_reset=snapshot)
+
+
+def _dashboard_event(msg):
+    return msg.encoded(_typed_event)
+
+
+def _typed_event(msg):  # each event once per worker, whatever the number of dashboards
+    return sse.event(msg.data, event=msg.value["type"])

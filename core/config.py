@@ -26,6 +26,8 @@ SETTINGS = {
     "STREAM_TTL_SECONDS": (int, 7 * 24 * 3600, "a channel idle this long is forgotten"),
     "SUBSCRIBER_QUEUE_SIZE": (int, 1000, "messages buffered per client before it is cut off "
                               "as a slow consumer"),
+    "SUBSCRIBER_QUEUE_BYTES": (int, 1024 * 1024, "bytes of messages buffered per client "
+                               "before it is cut off as a slow consumer"),
     "HEARTBEAT_SECONDS": (float, 15.0, "SSE comment / WebSocket check interval on idle streams"),
     "LONGPOLL_TIMEOUT_SECONDS": (float, 25.0, "how long a long-poll request is held"),
     "LONGPOLL_MAX_BYTES": (int, 256 * 1024, "a long-poll answer takes no more messages past "

@@ -1,6 +1,7 @@
 """The client's TCP connection, for the rare moment we must cut it ourselves."""
 
 import socket
+from contextlib import contextmanager
 
 
 def client_socket(environ):
@@ -32,6 +33,49 @@ def aborter(environ):
     return abort
 
 
+@contextmanager
+def hangup_watch(environ, on_hangup):
+    """While in this block, call `on_hangup()` as soon as the client closes
+    its connection.
+
+    A long-poll or an event stream waits with nothing to read from its
+    client; without this a closed connection is only noticed at the next
+    write, and holds its greenlet, subscription and pool slot until then
+    (up to the long-poll timeout or the heartbeat). A libev read watcher on
+    the socket (no greenlet): when it fires, a peek tells end-of-file from
+    bytes the client sent early (a pipelined request, left for gunicorn to
+    read). Only under gevent; `on_hangup` runs on the event loop and must
+    not block.
+    """
+    from gevent import monkey
+
+    sock = client_socket(environ)
+    real = getattr(getattr(sock, "_raw", sock), "_sock", None)  # the OS socket, non-blocking
+    if real is None or not monkey.is_module_patched("socket"):
+        yield
+        return
+    import gevent
+
+    watcher = gevent.get_hub().loop.io(real.fileno(), 1)
+
+    def readable():
+        try:
+            peeked = real.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return
+        except OSError:
+            peeked = b""
+        watcher.stop()
+        if not peeked:
+            on_hangup()
+
+    watcher.start(readable)
+    try:
+        yield
+    finally:
+        watcher.close()
+
+
 def cut_off_if_unwritten(response, environ, seconds):
     """Cut the connection if `response` is not wholly written within `seconds`.
 
@@ -59,7 +103,7 @@ class DirectWriter:
     """Writes a broadcast's pre-encoded bytes straight onto a client's socket.
 
     The hub's listener uses it for a subscriber whose own greenlet is parked
-    idle (core.hub.Subscription.write_directly): one non-blocking `send` per
+    idle (core.subscription.Subscription.write_directly): one non-blocking `send` per
     subscriber instead of waking a greenlet that would walk the response
     generators to write the same bytes. `frame(msg)` gives the exact bytes
     the normal path would have written (shared by every subscriber through
@@ -69,7 +113,7 @@ class DirectWriter:
     """
 
     def __init__(self, sock, frame, is_open=None):
-        self._sock = sock  # gunicorn's socket (or core.websocket's locked wrapper)
+        self._sock = sock  # gunicorn's socket (or core.transports.websocket's locked wrapper)
         self._real = getattr(sock, "_raw", sock)._sock  # gevent's non-blocking socket
         self._busy = getattr(sock, "busy", None)
         self._is_open = is_open

@@ -1,8 +1,8 @@
 """The worker's life: its open connections, and closing them promptly when it stops.
 
 Every long-lived connection registers here while it lasts (SSE through
-core.sse.stream_response, WebSockets through core.websocket.route, long-polls
-in the channels blueprint). When gunicorn tells the worker to stop (a reload,
+core.transports.sse.response, WebSockets through core.transports.websocket.route,
+long-polls in core.transports.longpoll). When gunicorn tells the worker to stop (a reload,
 a shutdown, the memory limit), `begin_shutdown` ends them all at once: hub
 subscribers get a SubscriptionClosed with the reason, WebSockets a close 1012
 (service restart). Clients reconnect to the new workers and resume from their

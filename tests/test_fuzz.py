@@ -24,9 +24,10 @@ from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 from werkzeug.exceptions import HTTPException
 
-from core import ot, sse
-from core.hub import _MAX_PART, InvalidId, parse_id
-from core.websocket import BadFrame, close_reason, fraction, json_object
+from core import ot
+from core.stream_log import _MAX_PART, InvalidId, parse_id
+from core.transports import sse
+from core.transports.websocket import BadFrame, close_reason, fraction, json_object
 from tests.clients import healthz_bodies
 
 # -- strategies ------------------------------------------------------------------------
@@ -815,7 +816,7 @@ def test_reader_selector_on_a_closed_socket():
     # ValueError the reader expects, and the reader then ends quietly.
     import socket
 
-    from core.websocket import _OneSocketSelector
+    from core.transports.websocket import _OneSocketSelector
 
     a, b = socket.socketpair()
     a.close()

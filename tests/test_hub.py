@@ -1,12 +1,15 @@
 """The hub's catch-up algorithm against a real Redis, with the race made explicit."""
 
+import json
 import os
 import socket
 import time
 
 import pytest
 
-from core.hub import START, Hub, InvalidId, Message, format_id, parse_id
+from core.hub import Hub
+from core.stream_log import START, InvalidId, Message, Reset, format_id, parse_id
+from core.transports import longpoll, sse, websocket
 
 
 @pytest.fixture
@@ -79,13 +82,18 @@ def test_parse_id_rejects_everything_else(text):
         parse_id(text)
 
 
-def test_text_and_json_payload_encodings():
+def test_each_transport_encodes_text_and_json_payloads_once():
     text = Message("1-0", 'say "hi"\nbye', False)
-    assert text.json == '{"id":"1-0","data":"say \\"hi\\"\\nbye"}'
-    assert text.sse == b'id: 1-0\ndata: say "hi"\ndata: bye\n\n'
+    assert longpoll.encode(text) == b'{"id":"1-0","data":"say \\"hi\\"\\nbye"}'
+    assert websocket.encode(text) == '{"id":"1-0","data":"say \\"hi\\"\\nbye"}'
+    assert sse.encode(text) == b'id: 1-0\ndata: say "hi"\ndata: bye\n\n'
+    assert sse.encode(text) is sse.encode(text)  # the same bytes for every subscriber
     obj = Message("2-0", '{"a":[1,2]}', True)
-    assert obj.json == '{"id":"2-0","data":{"a":[1,2]}}'
+    assert longpoll.encode(obj) == b'{"id":"2-0","data":{"a":[1,2]}}'
     assert obj.value == {"a": [1, 2]}
+    reset = Reset("3-0")
+    assert json.loads(websocket.encode(reset)) == {"reset": True, "cursor": "3-0"}
+    assert sse.encode(reset) == b'event: reset\nid: 3-0\ndata: {"reset": true, "cursor": "3-0"}\n\n'
 
 
 def test_a_byte_bounded_page_stops_near_its_budget_and_says_there_is_more(hub, channel):

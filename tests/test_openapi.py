@@ -27,7 +27,7 @@ from schemathesis import GenerationMode
 
 from blueprints import auth as auth_bp
 from blueprints import qa as qa_bp
-from core import hub as core_hub
+from core import stream_log as core_hub
 from core.config import SETTINGS, load_settings
 from core.tokens import issue
 from core.users import UserStore

@@ -2,7 +2,7 @@
 
 import pytest
 
-from core import sse
+from core.transports import sse
 
 
 def parse(frame):

@@ -12,7 +12,8 @@ import sys
 import redis
 
 from core.config import ConfigError, load_settings
-from core.hub import CHANNEL_RULE, PUBLIC_CHANNEL, Hub
+from core.hub import Hub
+from core.stream_log import CHANNEL_RULE, PUBLIC_CHANNEL
 
 
 def main(argv=None):

@@ -20,6 +20,8 @@ from werkzeug.exceptions import HTTPException
 from core.connection import client_socket
 from core.errors import abort_json
 from core.security import origin_allowed
+from core.subscription import SubscriptionClosed
+from core.transports import longpoll
 
 sock = Sock()
 
@@ -134,8 +136,23 @@ def direct_writer(ws, environ):
     protocol = getattr(getattr(ws.ws, "connection", None), "_proto", None)  # wsproto's
     if getattr(protocol, "extensions", None) != []:
         return None
-    return writer_for(environ, lambda msg: msg.cached("ws-text-frame", lambda: _text_frame(
-        msg.json.encode("utf-8"))), is_open=lambda: ws.connected)
+    return writer_for(environ, lambda msg: msg.encoded(_frame), is_open=lambda: ws.connected)
+
+
+def encode(item):
+    """A hub message as the text of a frame, `{"id", "data"}` (the same
+    object as in a long-poll answer); a Reset as `{"reset": true, "cursor"}`."""
+    if item.is_reset:
+        return json.dumps({"reset": True, "cursor": item.id})
+    return item.encoded(_text)
+
+
+def _text(msg):
+    return longpoll.encode(msg).decode()
+
+
+def _frame(msg):
+    return _text_frame(longpoll.encode(msg))
 
 
 def _text_frame(payload):
@@ -168,8 +185,6 @@ def forward_from_hub(ws, sub, translate, heartbeat, send):
     returns the text to send, or None to skip. It ends when the socket closes
     or the subscription is closed (call `sub.close(...)` when the client leaves)."""
     from simple_websocket import ConnectionClosed
-
-    from core.hub import SubscriptionClosed
 
     def relay():
         try:

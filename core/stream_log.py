@@ -1,0 +1,208 @@
+"""The channel log in Redis: message ids, the publish script, and reads (DESIGN §3).
+
+Publishing appends to a capped Redis Stream per channel (the log, and the
+source of every message id) and, in the same Lua script, PUBLISHes the entry
+on one notification channel. Because both happen atomically, notifications
+arrive in id order. Reading the stream from a client's cursor is how every
+transport resumes without loss.
+
+A `Message` is only what the log holds: an id, the data and whether the data
+is JSON. Wire formats belong to the transports (core/transports/), which
+encode a message once per worker through `Message.encoded`.
+"""
+
+import json
+import re
+
+# Channels clients may name in /pub and /sub. Apps use internal names with a
+# ":" (e.g. "qa:board"), which no client can reach through those routes.
+PUBLIC_CHANNEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+CHANNEL_RULE = "1-64 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit"
+
+START = (0, 0)  # cursor meaning "from the oldest retained message"
+_MAX_PART = 2**64 - 1
+_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?\Z")
+CATCH_UP_PROBE = 8  # first batch of a byte-bounded read (StreamLog.read_page)
+
+# Defines hub_publish(stream_key, channel, kind, data) for Lua scripts: XADD to
+# the capped stream, refresh its TTL, PUBLISH the notification; returns the id.
+# An app script that changes its state and calls hub_publish in the same script
+# (see StreamLog.script) makes the change and its message one atomic step,
+# delivered in commit order.
+_PUBLISH_FUNCTION = """
+local function hub_publish(stream_key, channel, kind, data)
+  local id = redis.call('XADD', stream_key, 'MAXLEN', '~', %(maxlen)d, '*', 't', kind, 'd', data)
+  redis.call('PEXPIRE', stream_key, %(ttl_ms)d)
+  redis.call('PUBLISH', '%(notify)s', channel .. ' ' .. id .. ' ' .. kind .. data)
+  return id
+end
+"""
+_PREFIX_SAFE = re.compile(r"[A-Za-z0-9:_.-]*\Z")
+
+
+class InvalidId(ValueError):
+    """A client-supplied message id that is not of the form `ms-seq`."""
+
+
+def parse_id(text):
+    """`"1700000000000-3"` -> (1700000000000, 3); `"0"` -> (0, 0). Raises InvalidId."""
+    match = _ID.match(text or "")
+    if not match:
+        raise InvalidId(f"invalid message id {text!r}: expected <ms>-<seq>")
+    key = (int(match[1]), int(match[2] or 0))
+    if key[0] > _MAX_PART or key[1] > _MAX_PART:
+        raise InvalidId(f"invalid message id {text!r}: out of range")
+    return key
+
+
+def format_id(key):
+    return f"{key[0]}-{key[1]}"
+
+
+class Message:
+    """One channel message: id, data, and whether the data is JSON text."""
+
+    __slots__ = ("_encoded", "data", "id", "is_json", "key")
+    is_reset = False
+
+    def __init__(self, id, data, is_json):
+        self.id = id
+        self.key = parse_id(id)
+        self.data = data
+        self.is_json = is_json
+        self._encoded = None
+
+    @property
+    def value(self):
+        """The payload as Python: parsed JSON (once per worker), or the text."""
+        return self.encoded(_parse) if self.is_json else self.data
+
+    def encoded(self, encoder):
+        """`encoder(self)`, computed once per message and worker and shared by
+        every subscriber: a transport's wire frame, or an app's own frame
+        derived from the message. Keyed by the encoder function itself, so
+        pass a module-level function, not a fresh lambda."""
+        if self._encoded is None:
+            self._encoded = {}
+        try:
+            return self._encoded[encoder]
+        except KeyError:
+            result = self._encoded[encoder] = encoder(self)
+            return result
+
+
+def _parse(msg):
+    return json.loads(msg.data)
+
+
+class Reset:
+    """The client's cursor is gone (trimmed, expired or never existed): it has
+    missed messages and must reload its state. Delivery continues after `id`,
+    the newest message at the time of the reset. Each transport says how a
+    reset looks on its wire; each app decides what to do about it."""
+
+    __slots__ = ("id",)
+    is_reset = True
+
+    def __init__(self, id):
+        self.id = id
+
+
+class StreamLog:
+    """Publishing to and reading from the channels' streams."""
+
+    def __init__(self, redis_client, prefix="rt:", maxlen=1000, ttl_seconds=7 * 24 * 3600):
+        if not _PREFIX_SAFE.match(prefix):
+            raise ValueError(f"REDIS_PREFIX {prefix!r}: use A-Z a-z 0-9 : _ . -")
+        self.redis = redis_client  # pooled client for commands (shared with the app)
+        self.prefix = prefix
+        self.notify_channel = f"{prefix}notify"
+        self.maxlen = maxlen
+        self.ttl_ms = int(ttl_seconds * 1000)
+        self._publish = self.script("return hub_publish(KEYS[1], ARGV[1], ARGV[2], ARGV[3])")
+
+    def stream_key(self, channel):
+        return f"{self.prefix}stream:{channel}"
+
+    def script(self, body):
+        """Register a Lua script that may call hub_publish(stream_key, channel,
+        kind, data); `kind` is 'j' (JSON) or 't' (text). Pass stream keys
+        (`stream_key(channel)`) in KEYS."""
+        prelude = _PUBLISH_FUNCTION % {"maxlen": self.maxlen, "ttl_ms": self.ttl_ms,
+                                       "notify": self.notify_channel}
+        return self.redis.register_script(prelude + body)
+
+    # -- publishing ---------------------------------------------------------
+
+    def publish(self, channel, data, is_json=False):
+        """Append `data` (str; JSON text when is_json) to `channel`; returns its id."""
+        return self._publish(**self._publish_call(channel, data, is_json))
+
+    def publish_many(self, channel, texts, is_json=False):
+        """Publish several messages in one round trip; returns their ids."""
+        pipe = self.redis.pipeline(transaction=False)
+        for text in texts:
+            self._publish(**self._publish_call(channel, text, is_json), client=pipe)
+        return pipe.execute()
+
+    def _publish_call(self, channel, data, is_json):
+        if not channel or " " in channel:
+            raise ValueError(f"invalid channel name {channel!r}")
+        return {"keys": [self.stream_key(channel)],
+                "args": [channel, "j" if is_json else "t", data]}
+
+    def publish_json(self, channel, obj):
+        return self.publish(channel, json.dumps(obj, separators=(",", ":")), is_json=True)
+
+    # -- reading ------------------------------------------------------------------
+
+    def read(self, channel, start, count):
+        """Up to `count` messages from id `start` (inclusive; "-" = oldest)."""
+        return [
+            Message(entry_id, fields.get("d", ""), fields.get("t") == "j")
+            for entry_id, fields in self.redis.xrange(self.stream_key(channel), start, "+", count)
+        ]
+
+    def read_page(self, channel, start, count, max_bytes=None, at_least=1):
+        """Up to `count` messages from id `start` (inclusive), and whether
+        there may be more after them.
+
+        With `max_bytes`, reading also stops once the messages' data reach it
+        (though not before `at_least` messages). It reads in batches sized
+        from the messages read so far, so that a page of large messages is
+        not fetched far beyond what the caller will send (a long-poll answer).
+        """
+        if max_bytes is None:
+            messages = self.read(channel, start, count)
+            return messages, len(messages) == count
+        messages, size, batch = [], 0, CATCH_UP_PROBE
+        while True:
+            wanted = min(batch, count - len(messages))
+            got = self.read(channel, start, wanted + bool(messages))
+            if messages:
+                # Each later batch starts at the last message read: if that is
+                # gone (trimmed meanwhile), stop here rather than skip a gap;
+                # the caller's next read from its cursor reports the reset.
+                if not got or got[0].key != messages[-1].key:
+                    return messages, True
+                got = got[1:]
+            for msg in got:
+                messages.append(msg)
+                size += len(msg.data)
+                if size >= max_bytes and len(messages) >= at_least:
+                    return messages, True
+            if len(messages) == count:
+                return messages, True
+            if len(got) < wanted:
+                return messages, False
+            start = messages[-1].id
+            # as many as the rest of the budget holds at the average size so far
+            batch = max(CATCH_UP_PROBE, (max_bytes - size) * len(messages) // max(size, 1) + 1)
+
+    def newest_key(self, channel):
+        """Id of the channel's newest message as a tuple; START when empty."""
+        newest = self.redis.xrevrange(self.stream_key(channel), "+", "-", count=1)
+        return parse_id(newest[0][0]) if newest else START
+
+    def newest_id(self, channel):
+        return format_id(self.newest_key(channel))
