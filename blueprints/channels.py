@@ -92,7 +92,7 @@ def subscribe(channel):
             get_hub(), channel, cursor, request.environ,
             config["HEARTBEAT_SECONDS"], config["SSE_RETRY_MS"]))
     return longpoll.answer(
-        get_hub(), channel, _cursor(request.args.get("cursor"), "cursor"), request.environ,
+        get_hub(), channel, _cursor(request.args.get("cursor"), "cursor"),
         timeout=config["LONGPOLL_TIMEOUT_SECONDS"], max_bytes=config["LONGPOLL_MAX_BYTES"],
         write_seconds=config["LONGPOLL_WRITE_SECONDS"])
 

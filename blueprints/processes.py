@@ -12,7 +12,7 @@ any worker answers for all of them, and a dead one drops out by itself.
 import json
 import time
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, request
 
 from core.monitor import REPORT_SECONDS
 from core.security import admin_page, admin_required
@@ -47,17 +47,13 @@ def monitor_page():
 @admin_required
 def monitor_stream():
     redis_client, prefix = get_redis(), current_app.config["REDIS_PREFIX"]
-    retry_ms = current_app.config["SSE_RETRY_MS"]
 
-    def frames():
-        from core import lifecycle
+    def processes():
+        return sse.event(json.dumps(snapshot(redis_client, prefix)), event="processes")
 
-        yield sse.retry(retry_ms)
-        while not lifecycle.stopping():
-            yield sse.event(json.dumps(snapshot(redis_client, prefix)), event="processes")
-            time.sleep(REPORT_SECONDS)
-
-    return sse.response(frames())
+    return sse.response(sse.every(
+        request.environ, first=sse.retry(current_app.config["SSE_RETRY_MS"]) + processes(),
+        frame=processes, seconds=lambda: REPORT_SECONDS))
 
 
 @bp.get("/metrics")

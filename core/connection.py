@@ -1,4 +1,5 @@
-"""The client's TCP connection, for the rare moment we must cut it ourselves."""
+"""The client's TCP connection: noticing that it closed, writing to it
+directly, and cutting it ourselves when a client stops reading."""
 
 import socket
 from contextlib import contextmanager
@@ -76,27 +77,25 @@ def hangup_watch(environ, on_hangup):
         watcher.close()
 
 
-def cut_off_if_unwritten(response, environ, seconds):
-    """Cut the connection if `response` is not wholly written within `seconds`.
+def write_deadline(environ, seconds):
+    """Cut the connection unless what is being written to it is out within
+    `seconds`: returns a timer to `close()` once it is, or None (off).
 
-    For a one-shot answer (a long-poll's) that gunicorn writes after the view
-    has returned: a client that stops reading would otherwise hold the
-    writing greenlet, and the answer, for as long as it keeps the connection.
-    The shutdown makes gunicorn's write fail with EPIPE, an ordinary client
-    disconnect. Only under gevent (a libev timer, no greenlet per answer);
-    the sync and gthread workers have no such bound.
+    For a one-shot answer (a long-poll's): a client that stops reading would
+    otherwise hold the writing greenlet, and the answer, for as long as it
+    keeps the connection. The shutdown makes the write fail with EPIPE, an
+    ordinary client disconnect. Only under gevent (a libev timer, no greenlet
+    per answer); the sync and gthread workers have no such bound.
     """
     from gevent import monkey
 
     if seconds is None or not monkey.is_module_patched("socket"):
-        return response
+        return None
     import gevent
 
     timer = gevent.get_hub().loop.timer(seconds)
     timer.start(aborter(environ))
-    # gunicorn closes the response once the last byte is out (or the write failed)
-    response.call_on_close(timer.close)
-    return response
+    return timer
 
 
 class DirectWriter:
@@ -111,6 +110,8 @@ class DirectWriter:
     or None while the connection is in the middle of a write of its own.
     Only under gevent, where the listener and the consumer never run at once.
     """
+
+    one_shot = False  # a stream's writer goes on; a long-poll's answers once
 
     def __init__(self, sock, frame, is_open=None):
         self._sock = sock  # gunicorn's socket (or core.transports.websocket's locked wrapper)
@@ -145,7 +146,8 @@ def direct_writer(environ, frame, is_open=None):
     from gevent import monkey
 
     sock = environ.get("gunicorn.socket")
-    if not direct_writes_allowed or not monkey.is_module_patched("socket") or not hasattr(
-            getattr(sock, "_raw", sock), "_sock"):
+    raw = getattr(sock, "_raw", sock)
+    if (not direct_writes_allowed or not monkey.is_module_patched("socket")
+            or not hasattr(raw, "_sock") or hasattr(raw, "do_handshake")):  # TLS: never raw
         return None
     return DirectWriter(sock, frame, is_open)

@@ -58,7 +58,7 @@ class Subscription:
         self._pending_overflow = False
         self._direct = None  # a core.connection.DirectWriter, see write_directly
         self._idle = False  # the consumer is parked in wait() with nothing to do
-        self._unsent = None  # the tail of a directly written frame the socket refused
+        self._unsent = None  # (writer, tail of a directly written frame the socket refused)
 
     def go_live_at(self, key):
         """The hub knows the channel's newest id is `key`: nothing to read."""
@@ -74,7 +74,9 @@ class Subscription:
         listener writes live messages straight to the client with `writer`
         (core.connection.DirectWriter) instead of queueing them and waking
         the consumer. The consumer must have written everything `wait()` gave
-        it before it waits again, which a straight-line loop does. None: off."""
+        it before it waits again, which a straight-line loop does. None: off.
+        A writer with `one_shot` true writes one message and is done (a
+        long-poll's whole answer): the consumer is woken to finish."""
         self._direct = writer
 
     # -- listener side -------------------------------------------------
@@ -115,17 +117,22 @@ class Subscription:
     def _write_direct(self, msg):
         """True when `msg` went to the socket (wholly, or its tail is left in
         `_unsent` for the consumer to finish); False: queue it as usual."""
-        data = self._direct.frame(msg)
+        writer = self._direct
+        data = writer.frame(msg)
         try:
-            sent = self._direct.try_send(data)
+            sent = writer.try_send(data)
         except OSError:  # the client is gone: the consumer finds out on its own
             self._direct = None
             return False
         if sent is None:
             return False
         self.cursor = msg.key
+        if writer.one_shot:  # a whole answer (a long-poll's): its consumer is done
+            self._direct = None
+            self._idle = False
+            self._wakeup.set()
         if sent < len(data):  # the socket is full: the consumer writes the rest
-            self._unsent = data[sent:]
+            self._unsent = (writer, data[sent:])
             self._idle = False
             self._wakeup.set()
         return True
@@ -175,9 +182,9 @@ class Subscription:
         while True:
             self._wakeup.clear()
             if self._unsent is not None:
-                unsent, self._unsent = self._unsent, None
+                (writer, unsent), self._unsent = self._unsent, None
                 try:
-                    self._direct.sendall(unsent)
+                    writer.sendall(unsent)
                 except OSError as exc:
                     raise SubscriptionClosed(f"connection lost: {exc}") from exc
             if self.closed_reason is not None:

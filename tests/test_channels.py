@@ -2,6 +2,7 @@
 
 import json
 import socket
+import time
 from urllib.parse import quote
 
 import pytest
@@ -334,3 +335,66 @@ def test_live_events_are_framed_for_the_client_protocol(server, channel, protoco
     data = ["\n".join(line[6:] for line in e.split("\n") if line.startswith("data: "))
             for e in events]
     assert data == texts
+
+
+def _read_answer(sock, buf=b""):
+    """One HTTP/1.1 answer off a raw socket: (status line, headers, body, rest)."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before the head: {buf!r}"
+        buf += chunk
+    head, _, buf = buf.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(": ")
+        assert name.lower() not in headers, f"header {name} sent twice: {head!r}"
+        headers[name.lower()] = value
+    length = int(headers["content-length"])
+    while len(buf) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "closed before the end of the body"
+        buf += chunk
+    return status, headers, buf[:length], buf[length:]
+
+
+def test_held_long_polls_get_whole_http_answers_and_keep_their_connection(server, channel):
+    """A poll answered at once, and one held until a broadcast (which the hub's
+    listener may write itself), are both complete HTTP/1.1 answers with the
+    app's headers, and the connection serves the next poll."""
+    first_id, _ = server.publish(channel, "first")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        def poll(cursor):
+            sock.sendall(f"GET /sub/{channel}?cursor={cursor} HTTP/1.1\r\n"
+                         "Host: 127.0.0.1\r\n\r\n".encode())
+
+        poll("0")
+        status, headers, body, rest = _read_answer(sock)
+        assert status == "HTTP/1.1 200 OK" and rest == b""
+        assert json.loads(body) == {"events": [{"id": first_id, "data": "first"}],
+                                    "cursor": first_id}
+        for name in ("date", "server", "x-content-type-options", "x-served-by"):
+            assert name in headers, headers
+        assert headers["content-type"] == "application/json"
+        assert headers["cache-control"] == "no-store"
+        assert headers["connection"] == "keep-alive"
+        for round_ in range(3):  # held, then answered by the broadcast, on one connection
+            poll(json.loads(body)["cursor"])
+            time.sleep(0.3)  # the poll is parked
+            sent_id, _ = server.publish(channel, f"live {round_} ✓")
+            status, headers, body, rest = _read_answer(sock)
+            assert status == "HTTP/1.1 200 OK" and rest == b"", (status, rest)
+            assert json.loads(body) == {"events": [{"id": sent_id, "data": f"live {round_} ✓"}],
+                                        "cursor": sent_id}
+            assert headers["connection"] == "keep-alive" and "x-served-by" in headers
+
+
+def test_a_long_poll_asking_to_close_gets_its_answer_and_the_close(server, channel):
+    sent_id, _ = server.publish(channel, "bye")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(f"GET /sub/{channel}?cursor=0 HTTP/1.1\r\nHost: x\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        status, headers, body, _ = _read_answer(sock)
+        assert status == "HTTP/1.1 200 OK" and headers["connection"] == "close"
+        assert json.loads(body)["cursor"] == sent_id
+        assert sock.recv(10) == b""  # and the server closed it

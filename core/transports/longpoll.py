@@ -5,14 +5,27 @@ Like the original's /poll, but with a cursor so nothing is lost between
 polls. An answer is `{"events": [{"id", "data"}, ...], "cursor": id}`, or
 `{"reset": true, "events": [], "cursor": id}` when the client's cursor is
 gone; without a cursor the poll waits for the next message.
+
+The view returns a `_HeldPoll` at once: Flask finishes the request (its
+after-request hooks set the final headers) and the wait happens when gunicorn
+calls the response. Under gunicorn's gevent worker, on HTTP/1.x, the answer
+then goes out in one send, headers and body together; and while the poll is
+held, the hub's listener writes a broadcast's answer straight onto the socket
+(the body encoded once for every poller, the headers prepared when the poll
+parked), so 10,000 held polls are answered in one pass of the listener
+instead of 10,000 greenlet wake-ups and response cycles. gunicorn's own
+response object still records the answer (status, length, keep-alive), so
+its access log and connection handling are unchanged.
 """
 
 import json
+import time
 
 from flask import Response
+from gunicorn.util import http_date
 
 from core import lifecycle
-from core.connection import cut_off_if_unwritten, hangup_watch
+from core.connection import direct_writer, hangup_watch, write_deadline
 from core.stream_log import format_id
 from core.subscription import SubscriptionClosed
 
@@ -28,7 +41,12 @@ def _message_json(msg):
     return f'{{"id":"{msg.id}","data":{data}}}'.encode()
 
 
-def answer(hub, channel, cursor, environ, *, timeout, max_bytes, write_seconds):
+def _answer_of_one(msg):
+    """The whole body of an answer that carries just `msg` (a broadcast)."""
+    return b'{"events":[%s],"cursor":"%s"}' % (encode(msg), msg.id.encode())
+
+
+def answer(hub, channel, cursor, *, timeout, max_bytes, write_seconds):
     """The response to one poll of `channel` from `cursor` (an id tuple, or
     None for "the next message"), held up to `timeout` seconds.
 
@@ -37,32 +55,63 @@ def answer(hub, channel, cursor, environ, *, timeout, max_bytes, write_seconds):
     held is let go at once; one that stops reading its answer is cut off
     after `write_seconds`.
     """
-    # page_bytes: a backlog is read from Redis about as far as this answer goes
-    with lifecycle.connection("longpoll"), hub.subscribe(
-            channel, cursor, page_bytes=max_bytes) as sub, hangup_watch(environ, sub.hang_up):
-        start = sub.cursor
+    return _HeldPoll(hub, channel, cursor, timeout, max_bytes, write_seconds)
+
+
+class _HeldPoll(Response):
+    def __init__(self, hub, channel, cursor, timeout, max_bytes, write_seconds):
+        super().__init__(b"", mimetype="application/json", headers={"Cache-Control": "no-store"})
+        self.poll = (hub, channel, cursor, timeout, max_bytes, write_seconds)
+
+    def __call__(self, environ, start_response):
+        hub, channel, cursor, timeout, max_bytes, write_seconds = self.poll
+        server_response = _gunicorn_response(environ, start_response)
+        # page_bytes: a backlog is read from Redis about as far as this answer goes
+        with lifecycle.connection("longpoll"), hub.subscribe(
+                channel, cursor, page_bytes=max_bytes) as sub, hangup_watch(
+                environ, sub.hang_up):
+            start = sub.cursor
+            writer = (_AnswerWriter(environ, server_response, self.headers, write_seconds)
+                      if server_response is not None else None)
+            sub.write_directly(writer)
+            try:
+                items = sub.wait(timeout)
+                position = format_id(sub.cursor)
+            except SubscriptionClosed:
+                # The worker is stopping, the client left, or a burst overflowed
+                # this poll's queue: nothing was delivered, so poll again (perhaps
+                # elsewhere) from where this one started. sub.cursor has moved
+                # past the queued messages.
+                items, position = [], format_id(start)
+            if writer is not None and writer.answered is not None:
+                # The listener wrote the answer (the rest of it, if the socket
+                # was full, went out in wait()); later messages wait for the
+                # next poll, which asks from this answer's cursor.
+                writer.deadline_passed()
+                return _recorded(start_response, server_response, self.headers,
+                                 writer.answered)
+        self.set_data(_body(items, position, max_bytes))
+        deadline = write_deadline(environ, write_seconds)
+        if server_response is None:
+            if deadline is not None:
+                # gunicorn closes the response once the last byte is out
+                self.call_on_close(deadline.close)
+            return super().__call__(environ, start_response)
         try:
-            items = sub.wait(timeout)
-            position = format_id(sub.cursor)
-        except SubscriptionClosed:
-            # The worker is stopping, the client left, or a burst overflowed
-            # this poll's queue: nothing was delivered, so poll again (perhaps
-            # elsewhere) from where this one started. sub.cursor has moved
-            # past the queued messages.
-            items, position = [], format_id(start)
+            return _send_whole(start_response, server_response, self, environ)
+        finally:
+            if deadline is not None:
+                deadline.close()
+
+
+def _body(items, position, max_bytes):
     if items and items[0].is_reset:  # a Reset always comes alone
-        body = json.dumps({"reset": True, "events": [], "cursor": items[0].id}).encode()
-    else:
-        events = _within(items, max_bytes)
-        # Messages left out follow on the next poll: the cursor is the last one sent.
-        last = events[-1].id if events else position
-        body = b'{"events":[%s],"cursor":"%s"}' % (
-            b",".join(encode(msg) for msg in events), last.encode())
-    response = Response(body, mimetype="application/json",
-                        headers={"Cache-Control": "no-store"})
-    # A client that stops reading must not hold this worker's greenlet (and
-    # the answer) for as long as it keeps the connection open.
-    return cut_off_if_unwritten(response, environ, write_seconds)
+        return json.dumps({"reset": True, "events": [], "cursor": items[0].id}).encode()
+    events = _within(items, max_bytes)
+    # Messages left out follow on the next poll: the cursor is the last one sent.
+    last = events[-1].id if events else position
+    return b'{"events":[%s],"cursor":"%s"}' % (
+        b",".join(encode(msg) for msg in events), last.encode())
 
 
 def _within(messages, max_bytes):
@@ -77,3 +126,105 @@ def _within(messages, max_bytes):
             break
         kept.append(msg)
     return kept
+
+
+# -- writing the answer ourselves, under gunicorn's gevent worker --------------------
+
+def _gunicorn_response(environ, start_response):
+    """gunicorn's response object behind `start_response` when this answer
+    may be written in one send by us: gevent, gunicorn's HTTP/1.x on a plain
+    socket, a connection that stays open. None: let gunicorn write it."""
+    server_response = getattr(start_response, "__self__", None)
+    request = getattr(server_response, "req", None)
+    if (request is None or server_response.headers_sent or server_response.must_close
+            or request.should_close() or request.version not in ((1, 0), (1, 1))
+            or environ.get("REQUEST_METHOD") != "GET"):
+        return None
+    # gevent, gunicorn's HTTP protocol, not TLS: as for the streams' direct writes
+    if direct_writer(environ, None) is None:
+        return None
+    return server_response
+
+
+def _header_lines(server_response, headers, length, date):
+    """The head gunicorn itself writes (http/wsgi.py, Response.send_headers)
+    for a keep-alive 200 answer of `length` bytes."""
+    major, minor = server_response.req.version
+    lines = [f"HTTP/{major}.{minor} 200 OK\r\n", f"Server: {server_response.version}\r\n",
+             f"Date: {date}\r\n", "Connection: keep-alive\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in headers
+              if name.lower() != "content-length"]
+    lines.append(f"Content-Length: {length}\r\n\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+def _send_whole(start_response, server_response, response, environ):
+    """Write `response` (a whole answer) in one send, and tell gunicorn it is out."""
+    headers = response.get_wsgi_headers(environ)
+    start_response(response.status, headers.to_wsgi_list())
+    body = response.get_data()
+    if server_response.should_close():  # e.g. the worker is stopping: gunicorn decides
+        return [body]
+    server_response.sock.sendall(
+        _header_lines(server_response, headers.to_wsgi_list(), len(body), http_date()) + body)
+    server_response.headers_sent = True
+    server_response.sent = len(body)
+    return []
+
+
+def _recorded(start_response, server_response, headers, body):
+    """gunicorn's record of an answer the hub's listener has written."""
+    wsgi_headers = [(k, v) for k, v in headers.to_wsgi_list() if k.lower() != "content-length"]
+    start_response("200 OK", [*wsgi_headers, ("Content-Length", str(len(body)))])
+    server_response.headers_sent = True
+    server_response.sent = len(body)
+    return []
+
+
+class _AnswerWriter:
+    """A core.connection.DirectWriter-like writer of one whole answer: the
+    head of this poll (prepared when it parked) and the broadcast's body
+    (shared by every poller). `answered` is the body once it went out."""
+
+    one_shot = True
+
+    def __init__(self, environ, server_response, headers, write_seconds):
+        self._socket = direct_writer(environ, None)
+        self._write_seconds = write_seconds
+        self._server_response = server_response
+        self._headers = headers.to_wsgi_list()
+        self._environ = environ
+        self._deadline = None
+        self.answered = None
+
+    def frame(self, msg):
+        body = msg.encoded(_answer_of_one)
+        return _header_lines(self._server_response, self._headers, len(body),
+                             _date()) + body
+
+    def try_send(self, data):
+        sent = self._socket.try_send(data)
+        if sent is not None:
+            self.answered = data[data.index(b"\r\n\r\n") + 4:]
+            if sent < len(data):  # the consumer writes the rest, within the deadline
+                self._deadline = write_deadline(self._environ, self._write_seconds)
+        return sent
+
+    def sendall(self, data):
+        self._socket.sendall(data)
+
+    def deadline_passed(self):
+        if self._deadline is not None:
+            self._deadline.close()
+
+
+_date_cache = [0, ""]
+
+
+def _date():
+    """The Date header's value, formatted once a second (the listener writes
+    thousands of answers within one)."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[:] = [now, http_date(now)]
+    return _date_cache[1]

@@ -12,6 +12,8 @@ an immediate end when the client hangs up. `response()` serves any body.
 
 import json
 import re
+import threading
+import time
 
 from flask import Response
 
@@ -131,6 +133,26 @@ def stream(sub, environ, *, first, heartbeat, encode=encode, on_reset=None, keep
 
 
 _default_encode = encode
+
+
+def every(environ, *, first, frame, seconds, heartbeat=None):
+    """The body of an event stream that is not fed by the hub (the clock, the
+    process monitor): `first`, then `frame()` each time `seconds()` (the wait
+    until the next one) has passed, a keepalive comment every `heartbeat`
+    seconds, and `event: close` when the worker stops. Ends at once when the
+    client hangs up (the wait is interrupted)."""
+    gone = threading.Event()
+    with hangup_watch(environ, gone.set):
+        yield first
+        last_beat = time.monotonic()
+        while not lifecycle.stopping():
+            if gone.wait(seconds()):
+                return
+            yield frame()
+            if heartbeat is not None and time.monotonic() - last_beat >= heartbeat:
+                last_beat = time.monotonic()
+                yield comment("heartbeat")
+        yield event(json.dumps({"reason": "server restarting"}), event="close")
 
 
 def _writer(environ):
