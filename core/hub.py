@@ -23,6 +23,7 @@ import random
 import socket
 import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 
 import redis
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 PING_INTERVAL = 10.0  # listener pings Redis after this much silence...
 PING_TIMEOUT = 10.0  # ...and reconnects when the pong does not come
 IDLE_KEEP = 60.0  # a channel's known newest id outlives its last local subscriber this long
+TAIL_LENGTH = 16  # recent messages per channel a resuming subscriber can get from memory
 
 
 class _Local:
@@ -50,15 +52,43 @@ class _Local:
     resuming from exactly `newest`, then goes live at once with no Redis round
     trip. A channel keeps its entry for IDLE_KEEP seconds after its last
     subscriber leaves: long-poll clients leave and come back after every
-    message."""
+    message.
 
-    __slots__ = ("epoch", "idle_since", "newest", "subscribers")
+    `tail` holds the last few messages up to `newest`, contiguous: a client
+    resuming a little behind (a long-poll coming back after the next
+    broadcast went out) gets them from memory instead of a Redis read."""
+
+    __slots__ = ("epoch", "idle_since", "newest", "subscribers", "tail", "tail_from")
 
     def __init__(self):
         self.subscribers = set()
         self.newest = None
         self.epoch = None
         self.idle_since = None
+        self.tail = deque()
+        self.tail_from = None  # the tail holds every message after this id
+
+    def known(self, key, epoch):
+        """`key` is the newest id (a catch-up read it): the tail starts again there."""
+        self.newest, self.epoch = key, epoch
+        self.tail.clear()
+        self.tail_from = key
+
+    def record(self, msg):
+        """`msg` came right after `newest` (notifications arrive in id order)."""
+        if len(self.tail) == TAIL_LENGTH:
+            self.tail_from = self.tail.popleft().key
+        self.tail.append(msg)
+        self.newest = msg.key
+
+    def since(self, cursor):
+        """The tail's messages after `cursor`, or None if it does not reach back to it."""
+        if cursor == self.tail_from:
+            return list(self.tail)
+        for i, msg in enumerate(self.tail):
+            if msg.key == cursor:
+                return list(self.tail)[i + 1:]
+        return None
 
 
 class Hub(StreamLog):
@@ -113,6 +143,9 @@ class Hub(StreamLog):
             if known is not None and sub.cursor in (None, known):
                 # Nothing to read: the listener offers everything after `known`.
                 sub.go_live_at(known)
+            elif known is not None and sub.cursor is not None and (
+                    backlog := local.since(sub.cursor)) is not None:
+                sub.go_live_at(known, backlog)  # a little behind: from memory
             elif sub.cursor is None:
                 return False
             if local is None:
@@ -136,7 +169,7 @@ class Hub(StreamLog):
             if local is None or epoch != self._epoch or not self._connected:
                 return
             if local.epoch != epoch or local.newest is None or key > local.newest:
-                local.newest, local.epoch = key, epoch
+                local.known(key, epoch)
 
     def _forget_idle(self, now):
         with self._lock:
@@ -264,8 +297,8 @@ class Hub(StreamLog):
         msg_id, _, typed = rest.partition(" ")
         msg = Message(msg_id, typed[1:], typed[:1] == "j")
         with self._lock:
-            if local.epoch == self._epoch and (local.newest is None or msg.key > local.newest):
-                local.newest = msg.key
+            if local.epoch == self._epoch and local.newest is not None and msg.key > local.newest:
+                local.record(msg)
             subscribers = tuple(local.subscribers)
         for sub in subscribers:
             sub.offer(msg)

@@ -60,8 +60,11 @@ class Subscription:
         self._idle = False  # the consumer is parked in wait() with nothing to do
         self._unsent = None  # (writer, tail of a directly written frame the socket refused)
 
-    def go_live_at(self, key):
-        """The hub knows the channel's newest id is `key`: nothing to read."""
+    def go_live_at(self, key, backlog=()):
+        """The hub knows the channel's newest id is `key`, and `backlog` is
+        every message between the cursor and it: nothing to read from Redis."""
+        self._queue.extend(backlog)
+        self._queued_bytes += sum(len(msg.data) for msg in backlog)
         self.cursor = key
         self._catching_up = False
 

@@ -208,3 +208,30 @@ def test_known_newest_id_is_not_trusted_across_a_listener_reconnect(rdb, redis_s
         assert [m.data for m in first.wait(10)] == ["while the listener was away"]
     assert hub.reconnects == 1
     hub.stop()
+
+
+def _xrange_calls(rdb):
+    return rdb.info("commandstats").get("cmdstat_xrange", {}).get("calls", 0)
+
+
+def test_a_subscriber_resuming_a_little_behind_is_served_from_memory(hub, rdb, channel):
+    """A long-poll coming back after the next broadcast already went out: the
+    worker's recent tail has what it missed, in order, with no Redis read."""
+    with hub.subscribe(channel, START) as watcher:
+        assert hub.connected_event.wait(5)
+        first = hub.publish(channel, "first")
+        assert [m.data for m in watcher.wait(5)] == ["first"]
+        later = [hub.publish(channel, f"later {i}") for i in range(3)]
+        seen = []
+        while len(seen) < 3:
+            seen += watcher.wait(5)
+        reads = _xrange_calls(rdb)
+        with hub.subscribe(channel, parse_id(first)) as behind:
+            got = behind.wait(5)
+        assert [m.id for m in got] == later
+        assert _xrange_calls(rdb) == reads
+        # further behind than the tail reaches: read from Redis, still complete
+        with hub.subscribe(channel, START) as everything:
+            got = everything.wait(5)
+        assert [m.data for m in got] == ["first", "later 0", "later 1", "later 2"]
+        assert _xrange_calls(rdb) > reads

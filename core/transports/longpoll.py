@@ -19,15 +19,20 @@ its access log and connection handling are unchanged.
 """
 
 import json
+import logging
 import time
 
+import redis
 from flask import Response
 from gunicorn.util import http_date
 
 from core import lifecycle
 from core.connection import direct_writer, hangup_watch, write_deadline
+from core.errors import json_response
 from core.stream_log import format_id
 from core.subscription import SubscriptionClosed
+
+log = logging.getLogger(__name__)
 
 
 def encode(msg):
@@ -64,6 +69,15 @@ class _HeldPoll(Response):
         self.poll = (hub, channel, cursor, timeout, max_bytes, write_seconds)
 
     def __call__(self, environ, start_response):
+        try:
+            return self._held(environ, start_response)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # Raised after Flask's error handlers: answer as they would.
+            log.warning("Redis unavailable: %s", exc)
+            return json_response(503, "storage unavailable, retry shortly")(
+                environ, start_response)
+
+    def _held(self, environ, start_response):
         hub, channel, cursor, timeout, max_bytes, write_seconds = self.poll
         server_response = _gunicorn_response(environ, start_response)
         # page_bytes: a backlog is read from Redis about as far as this answer goes
@@ -149,13 +163,28 @@ def _gunicorn_response(environ, start_response):
 def _header_lines(server_response, headers, length, date):
     """The head gunicorn itself writes (http/wsgi.py, Response.send_headers)
     for a keep-alive 200 answer of `length` bytes."""
-    major, minor = server_response.req.version
-    lines = [f"HTTP/{major}.{minor} 200 OK\r\n", f"Server: {server_response.version}\r\n",
-             f"Date: {date}\r\n", "Connection: keep-alive\r\n"]
-    lines += [f"{name}: {value}\r\n" for name, value in headers
-              if name.lower() != "content-length"]
-    lines.append(f"Content-Length: {length}\r\n\r\n")
-    return "".join(lines).encode("latin-1")
+    start, rest = _head(server_response.req.version, server_response.version, headers)
+    return b"%s%s%s%d\r\n\r\n" % (start, date.encode(), rest, length)
+
+
+_heads = {}
+
+
+def _head(http_version, server, headers):
+    """The head's lines around the Date and Content-Length values. Every poll
+    of a worker has the same few, so they are built once, not per answer."""
+    key = (http_version, server, tuple(headers))
+    head = _heads.get(key)
+    if head is None:
+        if len(_heads) > 64:  # headers that vary per request: do not grow without bound
+            _heads.clear()
+        major, minor = http_version
+        lines = "".join(f"{name}: {value}\r\n" for name, value in headers
+                        if name.lower() != "content-length")
+        head = _heads[key] = (
+            f"HTTP/{major}.{minor} 200 OK\r\nServer: {server}\r\nDate: ".encode("latin-1"),
+            f"\r\nConnection: keep-alive\r\n{lines}Content-Length: ".encode("latin-1"))
+    return head
 
 
 def _send_whole(start_response, server_response, response, environ):
