@@ -99,3 +99,60 @@ def proc_status(pid):
         if parts and parts[0].isdigit():
             fields[name] = int(parts[0])
     return fields
+
+
+# -- the Node.js peer (bench/peers/node) --------------------------------------------
+
+NODE_PEER = ROOT / "bench" / "peers" / "node"
+
+
+def node_peer_ready():
+    """None when the Node.js peer can run (after `npm ci` if its node_modules
+    is missing), else why it cannot."""
+    import shutil
+
+    if not shutil.which("node"):
+        return "node is not installed (no `node` on PATH)"
+    if not (NODE_PEER / "node_modules").is_dir():
+        if not shutil.which("npm"):
+            return "npm is not installed, and bench/peers/node/node_modules is missing"
+        print("installing the Node.js peer: npm ci in bench/peers/node", flush=True)
+        done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_PEER)
+        if done.returncode:
+            return f"`npm ci` in bench/peers/node failed (exit {done.returncode})"
+    return None
+
+
+def node_version():
+    out = subprocess.run(["node", "--version"], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+@contextlib.contextmanager
+def node_peer_server(redis_url, workers=2, **env_overrides):
+    """bench/peers/node/server.js (a cluster of `workers`); yields (url, primary pid)
+    once every worker listens and has its Redis subscription."""
+    import select
+
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": redis_url, "PORT": str(port), "WORKERS": str(workers),
+           **{k: str(v) for k, v in env_overrides.items()}}
+    server = subprocess.Popen(["node", "server.js"], cwd=NODE_PEER, env=env,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 30
+        while True:
+            if server.poll() is not None or time.time() > deadline:
+                raise RuntimeError("the Node.js peer did not start")
+            if select.select([server.stdout], [], [], 0.5)[0]:
+                line = server.stdout.readline()
+                if line.startswith("listening"):
+                    break
+        yield f"http://127.0.0.1:{port}", server.pid
+    finally:
+        children = worker_pids(server.pid)
+        server.terminate()
+        server.wait()
+        for pid in children:  # the primary SIGTERMs them; make sure
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 15)

@@ -1,8 +1,9 @@
-"""Fan-out at scale: 10,000 subscribers per transport on 2 gevent workers.
+"""Fan-out at scale: 10,000 subscribers per transport on 2 gevent workers,
+side by side with a Node.js peer.
 
     .venv/bin/python bench/fanout.py [--transports sse ws longpoll] [--clients 10000]
                                      [--mixed 20000] [--broadcasts 5] [--app qa]
-                                     [--profile connect|broadcast]
+                                     [--profile connect|broadcast] [--no-peer] [--no-floor]
 
 Starts its own redis-server and gunicorn (2 gevent workers, the shipped
 gunicorn.conf.py) and, for each transport, opens the subscribers from 2
@@ -10,10 +11,20 @@ load-generator processes (gevent, raw sockets), publishes, and records: the
 time to connect them all, each broadcast's completion (until the last
 subscriber has it), per-delivery p50/p99, server RSS per connection, worker
 CPU, and loss. `--mixed N` also holds N connections at once, a third of each
-transport. Writes docs/fanout.md. With `--app qa` the subscribers are Q&A
+transport (ours only).
+
+Each transport level also runs against bench/peers/node (a Node.js cluster of 2
+workers, `ws` and plain `http`; `npm ci` there first when its node_modules is
+missing), with the same generator and ramp: the report puts ours and Node's
+numbers side by side with the ratio ours/Node. Without `node` on PATH (or with
+`--no-peer`) the peer is skipped and the report says why. Then
+bench/request_floor.py measures the worker CPU per request of one gevent worker
+(trivial WSGI, bare Flask, our long-poll cycle; `--no-floor` skips it).
+Writes docs/fanout.md. With `--app qa` the subscribers are Q&A
 board streams (`/qa/stream`) and each broadcast is a new question:
-docs/bench-qa-fanout.md. `--profile PHASE` samples one worker with py-spy
-during that phase and prints where its time went. Any loss fails the run.
+docs/bench-qa-fanout.md (no peer, no floor). `--profile PHASE` samples one worker with py-spy
+during that phase and prints where its time went (ours only). Any loss of
+ours fails the run.
 """
 
 import argparse
@@ -37,6 +48,7 @@ GENERATORS = 2
 ORIGIN = "http://127.0.0.1"
 MIXED_RATE = 4000  # connects per second for the mixed level
 PATHS = {"sse": f"/sub/{CHANNEL}", "ws": f"/sub/{CHANNEL}/ws", "longpoll": f"/sub/{CHANNEL}"}
+PEER_PREFIX = "peer:"  # the Node.js peer's Redis channels: PUBLISH peer:<channel> {"id","data"}
 
 
 def marker_text(k):
@@ -251,6 +263,7 @@ def run_level(port, master_pid, publish, mix, broadcasts, sse_path, profile=None
     base_rss = sum(rss_kb(p) for p in pids)
     profiler = Profile(pids[0], "connect") if profile == "connect" else None
     cpu_at_start = cpu_seconds(pids)
+    master_at_start = cpu_seconds([master_pid])
     procs = [subprocess.Popen([sys.executable, __file__, "--generator", str(port), spec,
                                sse_path, str(rate // GENERATORS)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -277,6 +290,7 @@ def run_level(port, master_pid, publish, mix, broadcasts, sse_path, profile=None
         time.sleep(gap)
     time.sleep(settle)  # slow transports (10,000 long-polls) are still delivering
     cpu_used = cpu_seconds(pids) - cpu_before
+    master_cpu = cpu_seconds([master_pid]) - master_at_start
     if profiler:
         profiler.stop()
     for p in procs:
@@ -309,6 +323,7 @@ def run_level(port, master_pid, publish, mix, broadcasts, sse_path, profile=None
         "p50_ms": latencies[len(latencies) // 2] if latencies else float("nan"),
         "p99_ms": latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
         "lost": lost, "cpu_s_per_broadcast": cpu_used / broadcasts,
+        "master_cpu_s": master_cpu,
     }
 
 
@@ -337,20 +352,60 @@ def describe(mix):
     return "mixed (" + " + ".join(f"{n:,} {k}" for k, n in mix.items()) + ")"
 
 
+SERVERS = {"ours": "ours", "node": "Node.js peer"}
+
+
 def table(rows):
-    lines = ["| transport | subscribers | held | connect all (s) | worker CPU per connect (µs) "
+    lines = ["| server | transport | subscribers | held | connect all (s) "
+             "| worker CPU per connect (µs) "
              "| load generator CPU (s) | server RSS (MB) "
              "| KB per connection | broadcast to all, median (ms) | delivery p50 (ms) "
-             "| delivery p99 (ms) | lost | worker CPU per broadcast (s) |",
-             "|" + "---|" * 13]
+             "| delivery p99 (ms) | lost | worker CPU per broadcast (s) | master CPU (s) |",
+             "|" + "---|" * 15]
     for r in rows:
         lines.append(
-            f"| {describe(r['mix'])} | {r['clients']:,} | {r['held']:,} | {r['connect_s']:.2f} "
+            f"| {SERVERS[r['server']]} | {describe(r['mix'])} | {r['clients']:,} | {r['held']:,} "
+            f"| {r['connect_s']:.2f} "
             f"| {r['connect_cpu_us']:.0f} | {r['generator_cpu_s']:.1f} "
             f"| {r['rss_mb']:.0f} | {r['kb_per_conn']:.1f} | {r['broadcast_ms_median']:.0f} "
             f"| {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['lost']} "
-            f"| {r['cpu_s_per_broadcast']:.2f} |")
+            f"| {r['cpu_s_per_broadcast']:.2f} | {r['master_cpu_s']:.2f} |")
     return "\n".join(lines)
+
+
+COMPARED = [("all connected after (s)", "connect_s", "{:.2f}"),
+            ("broadcast to all, median (ms)", "broadcast_ms_median", "{:.0f}"),
+            ("delivery p99 (ms)", "p99_ms", "{:.0f}"),
+            ("server RSS growth per connection (KB)", "kb_per_conn", "{:.1f}"),
+            ("lost", "lost", "{}")]
+
+
+def comparison(rows):
+    """Ours and the Node.js peer per transport level, with the ratio ours/Node."""
+    ours = {(describe(r["mix"]), r["clients"]): r for r in rows if r["server"] == "ours"}
+    lines = ["| transport | subscribers | measure | ours | Node.js | ours/Node |",
+             "|---|---|---|---|---|---|"]
+    for node in (r for r in rows if r["server"] == "node"):
+        key = (describe(node["mix"]), node["clients"])
+        mine = ours.get(key)
+        if mine is None:
+            continue
+        for n, (label, field, form) in enumerate(COMPARED):
+            a, b = mine[field], node[field]
+            ratio = f"{a / b:.2f}" if field != "lost" and b else "–"
+            where = f"{key[0]} | {key[1]:,}" if n == 0 else " | "
+            lines.append(f"| {where} | {label} | {form.format(a)} | {form.format(b)} "
+                         f"| {ratio} |")
+    return "\n".join(lines)
+
+
+def pacing(mix):
+    """(gap between broadcasts, settle after them, connects per second) for a level."""
+    return (5.0 if "longpoll" in mix else 1.5,  # a broadcast to 10,000 long-polls takes seconds
+            5.0 if "longpoll" in mix else 0.0,  # slow transports are still delivering
+            # 20,000 at once overflow the kernel's listen queues (somaxconn
+            # 4,096 per worker): arrive at a pace
+            MIXED_RATE if len(mix) > 1 else 0)
 
 
 def main():
@@ -363,6 +418,10 @@ def main():
     parser.add_argument("--broadcasts", type=int, default=5)
     parser.add_argument("--app", choices=["channels", "qa"], default="channels")
     parser.add_argument("--profile", choices=["connect", "broadcast"])
+    parser.add_argument("--no-peer", action="store_true",
+                        help="skip the Node.js peer (bench/peers/node)")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip bench/request_floor.py (worker CPU per request)")
     parser.add_argument("--report", help="default: docs/fanout.md (docs/bench-qa-fanout.md)")
     args = parser.parse_args()
     if args.app == "qa":
@@ -373,44 +432,141 @@ def main():
 
     import redis
 
-    from bench.common import gunicorn_server, machine, redis_server
+    from bench.common import (
+        gunicorn_server,
+        machine,
+        node_peer_ready,
+        node_peer_server,
+        node_version,
+        redis_server,
+    )
     from core.hub import Hub
 
-    levels = [{kind: n} for kind in args.transports for n in args.clients]
+    if args.app == "qa":
+        peer_skipped = "the Q&A app has no Node.js peer"
+    elif args.no_peer:
+        peer_skipped = "--no-peer"
+    else:
+        peer_skipped = node_peer_ready()
+    if peer_skipped:
+        print(f"Node.js peer skipped: {peer_skipped}", flush=True)
+    levels = []
+    for kind in args.transports:
+        for n in args.clients:
+            levels.append(("ours", {kind: n}))
+            if not peer_skipped:
+                levels.append(("node", {kind: n}))
     if args.mixed:
         third = args.mixed // 3
-        levels.append({"sse": third, "ws": third, "longpoll": args.mixed - 2 * third})
+        levels.append(("ours", {"sse": third, "ws": third, "longpoll": args.mixed - 2 * third}))
     rows = []
     with redis_server() as rs:
         client = redis.Redis.from_url(rs.url, decode_responses=True)
-        for n, mix in enumerate(levels):
-            prefix = f"bench{n}:"  # each level starts from an empty channel
-            hub = Hub(client, rs.url, prefix=prefix)
-            hub.publish(CHANNEL, "primer")  # what a long-poll client's first poll returns
-            # 20,000 on 2 workers: the kernel's SO_REUSEPORT hash does not split
-            # them exactly evenly, so allow each worker more than half.
-            capacity = max(10_000, sum(mix.values()) * 3 // 4)
-            with gunicorn_server(rs.url, REDIS_PREFIX=prefix, ALLOWED_ORIGINS=ORIGIN,
-                                 WORKER_CONNECTIONS=capacity) as (url, pid, _env):
-                publish = (qa_publisher(url) if args.app == "qa" else
-                           lambda k, hub=hub: hub.publish(CHANNEL, marker_text(k)))
-                row = run_level(int(url.rsplit(":", 1)[1]), pid, publish, mix,
-                                args.broadcasts, sse_path, args.profile,
-                                # a broadcast to 10,000 long-polls takes seconds
-                                gap=5.0 if "longpoll" in mix else 1.5,
-                                settle=5.0 if "longpoll" in mix else 0.0,
-                                # 20,000 at once overflow the kernel's listen queues
-                                # (somaxconn 4,096 per worker): arrive at a pace
-                                rate=MIXED_RATE if len(mix) > 1 else 0)
+        for n, (server, mix) in enumerate(levels):
+            gap, settle, rate = pacing(mix)
+            if server == "node":
+                def publish(k):
+                    client.publish(PEER_PREFIX + CHANNEL,
+                                   json.dumps({"id": str(k), "data": marker_text(k)}))
+
+                with node_peer_server(rs.url) as (url, pid):
+                    row = run_level(int(url.rsplit(":", 1)[1]), pid, publish, mix,
+                                    args.broadcasts, PATHS["sse"], None,
+                                    gap=gap, settle=settle, rate=rate)
+            else:
+                prefix = f"bench{n}:"  # each level starts from an empty channel
+                hub = Hub(client, rs.url, prefix=prefix)
+                hub.publish(CHANNEL, "primer")  # what a long-poll client's first poll returns
+                # 20,000 on 2 workers: the kernel's SO_REUSEPORT hash does not split
+                # them exactly evenly, so allow each worker more than half.
+                capacity = max(10_000, sum(mix.values()) * 3 // 4)
+                with gunicorn_server(rs.url, REDIS_PREFIX=prefix, ALLOWED_ORIGINS=ORIGIN,
+                                     WORKER_CONNECTIONS=capacity) as (url, pid, _env):
+                    publish = (qa_publisher(url) if args.app == "qa" else
+                               lambda k, hub=hub: hub.publish(CHANNEL, marker_text(k)))
+                    row = run_level(int(url.rsplit(":", 1)[1]), pid, publish, mix,
+                                    args.broadcasts, sse_path, args.profile,
+                                    gap=gap, settle=settle, rate=rate)
+            row["server"] = server
             rows.append(row)
             print(json.dumps(row), flush=True)
 
+    floor = None
+    if not args.no_floor and args.app == "channels":
+        from bench import request_floor
+
+        floor = request_floor.table(request_floor.measure())
+
+    side_by_side = comparison(rows)
     text = table(rows)
-    print(text)
+    for part in (side_by_side, text, floor):
+        if part:
+            print(part, end="\n\n")
     command = " ".join(["bench/fanout.py", *sys.argv[1:]])
     what = ("Q&A board streams (GET /qa/stream; each broadcast is a new question, "
             "POST /qa/questions, delivered as the whole question list)"
             if args.app == "qa" else "channel subscribers (each broadcast is one publish)")
+    if args.app == "qa":
+        peer_text = ""
+    elif peer_skipped:
+        peer_text = f"""## Ours and a Node.js peer
+
+The Node.js peer (bench/peers/node) was skipped in this run: {peer_skipped}.
+
+"""
+    else:
+        peer_text = f"""## Ours and a Node.js peer, side by side
+
+The same load generator, ramp and broadcasts against bench/peers/node/server.js
+(Node {node_version()}, `ws` and `ioredis` at the versions pinned in its
+package.json): a server written the way a classic Node book writes one.
+`cluster` with 2 workers (the primary accepts the connections and hands them
+to the workers in turn, Node's default on Linux), each worker with one Redis
+subscriber connection (PSUBSCRIBE `peer:*`), plain `http` for SSE and
+long-poll, the `ws` package for WebSocket, and each message written to every
+open response of the channel. Each broadcast is one Redis `PUBLISH` of
+`{{"id","data"}}` on `peer:{CHANNEL}`. Ratios are ours/Node: above 1, ours took
+longer or grew more.
+
+{side_by_side}
+
+- Same contract as ours: SSE `retry: 2000` at once, then `id:`/`data:` events;
+  WebSocket `{{"subscribed":channel}}`, then `{{"id","data"}}` frames; long-poll
+  JSON `{{"events","cursor"}}` with Content-Length on a keep-alive connection.
+- The peer's long-poll answers the first poll (`cursor=0`) at once with no
+  events (and an empty cursor, so the next poll is held), where ours reads the
+  retained primer message from Redis first: the long-poll *all connected
+  after* favours the peer slightly.
+- The peer does less than ours for each message and client: no history and so
+  no resume (a long-poll between two polls when a message goes out misses it;
+  ours continues from its cursor in Redis), no heartbeats, no Origin checks or
+  channel permissions, no per-subscriber queue or slow-consumer limit (Node
+  buffers whatever a slow client does not read), no connection limit. It is
+  the floor of that design, not a like-for-like product.
+- Both listen with a backlog of 4,096 (Node's default is 511, which drops
+  handshakes in a burst of 10,000 connects).
+- *server RSS growth per connection*: the growth of the two workers' RSS (the
+  gunicorn master and the Node primary excluded), divided by the subscribers.
+  The Node primary's CPU (it accepts every connection) is the *master CPU*
+  column below.
+
+"""
+    floor_text = "" if not floor else f"""## The floor: worker CPU per request
+
+bench/request_floor.py: one gunicorn gevent worker, 50 keep-alive clients (one
+load-generator process, gevent, raw sockets), 5 s measured after 2 s of
+warm-up. A trivial WSGI app returning a fixed body and a bare Flask route
+returning JSON run on a plain gunicorn config (with the shipped
+garbage-collector tuning); our long-poll cycle (`GET /sub/<ch>?cursor=<last>`,
+answered by each publish, then polled again) runs the real app with the shipped
+gunicorn.conf.py while a publisher publishes at a steady rate. CPU per request
+is the worker's CPU time over the window divided by the answers in it; the
+long-poll's share of the hub's listener (one Redis message, 50 answers) is
+included.
+
+{floor}
+
+"""
     Path(report).write_text(f"""# Fan-out on 2 gevent workers: {what}
 
 Measured {time.strftime('%Y-%m-%d')} on {machine()}, with the load generator
@@ -418,32 +574,37 @@ Measured {time.strftime('%Y-%m-%d')} on {machine()}, with the load generator
 
     .venv/bin/python {command}
 
+{peer_text}## Every level
+
 {text}
 
 - *held*: subscribers connected when the broadcasts went out.
 - *connect all*: from the first connect until the last subscriber is in: an SSE
   stream's first bytes, a WebSocket's `subscribed` frame, or a long-poll's first
-  answer (it asks for everything retained, one primer message; its next poll
-  is then held).
-- The mixed level connects at {MIXED_RATE:,} per second: 20,000 connects at
-  once overflow the kernel's listen queues (`somaxconn` 4,096 per worker
-  socket), and a connection whose handshake was dropped can take minutes of
-  TCP retransmits to get in.
-- Each worker accepts up to `WORKER_CONNECTIONS` connections (10,000 by default,
-  0.75 × the level here): the kernel does not spread connections over the two
-  workers' sockets exactly evenly.
+  answer (ours: it asks for everything retained, one primer message; its next
+  poll is then held).
+- The mixed level (ours only) connects at {MIXED_RATE:,} per second: 20,000
+  connects at once overflow the kernel's listen queues (`somaxconn` 4,096 per
+  worker socket), and a connection whose handshake was dropped can take
+  minutes of TCP retransmits to get in.
+- Each of our workers accepts up to `WORKER_CONNECTIONS` connections (10,000 by
+  default, 0.75 × the level here): the kernel does not spread connections over
+  the two workers' sockets exactly evenly.
 - *worker CPU per connect*: the two workers' CPU time while the clients
   connected, divided by the subscribers; *load generator CPU*: what the two
-  generator processes used meanwhile, on the same 2 cores.
+  generator processes used meanwhile, on the same 2 cores; *master CPU*: the
+  gunicorn master's (the Node primary's) CPU over the connects and broadcasts.
 - *KB per connection*: growth of the two workers' RSS, divided by the subscribers.
 - *broadcast to all*: from `publish` until the last subscriber had the message
   (the median over {args.broadcasts} broadcasts, 1.5 s apart, 5 s with long-polls);
   *delivery p50/p99*
   over every (subscriber, broadcast) pair.
 - The machine is shared and noisy: compare rows of one run, not runs.
-""")
+
+{floor_text}""".rstrip() + "\n")
     print(f"wrote {report}")
-    return 0 if all(r["lost"] == 0 and r["held"] == r["clients"] for r in rows) else 1
+    return 0 if all(r["lost"] == 0 and r["held"] == r["clients"]
+                    for r in rows if r["server"] == "ours") else 1
 
 
 if __name__ == "__main__":

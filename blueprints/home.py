@@ -7,6 +7,7 @@ import time
 import redis
 from flask import Blueprint, current_app, jsonify, render_template, request
 
+from core import lifecycle
 from core.web import get_hub, get_redis
 
 bp = Blueprint("home", __name__)
@@ -37,6 +38,7 @@ def healthz():
         "pid": os.getpid(),
         "subscribers": hub_stats["subscribers"],
         "hub_reconnects": hub_stats["reconnects"],
+        "connections": lifecycle.open_connections(),
     }
     return jsonify(body), 200 if ok else 503
 

@@ -264,3 +264,129 @@ def worker_pids(server):
                          capture_output=True, text=True).stdout.split()
     return {int(p) for p in out}
 
+
+# -- raw sockets and plain frame readers -------------------------------------------------
+
+
+class WSFrames(Collector):
+    """A WebSocket client that keeps every JSON frame the server sends, from
+    the first (the apps' sockets send no `subscribed` hello), and the close
+    frame's code and reason."""
+
+    def __init__(self, url, origin=None):
+        super().__init__()
+        self.ws = websocket.create_connection(url, timeout=60, origin=origin,
+                                              suppress_origin=origin is None)
+        self.close_code = None
+        self.close_reason = None
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self):
+        try:
+            while True:
+                opcode, payload = self.ws.recv_data(control_frame=False)
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    if len(payload) >= 2:
+                        self.close_code = int.from_bytes(payload[:2], "big")
+                        self.close_reason = payload[2:].decode("utf-8", "replace")
+                    break
+                self.add(json.loads(payload))
+        except websocket.WebSocketConnectionClosedException:
+            pass
+        except Exception as exc:
+            self.error = exc
+        finally:
+            self.closed.set()
+            with self._cond:
+                self._cond.notify_all()
+
+    def send(self, message):
+        self.ws.send(json.dumps(message))
+
+    def first(self, predicate, since=0, timeout=15):
+        """The first frame from index `since` on that satisfies `predicate`, or None."""
+        found = []
+
+        def check(items):
+            found[:] = [i for i in items[since:] if predicate(i)][:1]
+            return bool(found) or self.closed.is_set()
+
+        self.wait_for(check, timeout)
+        return found[0] if found else None
+
+    def describe(self, since=0):
+        close = f"closed by the server with {self.close_code} {self.close_reason!r}" \
+            if self.close_code is not None else ("connection ended" if self.closed.is_set()
+                                                 else "still open")
+        return f"frames {self.items[since:][-8:]!r}; {close}"
+
+    def close(self):
+        try:
+            self.ws.close()
+        except Exception:
+            pass
+
+
+def raw_request(server, request, rcvbuf=None, timeout=10):
+    """A TCP connection to `server` that has sent `request` (text) and read
+    nothing yet. `rcvbuf` (SO_RCVBUF, set before connecting) gives it a tiny
+    receive window: a client that stops reading is stalled at once."""
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(timeout)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(request.encode())
+    return sock
+
+
+def sse_request(channel):
+    return (f"GET /sub/{channel} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Accept: text/event-stream\r\n\r\n")
+
+
+def long_poll_request(channel):
+    """A poll without a cursor: held until the next message (or the timeout)."""
+    return f"GET /sub/{channel} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n"
+
+
+def ws_request(path):
+    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n")
+
+
+def read_until(sock, marker, limit=1 << 16):
+    """Read from a raw socket until `marker` has arrived; returns what was read."""
+    received = b""
+    while marker not in received:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise AssertionError(f"connection closed before {marker!r}: {received[:300]!r}")
+        received += chunk
+        if len(received) > limit:
+            raise AssertionError(f"no {marker!r} in the first {limit} bytes: {received[:300]!r}")
+    return received
+
+
+def ws_frames(data):
+    """The complete frames (opcode, payload) of a server's unmasked WebSocket
+    byte stream (after the HTTP 101 response), up to a frame cut short."""
+    frames, at = [], 0
+    while at + 2 <= len(data):
+        opcode, size, header = data[at] & 0x0F, data[at + 1] & 0x7F, 2
+        if size == 126:
+            if at + 4 > len(data):
+                break
+            size, header = int.from_bytes(data[at + 2:at + 4], "big"), 4
+        elif size == 127:
+            if at + 10 > len(data):
+                break
+            size, header = int.from_bytes(data[at + 2:at + 10], "big"), 10
+        if at + header + size > len(data):
+            break
+        frames.append((opcode, data[at + header:at + header + size]))
+        at += header + size
+    return frames
