@@ -88,21 +88,15 @@ def subscribe(channel):
         # string, which only says where the first connection started.
         raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
         cursor = _cursor(raw, "Last-Event-ID")
-        return sse.response(_event_stream(
-            get_hub(), channel, cursor, request.environ,
-            config["HEARTBEAT_SECONDS"], config["SSE_RETRY_MS"]))
+        hub = get_hub()
+        return sse.response(sse.stream(
+            hub.subscribe(channel, cursor, on_abort=aborter(request.environ)),
+            request.environ, first=sse.retry(config["SSE_RETRY_MS"]),
+            heartbeat=config["HEARTBEAT_SECONDS"]))
     return longpoll.answer(
         get_hub(), channel, _cursor(request.args.get("cursor"), "cursor"),
         timeout=config["LONGPOLL_TIMEOUT_SECONDS"], max_bytes=config["LONGPOLL_MAX_BYTES"],
         write_seconds=config["LONGPOLL_WRITE_SECONDS"])
-
-
-def _event_stream(hub, channel, cursor, environ, heartbeat, retry_ms):
-    # Runs after the view returned (no app context): everything comes in as
-    # arguments. The subscription is in place before the first chunk, and so
-    # before the client sees the response headers.
-    with hub.subscribe(channel, cursor, on_abort=aborter(environ)) as sub:
-        yield from sse.stream(sub, environ, first=sse.retry(retry_ms), heartbeat=heartbeat)
 
 
 @route("/sub/<channel>/ws", bp)

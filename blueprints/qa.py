@@ -149,8 +149,15 @@ def stream():
         client = secrets.token_hex(16)
         signed = _signer().dumps(client)
     state = _BoardState(get_redis(), current_app.config["REDIS_PREFIX"], client)
-    return sse.response(_board_stream(get_hub(), state, signed, request.environ,
-                                      current_app.config["SSE_RETRY_MS"]))
+    signed_login = sse.event(json.dumps({"id": signed}), event="login")
+    retry_ms = current_app.config["SSE_RETRY_MS"]
+    # Subscribe first, then read the state: nothing published in between is
+    # missed. A reset (the log moved on without us) shows the whole board afresh.
+    return sse.response(sse.stream(
+        get_hub().subscribe(CHANNEL), request.environ,
+        first=lambda: sse.PADDING + sse.retry(retry_ms) + signed_login + state.reload(),
+        heartbeat=PING_SECONDS, encode=state.frame, on_reset=lambda _reset: state.reload(),
+        keepalive=_ping))
 
 
 class _BoardState:
@@ -210,14 +217,3 @@ def _answers_event(msg):
 
 def _ping():
     return sse.event(str(int(time.time() * 1000)), event="ping")
-
-
-def _board_stream(hub, state, signed, environ, retry_ms):
-    # Subscribe first, then read the state: nothing published in between is missed.
-    with hub.subscribe(CHANNEL) as sub:
-        first = (sse.PADDING + sse.retry(retry_ms)
-                 + sse.event(json.dumps({"id": signed}), event="login") + state.reload())
-        # A reset (the log moved on without us) shows the whole board afresh.
-        yield from sse.stream(sub, environ, first=first, heartbeat=PING_SECONDS,
-                              encode=state.frame, on_reset=lambda _reset: state.reload(),
-                              keepalive=_ping)

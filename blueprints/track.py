@@ -163,19 +163,17 @@ def dashboard():
 def dashboard_stream():
     tracker = _tracker()
     tracker.start()
-    return sse.response(_dashboard_events(
-        get_hub(), tracker, request.environ, current_app.config["SSE_RETRY_MS"],
-        current_app.config["HEARTBEAT_SECONDS"]))
+    retry = sse.retry(current_app.config["SSE_RETRY_MS"])
 
-
-def _dashboard_events(hub, tracker, environ, retry_ms, heartbeat):
     def snapshot(_reset=None):  # a reset (we missed messages) becomes a fresh snapshot
         users = tracker.redis.zrangebyscore(tracker.presence_key, time.time(), "+inf")
         return sse.event(json.dumps({"users": users}), event="snapshot")
 
-    with hub.subscribe(CHANNEL) as sub:  # subscribe, then read: no join slips between
-        yield from sse.stream(sub, environ, first=sse.retry(retry_ms) + snapshot(),
-                              heartbeat=heartbeat, encode=_dashboard_event, on_reset=snapshot)
+    # subscribe, then read: no join slips between
+    return sse.response(sse.stream(
+        get_hub().subscribe(CHANNEL), request.environ, first=lambda: retry + snapshot(),
+        heartbeat=current_app.config["HEARTBEAT_SECONDS"], encode=_dashboard_event,
+        on_reset=snapshot))
 
 
 def _dashboard_event(msg):

@@ -2,7 +2,6 @@
 directly, and cutting it ourselves when a client stops reading."""
 
 import socket
-from contextlib import contextmanager
 
 
 def client_socket(environ):
@@ -34,8 +33,7 @@ def aborter(environ):
     return abort
 
 
-@contextmanager
-def hangup_watch(environ, on_hangup):
+class hangup_watch:  # lower case: used like a function, in a `with`
     """While in this block, call `on_hangup()` as soon as the client closes
     its connection.
 
@@ -46,35 +44,43 @@ def hangup_watch(environ, on_hangup):
     the socket (no greenlet): when it fires, a peek tells end-of-file from
     bytes the client sent early (a pipelined request, left for gunicorn to
     read). Only under gevent; `on_hangup` runs on the event loop and must
-    not block.
+    not block. A class, not a generator: one is held per idle connection.
     """
-    from gevent import monkey
 
-    sock = client_socket(environ)
-    real = getattr(getattr(sock, "_raw", sock), "_sock", None)  # the OS socket, non-blocking
-    if real is None or not monkey.is_module_patched("socket"):
-        yield
-        return
-    import gevent
+    __slots__ = ("_on_hangup", "_real", "_watcher")
 
-    watcher = gevent.get_hub().loop.io(real.fileno(), 1)
+    def __init__(self, environ, on_hangup):
+        from gevent import monkey
 
-    def readable():
+        sock = client_socket(environ)
+        # the OS socket, non-blocking
+        self._real = getattr(getattr(sock, "_raw", sock), "_sock", None)
+        self._on_hangup = on_hangup
+        self._watcher = None
+        if self._real is not None and monkey.is_module_patched("socket"):
+            import gevent
+
+            self._watcher = gevent.get_hub().loop.io(self._real.fileno(), 1)
+
+    def __enter__(self):
+        if self._watcher is not None:
+            self._watcher.start(self._readable)
+        return self
+
+    def __exit__(self, *exc_info):
+        if self._watcher is not None:
+            self._watcher.close()
+
+    def _readable(self):
         try:
-            peeked = real.recv(1, socket.MSG_PEEK)
+            peeked = self._real.recv(1, socket.MSG_PEEK)
         except BlockingIOError:
             return
         except OSError:
             peeked = b""
-        watcher.stop()
+        self._watcher.stop()
         if not peeked:
-            on_hangup()
-
-    watcher.start(readable)
-    try:
-        yield
-    finally:
-        watcher.close()
+            self._on_hangup()
 
 
 def write_deadline(environ, seconds):

@@ -24,7 +24,6 @@ import socket
 import threading
 import time
 from collections import deque
-from contextlib import contextmanager
 
 import redis
 from redis.backoff import NoBackoff
@@ -111,26 +110,25 @@ class Hub(StreamLog):
 
     # -- subscribing ------------------------------------------------------------
 
-    @contextmanager
     def subscribe(self, channel, cursor=None, on_abort=None, page_bytes=None):
-        """Subscribe from `cursor` (id tuple; None = only what comes after this
-        call; START = everything retained). `on_abort` cuts the client's connection
-        if it stops reading after being dropped as a slow consumer. `page_bytes`
-        bounds each catch-up read by size (see read_page)."""
+        """A subscription from `cursor` (id tuple; None = only what comes after
+        the `with` starts; START = everything retained), for a `with` block:
+        in place when the block starts, gone when it ends. `on_abort` cuts
+        the client's connection if it stops reading after being dropped as a
+        slow consumer. `page_bytes` bounds each catch-up read by size (see
+        read_page)."""
+        return Subscription(self, channel, cursor, on_abort, page_bytes)
+
+    def attach(self, sub):
+        """Register `sub` (its `with` block starts)."""
         self.start()
-        sub = Subscription(self, channel, cursor, on_abort, page_bytes)
         if not self._attach(sub):
             # "From now" means from this call: fix the position before the
             # caller tells its client it is subscribed.
-            sub.cursor = self.newest_key(channel)
+            sub.cursor = self.newest_key(sub.channel)
             self._attach(sub)
         if self._stopped:  # a draining worker: send the client elsewhere at once
             sub.close("server restarting: reconnect to resume")
-        try:
-            yield sub
-        finally:
-            sub.finish()
-            self._detach(sub)
 
     def _attach(self, sub):
         """Register `sub`; False (and nothing done) if it has no cursor and the
@@ -154,7 +152,8 @@ class Hub(StreamLog):
             local.idle_since = None
             return True
 
-    def _detach(self, sub):
+    def detach(self, sub):
+        """Unregister `sub` (its `with` block ended, or it was dropped)."""
         with self._lock:
             local = self._channels.get(sub.channel)
             if local is not None:
@@ -181,7 +180,7 @@ class Hub(StreamLog):
     def drop(self, sub, reason):
         """Disconnect one subscriber (it may resume from its cursor)."""
         log.info("hub: dropping a subscriber of %r: %s", sub.channel, reason)
-        self._detach(sub)
+        self.detach(sub)
         sub.close(reason)
 
     def live_epoch(self):
@@ -216,7 +215,7 @@ class Hub(StreamLog):
         with self._lock:
             subs = [s for local in self._channels.values() for s in local.subscribers]
         for sub in subs:
-            self._detach(sub)
+            self.detach(sub)
             sub.close(reason)
 
     def _run(self):

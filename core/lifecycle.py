@@ -10,12 +10,12 @@ last id, so the worker drains in seconds instead of the 30 s graceful timeout.
 """
 
 import threading
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 
 SERVICE_RESTART = 1012  # RFC 6455 close code
 
 _lock = threading.Lock()
-_open = {}  # token -> (kind, close function or None)
+_open = {}  # connection -> (kind, close function or None)
 _stopping = threading.Event()
 requests_served = [0]  # a list: incremented in place by an after_request hook
 
@@ -24,17 +24,23 @@ def stopping():
     return _stopping.is_set()
 
 
-@contextmanager
-def connection(kind, close=None):
-    """Count a connection of `kind` while it is open; `close(reason)` ends it on shutdown."""
-    token = object()
-    with _lock:
-        _open[token] = (kind, close)
-    try:
-        yield
-    finally:
+class connection:  # lower case: used like a function, in a `with`
+    """Count a connection of `kind` while it is open; `close(reason)` ends it
+    on shutdown. A class, not a generator: one is held per open connection."""
+
+    __slots__ = ("close", "kind")
+
+    def __init__(self, kind, close=None):
+        self.kind, self.close = kind, close
+
+    def __enter__(self):
         with _lock:
-            _open.pop(token, None)
+            _open[self] = (self.kind, self.close)
+        return self
+
+    def __exit__(self, *exc_info):
+        with _lock:
+            _open.pop(self, None)
 
 
 def open_connections():

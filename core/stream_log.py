@@ -13,6 +13,8 @@ encode a message once per worker through `Message.encoded`.
 
 import json
 import re
+import threading
+import time
 
 # Channels clients may name in /pub and /sub. Apps use internal names with a
 # ":" (e.g. "qa:board"), which no client can reach through those routes.
@@ -120,6 +122,7 @@ class StreamLog:
         self.maxlen = maxlen
         self.ttl_ms = int(ttl_seconds * 1000)
         self._publish = self.script("return hub_publish(KEYS[1], ARGV[1], ARGV[2], ARGV[3])")
+        self._reads = _SharedReads()
 
     def stream_key(self, channel):
         return f"{self.prefix}stream:{channel}"
@@ -173,12 +176,12 @@ class StreamLog:
         not fetched far beyond what the caller will send (a long-poll answer).
         """
         if max_bytes is None:
-            messages = self.read(channel, start, count)
+            messages = self._reads.read(self.read, channel, start, count)
             return messages, len(messages) == count
         messages, size, batch = [], 0, CATCH_UP_PROBE
         while True:
             wanted = min(batch, count - len(messages))
-            got = self.read(channel, start, wanted + bool(messages))
+            got = self._reads.read(self.read, channel, start, wanted + bool(messages))
             if messages:
                 # Each later batch starts at the last message read: if that is
                 # gone (trimmed meanwhile), stop here rather than skip a gap;
@@ -206,3 +209,49 @@ class StreamLog:
 
     def newest_id(self, channel):
         return format_id(self.newest_key(channel))
+
+
+class _SharedReads:
+    """Identical reads asked for at the same moment go to Redis once.
+
+    When thousands of clients connect in a burst, each catch-up asks for the
+    same page (a long-poll's first poll: everything retained): the first
+    caller lets the others join (one turn of the event loop), closes the
+    batch to newcomers, reads, and hands every caller the same messages. A
+    caller only ever joins a read that has not been sent yet, so it sees
+    everything published before it asked: what a catch-up relies on.
+    """
+
+    def __init__(self):
+        self._open = {}
+
+    def read(self, read, *args):
+        batch = self._open.get(args)
+        if batch is not None:
+            batch.done.wait()
+            if batch.error is not None:
+                raise batch.error
+            return batch.result
+        batch = self._open[args] = _Batch()
+        try:
+            time.sleep(0)  # let the other callers of this moment join (gevent: yields)
+        finally:  # closed: whoever asks from now on reads anew
+            if self._open.get(args) is batch:
+                del self._open[args]
+        try:
+            batch.result = read(*args)
+        except Exception as exc:
+            batch.error = exc
+            raise
+        finally:
+            batch.done.set()
+        return batch.result
+
+
+class _Batch:
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.error = None
+        self.result = None

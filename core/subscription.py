@@ -20,7 +20,6 @@ monkey-patched into greenlet ones: waiting parks one greenlet.
 
 import threading
 import time
-from collections import deque
 
 from core.stream_log import START, Reset, format_id
 
@@ -40,6 +39,12 @@ class SubscriptionClosed(Exception):
 class Subscription:
     """A cursor and a bounded mailbox; see the module's docstring."""
 
+    # One per connection, so kept small: no per-instance dict, and a plain
+    # list for the mailbox (the consumer always takes all of it at once).
+    __slots__ = ("_catching_up", "_direct", "_finished", "_idle", "_lock", "_on_abort",
+                 "_pending", "_pending_bytes", "_pending_overflow", "_queue", "_queued_bytes",
+                 "_unsent", "_wakeup", "channel", "closed_reason", "cursor", "hub", "page_bytes")
+
     def __init__(self, hub, channel, cursor, on_abort=None, page_bytes=None):
         self.hub = hub
         self.channel = channel
@@ -48,7 +53,7 @@ class Subscription:
         self.closed_reason = None
         self._on_abort = on_abort
         self._finished = False
-        self._queue = deque()
+        self._queue = []
         self._queued_bytes = 0
         self._wakeup = threading.Event()
         self._lock = threading.Lock()
@@ -68,9 +73,13 @@ class Subscription:
         self.cursor = key
         self._catching_up = False
 
-    def finish(self):
-        """The consumer is done: an abort timer still running has nothing to cut."""
-        self._finished = True
+    def __enter__(self):
+        self.hub.attach(self)
+        return self
+
+    def __exit__(self, *exc_info):
+        self._finished = True  # an abort timer still running has nothing to cut
+        self.hub.detach(self)
 
     def write_directly(self, writer):
         """From now on, while the consumer is parked idle in `wait()`, the
@@ -194,8 +203,7 @@ class Subscription:
                 raise SubscriptionClosed(self.closed_reason)
             with self._lock:
                 if self._queue:
-                    items = list(self._queue)
-                    self._queue.clear()
+                    items, self._queue = self._queue, []
                     self._queued_bytes = 0
                     return items
             if self._catching_up:

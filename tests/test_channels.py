@@ -398,3 +398,26 @@ def test_a_long_poll_asking_to_close_gets_its_answer_and_the_close(server, chann
         assert status == "HTTP/1.1 200 OK" and headers["connection"] == "close"
         assert json.loads(body)["cursor"] == sent_id
         assert sock.recv(10) == b""  # and the server closed it
+
+
+def test_a_burst_of_first_polls_is_answered_in_full_from_shared_reads(server, channel, rdb):
+    """200 clients ask for everything retained at the same moment (a burst of
+    connects): every one gets the whole backlog, and the workers read it from
+    Redis far fewer than 200 times (identical catch-up reads are shared)."""
+    sent = [server.publish(channel, f"m{i}")[0] for i in range(3)]
+    before = rdb.info("commandstats").get("cmdstat_xrange", {}).get("calls", 0)
+    socks = [socket.create_connection(("127.0.0.1", server.port), timeout=20)
+             for _ in range(200)]
+    try:
+        request = f"GET /sub/{channel}?cursor=0 HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        for sock in socks:
+            sock.sendall(request)
+        for sock in socks:
+            status, _, body, _ = _read_answer(sock)
+            assert status == "HTTP/1.1 200 OK"
+            assert [e["id"] for e in json.loads(body)["events"]] == sent
+    finally:
+        for sock in socks:
+            sock.close()
+    reads = rdb.info("commandstats")["cmdstat_xrange"]["calls"] - before
+    assert reads <= 100, f"{reads} XRANGE calls for 200 identical first polls"

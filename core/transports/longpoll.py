@@ -28,7 +28,6 @@ from gunicorn.util import http_date
 
 from core import lifecycle
 from core.connection import direct_writer, hangup_watch, write_deadline
-from core.errors import json_response
 from core.stream_log import format_id
 from core.subscription import SubscriptionClosed
 
@@ -69,13 +68,26 @@ class _HeldPoll(Response):
         self.poll = (hub, channel, cursor, timeout, max_bytes, write_seconds)
 
     def __call__(self, environ, start_response):
+        # The poll waits when gunicorn first iterates the answer: by then
+        # Flask has finished with the request (its context, request object
+        # and session are gone), so a held poll keeps little but its socket.
+        return self._answer(environ, start_response)
+
+    def _answer(self, environ, start_response):
         try:
-            return self._held(environ, start_response)
+            chunks = self._held(environ, start_response)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # Raised after Flask's error handlers: answer as they would.
             log.warning("Redis unavailable: %s", exc)
-            return json_response(503, "storage unavailable, retry shortly")(
-                environ, start_response)
+            body = json.dumps({"error": "storage unavailable, retry shortly"}).encode()
+            start_response("503 SERVICE UNAVAILABLE", [
+                ("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            chunks = [body]
+        try:
+            yield from chunks
+        finally:
+            if hasattr(chunks, "close"):  # werkzeug's, which closes the write deadline
+                chunks.close()
 
     def _held(self, environ, start_response):
         hub, channel, cursor, timeout, max_bytes, write_seconds = self.poll

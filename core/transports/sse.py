@@ -7,7 +7,7 @@ becomes several `data:` lines, which EventSource joins back with "\\n".
 `stream()` is the body of every hub-fed event stream (channels, Q&A, the
 tracking dashboard): batches of messages as they come, a keepalive when idle,
 the app's reset policy, `event: close` when the hub drops the subscriber, and
-an immediate end when the client hangs up. `response()` serves any body.
+an immediate end when the client hangs up. `response()` serves one of them.
 """
 
 import json
@@ -80,37 +80,41 @@ def _chunk(msg):
 
 
 def response(body):
-    """A streaming `text/event-stream` response that no proxy buffers or caches,
-    counted as an open SSE connection while it streams."""
+    """A streaming `text/event-stream` response that no proxy buffers or caches.
+    `body` is one of this module's loops (`stream`, `every`), which count the
+    connection as an open SSE connection while it streams; it is handed to
+    gunicorn as it is (no wrapping iterators: each is another frame kept on
+    every idle stream's stack)."""
     return Response(
-        _counted(body),
+        body,
         mimetype="text/event-stream",
         headers={
             "Cache-Control": "no-cache, no-store",
             "X-Accel-Buffering": "no",  # nginx: pass each chunk through at once
         },
+        direct_passthrough=True,
     )
 
 
-def _counted(chunks):
-    with lifecycle.connection("sse"):
-        yield from chunks
+def stream(subscription, environ, *, first, heartbeat, encode=encode, on_reset=None,
+           keepalive=None):
+    """The body of an event stream fed by a hub subscription.
 
-
-def stream(sub, environ, *, first, heartbeat, encode=encode, on_reset=None, keepalive=None):
-    """The body of an event stream fed by hub subscription `sub`.
-
-    `first`: the bytes that open the stream (a `retry:` at least), sent once
-    the subscription is in place. `encode(msg)`: a message's bytes, or None to
-    skip it (default: the message as an event). `on_reset(reset)`: what to
-    send when the client missed messages (the app re-reads its state); the
-    default sends `event: reset`. `keepalive()`: what to send after `heartbeat`
-    idle seconds (default: a comment). Ends with `event: close` and the
-    reason when the hub drops the subscriber (EventSource reconnects and
-    resumes from its last id), and at once when the client hangs up.
+    `subscription`: `hub.subscribe(...)`, entered here, so the stream is
+    subscribed before its first bytes (and its client sees the headers).
+    `first`: the bytes that open the stream (a `retry:` at least), or a
+    function returning them, called once subscribed (an app reads its state
+    then: nothing published meanwhile is missed). `encode(msg)`: a message's
+    bytes, or None to skip it (default: the message as an event).
+    `on_reset(reset)`: what to send when the client missed messages (the app
+    re-reads its state); the default sends `event: reset`. `keepalive()`:
+    what to send after `heartbeat` idle seconds (default: a comment). Ends
+    with `event: close` and the reason when the hub drops the subscriber
+    (EventSource reconnects and resumes from its last id), and at once when
+    the client hangs up.
     """
-    with hangup_watch(environ, sub.hang_up):
-        yield first
+    with lifecycle.connection("sse"), subscription as sub, hangup_watch(environ, sub.hang_up):
+        yield first() if callable(first) else first
         if encode is _default_encode and on_reset is None:
             # The headers are out: while this stream idles, the hub's listener
             # may write live events onto the socket itself (one send each).
@@ -142,7 +146,7 @@ def every(environ, *, first, frame, seconds, heartbeat=None):
     seconds, and `event: close` when the worker stops. Ends at once when the
     client hangs up (the wait is interrupted)."""
     gone = threading.Event()
-    with hangup_watch(environ, gone.set):
+    with lifecycle.connection("sse"), hangup_watch(environ, gone.set):
         yield first
         last_beat = time.monotonic()
         while not lifecycle.stopping():
