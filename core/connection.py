@@ -50,17 +50,13 @@ class hangup_watch:  # lower case: used like a function, in a `with`
     __slots__ = ("_on_hangup", "_real", "_watcher")
 
     def __init__(self, environ, on_hangup):
-        from gevent import monkey
-
         sock = client_socket(environ)
-        # the OS socket, non-blocking
+        # the OS socket under gevent's (non-blocking); None outside gevent
         self._real = getattr(getattr(sock, "_raw", sock), "_sock", None)
         self._on_hangup = on_hangup
         self._watcher = None
-        if self._real is not None and monkey.is_module_patched("socket"):
-            import gevent
-
-            self._watcher = gevent.get_hub().loop.io(self._real.fileno(), 1)
+        if self._real is not None and _gevent_loop() is not None:
+            self._watcher = _gevent_loop().io(self._real.fileno(), 1)
 
     def __enter__(self):
         if self._watcher is not None:
@@ -83,6 +79,18 @@ class hangup_watch:  # lower case: used like a function, in a `with`
             self._on_hangup()
 
 
+def _gevent_loop():
+    """The event loop of this worker's gevent hub, or None when the standard
+    library is not patched (sync and gthread workers, tests, the CLI)."""
+    from gevent import monkey
+
+    if not monkey.is_module_patched("socket"):
+        return None
+    import gevent
+
+    return gevent.get_hub().loop
+
+
 def write_deadline(environ, seconds):
     """Cut the connection unless what is being written to it is out within
     `seconds`: returns a timer to `close()` once it is, or None (off).
@@ -93,13 +101,10 @@ def write_deadline(environ, seconds):
     ordinary client disconnect. Only under gevent (a libev timer, no greenlet
     per answer); the sync and gthread workers have no such bound.
     """
-    from gevent import monkey
-
-    if seconds is None or not monkey.is_module_patched("socket"):
+    loop = _gevent_loop()
+    if seconds is None or loop is None:
         return None
-    import gevent
-
-    timer = gevent.get_hub().loop.timer(seconds)
+    timer = loop.timer(seconds)
     timer.start(aborter(environ))
     return timer
 
