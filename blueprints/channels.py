@@ -17,22 +17,12 @@ import json
 
 from flask import Blueprint, current_app, request
 
-from core import lifecycle
 from core.connection import aborter
 from core.errors import abort_json
 from core.security import channel_access_error, require_channel_access
 from core.stream_log import CHANNEL_RULE, PUBLIC_CHANNEL, InvalidId, format_id, parse_id
-from core.subscription import SubscriptionClosed
 from core.transports import longpoll, sse
-from core.transports.websocket import (
-    POLICY_VIOLATION,
-    TRY_AGAIN_LATER,
-    close_reason,
-    direct_writer,
-    encode,
-    route,
-    with_served_by,
-)
+from core.transports.websocket import Refused, route, with_served_by
 from core.web import get_hub, is_unicode
 
 bp = Blueprint("channels", __name__)
@@ -102,32 +92,19 @@ def subscribe(channel):
 @route("/sub/<channel>/ws", bp)
 def subscribe_ws(ws, channel):
     if not PUBLIC_CHANNEL.match(channel):
-        ws.close(POLICY_VIOLATION, close_reason(f"invalid channel name: {CHANNEL_RULE}"))
-        return
+        raise Refused(f"invalid channel name: {CHANNEL_RULE}")
     denied = channel_access_error("subscribe", channel)
     if denied:
-        ws.close(POLICY_VIOLATION, close_reason(denied[1]))
-        return
+        raise Refused(denied[1])
     try:
         cursor = parse_id(request.args["last_event_id"]) if request.args.get(
             "last_event_id") else None
     except InvalidId as exc:
-        ws.close(POLICY_VIOLATION, close_reason(str(exc)))
-        return
+        raise Refused(str(exc)) from None
     heartbeat = current_app.config["HEARTBEAT_SECONDS"]
-    with get_hub().subscribe(channel, cursor, on_abort=aborter(request.environ)) as sub:
+    with get_hub().subscribe(channel, cursor, on_abort=ws.abort) as sub:
         # Tells the client it is subscribed, and from where.
         ws.send(json.dumps(with_served_by({"subscribed": channel,
                                            "cursor": format_id(sub.cursor)})))
-        sub.write_directly(direct_writer(ws, request.environ))
-        while ws.connected:
-            try:
-                items = sub.wait(heartbeat)
-            except SubscriptionClosed as closed:
-                code = lifecycle.SERVICE_RESTART if lifecycle.stopping() else TRY_AGAIN_LATER
-                ws.close(code, close_reason(closed.reason))
-                return
-            for item in items:
-                ws.send(encode(item))
-            while ws.receive(timeout=0) is not None:
-                pass  # a subscriber socket carries nothing upstream; drop it
+        for _ in ws.relay(sub, heartbeat=heartbeat):
+            pass  # a subscriber socket carries nothing upstream; drop it

@@ -18,17 +18,7 @@ import secrets
 from flask import Blueprint, current_app
 
 from core.security import current_user
-from core.transports.websocket import (
-    POLICY_VIOLATION,
-    BadFrame,
-    close_reason,
-    forward_from_hub,
-    fraction,
-    json_object,
-    locked_send,
-    route,
-    with_served_by,
-)
+from core.transports.websocket import Refused, fraction, json_object, route, with_served_by
 from core.web import get_hub, get_redis
 
 bp = Blueprint("draw", __name__, url_prefix="/draw")
@@ -39,7 +29,7 @@ MAX_SEGMENTS = 20_000
 
 def _point(message):
     if not isinstance(message.get("drawing"), bool):
-        raise BadFrame("drawing must be true or false")
+        raise Refused("drawing must be true or false")
     return round(fraction(message, "x"), 5), round(fraction(message, "y"), 5), message["drawing"]
 
 
@@ -54,34 +44,29 @@ def draw_ws(ws):
     segments_key = f"{current_app.config['REDIS_PREFIX']}draw:segments"
     user = current_user()  # who may clear: an administrator (session or token)
     me = secrets.token_hex(4)
-    send = locked_send(ws)
     heartbeat = current_app.config["HEARTBEAT_SECONDS"]
 
-    def translate(msg):
-        event = msg.value
-        return None if event.get("id") == me else msg.data
+    def from_others(msg):  # the others' moves, clears and departures; not our own moves
+        return None if msg.value.get("id") == me else msg.data
 
-    with hub.subscribe(CHANNEL) as sub:
+    with hub.subscribe(CHANNEL, on_abort=ws.abort) as sub:
         history = [json.loads(s) for s in r.lrange(segments_key, 0, -1)]
-        send(json.dumps(with_served_by({"type": "welcome", "id": me, "segments": history})))
-        forward_from_hub(ws, sub, translate, heartbeat, send)
+        ws.send(json.dumps(with_served_by({"type": "welcome", "id": me, "segments": history})))
         last = None
         try:
-            while True:
-                try:
-                    message = json_object(ws.receive())
-                    if message.get("type") != "clear":
-                        x, y, drawing = _point(message)
-                except BadFrame as exc:
-                    ws.close(POLICY_VIOLATION, close_reason(str(exc)))
-                    return
+            # Moves are ephemeral: after a reset (missed messages) carry on live.
+            for raw in ws.relay(sub, encode=from_others, on_reset=_carry_on,
+                                heartbeat=heartbeat):
+                message = json_object(raw)
                 if message.get("type") == "clear":
                     if user is None or not user.is_admin:
-                        send(json.dumps({"type": "error", "reason": "only administrators may clear"}))
+                        ws.send(json.dumps({"type": "error",
+                                            "reason": "only administrators may clear"}))
                         continue
                     r.delete(segments_key)
                     hub.publish_json(CHANNEL, {"type": "clear"})
                     continue
+                x, y, drawing = _point(message)
                 if drawing and last is not None and last[2]:
                     pipe = r.pipeline(transaction=False)
                     pipe.rpush(segments_key, json.dumps([last[0], last[1], x, y]))
@@ -91,5 +76,8 @@ def draw_ws(ws):
                 hub.publish_json(CHANNEL, {"type": "moving", "id": me, "x": x, "y": y,
                                            "drawing": drawing})
         finally:
-            sub.close("connection closed")
             hub.publish_json(CHANNEL, {"type": "clientdisconnect", "id": me})
+
+
+def _carry_on(_reset):
+    return None

@@ -7,7 +7,9 @@
 Server -> client: `snapshot {v, text, reset}` (first connect, or a version too
 old to catch up from), or the ops since `?v=` as `op` messages; then
 `ready {v}`; later `op {v, op, src, id}` from others, `ack {v}` for one's own,
-`presence {src, name, caret, v}`, `leave {src}`.
+`presence {src, name, caret, v}`, `leave {src}`. If the server missed messages
+(e.g. Redis restarted empty), `snapshot {v, text, reset: true}` and `ready {v}`
+again mid-session: the document as it now is, and the session carries on.
 Client -> server: `op {v, op, id}` made against version v; `presence {v, caret}`.
 
 Committing: the op is transformed against every op committed since its `v`,
@@ -30,14 +32,7 @@ from flask import Blueprint, current_app, render_template, request
 
 from core import ot
 from core.errors import abort_json
-from core.transports.websocket import (
-    POLICY_VIOLATION,
-    BadFrame,
-    close_reason,
-    forward_from_hub,
-    json_object,
-    route,
-)
+from core.transports.websocket import Refused, json_object, route
 from core.web import get_hub, get_redis, is_unicode
 
 bp = Blueprint("editor", __name__, url_prefix="/editor")
@@ -95,10 +90,6 @@ def _commit_lock(doc_key):
         return lock
 
 
-class Rejected(Exception):
-    """An op the server refuses; the message goes into the close reason."""
-
-
 class Document:
     """One document's state in Redis. Built in the view (app context), used
     by the WebSocket loops after it."""
@@ -129,9 +120,9 @@ class Document:
                 time.sleep(random.uniform(0, 0.002 * attempt))  # another worker just won
             v, text, base, entries = self.read(base_v)
             if base_v > v:
-                raise Rejected(f"version {base_v} is in the future (document is at {v})")
+                raise Refused(f"version {base_v} is in the future (document is at {v})")
             if base_v < base:
-                raise Rejected(f"version {base_v} is too old to catch up; reload")
+                raise Refused(f"version {base_v} is too old to catch up; reload")
             rebased = op
             for entry in entries:
                 if entry["id"] == op_id:
@@ -140,9 +131,9 @@ class Document:
             try:
                 new_text = ot.apply(text, rebased)
             except ot.OTError as exc:
-                raise Rejected(str(exc)) from None
+                raise Refused(str(exc)) from None
             if len(new_text) > MAX_DOC:
-                raise Rejected(f"a document holds at most {MAX_DOC} characters")
+                raise Refused(f"a document holds at most {MAX_DOC} characters")
             entry_head = json.dumps({"kind": "op", "op": ot.to_json(rebased), "src": src,
                                      "id": op_id}, separators=(",", ":"))[:-1] + ","
             status, version = self._commit(
@@ -150,7 +141,7 @@ class Document:
                 args=[v, new_text, entry_head, op_id, LOG_LENGTH, self.channel])
             if status in (1, 2):
                 return int(version)
-        raise Rejected("too much contention; resubmit")
+        raise Refused("too much contention; resubmit")
 
 
 @bp.get("/<doc>")
@@ -170,14 +161,14 @@ def text(doc):
 
 def _parse_op_message(message):
     if not isinstance(message.get("v"), int) or isinstance(message["v"], bool) or message["v"] < 0:
-        raise Rejected("op.v must be a version number")
+        raise Refused("op.v must be a version number")
     op_id = message.get("id")
     if not isinstance(op_id, str) or not 1 <= len(op_id) <= 64 or not is_unicode(op_id):
-        raise Rejected("op.id must be a string of 1-64 characters")
+        raise Refused("op.id must be a string of 1-64 characters")
     try:
         return message["v"], ot.from_json(message.get("op")), op_id
     except ot.OTError as exc:
-        raise Rejected(f"bad op: {exc}") from None
+        raise Refused(f"bad op: {exc}") from None
 
 
 def _caret(message):
@@ -185,22 +176,22 @@ def _caret(message):
     if (not isinstance(caret, list) or len(caret) != 2
             or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= MAX_DOC
                        for c in caret)):
-        raise Rejected("presence.caret must be [anchor, head] code point indexes")
+        raise Refused("presence.caret must be [anchor, head] code point indexes")
     return caret
 
 
 @route("/<doc>/ws", bp)
 def editor_ws(ws, doc):
     if not DOC_ID.match(doc):
-        ws.close(POLICY_VIOLATION, "document ids are 1-64 of A-Z a-z 0-9 _ -")
-        return
+        raise Refused("document ids are 1-64 of A-Z a-z 0-9 _ -")
     raw_v = request.args.get("v", "")
     since = int(raw_v) if raw_v.isdigit() and len(raw_v) < 12 else None
     name = "".join(ch for ch in request.args.get("name", "") if ch.isprintable())[:MAX_NAME]
     document, src = Document(doc), secrets.token_hex(8)
     heartbeat = current_app.config["HEARTBEAT_SECONDS"]
 
-    with document.hub.subscribe(document.channel) as sub:  # first: nothing slips by
+    # Subscribe first, then read: nothing slips between.
+    with document.hub.subscribe(document.channel, on_abort=ws.abort) as sub:
         v, body, base, entries = document.read(since if since is not None else 0)
         if since is None or not base <= since <= v:
             ws.send(json.dumps({"type": "snapshot", "v": v, "text": body,
@@ -209,58 +200,58 @@ def editor_ws(ws, doc):
             for entry in entries:
                 ws.send(json.dumps({"type": "op", **entry}))
         ws.send(json.dumps({"type": "ready", "v": v}))
-        forward_from_hub(ws, sub, _translator(ws, src, v), heartbeat, ws.send)
+        relayed = _Relayed(ws, document, src, v)
         try:
-            _receive(ws, document, src, name)
+            # One greenlet writes every frame, in the order the hub delivered
+            # them: acks come in version order among the others' ops.
+            for raw in ws.relay(sub, encode=relayed.encode, on_reset=relayed.reset,
+                                heartbeat=heartbeat):
+                _handle(document, src, name, json_object(raw))
         finally:
-            sub.close("connection closed")
             document.hub.publish_json(document.channel, {"kind": "leave", "src": src})
 
 
-def _receive(ws, document, src, name):
-    """The client's messages. Only the forwarder writes to the socket, so frames
-    leave in the order the hub delivered them."""
-    while True:
-        raw = ws.receive()
-        try:
-            try:
-                message = json_object(raw)
-            except BadFrame:
-                raise Rejected("messages are JSON objects") from None
-            if message.get("type") == "op":
-                document.submit(*_parse_op_message(message), src)
-            elif message.get("type") == "presence":
-                version = message.get("v")
-                document.hub.publish_json(document.channel, {
-                    "kind": "presence", "src": src, "name": name, "caret": _caret(message),
-                    "v": version if isinstance(version, int) else None})
-            else:
-                raise Rejected("unknown message type")
-        except Rejected as exc:
-            ws.close(POLICY_VIOLATION, close_reason(str(exc)))
-            return
+def _handle(document, src, name, message):
+    """One message from the client: an op to commit, or presence to share."""
+    if message.get("type") == "op":
+        document.submit(*_parse_op_message(message), src)
+    elif message.get("type") == "presence":
+        version = message.get("v")
+        document.hub.publish_json(document.channel, {
+            "kind": "presence", "src": src, "name": name, "caret": _caret(message),
+            "v": version if isinstance(version, int) else None})
+    else:
+        raise Refused("unknown message type")
 
 
-def _translator(ws, src, version):
-    """Hub -> this client: others' ops, acks for ours (in version order), presence.
-    The forwarder thread is the only writer of data frames."""
-    seen = [version]
+class _Relayed:
+    """Hub -> this client: others' ops, acks for ours (in version order),
+    presence; and the document afresh after a reset."""
 
-    def translate(msg):
-        if msg.is_reset:
-            ws.close(POLICY_VIOLATION, "fell behind; reconnect to catch up")
-            return None
+    def __init__(self, ws, document, src, version):
+        self.ws, self.document, self.src = ws, document, src
+        self.seen = version  # the newest version this client has
+
+    def encode(self, msg):
         entry = msg.value
         if entry["kind"] == "op":
-            if entry["v"] <= seen[0]:
+            if entry["v"] <= self.seen:
                 return None
-            seen[0] = entry["v"]
-            out = ({"type": "ack", "v": entry["v"]} if entry["src"] == src
+            self.seen = entry["v"]
+            out = ({"type": "ack", "v": entry["v"]} if entry["src"] == self.src
                    else {"type": "op", **entry})
-        elif entry["src"] != src:
+        elif entry["src"] != self.src:
             out = {"type": entry["kind"], **entry}
         else:
             return None
         return json.dumps(out)
 
-    return translate
+    def reset(self, _reset):
+        """Messages were missed (e.g. Redis restarted empty): send the document
+        as it is now, `snapshot {v, text, reset: true}`, then `ready {v}`, and
+        carry on from there. The client drops its unacknowledged edits (and
+        tells its user)."""
+        v, text, _, _ = self.document.read(-1)  # -1: the state only, no log entries
+        self.seen = v
+        self.ws.send(json.dumps({"type": "snapshot", "v": v, "text": text, "reset": True}))
+        return json.dumps({"type": "ready", "v": v})

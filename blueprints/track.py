@@ -29,15 +29,7 @@ from flask import Blueprint, current_app, request
 from core.offload import spawn
 from core.security import admin_page, admin_required
 from core.transports import sse
-from core.transports.websocket import (
-    POLICY_VIOLATION,
-    BadFrame,
-    close_reason,
-    fraction,
-    json_object,
-    route,
-    with_served_by,
-)
+from core.transports.websocket import fraction, json_object, route, with_served_by
 from core.web import get_hub, get_redis
 
 bp = Blueprint("track", __name__)
@@ -143,11 +135,7 @@ def track_ws(ws):
     tracker.join(visitor)
     try:
         while True:
-            try:
-                x, y = _position(ws.receive())
-            except BadFrame as exc:
-                ws.close(POLICY_VIOLATION, close_reason(str(exc)))
-                return
+            x, y = _position(ws.receive())
             tracker.move(visitor, x, y)
     finally:
         tracker.leave(visitor)

@@ -42,7 +42,7 @@ class Subscription:
     # One per connection, so kept small: no per-instance dict, and a plain
     # list for the mailbox (the consumer always takes all of it at once).
     __slots__ = ("_catching_up", "_direct", "_finished", "_idle", "_lock", "_on_abort",
-                 "_pending", "_pending_bytes", "_pending_overflow", "_queue", "_queued_bytes",
+                 "_pending", "_pending_bytes", "_pending_overflow", "_poked", "_queue", "_queued_bytes",
                  "_unsent", "_wakeup", "channel", "closed_reason", "cursor", "hub", "page_bytes")
 
     def __init__(self, hub, channel, cursor, on_abort=None, page_bytes=None):
@@ -63,6 +63,7 @@ class Subscription:
         self._pending_overflow = False
         self._direct = None  # a core.connection.DirectWriter, see write_directly
         self._idle = False  # the consumer is parked in wait() with nothing to do
+        self._poked = False  # wake() was called: the next wait() returns at once
         self._unsent = None  # (writer, tail of a directly written frame the socket refused)
 
     def go_live_at(self, key, backlog=()):
@@ -172,8 +173,10 @@ class Subscription:
         self._wakeup.set()
 
     def wake(self):
-        """Make a `wait()` in progress return now (its transport has
-        something else to do, such as reading what the client sent)."""
+        """Make a `wait()` in progress (or the next one) return now, even while
+        catching up: its transport has something else to do, such as reading
+        what the client sent."""
+        self._poked = True
         self._wakeup.set()
 
     def _abort_if_stuck(self):
@@ -206,6 +209,9 @@ class Subscription:
                     items, self._queue = self._queue, []
                     self._queued_bytes = 0
                     return items
+            if self._poked:
+                self._poked = False
+                return []
             if self._catching_up:
                 epoch = self.hub.live_epoch()
                 if epoch is not None:
@@ -221,9 +227,9 @@ class Subscription:
                 woken = self._wakeup.wait(remaining)
             finally:
                 self._idle = False
-            if not woken or (self.closed_reason is None and not self._queue
-                             and self._unsent is None and not self._catching_up):
-                return []  # timed out, or woken by wake()
+            if not woken:
+                return []
+            # woken: a message, a resync, a close, the tail of a direct write, or wake()
 
     def _catch_up_step(self, epoch):
         with self._lock:

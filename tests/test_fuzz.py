@@ -1,7 +1,7 @@
 """Fuzzing and bad input (DESIGN §9): property-based tests (hypothesis).
 
 Unit level: every decoder of client input either returns a valid value or
-raises its documented error (BadFrame, InvalidId, OTError, Rejected,
+raises its documented error (Refused, InvalidId, OTError, ConnectionClosed,
 TokenError, a 4xx HTTPException), never anything else; SSE framing
 round-trips any text through an EventSource-spec parser.
 
@@ -13,6 +13,7 @@ afterwards the same two workers answer /healthz.
 
 import json
 import re
+import socket
 import string
 
 import pytest
@@ -27,7 +28,15 @@ from werkzeug.exceptions import HTTPException
 from core import ot
 from core.stream_log import _MAX_PART, InvalidId, parse_id
 from core.transports import sse
-from core.transports.websocket import BadFrame, close_reason, fraction, json_object
+from core.transports.websocket import (
+    MAX_MESSAGE,
+    ConnectionClosed,
+    Refused,
+    WebSocket,
+    close_reason,
+    fraction,
+    json_object,
+)
 from tests.clients import healthz_bodies
 
 # -- strategies ------------------------------------------------------------------------
@@ -98,25 +107,25 @@ def test_parse_id_returns_a_key_or_raises_invalid_id(text):
     assert re.fullmatch(r"[0-9]+(-[0-9]+)?", text)
 
 
-# -- core.websocket --------------------------------------------------------------------------
+# -- core.transports.websocket -----------------------------------------------------------
 
 
 @unit
 @given(st.one_of(json_text, st.binary(max_size=40), st.none(), json_values))
-def test_json_object_returns_a_dict_or_bad_frame(raw):
+def test_json_object_returns_a_dict_or_refused(raw):
     try:
         message = json_object(raw)
-    except BadFrame as exc:
+    except Refused as exc:
         assert str(exc) == "frames are JSON objects"
         return
     assert isinstance(message, dict) and isinstance(raw, str)
 
 
-def test_json_object_refuses_deep_nesting_as_a_bad_frame():
+def test_json_object_refuses_deep_nesting():
     # Regression: json.loads raises RecursionError (not ValueError) past ~1000
     # levels, which escaped the draw/track/editor loops; a 64 KB frame holds 65,536.
     for raw in ("[" * 70_000, '{"a":' * 20_000 + "1" + "}" * 20_000):
-        with pytest.raises(BadFrame):
+        with pytest.raises(Refused):
             json_object(raw)
 
 
@@ -124,10 +133,10 @@ def test_json_object_refuses_deep_nesting_as_a_bad_frame():
 @given(st.dictionaries(st.sampled_from(["x", "y", "drawing"]),
                        st.one_of(json_values, st.floats(), st.integers(-(2**70), 2**70)),
                        max_size=3))
-def test_fraction_returns_a_number_in_0_1_or_bad_frame(message):
+def test_fraction_returns_a_number_in_0_1_or_refused(message):
     try:
         value = fraction(message, "x")
-    except BadFrame:
+    except Refused:
         return
     assert type(value) in (int, float) and 0 <= value <= 1
 
@@ -155,7 +164,7 @@ def test_draw_frame_decoder(raw):
 
     try:
         x, y, drawing = _point(json_object(raw))
-    except BadFrame:
+    except Refused:
         return
     assert 0 <= x <= 1 and 0 <= y <= 1 and isinstance(drawing, bool)
 
@@ -167,7 +176,7 @@ def test_track_frame_decoder(raw):
 
     try:
         x, y = _position(raw)
-    except BadFrame:
+    except Refused:
         return
     assert 0 <= x <= 1 and 0 <= y <= 1
 
@@ -193,11 +202,11 @@ op_messages = st.fixed_dictionaries(
 @unit
 @given(op_messages, st.text(max_size=30))
 def test_editor_op_decoder_returns_a_valid_op_or_rejects(message, document):
-    from blueprints.editor import Rejected, _parse_op_message
+    from blueprints.editor import _parse_op_message
 
     try:
         v, op, op_id = _parse_op_message(message)
-    except Rejected:
+    except Refused:
         return
     assert isinstance(v, int) and v >= 0
     assert isinstance(op_id, str) and 1 <= len(op_id) <= 64
@@ -218,11 +227,11 @@ def test_editor_op_decoder_returns_a_valid_op_or_rejects(message, document):
 @unit
 @given(st.one_of(json_values, st.lists(st.one_of(st.integers(-2, 2**70), json_values), max_size=3)))
 def test_editor_caret_decoder(caret):
-    from blueprints.editor import MAX_DOC, Rejected, _caret
+    from blueprints.editor import MAX_DOC, _caret
 
     try:
         value = _caret({"caret": caret})
-    except Rejected:
+    except Refused:
         return
     assert len(value) == 2 and all(0 <= c <= MAX_DOC for c in value)
 
@@ -230,11 +239,11 @@ def test_editor_caret_decoder(caret):
 def test_editor_refuses_lone_surrogates():
     # Regression: {"insert": "\ud800"} (a JSON escape) parsed, then broke the
     # Redis commit with UnicodeEncodeError.
-    from blueprints.editor import Rejected, _parse_op_message
+    from blueprints.editor import _parse_op_message
 
     with pytest.raises(ot.OTError):
         ot.from_json([{"insert": "\ud800"}])
-    with pytest.raises(Rejected):
+    with pytest.raises(Refused):
         _parse_op_message(json.loads('{"v":0,"id":"\\udc00","op":[]}'))
 
 
@@ -796,7 +805,7 @@ def test_websocket_regressions(fuzz_server):
         ws = websocket.create_connection(fuzz_server.ws_url + path, timeout=10)
         assert _drain(ws) == (1008, "malformed token"), path
         ws.shutdown()
-    for _ in range(20):  # handlers that close at once (see the selector test below)
+    for _ in range(20):  # handlers that close at once (test_a_client_that_is_gone_... below)
         ws = websocket.create_connection(fuzz_server.ws_url + "/sub/-bad/ws", timeout=10)
         assert _drain(ws)[0] == 1008
         ws.shutdown()
@@ -808,25 +817,114 @@ def test_websocket_regressions(fuzz_server):
     assert_workers_survived(fuzz_server)
 
 
-def test_reader_selector_on_a_closed_socket():
-    # Regression (seen in the fuzz server's log): a connection closed before
-    # simple-websocket's reader greenlet started made its selector raise
-    # "ValueError: fd must be non-negative: -1" from the greenlet (a traceback
-    # per connection). Like selectors', register() now refuses it with the
-    # ValueError the reader expects, and the reader then ends quietly.
-    import socket
+def test_a_client_that_is_gone_ends_the_connection_quietly():
+    # Regression (seen in the fuzz server's log): with simple-websocket, a
+    # connection closed before its reader greenlet started raised "fd must be
+    # non-negative" from that greenlet, a traceback per connection. There is
+    # no reader now: the handler's own read sees the end of the stream, and
+    # every call after it says ConnectionClosed (1006), nothing else.
+    a, b = socket.socketpair()
+    ws = WebSocket(b)
+    a.close()
+    with pytest.raises(ConnectionClosed) as excinfo:
+        ws.receive(timeout=5)
+    assert excinfo.value.code == 1006
+    ws.close(1000)  # nothing to say it to: returns at once
+    with pytest.raises(ConnectionClosed):
+        ws.send("late")
+    with pytest.raises(ConnectionClosed):
+        ws.receive(timeout=0)
+    b.close()
 
-    from core.transports.websocket import _OneSocketSelector
+
+def _client_frame(opcode, payload, fin=True, rsv=0):
+    """A frame as a client sends it: masked."""
+    size = len(payload)
+    if size < 126:
+        head = bytes((int(fin) << 7 | rsv | opcode, 0x80 | size))
+    elif size < 1 << 16:
+        head = bytes((int(fin) << 7 | rsv | opcode, 0x80 | 126)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((int(fin) << 7 | rsv | opcode, 0x80 | 127)) + size.to_bytes(8, "big")
+    mask = b"\x0f\xa5\x3c\x96"
+    return head + mask + bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+
+
+def _server_frames(raw):
+    """(opcode, payload) of the unmasked frames a server wrote."""
+    frames = []
+    while len(raw) >= 2:
+        size, at = raw[1] & 0x7F, 2
+        if size == 126:
+            size, at = int.from_bytes(raw[2:4], "big"), 4
+        elif size == 127:
+            size, at = int.from_bytes(raw[2:10], "big"), 10
+        assert not raw[1] & 0x80, "a server does not mask"
+        frames.append((raw[0] & 0x0F, raw[at:at + size]))
+        raw = raw[at + size:]
+    assert raw == b"", "a frame cut short"
+    return frames
+
+
+client_frames = st.one_of(
+    st.tuples(st.sampled_from([0, 1, 2, 3, 8, 9, 10, 11]), st.binary(max_size=130),
+              st.booleans(), st.sampled_from([0, 0, 0x40, 0x10])).map(lambda t: _client_frame(*t)),
+    st.text(max_size=30).map(lambda t: _client_frame(1, t.encode("utf-8", "surrogatepass"))),
+    st.sampled_from([BigBytes(_client_frame(1, b"x" * (64 * 1024 + 1))),  # over the limit
+                     BigBytes(_client_frame(1, b"x" * 40_000, fin=False)
+                              + _client_frame(0, b"y" * 40_000)),
+                     _client_frame(8, (1000).to_bytes(2, "big") + b"bye"),
+                     _client_frame(8, b"\x03"), _client_frame(1, b"\xf0\x9f"),
+                     _client_frame(0, b"\x98\x80")]),
+    st.binary(max_size=12),  # not a frame at all
+    st.binary(max_size=12).map(lambda b: b[:2]),  # no mask
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(client_frames, max_size=6))
+def test_websocket_reader_returns_messages_or_closes_with_a_code(chunks):
+    """Whatever a client sends, the frame layer returns whole messages (at
+    most 64 KiB) or ends with ConnectionClosed, and what the server wrote
+    back is whole frames: pongs, then at most one close, with a valid code."""
+    import threading
 
     a, b = socket.socketpair()
-    a.close()
-    with pytest.raises(ValueError):
-        _OneSocketSelector().register(a, 1)
-    selector = _OneSocketSelector()
-    selector.register(b, 1)
-    selector._fileno = -1  # what a socket closed meanwhile leaves
-    assert selector.select(0.01) == [(None, 1)]
-    b.close()
+
+    def client():  # more than the socket buffers hold: from a thread
+        try:
+            a.sendall(b"".join(chunks))
+            a.shutdown(socket.SHUT_WR)  # then the end of the stream
+        except OSError:
+            pass  # the server stopped reading (after CLOSE_TIMEOUT)
+
+    sender = threading.Thread(target=client)
+    sender.start()
+    try:
+        ws = WebSocket(b)
+        with pytest.raises(ConnectionClosed) as excinfo:
+            while True:
+                message = ws.receive(timeout=5)
+                assert isinstance(message, (str, bytes)), message
+                assert len(message) <= MAX_MESSAGE
+        assert 1000 <= excinfo.value.code < 5000, excinfo.value
+        ws.close()
+        sender.join(10)
+        b.close()  # as gunicorn does once the handler has returned
+        raw = b""
+        while chunk := a.recv(1 << 20):
+            raw += chunk
+        frames = _server_frames(raw)
+        assert {opcode for opcode, _ in frames[:-1]} <= {0xA}, frames
+        if frames and frames[-1][0] == 0x8:
+            event(f"server close {int.from_bytes(frames[-1][1][:2], 'big')}")
+            code = int.from_bytes(frames[-1][1][:2], "big") if len(frames[-1][1]) >= 2 else None
+            assert code is None or (1000 <= code < 5000 and code not in (1005, 1006)), frames
+        else:
+            assert not frames or frames[-1][0] == 0xA, frames
+    finally:
+        a.close()
+        b.close()
 
 
 def test_workers_survived_the_fuzzing(fuzz_server):

@@ -3,13 +3,14 @@
 import json
 import os
 import signal
+import socket
 import time
 
 import pytest
 import requests
 import websocket
 
-from tests.clients import SSEClient
+from tests.clients import SSEClient, healthz_bodies, wait_until, ws_request
 
 
 def connect(server, path, **options):
@@ -53,6 +54,89 @@ def test_oversize_frames_are_refused(server):
     ws.send("x" * (64 * 1024 + 1))
     code, _ = close_of(ws)
     assert code == 1009  # message too big
+
+
+def test_echo_compresses_when_the_client_offers_permessage_deflate(server):
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
+    from wsproto.extensions import PerMessageDeflate
+
+    client = WSConnection(ConnectionType.CLIENT)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(client.send(Request(host="127.0.0.1", target="/ws/echo?greeting=off",
+                                     extensions=[PerMessageDeflate()])))
+    events, wire = [], 0
+
+    def until(kind, count=1):
+        nonlocal wire
+        while sum(isinstance(e, kind) for e in events) < count:
+            data = sock.recv(65536)
+            assert data, f"closed by the server after {events}"
+            wire += len(data)
+            client.receive_data(data)
+            events.extend(client.events())
+
+    until(AcceptConnection)
+    accepted = next(e for e in events if isinstance(e, AcceptConnection))
+    assert [type(x) for x in accepted.extensions] == [PerMessageDeflate]
+    wire = 0
+    text = "compress me, " * 4000  # 52 KB, a few hundred bytes deflated
+    sock.sendall(client.send(TextMessage(data=text)) + client.send(BytesMessage(data=b"\x00" * 9)))
+    until(TextMessage)
+    until(BytesMessage)
+    assert "".join(e.data for e in events if isinstance(e, TextMessage)) == text
+    assert b"".join(e.data for e in events if isinstance(e, BytesMessage)) == b"\x00" * 9
+    assert wire < 2000  # compressed on the way back too
+    sock.close()
+
+
+def test_a_malformed_handshake_is_an_http_error(server):
+    for headers, status in [("Sec-WebSocket-Version: 8\r\n", 426),
+                            ("Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n", 400)]:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.sendall(("GET /ws/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                      f"Connection: Upgrade\r\n{headers}\r\n").encode())
+        assert sock.recv(4096).split(b"\r\n", 1)[0] == f"HTTP/1.1 {status} ".encode() + (
+            b"UPGRADE REQUIRED" if status == 426 else b"BAD REQUEST")
+        sock.close()
+
+
+def test_a_peer_that_stops_answering_pings_is_dropped(start_server):
+    """Keepalive pings every WS_PING_SECONDS: a client that answers them stays
+    (websocket-client pongs as it reads), one that does not is dropped at the
+    next ping after, and the worker counts it gone."""
+    server = start_server(WS_PING_SECONDS=1)
+    try:
+        silent = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        silent.sendall(ws_request("/ws/echo?greeting=off").encode())
+        assert b" 101 " in silent.recv(4096)
+        alive = connect(server, "/ws/echo?greeting=off")
+        alive.settimeout(0.2)
+        started, pings = time.monotonic(), 0
+        silent.settimeout(0.2)
+        received, dropped = b"", False
+        while time.monotonic() < started + 6 and not dropped:
+            try:
+                alive.recv()  # answers the server's pings
+            except websocket.WebSocketTimeoutException:
+                pass
+            try:
+                chunk = silent.recv(4096)
+                received += chunk
+                dropped = chunk == b""
+            except TimeoutError:
+                pass
+        pings = received.count(b"\x89\x00")
+        assert dropped and pings >= 1, (received, time.monotonic() - started)
+        assert 1.5 < time.monotonic() - started < 4.5  # one ping unanswered, then the next
+        alive.settimeout(10)
+        alive.send("still here")
+        assert alive.recv() == "still here"
+        alive.close()
+        assert wait_until(lambda: sum(body["connections"]["websocket"] for _, body in
+                                      healthz_bodies(server).values()) == 0, timeout=5)
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize("path", ["/ws/echo", "/draw/ws", "/track/ws"])

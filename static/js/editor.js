@@ -142,15 +142,26 @@ area.addEventListener("scroll", () => { $("mirror").scrollTop = area.scrollTop; 
 // -- the connection ---------------------------------------------------------------------------
 function onMessage(message) {
   switch (message.type) {
-    case "snapshot":
+    case "snapshot": {
+      // `reset`: the server could not catch this client up (away too long, or
+      // the server lost its recent history mid-session): the document afresh.
       if (message.reset && (inflight || buffer)) {
-        $("notice").textContent = "You were away too long: your unsent edits could not be merged.";
+        $("notice").textContent = "The document was reloaded: your unsent edits could not be merged.";
       }
+      if (message.reset) carets.clear(); // placed in the old text; they come back with presence
       inflight = buffer = null;
+      const anchor = ot.utf16ToCp(text, area.selectionStart);
+      const head = ot.utf16ToCp(text, area.selectionEnd);
       text = message.text;
       area.value = text;
+      if (document.activeElement === area) { // keep the caret where it was, as far as it fits
+        const end = ot.cpLength(text);
+        area.setSelectionRange(ot.cpToUtf16(text, Math.min(anchor, end)),
+          ot.cpToUtf16(text, Math.min(head, end)));
+      }
       version = message.v;
       break;
+    }
     case "op": onRemoteOp(message); break;
     case "ack": if (inflight) onAck(message.v); break;
     case "ready":
