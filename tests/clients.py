@@ -239,13 +239,18 @@ def wait_until(predicate, timeout=20, step=0.1):
     return predicate()
 
 
-def read_until_closed(sock, timeout):
-    """What a raw socket receives until the server closes it: (bytes, closed).
-    Silence for `timeout` seconds is not a close."""
-    sock.settimeout(timeout)
+def read_until_closed(sock, timeout, ended=None):
+    """What a raw socket receives until the server closes it, or until
+    `ended(received)` says the response is over (a chunked HTTP response on a
+    keep-alive connection), within `timeout` s: (bytes, closed or ended).
+    Silence until the deadline is neither."""
     received = b""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while not (ended and ended(received)):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return received, False
+        sock.settimeout(remaining)
         try:
             chunk = sock.recv(1 << 20)
         except TimeoutError:
@@ -255,7 +260,7 @@ def read_until_closed(sock, timeout):
         if not chunk:
             return received, True
         received += chunk
-    return received, False
+    return received, True
 
 
 def worker_pids(server):

@@ -25,23 +25,7 @@ PAYLOAD = 60_000  # bytes each: 6 MB in all, 23 times QUEUE_BYTES
 def read_until_ended(sock, timeout):
     """What a raw socket receives until the server closes it or ends its
     chunked HTTP response (keep-alive), within `timeout` s: (bytes, ended)."""
-    received = b""
-    deadline = time.monotonic() + timeout
-    while not received.endswith(b"\r\n0\r\n\r\n"):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return received, False
-        sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(1 << 20)
-        except TimeoutError:
-            return received, False
-        except ConnectionResetError:
-            return received, True
-        if not chunk:
-            return received, True
-        received += chunk
-    return received, True
+    return read_until_closed(sock, timeout, ended=lambda data: data.endswith(b"\r\n0\r\n\r\n"))
 
 
 def subscribers(server):

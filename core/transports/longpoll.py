@@ -91,13 +91,14 @@ class _HeldPoll(Response):
 
     def _held(self, environ, start_response):
         hub, channel, cursor, timeout, max_bytes, write_seconds = self.poll
-        server_response = _gunicorn_response(environ, start_response)
+        server_response, socket_writer = _gunicorn_response(environ, start_response)
         # page_bytes: a backlog is read from Redis about as far as this answer goes
         with lifecycle.connection("longpoll"), hub.subscribe(
                 channel, cursor, page_bytes=max_bytes) as sub, hangup_watch(
                 environ, sub.hang_up):
             start = sub.cursor
-            writer = (_AnswerWriter(environ, server_response, self.headers, write_seconds)
+            writer = (_AnswerWriter(environ, server_response, socket_writer, self.headers,
+                                    write_seconds)
                       if server_response is not None else None)
             sub.write_directly(writer)
             try:
@@ -157,19 +158,21 @@ def _within(messages, max_bytes):
 # -- writing the answer ourselves, under gunicorn's gevent worker --------------------
 
 def _gunicorn_response(environ, start_response):
-    """gunicorn's response object behind `start_response` when this answer
-    may be written in one send by us: gevent, gunicorn's HTTP/1.x on a plain
-    socket, a connection that stays open. None: let gunicorn write it."""
+    """gunicorn's response object behind `start_response`, and a
+    core.connection.DirectWriter on the client's socket, when this answer may
+    be written in one send by us: gevent, gunicorn's HTTP/1.x on a plain
+    socket, a connection that stays open. (None, None): let gunicorn write it."""
     server_response = getattr(start_response, "__self__", None)
     request = getattr(server_response, "req", None)
     if (request is None or server_response.headers_sent or server_response.must_close
             or request.should_close() or request.version not in ((1, 0), (1, 1))
             or environ.get("REQUEST_METHOD") != "GET"):
-        return None
+        return None, None
     # gevent, gunicorn's HTTP protocol, not TLS: as for the streams' direct writes
-    if direct_writer(environ, None) is None:
-        return None
-    return server_response
+    socket_writer = direct_writer(environ, None)
+    if socket_writer is None:
+        return None, None
+    return server_response, socket_writer
 
 
 def _header_lines(server_response, headers, length, date):
@@ -224,29 +227,30 @@ def _recorded(start_response, server_response, headers, body):
 
 class _AnswerWriter:
     """A core.connection.DirectWriter-like writer of one whole answer: the
-    head of this poll (prepared when it parked) and the broadcast's body
-    (shared by every poller). `answered` is the body once it went out."""
+    head (its lines built once per worker) and the broadcast's body (encoded
+    once for every poller). `answered` is the body once it went out."""
 
     one_shot = True
 
-    def __init__(self, environ, server_response, headers, write_seconds):
-        self._socket = direct_writer(environ, None)
+    def __init__(self, environ, server_response, socket_writer, headers, write_seconds):
+        self._socket = socket_writer
         self._write_seconds = write_seconds
         self._server_response = server_response
         self._headers = headers.to_wsgi_list()
         self._environ = environ
         self._deadline = None
+        self._body = None
         self.answered = None
 
     def frame(self, msg):
-        body = msg.encoded(_answer_of_one)
-        return _header_lines(self._server_response, self._headers, len(body),
-                             _date()) + body
+        self._body = msg.encoded(_answer_of_one)
+        return _header_lines(self._server_response, self._headers, len(self._body),
+                             _date()) + self._body
 
     def try_send(self, data):
         sent = self._socket.try_send(data)
         if sent is not None:
-            self.answered = data[data.index(b"\r\n\r\n") + 4:]
+            self.answered = self._body
             if sent < len(data):  # the consumer writes the rest, within the deadline
                 self._deadline = write_deadline(self._environ, self._write_seconds)
         return sent
