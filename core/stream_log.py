@@ -215,35 +215,48 @@ class _SharedReads:
     """Identical reads asked for at the same moment go to Redis once.
 
     When thousands of clients connect in a burst, each catch-up asks for the
-    same page (a long-poll's first poll: everything retained): the first
-    caller lets the others join (one turn of the event loop), closes the
-    batch to newcomers, reads, and hands every caller the same messages. A
-    caller only ever joins a read that has not been sent yet, so it sees
-    everything published before it asked: what a catch-up relies on.
+    same page (a long-poll's first poll: everything retained). Per page there
+    is at most one read in flight and one batch gathering: the batch's first
+    caller lets the others join (one turn of the event loop, or for as long
+    as the read before it is in flight), closes the batch to newcomers,
+    reads, and hands every caller the same messages. So a slow Redis sees
+    two reads per page however many clients pile up behind them. A caller
+    only ever joins a read that has not been sent yet, so it sees everything
+    published before it asked: what a catch-up relies on.
     """
 
     def __init__(self):
-        self._open = {}
+        self._gathering = {}  # page -> the batch callers may still join
+        self._in_flight = {}  # page -> the batch whose read is out
 
     def read(self, read, *args):
-        batch = self._open.get(args)
+        batch = self._gathering.get(args)
         if batch is not None:
             batch.done.wait()
-            if batch.error is not None:
+            if batch.error is None:
+                return batch.result
+            if isinstance(batch.error, Exception):
                 raise batch.error
-            return batch.result
-        batch = self._open[args] = _Batch()
+            return read(*args)  # its caller was killed (not a read error): read alone
+        batch = self._gathering[args] = _Batch()
         try:
-            time.sleep(0)  # let the other callers of this moment join (gevent: yields)
-        finally:  # closed: whoever asks from now on reads anew
-            if self._open.get(args) is batch:
-                del self._open[args]
-        try:
+            try:
+                ahead = self._in_flight.get(args)
+                if ahead is not None:
+                    ahead.done.wait()  # its read may have gone out before our callers asked
+                else:
+                    time.sleep(0)  # let the other callers of this moment join (gevent: yields)
+            finally:  # closed: whoever asks from now on joins the next batch
+                if self._gathering.get(args) is batch:
+                    del self._gathering[args]
+            self._in_flight[args] = batch
             batch.result = read(*args)
-        except Exception as exc:
+        except BaseException as exc:
             batch.error = exc
             raise
         finally:
+            if self._in_flight.get(args) is batch:
+                del self._in_flight[args]
             batch.done.set()
         return batch.result
 
