@@ -13,7 +13,14 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core.config import SETTINGS
 from core.embedded_redis import EmbeddedRedis, free_port
+
+# A load generator is one client address with thousands of clients: the
+# per-address quotas (core/quotas.py) would refuse it, so benchmarks lift them.
+UNLIMITED = {"CONNECTIONS_PER_ADDRESS": "100000000",
+             **{name: "100000000 per minute" for name in SETTINGS
+                if name.endswith("_RATE_LIMIT")}}
 
 
 @contextlib.contextmanager
@@ -29,7 +36,8 @@ def gunicorn_server(redis_url, workers=2, **env_overrides):
     with tempfile.TemporaryDirectory() as instance:
         env = {**os.environ, "REDIS_URL": redis_url, "BIND": f"127.0.0.1:{port}",
                "WEB_CONCURRENCY": str(workers), "INSTANCE_DIR": instance,
-               "LOG_LEVEL": "warning", **{k: str(v) for k, v in env_overrides.items()}}
+               "LOG_LEVEL": "warning", **UNLIMITED,
+               **{k: str(v) for k, v in env_overrides.items()}}
         server = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
             cwd=ROOT, env=env)

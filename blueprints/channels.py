@@ -17,6 +17,7 @@ import json
 
 from flask import Blueprint, current_app, request
 
+from core import quotas
 from core.connection import aborter
 from core.errors import abort_json
 from core.security import channel_access_error, require_channel_access
@@ -46,6 +47,7 @@ def _cursor(raw, what):
 def publish(channel):
     _check_channel(channel)
     require_channel_access("publish", channel)
+    quotas.spend("PUBLISH_RATE_LIMIT", "publishes")
     body = request.get_data(cache=False)
     if not body:
         abort_json(400, "empty message")

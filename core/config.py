@@ -49,6 +49,12 @@ SETTINGS = {
     "JWT_AUDIENCE": (str, "realtime-flask-api", "`aud` of issued tokens (checked on use)"),
     "LOGIN_RATE_LIMIT": (str, "20 per minute", "attempts per client address, shared by every "
                          "login endpoint (Basic, challenge, respond, login, token)"),
+    # -- quotas (core/quotas.py): what one client may do ------------------------
+    "CONNECTIONS_PER_ADDRESS": (int, 200, "open streams (SSE, long-poll, WebSocket) one client "
+                                "address may hold on one worker; more get 429 (load "
+                                "generators on one address need it raised)"),
+    "PUBLISH_RATE_LIMIT": (str, "120 per minute", "`POST /pub/<channel>` per client address "
+                           "and per account"),
     "TICKER_CALL_IN_MS": (int, 5000, "the ticker's normal poll interval, told to clients"),
     "TICKER_TARGET_RPS": (float, 200.0, "quote requests per second above which callIn grows "
                           "in proportion"),

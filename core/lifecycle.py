@@ -16,6 +16,7 @@ SERVICE_RESTART = 1012  # RFC 6455 close code
 
 _lock = threading.Lock()
 _open = {}  # connection -> (kind, close function or None)
+_by_address = {}  # client address -> its open connections (core.quotas)
 _stopping = threading.Event()
 requests_served = [0]  # a list: incremented in place by an after_request hook
 
@@ -25,22 +26,34 @@ def stopping():
 
 
 class connection:  # lower case: used like a function, in a `with`
-    """Count a connection of `kind` while it is open; `close(reason)` ends it
-    on shutdown. A class, not a generator: one is held per open connection."""
+    """Count a connection of `kind` from `address` while it is open;
+    `close(reason)` ends it on shutdown. A class, not a generator: one is
+    held per open connection."""
 
-    __slots__ = ("close", "kind")
+    __slots__ = ("address", "close", "kind")
 
-    def __init__(self, kind, close=None):
-        self.kind, self.close = kind, close
+    def __init__(self, kind, close=None, address=None):
+        self.kind, self.close, self.address = kind, close, address
 
     def __enter__(self):
         with _lock:
             _open[self] = (self.kind, self.close)
+            _by_address[self.address] = _by_address.get(self.address, 0) + 1
         return self
 
     def __exit__(self, *exc_info):
         with _lock:
-            _open.pop(self, None)
+            if _open.pop(self, None) is not None:
+                left = _by_address[self.address] - 1
+                if left:
+                    _by_address[self.address] = left
+                else:
+                    del _by_address[self.address]
+
+
+def held_by(address):
+    """How many connections `address` has open on this worker."""
+    return _by_address.get(address, 0)
 
 
 def open_connections():

@@ -17,6 +17,7 @@ import redis
 import requests
 
 from core.embedded_redis import EmbeddedRedis, free_port
+from core.config import SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_KEY = "test-secret-key"
@@ -38,6 +39,11 @@ def base_env(redis_server, tmp_path_factory):
         "INSTANCE_DIR": str(instance),
         "SECRET_KEY": SECRET_KEY,
         "LOGIN_RATE_LIMIT": "10000 per minute",  # the rate-limit test sets its own
+        # Tests come from one address, many at once: quotas out of the way
+        # (each quota's own test sets it low). core/quotas.py
+        **{name: "1000000 per minute" for name in SETTINGS
+           if name.endswith("_RATE_LIMIT") and name != "LOGIN_RATE_LIMIT"},
+        "CONNECTIONS_PER_ADDRESS": "1000000",
         "PYTHONUNBUFFERED": "1",
         "GRACEFUL_TIMEOUT": "3",  # tests leave streams open; do not wait 30 s at teardown
     }
@@ -167,7 +173,9 @@ def server(start_server):
 @pytest.fixture
 def app(base_env, monkeypatch):
     """An in-process app for plain request/response endpoints (Flask test client)."""
-    for name in ("REDIS_URL", "INSTANCE_DIR", "SECRET_KEY", "APP_ENV", "LOGIN_RATE_LIMIT"):
+    for name in ("REDIS_URL", "INSTANCE_DIR", "SECRET_KEY", "APP_ENV", "LOGIN_RATE_LIMIT",
+                 "CONNECTIONS_PER_ADDRESS",
+                 *(n for n in SETTINGS if n.endswith("_RATE_LIMIT"))):
         monkeypatch.setenv(name, base_env[name])
     from app import create_app
 

@@ -23,10 +23,10 @@ import logging
 import time
 
 import redis
-from flask import Response
+from flask import Response, request
 from gunicorn.util import http_date
 
-from core import lifecycle
+from core import lifecycle, quotas
 from core.connection import direct_writer, hangup_watch, write_deadline
 from core.stream_log import format_id
 from core.subscription import SubscriptionClosed
@@ -57,8 +57,10 @@ def answer(hub, channel, cursor, *, timeout, max_bytes, write_seconds):
     An answer takes no more messages once it reaches `max_bytes` (but always
     one); the rest follow on the next poll. A client that hangs up while
     held is let go at once; one that stops reading its answer is cut off
-    after `write_seconds`.
+    after `write_seconds`. A client address holding its share of the
+    worker's streams already gets a 429 instead (core.quotas).
     """
+    quotas.admit_connection(request.environ)
     return _HeldPoll(hub, channel, cursor, timeout, max_bytes, write_seconds)
 
 
@@ -93,7 +95,7 @@ class _HeldPoll(Response):
         hub, channel, cursor, timeout, max_bytes, write_seconds = self.poll
         server_response, socket_writer = _gunicorn_response(environ, start_response)
         # page_bytes: a backlog is read from Redis about as far as this answer goes
-        with lifecycle.connection("longpoll"), hub.subscribe(
+        with lifecycle.connection("longpoll", address=environ.get("REMOTE_ADDR")), hub.subscribe(
                 channel, cursor, page_bytes=max_bytes) as sub, hangup_watch(
                 environ, sub.hang_up):
             start = sub.cursor

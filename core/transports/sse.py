@@ -15,9 +15,9 @@ import re
 import threading
 import time
 
-from flask import Response
+from flask import Response, request
 
-from core import lifecycle
+from core import lifecycle, quotas
 from core.connection import direct_writer as _direct_writer
 from core.connection import hangup_watch
 from core.subscription import CLIENT_GONE, SubscriptionClosed
@@ -84,7 +84,9 @@ def response(body):
     `body` is one of this module's loops (`stream`, `every`), which count the
     connection as an open SSE connection while it streams; it is handed to
     gunicorn as it is (no wrapping iterators: each is another frame kept on
-    every idle stream's stack)."""
+    every idle stream's stack). A client address holding its share of the
+    worker's streams already gets a 429 instead (core.quotas)."""
+    quotas.admit_connection(request.environ)
     return Response(
         body,
         mimetype="text/event-stream",
@@ -113,7 +115,8 @@ def stream(subscription, environ, *, first, heartbeat, encode=encode, on_reset=N
     (EventSource reconnects and resumes from its last id), and at once when
     the client hangs up.
     """
-    with lifecycle.connection("sse"), subscription as sub, hangup_watch(environ, sub.hang_up):
+    with lifecycle.connection("sse", address=environ.get("REMOTE_ADDR")), subscription as sub, \
+            hangup_watch(environ, sub.hang_up):
         yield first() if callable(first) else first
         if encode is _default_encode and on_reset is None:
             # The headers are out: while this stream idles, the hub's listener
@@ -146,7 +149,8 @@ def every(environ, *, first, frame, seconds, heartbeat=None):
     seconds, and `event: close` when the worker stops. Ends at once when the
     client hangs up (the wait is interrupted)."""
     gone = threading.Event()
-    with lifecycle.connection("sse"), hangup_watch(environ, gone.set):
+    with lifecycle.connection("sse", address=environ.get("REMOTE_ADDR")), \
+            hangup_watch(environ, gone.set):
         yield first
         last_beat = time.monotonic()
         while not lifecycle.stopping():

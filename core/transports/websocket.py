@@ -49,7 +49,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError, generate_accept_token
 
-from core import lifecycle
+from core import lifecycle, quotas
 from core.connection import client_socket
 from core.connection import direct_writer as _direct_writer
 from core.errors import abort_json
@@ -794,9 +794,11 @@ def route(path, bp):
     def decorator(handler):
         @functools.wraps(handler)
         def view(*args, **kwargs):
+            quotas.admit_connection(request.environ)  # a 429 to the handshake
             ws = WebSocket.accept(request.environ,
                                   ping_seconds=current_app.config["WS_PING_SECONDS"])
-            with lifecycle.connection("websocket", ws.shut_down):
+            with lifecycle.connection("websocket", ws.shut_down,
+                                      request.environ.get("REMOTE_ADDR")):
                 try:
                     handler(ws, *args, **kwargs)
                 except ConnectionClosed:

@@ -1,0 +1,77 @@
+"""Quotas: how much one client may do, in one place.
+
+- `spend(setting, what)`: one use of a rate quota whose limit is the setting's
+  value (a Flask-Limiter string such as "30 per minute"), counted per client
+  address and, for a logged-in user, per account as well, in Flask-Limiter's
+  Redis storage (shared by every worker and host). Over it: 429 with
+  `Retry-After` and a reason naming the limit. Raised in a WebSocket handler,
+  `core.transports.websocket.route` turns the same refusal into close 1008
+  with that reason.
+- `spend(..., per_worker=True)`: the same, counted in the worker's memory,
+  per address only: for WebSocket frames (drawing moves, editor ops), which
+  would otherwise cost a Redis round trip each. An address can spread over at
+  most every worker, so its budget is at most the workers' count times this.
+- `admit_connection(environ)`: before a stream (SSE, long-poll, WebSocket)
+  is accepted, refuse with 429 when its address already holds
+  CONNECTIONS_PER_ADDRESS open streams on this worker (core.lifecycle counts
+  them while they are open).
+
+The client address is REMOTE_ADDR, which TRUSTED_PROXIES (werkzeug's
+ProxyFix) sets from X-Forwarded-For behind nginx.
+"""
+
+import math
+import time
+
+from flask import current_app, g, request
+from limits import parse_many
+from limits.storage import MemoryStorage
+from limits.strategies import FixedWindowRateLimiter
+
+from core import lifecycle
+from core.errors import abort_json
+from core.security import limiter
+
+_parsed = {}  # a setting's value -> its parsed limits
+_worker_limiter = FixedWindowRateLimiter(MemoryStorage())
+
+
+def _limits(text):
+    items = _parsed.get(text)
+    if items is None:
+        items = _parsed[text] = parse_many(text)
+    return items
+
+
+def _identities():
+    yield "address", request.remote_addr or "unknown"
+    user = g.get("user")  # only who current_user() already found: no extra lookup
+    if user is not None:
+        yield "account", user.name
+
+
+def spend(setting, what, *, per_worker=False, cost=1):
+    """Count `cost` uses of quota `setting` (its value in app.config) by this
+    client; abort 429 (`what` names the thing counted) once it is spent."""
+    items = _limits(current_app.config[setting])
+    strategy = _worker_limiter if per_worker else limiter.limiter
+    identities = [("address", request.remote_addr or "unknown")] if per_worker \
+        else list(_identities())
+    for scope, who in identities:
+        for item in items:
+            if not strategy.hit(item, setting, scope, who, cost=cost):
+                reset_at, _ = strategy.get_window_stats(item, setting, scope, who)
+                retry = max(1, math.ceil(reset_at - time.time()))
+                abort_json(429, f"too many {what}: at most {item} per {scope}; "
+                                f"retry in {retry} s",
+                           headers={"Retry-After": str(retry)}, retry_after=retry)
+
+
+def admit_connection(environ):
+    """Refuse (429) a new stream from an address that holds its share already."""
+    address = environ.get("REMOTE_ADDR") or "unknown"
+    cap = current_app.config["CONNECTIONS_PER_ADDRESS"]
+    if lifecycle.held_by(address) >= cap:
+        abort_json(429, f"too many open connections from your address: at most {cap} "
+                        "per worker; close some and retry",
+                   headers={"Retry-After": "5"}, retry_after=5)
