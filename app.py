@@ -14,6 +14,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from core import errors, offload, security
+from core.bodies import BodyReader
 from core.config import ConfigError, load_settings
 from core.hub import Hub
 from core.sessions import RedisSessionInterface
@@ -55,6 +56,9 @@ def create_app(config=None):
             "start the server with `make run`, or set REDIS_URL"
         )
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_MESSAGE_BYTES"]
+    app.wsgi_app = BodyReader(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"],
+                              app.config["BODY_TIMEOUT_SECONDS"],
+                              app.config["BODY_MIN_BYTES_PER_SECOND"])
     if app.config["TRUSTED_PROXIES"]:
         # Behind nginx: the client's address (rate limits), scheme (Secure
         # cookies) and Host (Origin checks) come from the X-Forwarded-* headers

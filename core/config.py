@@ -35,7 +35,12 @@ SETTINGS = {
     "LONGPOLL_WRITE_SECONDS": (float, 10.0, "a long-poll answer the client has not read "
                                "whole within this time is cut off (gevent workers)"),
     "SSE_RETRY_MS": (int, 2000, "`retry:` sent to EventSource clients"),
-    "MAX_MESSAGE_BYTES": (int, 64 * 1024, "largest message accepted by `POST /pub/<channel>`"),
+    "MAX_MESSAGE_BYTES": (int, 64 * 1024, "largest request body, and so message accepted by "
+                          "`POST /pub/<channel>` (413 beyond, chunked or not)"),
+    "BODY_TIMEOUT_SECONDS": (float, 10.0, "a request body gets this long, plus its size at "
+                             "BODY_MIN_BYTES_PER_SECOND, to arrive; 408 and closed after"),
+    "BODY_MIN_BYTES_PER_SECOND": (int, 4096, "slowest request body accepted (after "
+                                  "BODY_TIMEOUT_SECONDS)"),
     "WS_PING_SECONDS": (float, 25.0, "WebSocket ping interval (dead peers are dropped)"),
     "ALLOWED_ORIGINS": (str, "", "extra Origins allowed to open WebSockets, comma-separated "
                         "(the server's own origin is always allowed)"),

@@ -1,0 +1,112 @@
+"""Request bodies: read whole, within a deadline and a size limit, before the app.
+
+gunicorn cuts a request's headers after a while but not its body: a client
+sending a body at one byte every few seconds holds a greenlet (and, with
+enough of them, the worker's connection pool) for as long as it likes. And a
+chunked body has no Content-Length for Werkzeug to check against
+MAX_CONTENT_LENGTH, so it used to be cut silently at the limit and accepted.
+
+`BodyReader` wraps the WSGI app: a request with a body (Content-Length or
+chunked) has it read here, at least BODY_MIN_BYTES_PER_SECOND after a grace
+of BODY_TIMEOUT_SECONDS, and at most MAX_CONTENT_LENGTH bytes, before the app
+sees it from memory. Too slow: 408; too large (either framing): 413. Both
+close the connection, since the rest of the body is never read. Bodies are
+small here (64 KiB by default), so buffering them costs little: it is what
+nginx does in front of us (docs/deploy.md).
+"""
+
+import io
+import json
+import socket
+import time
+
+from gevent import Timeout
+from gevent.monkey import is_module_patched
+
+CHUNK = 16 * 1024
+
+
+class _TooSlow(Exception):
+    pass
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyReader:
+    def __init__(self, app, max_bytes, grace_seconds, min_rate):
+        self.app = app
+        self.max_bytes = max_bytes
+        self.grace_seconds = grace_seconds
+        self.min_rate = min_rate
+
+    def __call__(self, environ, start_response):
+        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0  # gunicorn refuses a malformed Content-Length before us
+        if not chunked and length <= 0:
+            return self.app(environ, start_response)
+        try:
+            if length > self.max_bytes:
+                raise _TooLarge
+            body = self._read(environ["wsgi.input"], None if chunked else length)
+        except _TooLarge:
+            return _refuse(environ, start_response, "413 Request Entity Too Large",
+                           f"request body larger than {self.max_bytes} bytes")
+        except _TooSlow:
+            return _refuse(environ, start_response, "408 Request Timeout",
+                           "request body arrived too slowly")
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
+        return self.app(environ, start_response)
+
+    def _read(self, stream, length):
+        """The whole body (`length` bytes, or up to the chunked body's end)."""
+        parts, got, began = [], 0, time.monotonic()
+        while length is None or got < length:
+            want = CHUNK if length is None else min(CHUNK, length - got)
+            # By now `got + want` bytes may have taken the grace plus their
+            # share at the minimum rate, and no longer.
+            allowed = began + self.grace_seconds + (got + want) / self.min_rate
+            part = _read_by(stream, want, allowed - time.monotonic())
+            if not part:
+                break  # the client ended the body (or left: the app sees it short)
+            got += len(part)
+            if got > self.max_bytes:
+                raise _TooLarge
+            parts.append(part)
+        return b"".join(parts)
+
+
+def _read_by(stream, size, seconds):
+    if not is_module_patched("socket"):
+        return stream.read(size)  # not a gevent worker: gunicorn's timeout kills it
+    if seconds <= 0:
+        raise _TooSlow
+    try:
+        with Timeout(seconds):
+            return stream.read(size)
+    except Timeout:
+        raise _TooSlow from None
+
+
+def _refuse(environ, start_response, status, reason):
+    """Answer without the app, and close: the rest of the body is unread."""
+    server_response = getattr(start_response, "__self__", None)
+    if hasattr(server_response, "force_close"):  # gunicorn's response
+        server_response.force_close()
+    else:
+        sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+    body = json.dumps({"error": reason}).encode()
+    start_response(status, [("Content-Type", "application/json"),
+                            ("Content-Length", str(len(body))), ("Connection", "close")])
+    return [body]

@@ -1,0 +1,166 @@
+"""What one client may hold or send: open streams per address, publishes per
+address and per account, and request bodies that come too slowly or too big
+(core/quotas.py, core/bodies.py), against a real gunicorn and Redis."""
+
+import json
+import socket
+import time
+
+import pytest
+import requests
+
+from tests.clients import (long_poll_request, raw_request, read_until, read_until_closed,
+                           sse_request, wait_until, ws_request)
+
+
+def _status_and_headers(received):
+    head = received.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in head[1:])
+    return head[0], {k.lower(): v for k, v in headers.items()}
+
+
+@pytest.fixture(scope="module")
+def capped(start_server):
+    """One worker, so that its per-worker share is the whole server's."""
+    return start_server(workers=1, CONNECTIONS_PER_ADDRESS=3)
+
+
+def test_an_address_holding_its_share_of_streams_gets_429_on_every_transport(capped, channel):
+    held = [raw_request(capped, sse_request(channel)) for _ in range(2)]
+    held.append(raw_request(capped, long_poll_request(channel)))
+    try:
+        for sock in held[:2]:
+            read_until(sock, b"retry:")
+        time.sleep(0.5)  # the long-poll is parked
+        for request in (sse_request(channel), long_poll_request(channel),
+                        ws_request(f"/sub/{channel}/ws")):
+            with raw_request(capped, request) as sock:
+                received, _ = read_until_closed(
+                    sock, 10, ended=lambda r: b"\r\n\r\n" in r and r.endswith(b"}\n"))
+            status, headers = _status_and_headers(received)
+            assert status == "HTTP/1.1 429 TOO MANY REQUESTS", received[:300]
+            assert int(headers["retry-after"]) > 0
+            assert "too many open connections from your address" in received.decode()
+        # Other work from the same address is not refused...
+        assert requests.get(capped.url + "/healthz", timeout=10).status_code == 200
+        held.pop().close()  # ...and a stream that ends frees its place (within 1 s)
+        assert wait_until(lambda: _opens(capped, channel), timeout=5)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def _opens(server, channel):
+    with raw_request(server, sse_request(channel)) as sock:
+        return read_until(sock, b"\r\n\r\n").startswith(b"HTTP/1.1 200")
+
+
+def test_addresses_behind_a_trusted_proxy_are_counted_apart(start_server, channel):
+    server = start_server(workers=1, CONNECTIONS_PER_ADDRESS=1, TRUSTED_PROXIES=1)
+
+    def stream_from(address):
+        return raw_request(server, sse_request(channel).replace(
+            "\r\n\r\n", f"\r\nX-Forwarded-For: {address}\r\n\r\n"))
+
+    first = stream_from("198.51.100.1")
+    try:
+        read_until(first, b"retry:")
+        with stream_from("198.51.100.2") as other:
+            assert b"retry:" in read_until(other, b"retry:")
+        with stream_from("198.51.100.1") as again:
+            received = read_until(again, b"\r\n\r\n")
+            assert received.startswith(b"HTTP/1.1 429")
+    finally:
+        first.close()
+
+
+def test_publishes_are_limited_per_address_and_per_account(start_server, channel, admin_token):
+    server = start_server(workers=2, PUBLISH_RATE_LIMIT="3 per minute", TRUSTED_PROXIES=1)
+
+    def publish(address, token=admin_token):
+        return requests.post(f"{server.url}/pub/{channel}", data=b"hello", timeout=10,
+                             headers={"Authorization": f"Bearer {token}",
+                                      "X-Forwarded-For": address})
+
+    assert [publish("198.51.100.7").status_code for _ in range(3)] == [201, 201, 201]
+    refused = publish("198.51.100.7")
+    assert refused.status_code == 429
+    assert 0 < int(refused.headers["Retry-After"]) <= 60
+    assert "too many publishes" in refused.json()["error"]
+    # The account's budget is spent too: new addresses do not buy more.
+    refused = publish("198.51.100.8")
+    assert refused.status_code == 429 and "per account" in refused.json()["error"]
+
+
+def _post_head(channel, token, extra):
+    return (f"POST /pub/{channel} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: text/plain\r\n{extra}\r\n")
+
+
+@pytest.fixture(scope="module")
+def impatient(start_server):
+    return start_server(workers=1, BODY_TIMEOUT_SECONDS=1, BODY_MIN_BYTES_PER_SECOND=1000)
+
+
+def test_a_body_sent_too_slowly_is_cut_with_408_and_the_connection_closed(
+        impatient, channel, admin_token):
+    with socket.create_connection(("127.0.0.1", impatient.port), timeout=15) as sock:
+        sock.sendall(_post_head(channel, admin_token, "Content-Length: 100\r\n").encode())
+        began = time.monotonic()
+        received, closed = b"", False
+        for _ in range(20):  # a byte every half second: 100 bytes would take 50 s
+            try:
+                sock.sendall(b"x")
+            except OSError:  # the server has closed: what it said is waiting
+                break
+            received, closed = read_until_closed(sock, 0.5)
+            if received:
+                break
+        if not closed:
+            more, closed = read_until_closed(sock, 10)
+            received += more
+        took = time.monotonic() - began
+    assert received.startswith(b"HTTP/1.1 408"), received[:300]
+    assert "too slowly" in json.loads(received.split(b"\r\n\r\n", 1)[1])["error"]
+    assert closed
+    assert took < 8  # cut after about 1.1 s, not held for the 50 s it asked for
+    assert requests.get(impatient.url + "/healthz", timeout=10).status_code == 200
+
+
+def test_a_body_at_a_reasonable_pace_is_accepted(impatient, channel, admin_token):
+    with socket.create_connection(("127.0.0.1", impatient.port), timeout=15) as sock:
+        sock.sendall(_post_head(channel, admin_token, "Content-Length: 10\r\n").encode())
+        for piece in (b"hello", b" world"[:5]):
+            time.sleep(0.2)
+            sock.sendall(piece)
+        received, _ = read_until_closed(sock, 10, ended=lambda r: r.endswith(b"}\n"))
+    assert received.startswith(b"HTTP/1.1 201"), received[:300]
+
+
+def _chunked(body, size=4096):
+    return b"".join(b"%X\r\n%s\r\n" % (len(body[i:i + size]), body[i:i + size])
+                    for i in range(0, len(body), size)) + b"0\r\n\r\n"
+
+
+def test_a_chunked_body_over_the_limit_is_413_like_one_with_content_length(
+        server, channel, admin_token, rdb):
+    limit = 64 * 1024
+    for head, body in (("Transfer-Encoding: chunked\r\n", _chunked(b"a" * (limit + 5400))),
+                       (f"Content-Length: {limit + 1}\r\n", b"")):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+            sock.sendall(_post_head(channel, admin_token, head).encode() + body)
+            received, closed = read_until_closed(sock, 10)
+        assert received.startswith(b"HTTP/1.1 413"), received[:300]
+        assert closed
+    assert rdb.xlen(f"rt:stream:{channel}") == 0  # nothing stored, not even a cut-down copy
+
+
+def test_a_chunked_body_within_the_limit_is_published_whole(server, channel, admin_token, rdb):
+    body = "ü".encode() * 20000  # 40,000 bytes in ten chunks
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        sock.sendall(_post_head(channel, admin_token, "Transfer-Encoding: chunked\r\n").encode()
+                     + _chunked(body))
+        received, _ = read_until_closed(sock, 10, ended=lambda r: r.endswith(b"}\n"))
+    assert received.startswith(b"HTTP/1.1 201"), received[:300]
+    [(_, fields)] = rdb.xrange(f"rt:stream:{channel}")
+    assert fields["d"] == body.decode()
