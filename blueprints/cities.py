@@ -16,12 +16,18 @@ from core.web import get_redis
 bp = Blueprint("cities", __name__)
 
 DATA_FILE = PROJECT_ROOT / "data" / "cities.json"
-DATA_VERSION = "1"  # bump when data/cities.json changes to reseed
+DATA_VERSION = "2"  # bump when data/cities.json (or the keys' layout) changes to reseed
 _NAME = re.compile(r"[a-z][a-z-]{0,63}\Z")
 
 
 def _key(suffix):
     return f"{current_app.config['REDIS_PREFIX']}cities:{suffix}"
+
+
+def _country_key(country):
+    # A namespace of its own: a country named like another key ("version")
+    # must find nothing, not a string where a hash should be.
+    return _key(f"country:{country}")
 
 
 def _normalise(raw):
@@ -37,8 +43,8 @@ def _seed(r):
     for country, states in data.items():
         if country.startswith("_"):
             continue
-        pipe.delete(_key(country))
-        pipe.hset(_key(country), mapping={s: json.dumps(c) for s, c in states.items()})
+        pipe.delete(_country_key(country))
+        pipe.hset(_country_key(country), mapping={s: json.dumps(c) for s, c in states.items()})
     pipe.set(_key("version"), DATA_VERSION)
     pipe.execute()
 
@@ -50,9 +56,9 @@ def list_cities(country, state):
         abort_json(400, "country and state are names of letters and hyphens, e.g. usa/ohio")
     r = get_redis()
     _seed(r)
-    if not r.exists(_key(country)):
+    if not r.exists(_country_key(country)):
         abort_json(404, f"unknown country {country!r}", country=country)
-    cities = r.hget(_key(country), state)
+    cities = r.hget(_country_key(country), state)
     if cities is None:
         abort_json(404, f"unknown state {state!r} in {country!r}", country=country, state=state)
     return jsonify(json.loads(cities))

@@ -15,7 +15,10 @@ The callIn rule:
 - under load, scaled by (requests per second over the last 5 s) / TICKER_TARGET_RPS
   when that exceeds 1, up to 60000;
 - after an upstream failure 10000, doubling with each consecutive failure, up to 120000;
-- `null` (stop polling) for an unknown symbol (404).
+- `null` (stop polling) for an invalid (400) or unknown (404) symbol.
+
+Only quotes served count toward the load: requests for unknown symbols or
+failed upstream calls cannot slow everyone else's polling.
 """
 
 import json
@@ -81,17 +84,16 @@ def page():
 def quote():
     symbol = request.args.get("symbol", "").strip().upper()
     if not SYMBOL.match(symbol):
-        abort_json(400, "symbol: 1-10 of A-Z 0-9 ., starting with a letter")
-    load_call_in = _call_in_for_load()
+        abort_json(400, "symbol: 1-10 of A-Z 0-9 ., starting with a letter", callIn=None)
     if current_app.config["TICKER_UPSTREAM_URL"]:
         result, error_call_in = _upstream_quote(symbol)
         if result is None:
             return {"error": error_call_in[0], "callIn": error_call_in[1]}, 502
-        return {"quote": result, "callIn": load_call_in}
+        return {"quote": result, "callIn": _call_in_for_load()}
     if symbol not in LISTED:
         return {"error": f"unknown symbol {symbol!r}", "listed": sorted(LISTED),
                 "callIn": None}, 404
-    return {"quote": _simulated_quote(symbol), "callIn": load_call_in}
+    return {"quote": _simulated_quote(symbol), "callIn": _call_in_for_load()}
 
 
 def _simulated_quote(symbol):
@@ -108,7 +110,7 @@ def _simulated_quote(symbol):
 
 
 def _call_in_for_load():
-    """Count this request and derive callIn from the recent request rate."""
+    """Count this served quote and derive callIn from the recent rate of them."""
     config, r = current_app.config, get_redis()
     now = int(time.time())
     pipe = r.pipeline(transaction=False)

@@ -70,6 +70,7 @@ def test_list_cities(client, path, cities):
 @pytest.mark.parametrize("path, status, error", [
     ("/listCities/atlantis/ohio", 404, "unknown country"),
     ("/listCities/usa/narnia", 404, "unknown state"),
+    ("/listCities/version/x", 404, "unknown country"),  # was a 500: an internal key's name
     ("/listCities/usa/<script>", 400, "names of letters"),
     ("/listCities", 404, "not found"),
     ("/listCities/usa", 404, "not found"),
@@ -82,7 +83,7 @@ def test_list_cities_errors_are_json(client, path, status, error):
 
 def test_cities_come_from_redis(client, rdb, app):
     client.get("/listCities/usa/ohio")
-    key = f"{app.config['REDIS_PREFIX']}cities:usa"
+    key = f"{app.config['REDIS_PREFIX']}cities:country:usa"
     assert json.loads(rdb.hget(key, "ohio"))[0] == "Columbus"
 
 

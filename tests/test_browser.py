@@ -216,6 +216,15 @@ def test_ticker_page_updates_at_the_pace_the_server_sets(start_server, browser):
     stopped_at = len(requested)
     page.wait_for_timeout(2500)
     assert len(requested) == stopped_at  # callIn null: no more polls
+    # A symbol the server refuses outright (400): stop and say why, not poll in a loop.
+    page.fill("#symbol", "BRK-B")
+    page.click("#symbol-form button")
+    wait_for(page, "document.getElementById('error').textContent.includes('symbol')",
+             timeout=10_000)
+    stopped_at = len(requested)
+    page.wait_for_timeout(2500)
+    assert len(requested) == stopped_at
+    assert page.locator("#callin").inner_text() == "never (stopped)"
     context.close()
 
 

@@ -933,3 +933,30 @@ def test_workers_survived_the_fuzzing(fuzz_server):
     assert_workers_survived(fuzz_server)
     # Resets (we wrote after the server closed) must stay the exception.
     assert WS_OUTCOMES["reset"] <= max(5, WS_OUTCOMES["close"] // 5), WS_OUTCOMES
+
+
+def test_a_client_reset_during_a_websocket_write_leaves_no_traceback(start_server):
+    """A client that stops reading, then resets the connection while the server
+    is blocked writing to it: the worker carries on and logs no traceback."""
+    import struct
+    import time
+
+    from tests.clients import ws_request
+
+    server = start_server(workers=1)
+    for _ in range(3):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(ws_request("/ws/echo?greeting=off").encode())
+        assert b" 101 " in sock.recv(4096)
+        for _ in range(20):  # 1.2 MB of echoes the client never reads
+            sock.sendall(_client_frame(0x1, b"e" * 60_000))
+        time.sleep(0.5)  # the server is now blocked writing
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # RST
+    time.sleep(1)
+    assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+    log = open(server.log_path, encoding="utf-8", errors="replace").read()
+    assert "Traceback" not in log and "unhandled error" not in log, log[-5000:]

@@ -43,8 +43,7 @@ def test_unknown_and_invalid_symbols(server, symbol, status, call_in):
     response = quote(server, symbol)
     assert response.status_code == status
     assert "error" in response.json()
-    if status == 404:
-        assert response.json()["callIn"] is None  # stop polling
+    assert response.json()["callIn"] is None  # stop polling
 
 
 def test_call_in_rises_under_load(start_server):
@@ -54,6 +53,15 @@ def test_call_in_rises_under_load(start_server):
         answers = list(pool.map(lambda _: quote(server).json()["callIn"], range(120)))
     assert max(answers) > 5000
     assert max(answers) <= 60_000
+
+
+def test_requests_that_get_no_quote_do_not_slow_everyone_down(start_server):
+    server = start_server(TICKER_TARGET_RPS=5, REDIS_PREFIX=f"tk{uuid.uuid4().hex[:6]}:")
+    with ThreadPoolExecutor(16) as pool:
+        statuses = set(pool.map(lambda i: quote(server, ["ZZZZ", "BRK-B", "1BM"][i % 3])
+                                .status_code, range(120)))
+    assert statuses == {400, 404}
+    assert quote(server).json()["callIn"] == 5000  # 120 refusals in a moment: the pace holds
 
 
 class Provider:

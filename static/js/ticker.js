@@ -1,5 +1,8 @@
-// Poll /ticker/quote at the pace the server asks for (callIn).
+// Poll /ticker/quote at the pace the server asks for (callIn): never faster
+// than once a second whatever it answers, and not at all once it refuses.
 const $ = (id) => document.getElementById(id);
+const MIN_CALL_IN = 1000;
+const RETRY_CALL_IN = 10000; // a network error, or an answer without callIn
 const FIELDS = ["price", "change", "changePercent", "open", "high", "low", "volume"];
 let symbol = null;
 let timer = null;
@@ -27,21 +30,23 @@ function render(quote) {
 
 async function poll(watching) {
   if (watching !== symbol) return; // a newer symbol took over
-  let callIn = 10000;
+  let callIn = RETRY_CALL_IN;
   try {
     const response = await fetch(`/ticker/quote?symbol=${encodeURIComponent(watching)}`, { cache: "no-store" });
-    const body = await response.json();
-    callIn = body.callIn;
+    const body = await response.json().catch(() => ({}));
     $("polls").textContent = String(++polls);
+    if ("callIn" in body) callIn = body.callIn;
+    else if (response.status >= 400 && response.status < 500) callIn = null; // refused: asking again will not help
     if (body.quote) {
       $("error").textContent = "";
       render(body.quote);
     } else {
-      $("error").textContent = body.error;
+      $("error").textContent = body.error || `HTTP ${response.status}`;
     }
   } catch (error) {
     $("error").textContent = `network error: ${error.message}`;
   }
+  if (callIn !== null) callIn = Math.max(MIN_CALL_IN, Number(callIn) || RETRY_CALL_IN);
   $("callin").textContent = callIn === null ? "never (stopped)" : String(callIn);
   if (callIn !== null && watching === symbol) timer = setTimeout(() => poll(watching), callIn);
 }
