@@ -11,6 +11,7 @@ import itertools
 import os
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -22,7 +23,7 @@ import websocket
 
 from core.config import ConfigError, load_settings
 from core.embedded_redis import free_port
-from tests.clients import SSEClient, WSClient, healthz_bodies, long_poll
+from tests.clients import SSEClient, WSClient, healthz_bodies, long_poll, read_until_closed
 from tests.conftest import ROOT
 
 NGINX = shutil.which("nginx") or next(
@@ -84,8 +85,10 @@ def cluster(start_server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("nginx")
     # Two separate deployments sharing only Redis (and SECRET_KEY): each has
     # its own instance directory (gunicorn's control socket lives there).
-    a = start_server(workers=2, TRUSTED_PROXIES=1, INSTANCE_DIR=tmp / "instance-a")
-    b = start_server(workers=2, TRUSTED_PROXIES=1, INSTANCE_DIR=tmp / "instance-b")
+    # An impatient body deadline on the instances: nginx must spare them slow bodies.
+    impatient = {"BODY_TIMEOUT_SECONDS": 1, "BODY_MIN_BYTES_PER_SECOND": 1000}
+    a = start_server(workers=2, TRUSTED_PROXIES=1, INSTANCE_DIR=tmp / "instance-a", **impatient)
+    b = start_server(workers=2, TRUSTED_PROXIES=1, INSTANCE_DIR=tmp / "instance-b", **impatient)
     port = free_port()
     (tmp / "site.conf").write_text(render_site([a.port, b.port], port))
     # As root, nginx's workers would switch to `nobody`, who cannot enter tmp.
@@ -187,6 +190,38 @@ def test_origin_checks_see_the_public_host_through_nginx(cluster, channel):
 
 def _poll_into(result, url, cursor):
     result["r"] = long_poll(url, cursor=cursor)
+
+
+def _trickled_post(url, channel, token, pieces, pause, missing=0):
+    """POST /pub/<channel> through nginx with the body sent in `pieces`, a
+    `pause` apart (a raw socket: requests sends a body at once); `missing`
+    bytes of the declared length never come."""
+    host, port = url.removeprefix("http://").split(":")
+    length = len(b"".join(pieces)) + missing
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"POST /pub/{channel} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                     f"Authorization: Bearer {token}\r\nContent-Type: text/plain\r\n"
+                     f"Content-Length: {length}\r\n\r\n".encode())
+        for piece in pieces:
+            time.sleep(pause)
+            sock.sendall(piece)
+        return read_until_closed(sock, 30, ended=lambda r: b"\r\n\r\n" in r)
+
+
+def test_nginx_hands_the_instances_a_slow_body_whole(cluster, channel, admin_token):
+    # 2.5 s for 5 bytes: the instances (body deadline 1 s) would answer 408
+    # themselves (tests/test_limits.py); nginx passes the body on once whole.
+    received, _ = _trickled_post(cluster.url, channel, admin_token, [b"x"] * 5, 0.5)
+    assert received.startswith(b"HTTP/1.1 201"), received[:300]
+
+
+def test_nginx_times_out_a_stalled_body_itself(cluster, channel, admin_token, rdb):
+    began = time.monotonic()
+    received, closed = _trickled_post(cluster.url, channel, admin_token, [b"x"], 0, missing=1)
+    # After client_body_timeout (10 s) nginx ends the request (its log says
+    # 408; to a client that went silent it just closes), without the instances.
+    assert closed and received == b"" and time.monotonic() - began < 25
+    assert rdb.xlen(f"rt:stream:{channel}") == 0
 
 
 def test_long_poll_cursor_continues_on_the_other_instance(cluster, channel):
