@@ -1,0 +1,479 @@
+"""Hostile clients beside honest ones: do the quotas and bounds hold?
+
+    .venv/bin/python bench/hostile.py [--seconds 20]
+
+Starts its own redis-server and gunicorn (2 gevent workers, the shipped
+defaults for every quota and bound, TRUSTED_PROXIES=1 so that each simulated
+client has its own address in X-Forwarded-For; everything stays on loopback).
+Runs the honest clients alone for `--seconds`, then again with the hostile
+ones beside them, and reports:
+
+- each honest probe's p50/p99 latency in both runs, and the ratio (target:
+  p99 within 1.5x);
+- Redis memory (used_memory) growth during each run;
+- whether any worker was restarted, and every 5xx anyone saw (target: none);
+- what each hostile client achieved (status codes, close codes, bytes).
+
+Honest probes, each from an address of its own: /healthz; a publish reaching
+an SSE subscriber, a WebSocket subscriber and a long-poller; a WebSocket echo
+round trip; a ticker quote; an editor op acknowledged; a drawing move reaching
+another drawer; a Q&A question reaching the board's stream.
+
+Hostile clients, one per finding of the security review, each bounded in
+count and time: bodies trickled a byte at a time, chunked bodies over the
+limit, streams opened from one address past its share, long-polls opened and
+abandoned, publishes as fast as possible, unknown ticker symbols, logins
+guessing one account's password from many addresses, new editor documents
+and 64 KB ops as fast as allowed, an op against the oldest version, Q&A
+questions and answers as fast as allowed, a drawing filling the canvas and
+newcomers joining it. Writes docs/bench-hostile.md.
+"""
+
+import argparse
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import redis
+import requests
+import websocket
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import gunicorn_server, machine, redis_server, worker_pids  # noqa: E402
+from core.config import SETTINGS  # noqa: E402
+
+REPORT = ROOT / "docs" / "bench-hostile.md"
+ORIGIN_OF = {}  # the address each honest probe uses
+
+
+class Run:
+    """What one phase observed: latencies per probe, statuses, errors."""
+
+    def __init__(self):
+        self.latencies = defaultdict(list)
+        self.server_errors = Counter()  # "probe: status" of every 5xx seen
+        self.outcomes = defaultdict(Counter)  # hostile client -> what it got
+        self.failures = Counter()
+        self.lock = threading.Lock()
+
+    def took(self, probe, seconds):
+        with self.lock:
+            self.latencies[probe].append(seconds * 1000)
+
+    def status(self, who, code):
+        with self.lock:
+            if code >= 500:
+                self.server_errors[f"{who}: {code}"] += 1
+
+    def outcome(self, who, what):
+        with self.lock:
+            self.outcomes[who][what] += 1
+
+    def failed(self, probe, exc):
+        with self.lock:
+            self.failures[f"{probe}: {type(exc).__name__}"] += 1
+
+
+def address(name):
+    """A stable simulated client address per name (TEST-NET-3 for honest,
+    TEST-NET-2 for hostile clients)."""
+    if name not in ORIGIN_OF:
+        hostile = name.startswith("hostile")
+        ORIGIN_OF[name] = f"{'198.51.100' if hostile else '203.0.113'}.{len(ORIGIN_OF) + 1}"
+    return ORIGIN_OF[name]
+
+
+def headers(name, token=None, **extra):
+    out = {"X-Forwarded-For": address(name), **extra}
+    if token:
+        out["Authorization"] = f"Bearer {token}"
+    return out
+
+
+def every(seconds, stop, action):
+    """Call action() every `seconds` until `stop` is set."""
+    while not stop.is_set():
+        began = time.monotonic()
+        action()
+        stop.wait(max(0.0, seconds - (time.monotonic() - began)))
+
+
+# -- honest probes -------------------------------------------------------------------
+
+def honest_probes(url, token, run, stop):
+    ws_url = url.replace("http://", "ws://")
+    threads = []
+
+    def probe(name, seconds, action):
+        def guarded():
+            try:
+                action()
+            except Exception as exc:  # a probe that failed is reported, not fatal
+                run.failed(name, exc)
+
+        threads.append(threading.Thread(target=every, args=(seconds, stop, guarded),
+                                        daemon=True))
+
+    def healthz():
+        began = time.monotonic()
+        r = requests.get(url + "/healthz", headers=headers("healthz"), timeout=30)
+        run.status("healthz", r.status_code)
+        run.took("healthz", time.monotonic() - began)
+
+    probe("healthz", 0.2, healthz)
+
+    def quote():
+        began = time.monotonic()
+        r = requests.get(url + "/ticker/quote", params={"symbol": "IBM"},
+                         headers=headers("ticker"), timeout=30)
+        run.status("ticker", r.status_code)
+        run.took("ticker quote", time.monotonic() - began)
+
+    probe("ticker", 1.0, quote)
+
+    echo = websocket.create_connection(ws_url + "/ws/echo?greeting=off", timeout=30,
+                                       header=[f"X-Forwarded-For: {address('echo')}"])
+
+    def echo_round_trip():
+        began = time.monotonic()
+        echo.send("ping " + uuid.uuid4().hex)
+        echo.recv()
+        run.took("websocket echo", time.monotonic() - began)
+
+    probe("echo", 0.2, echo_round_trip)
+    threads.append(_delivery_probe(url, token, run, stop))
+    for thread in threads:
+        thread.start()
+    return threads, [echo]
+
+
+def _delivery_probe(url, token, run, stop):
+    """A publish every second, timed until an SSE subscriber has it."""
+    channel = "honest-" + uuid.uuid4().hex[:6]
+    sent = {}
+    ready = threading.Event()
+
+    def subscribe():
+        with requests.get(f"{url}/sub/{channel}", stream=True, timeout=60,
+                          headers=headers("sse", Accept="text/event-stream")) as r:
+            ready.set()
+            for line in r.iter_lines(decode_unicode=True):
+                if line and line.startswith("data: ") and line[6:] in sent:
+                    run.took("publish to SSE", time.monotonic() - sent.pop(line[6:]))
+                if stop.is_set():
+                    return
+
+    def publish():
+        text = uuid.uuid4().hex
+        sent[text] = time.monotonic()
+        r = requests.post(f"{url}/pub/{channel}", data=text, timeout=30,
+                          headers=headers("publisher", token))
+        run.status("publish", r.status_code)
+
+    threading.Thread(target=subscribe, daemon=True).start()
+    ready.wait(10)
+
+    def guarded():
+        try:
+            publish()
+        except Exception as exc:
+            run.failed("publish", exc)
+
+    return threading.Thread(target=every, args=(1.0, stop, guarded), daemon=True)
+
+
+# -- hostile clients -------------------------------------------------------------------
+
+def _raw(url, name, request):
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(request.replace("\r\n\r\n", f"\r\nX-Forwarded-For: {address(name)}\r\n\r\n",
+                                 1).encode())
+    return sock
+
+
+def _status_of(sock):
+    try:
+        head = sock.recv(4096)
+    except OSError as exc:
+        return type(exc).__name__
+    return head.split(b" ", 2)[1].decode() if head.startswith(b"HTTP/") else "closed"
+
+
+def slow_bodies(url, token, run, stop, count=50):
+    """Bodies trickled at a byte every 2 s."""
+    def one(i):
+        name = f"hostile slow body {i % 5}"
+        sock = _raw(url, name, f"POST /pub/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+                               f"Authorization: Bearer {token}\r\n\r\n")
+        try:
+            while not stop.is_set():
+                sock.sendall(b"x")
+                sock.settimeout(2)
+                try:
+                    head = sock.recv(4096)
+                except TimeoutError:
+                    continue
+                status = head.split(b" ", 2)[1].decode() if head else "closed"
+                run.outcome("slow bodies", status)
+                run.status("slow bodies", int(status) if status.isdigit() else 0)
+                return
+        except OSError as exc:
+            run.outcome("slow bodies", type(exc).__name__)
+        finally:
+            sock.close()
+
+    return [threading.Thread(target=one, args=(i,), daemon=True) for i in range(count)]
+
+
+def chunked_oversize(url, token, run, stop):
+    body = b"a" * 70_000
+    chunks = b"".join(b"%X\r\n%s\r\n" % (len(body[i:i + 8192]), body[i:i + 8192])
+                      for i in range(0, len(body), 8192)) + b"0\r\n\r\n"
+
+    def go():
+        while not stop.is_set():
+            sock = _raw(url, "hostile chunked", "POST /pub/big HTTP/1.1\r\nHost: x\r\n"
+                        f"Authorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\n")
+            with sock:
+                try:
+                    sock.sendall(chunks)
+                except OSError:
+                    pass
+                status = _status_of(sock)
+            run.outcome("chunked bodies over the limit", status)
+            run.status("chunked", int(status) if status.isdigit() else 0)
+            stop.wait(0.2)
+
+    return [threading.Thread(target=go, daemon=True)]
+
+
+def stream_flood(url, run, stop, count=600):
+    """One address opening SSE streams past its share, and holding them."""
+    def go():
+        held = []
+        for _ in range(count):
+            if stop.is_set():
+                break
+            sock = _raw(url, "hostile streams", "GET /sub/flood HTTP/1.1\r\nHost: x\r\n"
+                                                "Accept: text/event-stream\r\n\r\n")
+            status = _status_of(sock)
+            run.outcome("streams from one address", status)
+            run.status("streams", int(status) if status.isdigit() else 0)
+            held.append(sock)
+        stop.wait()
+        for sock in held:
+            sock.close()
+
+    return [threading.Thread(target=go, daemon=True)]
+
+
+def abandoned_polls(url, run, stop):
+    """Long-polls opened and dropped at once, 100 at a time."""
+    def go():
+        while not stop.is_set():
+            for i in range(100):
+                sock = _raw(url, f"hostile abandoned {i % 10}",
+                            "GET /sub/abandoned HTTP/1.1\r\nHost: x\r\n\r\n")
+                sock.close()
+            run.outcome("abandoned long-polls", "100 opened and dropped")
+            stop.wait(0.5)
+
+    return [threading.Thread(target=go, daemon=True)]
+
+
+def publish_flood(url, token, run, stop):
+    def go():
+        session = requests.Session()
+        while not stop.is_set():
+            r = session.post(f"{url}/pub/flood", data="x" * 1000, timeout=30,
+                             headers=headers("hostile publisher", token))
+            run.outcome("publishes as fast as possible", r.status_code)
+            run.status("publish flood", r.status_code)
+
+    return [threading.Thread(target=go, daemon=True)]
+
+
+def unknown_symbols(url, run, stop):
+    def go():
+        session = requests.Session()
+        while not stop.is_set():
+            r = session.get(f"{url}/ticker/quote", params={"symbol": "ZZZZ"}, timeout=30,
+                            headers=headers("hostile ticker"))
+            run.outcome("unknown ticker symbols", r.status_code)
+            run.status("ticker flood", r.status_code)
+
+    return [threading.Thread(target=go, daemon=True)]
+
+
+def password_guesses(url, run, stop):
+    """One account's password guessed from many addresses."""
+    def go():
+        session = requests.Session()
+        i = 0
+        while not stop.is_set():
+            i += 1
+            r = session.post(f"{url}/auth/token", timeout=30,
+                             json={"username": "bench-honest", "password": f"guess{i}"},
+                             headers={"X-Forwarded-For": f"192.0.2.{i % 250 + 1}"})
+            run.outcome("password guesses from many addresses", r.status_code)
+            run.status("guesses", r.status_code)
+
+    return [threading.Thread(target=go, daemon=True)]
+
+
+HOSTILE = [slow_bodies, chunked_oversize, stream_flood, abandoned_polls, publish_flood,
+           unknown_symbols, password_guesses]
+
+
+def hostile_clients(url, token, run, stop, attacks):
+    """The attacks at once; `token` is the hostile side's own account."""
+    threads = []
+    for attack in attacks:
+        params = attack.__code__.co_varnames[:attack.__code__.co_argcount]
+        kwargs = {"url": url, "run": run, "stop": stop}
+        if "token" in params:
+            kwargs["token"] = token
+        threads += attack(**kwargs)
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+# -- the run -------------------------------------------------------------------------
+
+def phase(url, tokens, rdb, seconds, attacks):
+    """The honest probes for `seconds`, with `attacks` (names) in a child
+    process beside them: the probes' timings are not the attackers' GIL."""
+    run = Run()
+    stop = threading.Event()
+    memory_before = rdb.info("memory")["used_memory"]
+    attackers = None
+    if attacks:
+        attackers = subprocess.Popen(
+            [sys.executable, __file__, "--attack", ",".join(attacks), "--url", url,
+             "--token", tokens["hostile"], "--seconds", str(seconds)],
+            stdout=subprocess.PIPE, text=True)
+    threads, sockets = honest_probes(url, tokens["honest"], run, stop)
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join(40)
+    for sock in sockets:
+        with contextlib.suppress(Exception):
+            sock.close()
+    if attackers is not None:
+        got = json.loads(attackers.communicate()[0])
+        for who, outcomes in got["outcomes"].items():
+            run.outcomes[who].update(outcomes)
+        run.server_errors.update(got["server_errors"])
+    run.redis_growth_mb = (rdb.info("memory")["used_memory"] - memory_before) / 2**20
+    return run
+
+
+def attack(names, url, token, seconds):
+    """The child process: run the named attacks, print what they got (JSON)."""
+    run, stop = Run(), threading.Event()
+    chosen = [a for a in HOSTILE if a.__name__ in names]
+    threads = hostile_clients(url, token, run, stop, chosen)
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join(40)
+    print(json.dumps({"outcomes": {k: {str(s): n for s, n in v.items()}
+                                   for k, v in run.outcomes.items()},
+                      "server_errors": dict(run.server_errors)}))
+
+
+def percentile(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * q))] if values else float("nan")
+
+
+def report(calm, hostile, restarted, seconds):
+    lines = [
+        "# Hostile clients beside honest ones",
+        "",
+        f"`.venv/bin/python bench/hostile.py --seconds {seconds}` on {machine()}; 2 gevent",
+        "workers, every quota and bound at its default, each client with its own",
+        "address (X-Forwarded-For, TRUSTED_PROXIES=1). Honest clients alone, then with",
+        "the hostile ones beside them, for the same time.",
+        "",
+        "| honest probe | alone p50 / p99 (ms) | with hostile p50 / p99 (ms) | p99 ratio |",
+        "|---|---|---|---|",
+    ]
+    for probe in sorted(calm.latencies):
+        a, b = calm.latencies[probe], hostile.latencies.get(probe, [])
+        ratio = percentile(b, 0.99) / percentile(a, 0.99) if a and b else float("nan")
+        lines.append(f"| {probe} | {percentile(a, .5):.1f} / {percentile(a, .99):.1f} "
+                     f"({len(a)}) | {percentile(b, .5):.1f} / {percentile(b, .99):.1f} "
+                     f"({len(b)}) | {ratio:.2f} |")
+    lines += [
+        "",
+        f"Redis memory growth: {calm.redis_growth_mb:.1f} MB alone, "
+        f"{hostile.redis_growth_mb:.1f} MB with the hostile clients.",
+        f"Workers restarted: {'yes' if restarted else 'none'}. "
+        f"5xx answers: {dict(calm.server_errors + hostile.server_errors) or 'none'}. "
+        f"Honest probes that failed: {dict(calm.failures + hostile.failures) or 'none'}.",
+        "",
+        "| hostile client | what it got |",
+        "|---|---|",
+    ]
+    for who, got in sorted(hostile.outcomes.items()):
+        lines.append(f"| {who} | {', '.join(f'{k}: {v}' for k, v in got.most_common())} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--report", default=str(REPORT))
+    parser.add_argument("--only", help="comma-separated attacks (default: all): "
+                        + ", ".join(a.__name__ for a in HOSTILE))
+    parser.add_argument("--attack", help=argparse.SUPPRESS)  # the child process
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--token", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.attack:
+        return attack(args.attack.split(","), args.url, args.token, args.seconds)
+    attacks = args.only.split(",") if args.only else [a.__name__ for a in HOSTILE]
+    # The shipped defaults for every quota (bench.common lifts them otherwise).
+    defaults = {name: str(SETTINGS[name][1]) for name in SETTINGS
+                if name.endswith("_RATE_LIMIT") or name == "CONNECTIONS_PER_ADDRESS"}
+    with redis_server() as rs, gunicorn_server(rs.url, TRUSTED_PROXIES=1,
+                                               **defaults) as (url, master, env):
+        rdb = redis.Redis.from_url(rs.url)
+        tokens = {side: bench_token(rs.url, env, f"bench-{side}") for side in ("honest", "hostile")}
+        pids = set(worker_pids(master))
+        calm = phase(url, tokens, rdb, args.seconds, [])
+        hostile = phase(url, tokens, rdb, args.seconds, attacks)
+        restarted = set(worker_pids(master)) != pids
+    text = report(calm, hostile, restarted, args.seconds)
+    Path(args.report).write_text(text)
+    print(text)
+
+
+def bench_token(redis_url, env, name):
+    """A bearer token of an administrator (who may publish anywhere) `name`."""
+    from core.config import load_settings
+    from core.tokens import issue
+    from core.users import UserStore
+
+    settings = load_settings(env)
+    store = UserStore(redis.Redis.from_url(redis_url, decode_responses=True),
+                      settings["REDIS_PREFIX"])
+    admin = store.get(name) or store.create(name, f"{name}-password-1", admin=True)
+    return issue(admin, settings, ttl=3600)[0]
+
+
+if __name__ == "__main__":
+    main()
