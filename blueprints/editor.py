@@ -10,14 +10,31 @@ old to catch up from), or the ops since `?v=` as `op` messages; then
 `presence {src, name, caret, v}`, `leave {src}`. If the server missed messages
 (e.g. Redis restarted empty), `snapshot {v, text, reset: true}` and `ready {v}`
 again mid-session: the document as it now is, and the session carries on.
+An op made against a version too far behind (more than EDITOR_MAX_OP_LAG ops,
+or older than the op log) is not committed: the answer is the same
+`snapshot {v, text, reset: true, reason}` and `ready {v}`, and the client
+carries on from that snapshot.
 Client -> server: `op {v, op, id}` made against version v; `presence {v, caret}`.
+Refusals (a malformed op, one that does not fit the document, a quota spent,
+the document cap reached) close the socket with 1008 and the reason.
 
-Committing: the op is transformed against every op committed since its `v`,
-applied, and stored by one Lua script that checks the version has not moved
-(else: read and transform again), appends to the bounded op log, records the
-op id (a resubmitted op is not applied twice) and publishes the entry on the
-hub in the same step, so every worker sees commits in version order. The
-current text is kept beside the log; the log keeps the last LOG_LENGTH ops.
+Committing: the op is transformed against every op committed since its `v`
+(at most EDITOR_MAX_OP_LAG of them; off the event loop when that is much
+work), applied, and stored by one Lua script that checks the version has not
+moved (else: read and transform again), appends to the op log, records the op
+id (a resubmitted op is not applied twice) and publishes the entry on the hub
+in the same step, so every worker sees commits in version order.
+
+What a document may hold in Redis is bounded (a security review found it was
+not): the log keeps the last LOG_LENGTH ops and at most EDITOR_OPLOG_BYTES of
+them (always the newest); the channel's stream is trimmed to what the log
+keeps; entries are compact JSON with non-ASCII text as UTF-8, not \\u escapes
+(an emoji: 4 bytes, not 12); every key of a document expires after
+EDITOR_DOC_TTL_DAYS without use; and at most EDITOR_MAX_DOCS documents are
+live, counted in a sorted set by last use (`editor:docs`) from which the
+expired fall out. Opening a document that is not live creates it: that
+spends EDITOR_DOCS_RATE_LIMIT, and every client frame spends
+EDITOR_OP_RATE_LIMIT (per address and worker).
 """
 
 import json
@@ -30,7 +47,7 @@ import weakref
 
 from flask import Blueprint, current_app, render_template, request
 
-from core import ot
+from core import offload, ot, quotas
 from core.errors import abort_json
 from core.transports.websocket import Refused, json_object, route
 from core.web import get_hub, get_redis, is_unicode
@@ -41,39 +58,110 @@ DOC_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 MAX_DOC = 100_000  # code points
 LOG_LENGTH = 500
 MAX_NAME = 40
+CATCH_UP_ALL = 2**40  # `most` for reads that want every entry the log has
 
-# KEYS: doc hash, log, ids; ARGV: from version. -> {v, text, base, {entries since from}}
+# Below this much rebase work (entries' characters, plus op components times
+# entries) a rebase takes well under a millisecond: less than a trip to the
+# thread pool costs. Above it, it runs there, off the event loop.
+OFFLOAD_CHARS = 32_000
+OFFLOAD_STEPS = 2_000
+
+# The document cap, shared by the scripts below: drop the documents unused
+# for `ttl` ms, then count `doc` in (refreshing its last use) unless it is
+# new and `cap` are live already. -> true when counted.
+_ADMIT_FUNCTION = """
+local function admit(docs, doc, now, ttl, cap)
+  redis.call('ZREMRANGEBYSCORE', docs, '-inf', now - ttl)
+  if not redis.call('ZSCORE', docs, doc) and redis.call('ZCARD', docs) >= cap then
+    return false
+  end
+  redis.call('ZADD', docs, now, doc)
+  redis.call('PEXPIRE', docs, ttl)
+  return true
+end
+"""
+
+# KEYS: doc hash, log, ids, docs; ARGV: doc id, now ms, ttl ms, cap, create (0/1).
+# -> 1 live (its keys' TTLs refreshed), 2 not live (create=0), 0 the cap is reached.
+_OPEN_LUA = _ADMIT_FUNCTION + """
+local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+if ARGV[5] == '0' then
+  local last = redis.call('ZSCORE', KEYS[4], ARGV[1])
+  if not last or tonumber(last) <= now - ttl then return 2 end
+end
+if not admit(KEYS[4], ARGV[1], now, ttl, tonumber(ARGV[4])) then return 0 end
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
+return 1
+"""
+
+# KEYS: doc hash, log; ARGV: from version, most entries.
+# -> {v, text, base, {log items after `from`}}: none when `from` is outside
+# the log or more than `most` behind. A log item is `<stream id> <entry JSON>`.
 _READ_LUA = """
 local st = redis.call('HMGET', KEYS[1], 'v', 'text', 'base')
 local v, base = tonumber(st[1] or '0'), tonumber(st[3] or '0')
 local from = tonumber(ARGV[1])
 local entries = {}
-if from >= base and from < v then entries = redis.call('LRANGE', KEYS[2], from - base, -1) end
+if from >= base and from < v and v - from <= tonumber(ARGV[2]) then
+  entries = redis.call('LRANGE', KEYS[2], from - base, -1)
+end
 return {v, st[2] or '', base, entries}
 """
 
-# KEYS: doc hash, log, ids, hub stream; ARGV: expected v, new text, entry JSON
-# without its closing `"v":N}`, op id, log length, hub channel.
-# -> {1, v} committed, {0, v} the version moved, {2, v} this op id was committed as v.
-_COMMIT_LUA = """
+# KEYS: doc hash, log, ids, docs, hub stream; ARGV: expected v, new text,
+# entry JSON without its closing `"v":N}`, op id, log length, hub channel,
+# log bytes, doc id, now ms, ttl ms, document cap.
+# -> {1, v} committed, {0, v} the version moved, {2, v} this op id was
+# committed as v, {3, v} the document cap is reached.
+_COMMIT_LUA = _ADMIT_FUNCTION + """
 local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if v ~= tonumber(ARGV[1]) then return {0, v} end
 local seen = redis.call('HGET', KEYS[3], ARGV[4])
 if seen then return {2, tonumber(seen)} end
+local ttl = tonumber(ARGV[10])
+if not admit(KEYS[4], ARGV[8], tonumber(ARGV[9]), ttl, tonumber(ARGV[11])) then
+  return {3, v}
+end
 v = v + 1
 local entry = ARGV[3] .. '"v":' .. v .. '}'
+local item = hub_publish(KEYS[5], ARGV[6], 'j', entry) .. ' ' .. entry
 redis.call('HSET', KEYS[1], 'v', v, 'text', ARGV[2])
 redis.call('HSETNX', KEYS[1], 'base', 0)
-redis.call('RPUSH', KEYS[2], entry)
+redis.call('RPUSH', KEYS[2], item)
 redis.call('HSET', KEYS[3], ARGV[4], v)
-if redis.call('LLEN', KEYS[2]) > tonumber(ARGV[5]) then
-  local oldest = cjson.decode(redis.call('LPOP', KEYS[2]))
+local bytes = redis.call('HINCRBY', KEYS[1], 'bytes', #item)
+local length = redis.call('LLEN', KEYS[2])
+-- the oldest go, by count and by bytes; the newest always stays
+while length > tonumber(ARGV[5]) or (bytes > tonumber(ARGV[7]) and length > 1) do
+  local oldest = redis.call('LPOP', KEYS[2])
+  local gap = string.find(oldest, ' ', 1, true)
+  redis.call('HDEL', KEYS[3], cjson.decode(string.sub(oldest, gap + 1)).id)
   redis.call('HINCRBY', KEYS[1], 'base', 1)
-  redis.call('HDEL', KEYS[3], oldest.id)
+  bytes = redis.call('HINCRBY', KEYS[1], 'bytes', -#oldest)
+  length = length - 1
 end
-hub_publish(KEYS[4], ARGV[6], 'j', entry)
+-- The channel's stream keeps what the log keeps (its catch-up is the log's):
+-- nothing older than the oldest op left in the log.
+local first = redis.call('LINDEX', KEYS[2], 0)
+redis.call('XTRIM', KEYS[5], 'MINID', string.sub(first, 1, string.find(first, ' ', 1, true) - 1))
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
 return {1, v}
 """
+
+
+def dumps(obj):
+    """Compact JSON with non-ASCII as UTF-8: what is stored, published and sent."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def _entry(item):
+    """The entry JSON of a log item `<stream id> <entry JSON>`."""
+    return item.partition(" ")[2]
+
+
+class Behind(Exception):
+    """The op was made against a version too far behind to transform: the
+    client is sent a fresh snapshot instead (the reason says why)."""
 
 
 # Greenlets of one worker commit to a document one at a time: the optimistic
@@ -95,53 +183,116 @@ class Document:
     by the WebSocket loops after it."""
 
     def __init__(self, doc_id):
-        prefix = current_app.config["REDIS_PREFIX"]
+        config = current_app.config
+        prefix = config["REDIS_PREFIX"]
         self.hub, self.redis = get_hub(), get_redis()
-        self.channel = f"editor:{doc_id}"
+        self.doc_id, self.channel = doc_id, f"editor:{doc_id}"
         self.keys = [f"{prefix}editor:{doc_id}", f"{prefix}editor:{doc_id}:log",
                      f"{prefix}editor:{doc_id}:ids"]
+        self.docs_key = f"{prefix}editor:docs"
+        self.ttl_ms = config["EDITOR_DOC_TTL_DAYS"] * 24 * 3600 * 1000
+        self.max_docs = config["EDITOR_MAX_DOCS"]
+        self.log_bytes = config["EDITOR_OPLOG_BYTES"]
+        self.max_lag = config["EDITOR_MAX_OP_LAG"]
+        self._open = self.redis.register_script(_OPEN_LUA)
         self._read = self.redis.register_script(_READ_LUA)
         self._commit = self.hub.script(_COMMIT_LUA)
 
-    def read(self, since=0):
-        """(v, text, base, [log entries after version `since`])."""
-        v, text, base, entries = self._read(keys=self.keys, args=[since])
-        return int(v), text, int(base), [json.loads(e) for e in entries]
+    def open(self):
+        """Count this document among the live ones and refresh its keys' TTL;
+        one that is not live yet is created, which spends the creator's
+        EDITOR_DOCS_RATE_LIMIT and needs room under EDITOR_MAX_DOCS."""
+        if self._open_call(create=False) == 2:
+            quotas.spend("EDITOR_DOCS_RATE_LIMIT", "new editor documents")
+            if self._open_call(create=True) == 0:
+                raise Refused(f"too many documents: at most {self.max_docs} are kept; "
+                              "reopen one in use, or retry once an unused one expires")
 
-    def submit(self, base_v, op, op_id, src):
-        """Transform `op` (made against version base_v) and commit it; returns
-        the version it was committed as (a resubmitted op keeps its first one)."""
+    def _open_call(self, create):
+        return self._open(keys=[*self.keys, self.docs_key],
+                          args=[self.doc_id, int(time.time() * 1000), self.ttl_ms,
+                                self.max_docs, int(create)])
+
+    def read(self, since=0, most=CATCH_UP_ALL):
+        """(v, text, base, [entry JSON texts after version `since`]); no entries
+        when `since` is outside the log or more than `most` behind."""
+        v, text, base, items = self._read(keys=self.keys[:2], args=[since, most])
+        return int(v), text, int(base), [_entry(item) for item in items]
+
+    def submit(self, base_v, op, walks, op_id, src):
+        """Transform `op` (made against version base_v, walking `walks` code
+        points of it) and commit it; returns the version it was committed as
+        (a resubmitted op keeps its first one)."""
         with _commit_lock(self.keys[0]):
-            return self._submit(base_v, op, op_id, src)
+            return self._submit(base_v, op, walks, op_id, src)
 
-    def _submit(self, base_v, op, op_id, src):
+    def _submit(self, base_v, op, walks, op_id, src):
         for attempt in range(50):
             if attempt:
                 time.sleep(random.uniform(0, 0.002 * attempt))  # another worker just won
-            v, text, base, entries = self.read(base_v)
-            if base_v > v:
-                raise Refused(f"version {base_v} is in the future (document is at {v})")
-            if base_v < base:
-                raise Refused(f"version {base_v} is too old to catch up; reload")
-            rebased = op
-            for entry in entries:
-                if entry["id"] == op_id:
-                    return entry["v"]  # already committed (resubmitted after a reconnect)
-                rebased, _ = ot.transform(rebased, ot.from_json(entry["op"]))
-            try:
-                new_text = ot.apply(text, rebased)
-            except ot.OTError as exc:
-                raise Refused(str(exc)) from None
-            if len(new_text) > MAX_DOC:
-                raise Refused(f"a document holds at most {MAX_DOC} characters")
-            entry_head = json.dumps({"kind": "op", "op": ot.to_json(rebased), "src": src,
-                                     "id": op_id}, separators=(",", ":"))[:-1] + ","
+            v, text, base, entries = self.read(base_v, self.max_lag)
+            self._check_version(base_v, v, base)
+            rebase = offload.run_blocking if _heavy(op, entries) else _call
+            committed, result = rebase(_rebase, text, entries, op, walks, op_id, src)
+            if committed is not None:
+                return committed  # already committed (resubmitted after a reconnect)
+            new_text, entry_head = result
             status, version = self._commit(
-                keys=[*self.keys, self.hub.stream_key(self.channel)],
-                args=[v, new_text, entry_head, op_id, LOG_LENGTH, self.channel])
+                keys=[*self.keys, self.docs_key, self.hub.stream_key(self.channel)],
+                args=[v, new_text, entry_head, op_id, LOG_LENGTH, self.channel,
+                      self.log_bytes, self.doc_id, int(time.time() * 1000), self.ttl_ms,
+                      self.max_docs])
             if status in (1, 2):
                 return int(version)
+            if status == 3:
+                raise Refused(f"too many documents: at most {self.max_docs} are kept")
         raise Refused("too much contention; resubmit")
+
+    def _check_version(self, base_v, v, base):
+        if base_v > v:
+            raise Refused(f"version {base_v} is in the future (document is at {v})")
+        if base_v < base or v - base_v > self.max_lag:
+            raise Behind(f"your version {base_v} is {v - base_v} ops behind (at most "
+                         f"{min(self.max_lag, v - base)} can be merged): your unsent edits "
+                         f"were dropped; here is the document as it is now")
+
+
+def _call(function, *args):
+    return function(*args)
+
+
+def _heavy(op, entries):
+    """Whether rebasing `op` over `entries` is worth taking off the event loop."""
+    return (sum(map(len, entries)) > OFFLOAD_CHARS
+            or (len(op) + 1) * len(entries) > OFFLOAD_STEPS)
+
+
+def _rebase(text, entries, op, walks, op_id, src):
+    """Pure CPU work, safe on a thread: transform `op` over the log `entries`
+    committed since its version and apply it to `text`. -> (v, None) when the
+    op id is among them (committed already), else (None, (new text, entry
+    JSON head))."""
+    ops = []
+    for raw in entries:
+        entry = json.loads(raw)
+        if entry["id"] == op_id:
+            return entry["v"], None
+        ops.append(ot.from_json(entry["op"]))
+    # The op must fit the document it was made on (a trailing retain is
+    # dropped by normalizing, so checked here, on the wire form's length).
+    length = len(text) - sum(map(ot.length_change, ops))
+    if walks > length:
+        raise Refused(f"operation walks {walks} code points; the document has {length}")
+    for other in ops:
+        op, _ = ot.transform(op, other)
+    try:
+        new_text = ot.apply(text, op)
+    except ot.OTError as exc:
+        raise Refused(str(exc)) from None
+    if len(new_text) > MAX_DOC:
+        raise Refused(f"a document holds at most {MAX_DOC} characters")
+    head = dumps({"kind": "op", "op": ot.to_json(op), "src": src, "id": op_id})[:-1] + ","
+    return None, (new_text, head)
 
 
 @bp.get("/<doc>")
@@ -155,20 +306,23 @@ def page(doc):
 def text(doc):
     if not DOC_ID.match(doc):
         abort_json(400, "document ids are 1-64 of A-Z a-z 0-9 _ -")
-    v, body, _, _ = Document(doc).read()
+    v, body, _, _ = Document(doc).read(-1)  # -1: the state only, no log entries
     return {"v": v, "text": body}
 
 
 def _parse_op_message(message):
+    """(v, op, walks, id) of an `op` frame; `walks`: the code points its wire
+    form walks, trailing retain included."""
     if not isinstance(message.get("v"), int) or isinstance(message["v"], bool) or message["v"] < 0:
         raise Refused("op.v must be a version number")
     op_id = message.get("id")
     if not isinstance(op_id, str) or not 1 <= len(op_id) <= 64 or not is_unicode(op_id):
         raise Refused("op.id must be a string of 1-64 characters")
     try:
-        return message["v"], ot.from_json(message.get("op")), op_id
+        op = ot.from_json(message.get("op"))
     except ot.OTError as exc:
         raise Refused(f"bad op: {exc}") from None
+    return message["v"], op, ot.walks(message["op"]), op_id
 
 
 def _caret(message):
@@ -188,38 +342,44 @@ def editor_ws(ws, doc):
     since = int(raw_v) if raw_v.isdigit() and len(raw_v) < 12 else None
     name = "".join(ch for ch in request.args.get("name", "") if ch.isprintable())[:MAX_NAME]
     document, src = Document(doc), secrets.token_hex(8)
+    document.open()
     heartbeat = current_app.config["HEARTBEAT_SECONDS"]
 
     # Subscribe first, then read: nothing slips between.
     with document.hub.subscribe(document.channel, on_abort=ws.abort) as sub:
-        v, body, base, entries = document.read(since if since is not None else 0)
+        v, body, base, entries = document.read(since if since is not None else -1)
         if since is None or not base <= since <= v:
-            ws.send(json.dumps({"type": "snapshot", "v": v, "text": body,
-                                "reset": since is not None}))
+            ws.send(dumps({"type": "snapshot", "v": v, "text": body, "reset": since is not None}))
         else:
             for entry in entries:
-                ws.send(json.dumps({"type": "op", **entry}))
-        ws.send(json.dumps({"type": "ready", "v": v}))
+                ws.send('{"type":"op",' + entry[1:])  # the stored entry, as it is
+        ws.send(dumps({"type": "ready", "v": v}))
         relayed = _Relayed(ws, document, src, v)
         try:
             # One greenlet writes every frame, in the order the hub delivered
             # them: acks come in version order among the others' ops.
             for raw in ws.relay(sub, encode=relayed.encode, on_reset=relayed.reset,
                                 heartbeat=heartbeat):
-                _handle(document, src, name, json_object(raw))
+                try:
+                    _handle(document, src, name, json_object(raw))
+                except Behind as behind:
+                    relayed.resync(str(behind))
         finally:
-            document.hub.publish_json(document.channel, {"kind": "leave", "src": src})
+            document.hub.publish(document.channel, dumps({"kind": "leave", "src": src}),
+                                 is_json=True)
 
 
 def _handle(document, src, name, message):
-    """One message from the client: an op to commit, or presence to share."""
+    """One message from the client: an op to commit, or presence to share.
+    Either spends one of the address' EDITOR_OP_RATE_LIMIT on this worker."""
+    quotas.spend("EDITOR_OP_RATE_LIMIT", "editor messages", per_worker=True)
     if message.get("type") == "op":
         document.submit(*_parse_op_message(message), src)
     elif message.get("type") == "presence":
         version = message.get("v")
-        document.hub.publish_json(document.channel, {
+        document.hub.publish(document.channel, dumps({
             "kind": "presence", "src": src, "name": name, "caret": _caret(message),
-            "v": version if isinstance(version, int) else None})
+            "v": version if isinstance(version, int) else None}), is_json=True)
     else:
         raise Refused("unknown message type")
 
@@ -244,14 +404,26 @@ class _Relayed:
             out = {"type": entry["kind"], **entry}
         else:
             return None
-        return json.dumps(out)
+        return dumps(out)
 
     def reset(self, _reset):
         """Messages were missed (e.g. Redis restarted empty): send the document
         as it is now, `snapshot {v, text, reset: true}`, then `ready {v}`, and
         carry on from there. The client drops its unacknowledged edits (and
         tells its user)."""
+        return self._snapshot()
+
+    def resync(self, reason):
+        """The client's op was too far behind to merge: the same as a reset,
+        with the reason."""
+        self.ws.send(self._snapshot(reason))
+
+    def _snapshot(self, reason=None):
+        """Send `snapshot`; return the `ready` that follows it."""
         v, text, _, _ = self.document.read(-1)  # -1: the state only, no log entries
         self.seen = v
-        self.ws.send(json.dumps({"type": "snapshot", "v": v, "text": text, "reset": True}))
-        return json.dumps({"type": "ready", "v": v})
+        snapshot = {"type": "snapshot", "v": v, "text": text, "reset": True}
+        if reason:
+            snapshot["reason"] = reason
+        self.ws.send(dumps(snapshot))
+        return dumps({"type": "ready", "v": v})

@@ -60,6 +60,19 @@ SETTINGS = {
                                 "generators on one address need it raised)"),
     "PUBLISH_RATE_LIMIT": (str, "120 per minute", "`POST /pub/<channel>` per client address "
                            "and per account"),
+    # -- editor --
+    "EDITOR_DOC_TTL_DAYS": (int, 7, "an editor document unused this long is forgotten "
+                            "(every Redis key of it expires; refreshed on use)"),
+    "EDITOR_MAX_DOCS": (int, 1000, "live editor documents kept at once; opening a new one "
+                        "beyond this is refused (close 1008)"),
+    "EDITOR_OPLOG_BYTES": (int, 1024 * 1024, "bytes of an editor document's op log (and of "
+                           "its channel's stream) kept for catch-up; the newest op always stays"),
+    "EDITOR_MAX_OP_LAG": (int, 100, "an editor op made against a version more than this many "
+                          "ops old is not merged: the client gets a fresh snapshot instead"),
+    "EDITOR_DOCS_RATE_LIMIT": (str, "30 per minute", "editor documents created per client "
+                               "address and per account"),
+    "EDITOR_OP_RATE_LIMIT": (str, "2400 per minute", "editor WebSocket frames (ops and "
+                             "presence) per client address, counted per worker"),
     "TICKER_CALL_IN_MS": (int, 5000, "the ticker's normal poll interval, told to clients"),
     "TICKER_TARGET_RPS": (float, 200.0, "quote requests per second above which callIn grows "
                           "in proportion"),

@@ -53,6 +53,13 @@ def from_json(components):
     return normalize(op)
 
 
+def walks(components):
+    """Code points a wire-form op (already checked by from_json) walks over,
+    its trailing retain included: what the document must hold for it to fit,
+    which from_json's normal form (no trailing retain) no longer tells."""
+    return sum(next(iter(c.values())) for c in components if "insert" not in c)
+
+
 def to_json(op):
     return [{"insert": c} if isinstance(c, str) else {"retain": c} if c > 0 else {"delete": -c}
             for c in op]
@@ -103,6 +110,11 @@ def span(op):
 def target_span(op):
     """Code points this op produces from what it walks over."""
     return sum(len(c) if isinstance(c, str) else max(c, 0) for c in op)
+
+
+def length_change(op):
+    """How many code points longer `op` makes the document (negative: shorter)."""
+    return sum(len(c) if isinstance(c, str) else min(c, 0) for c in op)
 
 
 def apply(text, op):

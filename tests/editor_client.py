@@ -25,6 +25,7 @@ class SimClient:
         self.ready = False
         self.error = None
         self.edits = 0
+        self.resyncs = 0  # snapshots instead of an ack: op too far behind
         self.ack_latencies = []
         self.connect()
 
@@ -62,7 +63,13 @@ class SimClient:
         message = json.loads(raw)
         kind = message["type"]
         if kind == "snapshot":
-            assert not message["reset"], "a reconnect should catch up, not reset"
+            # With a reason: our op was too far behind to merge; as the browser
+            # does, drop the unsent edits and carry on from this snapshot.
+            assert message.get("reason") or not message["reset"], \
+                "a reconnect should catch up, not reset"
+            if message.get("reason"):
+                self.inflight = self.buffer = None
+                self.resyncs += 1
             self.text, self.version = message["text"], message["v"]
         elif kind == "ready":
             self.ready = True

@@ -144,8 +144,11 @@ function onMessage(message) {
   switch (message.type) {
     case "snapshot": {
       // `reset`: the server could not catch this client up (away too long, or
-      // the server lost its recent history mid-session): the document afresh.
-      if (message.reset && (inflight || buffer)) {
+      // the server lost its recent history mid-session), or our op was made
+      // on a version too far behind to merge (`reason` says so): the
+      // document afresh, and we carry on from it.
+      if (message.reason) $("notice").textContent = message.reason;
+      else if (message.reset && (inflight || buffer)) {
         $("notice").textContent = "The document was reloaded: your unsent edits could not be merged.";
       }
       if (message.reset) carets.clear(); // placed in the old text; they come back with presence
@@ -187,7 +190,16 @@ function connectForever() {
     onOpen: (opened) => { socket = opened; },
     onMessage,
     onClose: (event) => {
-      if (event.code === 1008) $("notice").textContent = `Server closed: ${event.reason}`;
+      if (event.code === 1008) {
+        // Refused (an op that does not fit, a quota spent...): resubmitting
+        // the same edits would be refused again, forever. Drop them and come
+        // back with a fresh snapshot (no ?v=) instead.
+        $("notice").textContent = `Server closed: ${event.reason}`;
+        if (inflight || buffer) {
+          inflight = buffer = null;
+          version = null;
+        }
+      }
       ready = false;
       setStatus($("status"), "warn", "reconnecting… (keep typing: edits are kept)");
     },
