@@ -2,9 +2,15 @@
 
 HS256 with a key derived from SECRET_KEY, the algorithm pinned on
 verification, and every registered claim we issue required and checked
-(`iss`, `aud`, `sub`, `iat`, `exp`, `jti`). `sessionData` is encrypted
-(Fernet: AES-128-CBC + HMAC) so the token's holder cannot read or alter it.
-Logout puts the `jti` on a denylist in Redis until the token would expire.
+(`iss`, `aud`, `sub`, `iat`, `exp`, `jti`, and our `epoch`). `sessionData`
+is encrypted (Fernet: AES-128-CBC + HMAC) so the token's holder cannot read or
+alter it. Logout puts the `jti` on a denylist in Redis until the token would
+expire.
+
+`epoch` is the user's credential epoch when the token was issued
+(core/users.py); `core.security` refuses the token once the user's differs.
+`roles` and `perms` say what the user had at issue time, for the client to
+read: the server never trusts them (it reads the user store).
 """
 
 import base64
@@ -18,7 +24,7 @@ import jwt
 from cryptography.fernet import Fernet, InvalidToken
 
 ALGORITHM = "HS256"
-REQUIRED = ["iss", "aud", "sub", "iat", "exp", "jti"]
+REQUIRED = ["iss", "aud", "sub", "iat", "exp", "jti", "epoch"]
 
 
 class TokenError(Exception):
@@ -45,6 +51,7 @@ def issue(user, config, now=None, ttl=None):
         "iss": config["JWT_ISSUER"], "aud": config["JWT_AUDIENCE"], "sub": user.name,
         "iat": now, "exp": now + int(ttl if ttl is not None else config["JWT_TTL_SECONDS"]),
         "jti": uuid.uuid4().hex,
+        "epoch": user.epoch,
         "roles": user.roles,
         "perms": {"publish": user.publish, "subscribe": user.subscribe},
         "sessionData": _fernet(config["SECRET_KEY"]).encrypt(

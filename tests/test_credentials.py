@@ -1,0 +1,140 @@
+"""Credentials end when the account changes: each test against a real
+gunicorn server and Redis, as a client would see it."""
+
+import json
+import subprocess
+import sys
+import uuid
+
+import jwt
+import pytest
+import redis
+import requests
+
+from core import tokens
+from core.config import load_settings
+from core.users import UserStore
+from tests.conftest import ROOT
+
+PASSWORD = "first password!"
+NEW_PASSWORD = "second password!"
+
+
+@pytest.fixture
+def store(redis_server):
+    return UserStore(redis.Redis.from_url(redis_server.url, decode_responses=True), "rt:")
+
+
+@pytest.fixture
+def settings(base_env):
+    return load_settings(base_env)
+
+
+def unique(prefix):
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+def users_cli(base_env, *args, password=None):
+    """`flask users ...`, as an operator types it."""
+    typed = f"{password}\n{password}\n" if password else None
+    done = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "users", *args],
+                          input=typed, text=True, capture_output=True, cwd=ROOT, env=base_env,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def get_token(server, name, password=PASSWORD):
+    response = requests.post(f"{server.url}/auth/token", timeout=30,
+                             json={"username": name, "password": password})
+    assert response.status_code == 200, response.text
+    return response.json()["token"]
+
+
+def logged_in_session(server, name, password=PASSWORD):
+    browser = requests.Session()
+    response = browser.post(f"{server.url}/auth/login", timeout=30,
+                            json={"username": name, "password": password})
+    assert response.status_code == 200, response.text
+    return browser
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def me(server, token=None, browser=None):
+    client = browser or requests
+    return client.get(f"{server.url}/auth/me", headers=bearer(token) if token else {},
+                      timeout=10)
+
+
+# -- credentials end when the account changes ----------------------------------------
+
+
+def test_set_password_ends_the_old_token_and_session_at_once(server, store, base_env):
+    name = unique("pw")
+    store.create(name, PASSWORD)
+    token, browser = get_token(server, name), logged_in_session(server, name)
+    assert me(server, token).status_code == 200
+    assert me(server, browser=browser).status_code == 200
+
+    users_cli(base_env, "set-password", name, password=NEW_PASSWORD)
+
+    old_token = me(server, token)
+    assert old_token.status_code == 401
+    assert "password or access changed" in old_token.json()["error"]
+    assert me(server, browser=browser).status_code == 401
+    assert "session" not in browser.cookies  # the server ended it, cookie and all
+    assert me(server, get_token(server, name, NEW_PASSWORD)).status_code == 200
+
+
+def test_a_deleted_then_recreated_name_revives_no_session_and_no_admin_token(
+        server, store, base_env):
+    name = unique("adm")
+    store.create(name, PASSWORD, admin=True)
+    admin_token, browser = get_token(server, name), logged_in_session(server, name)
+    processes = f"{server.url}/admin/processes"
+    assert requests.get(processes, headers=bearer(admin_token), timeout=10).status_code == 200
+
+    users_cli(base_env, "delete", name)
+    users_cli(base_env, "create", name, password=PASSWORD)  # same name, not an administrator
+
+    old = requests.get(processes, headers=bearer(admin_token), timeout=10)
+    assert old.status_code == 401
+    assert me(server, browser=browser).status_code == 401
+    fresh = requests.get(processes, headers=bearer(get_token(server, name)), timeout=10)
+    assert fresh.status_code == 403
+
+
+def test_changing_access_ends_credentials_and_new_ones_get_the_new_rights(
+        server, store, base_env, channel):
+    name = unique("acc")
+    store.create(name, PASSWORD, publish=["chat.*"])
+    token = get_token(server, name)
+    publish = f"{server.url}/pub/chat.{channel}"
+    assert requests.post(publish, data="hi", headers=bearer(token), timeout=10).status_code == 201
+
+    out = users_cli(base_env, "set-access", name, "--no-publish")
+    assert "sessions and tokens are ended" in out
+
+    assert requests.post(publish, data="hi", headers=bearer(token), timeout=10).status_code == 401
+    new_token = get_token(server, name)
+    refused = requests.post(publish, data="hi", headers=bearer(new_token), timeout=10)
+    assert refused.status_code == 403 and "may not publish" in refused.json()["error"]
+
+
+def test_roles_and_permissions_come_from_the_user_store_not_the_token(
+        server, store, settings, channel):
+    """A token signed with the server's key (a leaked key, an old version)
+    that claims more than the user has gets only what the user has."""
+    user = store.create(unique("plain"), PASSWORD)
+    claims = {**tokens.issue(user, settings)[1], "roles": ["admin"],
+              "perms": {"publish": ["*"], "subscribe": ["*"]}}
+    token = jwt.encode(claims, tokens.signing_key(settings["SECRET_KEY"]), algorithm="HS256")
+    assert me(server, token).json()["user"]["roles"] == ["user"]
+    admin_view = requests.get(f"{server.url}/admin/processes", headers=bearer(token), timeout=10)
+    assert admin_view.status_code == 403
+    publish = requests.post(f"{server.url}/pub/news.{channel}", data="x", headers=bearer(token),
+                            timeout=10)
+    assert publish.status_code == 403
