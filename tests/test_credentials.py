@@ -1,5 +1,6 @@
-"""Credentials end when the account changes: each test against a real
-gunicorn server and Redis, as a client would see it."""
+"""Credentials end when the account changes, and tokens with odd claims are
+refused with a reason: each test against a real gunicorn server and Redis,
+as a client would see it."""
 
 import json
 import subprocess
@@ -138,3 +139,34 @@ def test_roles_and_permissions_come_from_the_user_store_not_the_token(
     publish = requests.post(f"{server.url}/pub/news.{channel}", data="x", headers=bearer(token),
                             timeout=10)
     assert publish.status_code == 403
+
+
+# -- claims of unexpected types -------------------------------------------------------
+
+
+def _encrypted(settings, value):
+    return tokens._fernet(settings["SECRET_KEY"]).encrypt(json.dumps(value).encode()).decode()
+
+
+@pytest.mark.parametrize("claim, value, reason", [
+    ("perms", "chat.*", "'perms'"),
+    ("perms", {"publish": "chat.*"}, "'perms'"),
+    ("roles", "admin", "'roles'"),
+    ("roles", {"admin": True}, "'roles'"),
+    ("sessionData", ["not", "an", "object"], "sessionData must be an object"),
+    ("sessionData", {"fullname": 5}, "sessionData"),
+    ("sessionData", 42, "'sessionData'"),
+    ("exp", "99999999999", "'exp'"),
+    ("epoch", 7, "'epoch'"),
+])
+def test_claims_of_the_wrong_type_are_401_with_the_reason(server, store, settings, claim,
+                                                          value, reason):
+    user = store.create(unique("typ"), PASSWORD)
+    claims = tokens.issue(user, settings)[1]
+    claims[claim] = _encrypted(settings, value) if claim == "sessionData" and not isinstance(
+        value, int) else value
+    token = jwt.encode(claims, tokens.signing_key(settings["SECRET_KEY"]), algorithm="HS256")
+    response = requests.post(f"{server.url}/auth/tokendata", headers=bearer(token), timeout=10)
+    assert response.status_code == 401, response.text
+    assert reason in response.json()["error"]
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
