@@ -55,6 +55,9 @@ SETTINGS = {
                                 "generators on one address need it raised)"),
     "PUBLISH_RATE_LIMIT": (str, "120 per minute", "`POST /pub/<channel>` per client address "
                            "and per account"),
+    # -- accounts --
+    "LOGIN_ACCOUNT_RATE_LIMIT": (str, "10 per minute", "login attempts per user name, from "
+                                 "any number of addresses, shared by every login endpoint"),
     "TICKER_CALL_IN_MS": (int, 5000, "the ticker's normal poll interval, told to clients"),
     "TICKER_TARGET_RPS": (float, 200.0, "quote requests per second above which callIn grows "
                           "in proportion"),

@@ -1,6 +1,6 @@
-"""Credentials end when the account changes, and tokens with odd claims are
-refused with a reason: each test against a real gunicorn server and Redis,
-as a client would see it."""
+"""Credentials end when the account changes, tokens with odd claims are
+refused with a reason, and logins are limited per account: each test against
+a real gunicorn server and Redis, as a client would see it."""
 
 import json
 import subprocess
@@ -170,3 +170,38 @@ def test_claims_of_the_wrong_type_are_401_with_the_reason(server, store, setting
     assert response.status_code == 401, response.text
     assert reason in response.json()["error"]
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+# -- per-account login limit ----------------------------------------------------------------
+
+
+def test_the_account_limit_holds_however_many_addresses_guess(start_server, store):
+    """Behind one trusted proxy, every guess comes from a new address: the
+    per-address limit never trips, the per-account one does, on every login
+    endpoint together, and refuses even the right password."""
+    server = start_server(TRUSTED_PROXIES=1, LOGIN_RATE_LIMIT="2 per hour",
+                          LOGIN_ACCOUNT_RATE_LIMIT="4 per hour")
+    victim, bystander = store.create(unique("vic"), PASSWORD), store.create(unique("by"), PASSWORD)
+    addresses = (f"10.{n // 250}.{n % 250}.{uuid.uuid4().int % 250}" for n in range(10_000))
+    wrong = {"username": victim.name, "password": "guess guess"}
+
+    def from_new_address(method, path, **kwargs):
+        return requests.request(method, f"{server.url}{path}", timeout=30,
+                                headers={"X-Forwarded-For": next(addresses)}, **kwargs)
+
+    guesses = [
+        from_new_address("POST", "/auth/login", json=wrong).status_code,
+        from_new_address("POST", "/auth/token", json=wrong).status_code,
+        from_new_address("GET", "/auth/basic", auth=(victim.name, "guess guess")).status_code,
+        from_new_address("POST", "/auth/challenge", json={"username": victim.name}).status_code,
+    ]
+    assert guesses == [401, 401, 401, 200]
+    right = from_new_address("POST", "/auth/login",
+                             json={"username": victim.name, "password": PASSWORD})
+    assert right.status_code == 429
+    assert "for this account" in right.json()["error"]
+    assert int(right.headers["Retry-After"]) > 0
+    assert from_new_address("POST", "/auth/token", json=wrong).status_code == 429
+    other = from_new_address("POST", "/auth/token",
+                             json={"username": bystander.name, "password": PASSWORD})
+    assert other.status_code == 200  # one account's limit is not another's
