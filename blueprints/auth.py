@@ -64,7 +64,10 @@ def _key(kind, value):
     return f"{current_app.config['REDIS_PREFIX']}{kind}:{value}"
 
 
-@bp.get("/")
+# strict_slashes=False: /auth answers the page itself. Werkzeug's slash
+# redirect would be absolute, built from the request's Host header (which the
+# client chooses): `Host: evil.example` got `Location: http://evil.example/auth/`.
+@bp.get("/", strict_slashes=False)
 def page():
     return current_app.send_static_file("auth.html")
 

@@ -1,6 +1,7 @@
 """Credentials end when the account changes, tokens with odd claims are
-refused with a reason, and logins are limited per account: each test against
-a real gunicorn server and Redis, as a client would see it."""
+refused with a reason, logins are limited per account, and no redirect is
+built from the client's Host header: each test against a real gunicorn server
+and Redis, as a client would see it."""
 
 import json
 import subprocess
@@ -205,3 +206,24 @@ def test_the_account_limit_holds_however_many_addresses_guess(start_server, stor
     other = from_new_address("POST", "/auth/token",
                              json={"username": bystander.name, "password": PASSWORD})
     assert other.status_code == 200  # one account's limit is not another's
+
+
+# -- redirects never come from the Host header ------------------------------------------------
+
+
+def test_auth_page_does_not_redirect_to_the_host_header(server):
+    response = requests.get(f"{server.url}/auth", headers={"Host": "evil.example"},
+                            allow_redirects=False, timeout=10)
+    assert "evil.example" not in response.headers.get("Location", "")
+    assert response.status_code == 200 and "text/html" in response.headers["Content-Type"]
+
+
+def test_trusted_hosts_refuses_a_foreign_host_before_any_redirect(start_server):
+    server = start_server(TRUSTED_HOSTS="127.0.0.1, localhost")
+    foreign = requests.get(f"{server.url}/longpoll", headers={"Host": "evil.example"},
+                           allow_redirects=False, timeout=10)
+    assert foreign.status_code == 400
+    assert "not trusted" in foreign.json()["error"]
+    own = requests.get(f"{server.url}/longpoll", allow_redirects=False, timeout=10)
+    assert own.status_code in (301, 308)
+    assert own.headers["Location"].startswith(f"{server.url}/longpoll/")
