@@ -11,7 +11,8 @@
 
 Every login endpoint counts against LOGIN_RATE_LIMIT (per address) and
 LOGIN_ACCOUNT_RATE_LIMIT (per user name: challenge/respond counts once, at
-the challenge, since each respond needs a fresh challenge).
+the challenge, since each respond needs a fresh challenge). Every answer is
+`Cache-Control: no-store`: they carry tokens, CSRF tokens and user data.
 """
 
 import base64
@@ -62,6 +63,13 @@ def _user_from_password_body():
 
 def _key(kind, value):
     return f"{current_app.config['REDIS_PREFIX']}{kind}:{value}"
+
+
+@bp.after_request
+def no_store(response):
+    # Tokens, CSRF tokens, claims and user data: no cache (browser, proxy) keeps them.
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 # strict_slashes=False: /auth answers the page itself. Werkzeug's slash

@@ -1,7 +1,6 @@
-"""Credentials end when the account changes, tokens with odd claims are
-refused with a reason, logins are limited per account, and no redirect is
-built from the client's Host header: each test against a real gunicorn server
-and Redis, as a client would see it."""
+"""Credentials end when the account changes, logins are limited per account,
+and the auth and admin answers are kept by no cache: each
+test against a real gunicorn server and Redis, as a client would see it."""
 
 import json
 import subprocess
@@ -227,3 +226,28 @@ def test_trusted_hosts_refuses_a_foreign_host_before_any_redirect(start_server):
     own = requests.get(f"{server.url}/longpoll", allow_redirects=False, timeout=10)
     assert own.status_code in (301, 308)
     assert own.headers["Location"].startswith(f"{server.url}/longpoll/")
+
+
+# -- no cache keeps credentials or admin views ------------------------------------------------
+
+
+def test_credentials_and_admin_views_are_no_store(server, store, admin_token):
+    name = unique("cache")
+    store.create(name, PASSWORD)
+    token_answer = requests.post(f"{server.url}/auth/token", timeout=30,
+                                 json={"username": name, "password": PASSWORD})
+    token = token_answer.json()["token"]
+    answers = {
+        "/auth/token": token_answer,
+        "/auth/tokendata": requests.post(f"{server.url}/auth/tokendata", headers=bearer(token),
+                                         timeout=10),
+        "/auth/login": requests.post(f"{server.url}/auth/login", timeout=30,
+                                     json={"username": name, "password": PASSWORD}),
+        "/auth/me": me(server, token),
+        "/admin/processes": requests.get(f"{server.url}/admin/processes",
+                                         headers=bearer(admin_token), timeout=10),
+        "/metrics": requests.get(f"{server.url}/metrics", headers=bearer(admin_token),
+                                 timeout=10),
+    }
+    assert {path: (r.status_code, r.headers.get("Cache-Control"))
+            for path, r in answers.items()} == {path: (200, "no-store") for path in answers}
