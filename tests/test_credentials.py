@@ -1,5 +1,5 @@
 """Credentials end when the account changes, logins are limited per account,
-and the auth and admin answers are kept by no cache: each
+and the auth, admin and health answers leak nothing they should not: each
 test against a real gunicorn server and Redis, as a client would see it."""
 
 import json
@@ -251,3 +251,31 @@ def test_credentials_and_admin_views_are_no_store(server, store, admin_token):
     }
     assert {path: (r.status_code, r.headers.get("Cache-Control"))
             for path, r in answers.items()} == {path: (200, "no-store") for path in answers}
+
+
+# -- worker details: administrators only, in production -------------------------------------
+
+
+def test_production_shows_worker_details_to_administrators_only(start_server, admin_token,
+                                                                alice_token):
+    server = start_server(APP_ENV="production")
+    for token in (None, alice_token):
+        headers = {"Accept": "application/json", **(bearer(token) if token else {})}
+        health = requests.get(f"{server.url}/healthz", headers=headers, timeout=10)
+        assert (health.status_code, health.json()) == (200, {"status": "ok"})
+        whoami = requests.get(f"{server.url}/whoami", headers=headers, timeout=10)
+        assert whoami.json() == {"status": "ok"}
+        page = requests.get(f"{server.url}/whoami", timeout=10)
+        assert str(server.process.pid) not in page.text and "pid" not in page.text
+
+    admin = {"Accept": "application/json", **bearer(admin_token)}
+    health = requests.get(f"{server.url}/healthz", headers=admin, timeout=10).json()
+    assert health["status"] == "ok" and health["pid"] > 0 and "subscribers" in health
+    whoami = requests.get(f"{server.url}/whoami", headers=admin, timeout=10).json()
+    assert whoami["pid"] > 0 and whoami["host"]
+
+
+def test_dev_shows_worker_details_to_anyone(server):
+    health = requests.get(f"{server.url}/healthz", timeout=10)
+    assert health.json()["pid"] > 0 and "subscribers" in health.json()
+    assert health.headers["Cache-Control"] == "no-store"
