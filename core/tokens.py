@@ -105,7 +105,7 @@ def _check_types(claims):
     """TokenError naming the first claim whose type is not the one we issue.
     (PyJWT accepts an `exp` of "9999999999", and checks nothing of ours.)"""
     for name in ("iat", "exp"):
-        if type(claims[name]) is not int:  # noqa: E721 - bool is an int, and no time
+        if type(claims[name]) is not int:  # not isinstance: True is an int, and no time
             raise TokenError(f"token claim {name!r} must be an integer")
     for name in ("sub", "jti", "epoch"):
         if not isinstance(claims[name], str) or not claims[name]:
