@@ -8,6 +8,11 @@
     POST /auth/tokendata    Bearer -> the token's claims, sessionData decrypted
     POST /auth/logout       revokes the bearer token, or ends the session
     GET  /auth/me           who you are (and your CSRF token)
+
+Every login endpoint counts against LOGIN_RATE_LIMIT (per address) and
+LOGIN_ACCOUNT_RATE_LIMIT (per user name: challenge/respond counts once, at
+the challenge, since each respond needs a fresh challenge). Every answer is
+`Cache-Control: no-store`: they carry tokens, CSRF tokens and user data.
 """
 
 import base64
@@ -19,7 +24,7 @@ from flask import Blueprint, current_app, g, jsonify, request, session
 
 from core import passwords, tokens
 from core.errors import abort_json
-from core.security import current_user, login_limit, start_session
+from core.security import current_user, login_limit, spend_login_attempt, start_session
 from core.web import get_redis, required_fields
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
@@ -48,7 +53,9 @@ def _check_password(username, password):
 
 def _user_from_password_body():
     """The user named by a username/password body, or 401."""
-    user = _check_password(*required_fields("username", "password", max_length=MAX_FIELD))
+    username, password = required_fields("username", "password", max_length=MAX_FIELD)
+    spend_login_attempt(username)
+    user = _check_password(username, password)
     if user is None:
         abort_json(401, "wrong username or password")
     return user
@@ -58,7 +65,17 @@ def _key(kind, value):
     return f"{current_app.config['REDIS_PREFIX']}{kind}:{value}"
 
 
-@bp.get("/")
+@bp.after_request
+def no_store(response):
+    # Tokens, CSRF tokens, claims and user data: no cache (browser, proxy) keeps them.
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# strict_slashes=False: /auth answers the page itself. Werkzeug's slash
+# redirect would be absolute, built from the request's Host header (which the
+# client chooses): `Host: evil.example` got `Location: http://evil.example/auth/`.
+@bp.get("/", strict_slashes=False)
 def page():
     return current_app.send_static_file("auth.html")
 
@@ -71,6 +88,7 @@ def basic():
         abort_json(401, "HTTP Basic credentials required", headers=BASIC_CHALLENGE)
     if len(auth.password) > MAX_FIELD:
         abort_json(401, "wrong username or password", headers=BASIC_CHALLENGE)
+    spend_login_attempt(auth.username)
     user = _check_password(auth.username, auth.password)
     if user is None:
         abort_json(401, "wrong username or password", headers=BASIC_CHALLENGE)
@@ -81,6 +99,7 @@ def basic():
 @login_limit
 def challenge():
     (username,) = required_fields("username", max_length=MAX_FIELD)
+    spend_login_attempt(username)
     user = _users().get(username)
     if user is not None:
         salt, iterations = user.secrets["scram_salt"], int(user.secrets["scram_iterations"])

@@ -1,4 +1,10 @@
-"""The index page, health check and the cluster demo (`/whoami`)."""
+"""The index page, health check and the cluster demo (`/whoami`).
+
+In production, pids, host names and subscriber counts help an attacker map
+the deployment (and tell when a worker restarted): /healthz and /whoami show
+them to administrators only, anyone else gets the status alone. Dev shows
+them to everyone (tests and demos rely on them).
+"""
 
 import os
 import socket
@@ -8,6 +14,7 @@ import redis
 from flask import Blueprint, current_app, jsonify, render_template, request
 
 from core import lifecycle
+from core.security import current_user
 from core.web import get_hub, get_redis
 
 bp = Blueprint("home", __name__)
@@ -31,16 +38,30 @@ def healthz():
         redis_ok = False
     hub_stats = hub.stats()
     ok = redis_ok and hub_stats["connected"]
-    body = {
-        "status": "ok" if ok else "unavailable",
-        "redis": redis_ok,
-        "hub": hub_stats["connected"],
-        "pid": os.getpid(),
-        "subscribers": hub_stats["subscribers"],
-        "hub_reconnects": hub_stats["reconnects"],
-        "connections": lifecycle.open_connections(),
-    }
-    return jsonify(body), 200 if ok else 503
+    body = {"status": "ok" if ok else "unavailable"}
+    if _details_allowed():
+        body.update({
+            "redis": redis_ok,
+            "hub": hub_stats["connected"],
+            "pid": os.getpid(),
+            "subscribers": hub_stats["subscribers"],
+            "hub_reconnects": hub_stats["reconnects"],
+            "connections": lifecycle.open_connections(),
+        })
+    return _private(jsonify(body)), 200 if ok else 503
+
+
+def _details_allowed():
+    if current_app.config["APP_ENV"] != "production":
+        return True
+    user = current_user()
+    return user is not None and user.is_admin
+
+
+def _private(response):
+    # What a worker says of itself now (and, for an admin, details): no cache keeps it.
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _worker_identity():
@@ -56,8 +77,10 @@ def _worker_identity():
 @bp.get("/whoami")
 def whoami():
     """Which pre-forked worker served you: reload to see the others."""
+    if not _details_allowed():
+        return _private(jsonify({"status": "ok"}))
     identity = _worker_identity()
     wanted = request.accept_mimetypes.best_match(["text/html", "application/json"])
     if wanted == "application/json" or request.args.get("format") == "json":
-        return jsonify(identity)
-    return render_template("whoami.html", **identity)
+        return _private(jsonify(identity))
+    return _private(current_app.make_response(render_template("whoami.html", **identity)))

@@ -22,6 +22,13 @@ from core.web import get_redis
 bp = Blueprint("processes", __name__)
 
 
+@bp.after_request
+def no_store(response):
+    # Administrators' views of every host and process: no cache (browser, proxy) keeps them.
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def snapshot(redis_client, prefix):
     keys = [k for k in redis_client.scan_iter(f"{prefix}proc:*", count=500)
             if not k.startswith((f"{prefix}proc:cause:", f"{prefix}proc:restarts"))]

@@ -73,6 +73,12 @@ SETTINGS = {
                                "address and per account"),
     "EDITOR_OP_RATE_LIMIT": (str, "2400 per minute", "editor WebSocket frames (ops and "
                              "presence) per client address, counted per worker"),
+    # -- accounts --
+    "LOGIN_ACCOUNT_RATE_LIMIT": (str, "10 per minute", "login attempts per user name, from "
+                                 "any number of addresses, shared by every login endpoint"),
+    "TRUSTED_HOSTS": (lambda raw: [h.strip() for h in raw.split(",") if h.strip()], None,
+                      "host names this server answers to, comma-separated (`.example.com`: "
+                      "and its subdomains); another Host gets 400. Unset: any Host"),
     "TICKER_CALL_IN_MS": (int, 5000, "the ticker's normal poll interval, told to clients"),
     "TICKER_TARGET_RPS": (float, 200.0, "quote requests per second above which callIn grows "
                           "in proportion"),

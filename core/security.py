@@ -2,31 +2,58 @@
 
 - `current_user()`: from a bearer token (header, or `?access_token=` on GET
   for EventSource/WebSocket, which cannot set headers), else the session.
+  Either names a user; the user as stored now decides (roles, permissions),
+  and the credential must carry the user's current epoch (core/users.py), so
+  a password change, an access change or a deletion ends it at once.
 - `login_required`, `admin_required`, `require_channel_access(action, channel)`.
 - CSRF: a cookie-authenticated state change must come from an allowed Origin
   or carry the session's `X-CSRF-Token`.
-- `login_limit`: the shared, Redis-backed rate limit of every login endpoint.
+- `login_limit`: the shared, Redis-backed rate limit of every login endpoint,
+  per client address; `spend_login_attempt(username)`: the same per account,
+  which no number of addresses gets around.
 - `origin_allowed()`: the Origin allow-list (WebSocket upgrades, CSRF).
 """
 
 import functools
 import hmac
+import math
 import secrets
+import time
 from urllib.parse import urlsplit
 
 from flask import current_app, g, render_template, request, session
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
+from limits import parse_many
 
 from core import tokens
 from core.errors import abort_json
-from core.users import User
+from core.users import USERNAME
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 PRIVATE_PREFIX = "private-"
 
 limiter = Limiter(key_func=get_remote_address)
 login_limit = limiter.shared_limit(lambda: current_app.config["LOGIN_RATE_LIMIT"], scope="login")
+
+
+def spend_login_attempt(username):
+    """Count one login attempt on account `username` (LOGIN_ACCOUNT_RATE_LIMIT);
+    429 once spent. The per-address limit alone lets an attacker with many
+    addresses guess one password at full speed; this one follows the account.
+    Counted before the password is checked, atomically (one INCR), so parallel
+    guesses cannot slip past, and a correct guess over the limit is refused too.
+    Names that cannot be accounts are not counted: nothing to protect."""
+    if not isinstance(username, str) or not USERNAME.match(username):
+        return
+    strategy = limiter.limiter
+    for item in parse_many(current_app.config["LOGIN_ACCOUNT_RATE_LIMIT"]):
+        if not strategy.hit(item, "LOGIN_ACCOUNT_RATE_LIMIT", username):
+            reset_at, _ = strategy.get_window_stats(item, "LOGIN_ACCOUNT_RATE_LIMIT", username)
+            retry = max(1, math.ceil(reset_at - time.time()))
+            abort_json(429, f"too many login attempts for this account: at most {item}; "
+                            f"retry in {retry} s", headers={"Retry-After": str(retry)},
+                       retry_after=retry)
 
 
 def constant_time_equal(a, b):
@@ -45,29 +72,60 @@ def _presented_token():
     return token
 
 
+def _users():
+    return current_app.extensions["users"]
+
+
 def current_user():
     """The User making this request, or None. A token that is presented but
-    invalid is a 401 (never silently ignored in favour of the session)."""
+    invalid is a 401 (never silently ignored in favour of the session). The
+    answer is kept for the rest of the request (g.user), no longer."""
     if "user" in g:
         return g.user
     user, g.auth = None, None
     token = _presented_token()
     if token:
-        try:
-            claims = tokens.verify(token, current_app.config, current_app.extensions["redis"])
-        except tokens.TokenError as exc:
-            abort_json(401, str(exc), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
-        if current_app.extensions["users"].get(claims["sub"]) is None:
-            abort_json(401, "token's user no longer exists")
-        perms = claims.get("perms") or {}
-        user = User(name=claims["sub"], fullname=claims["sessionData"].get("fullname", ""),
-                    roles=list(claims.get("roles") or []), publish=list(perms.get("publish", [])),
-                    subscribe=list(perms.get("subscribe", [])))
+        claims = _verified_claims(token)
+        user = _token_user(claims)
         g.auth, g.claims = "token", claims
     elif session.get("user"):
-        user = current_app.extensions["users"].get(session["user"])
+        user = _session_user()
         g.auth = "session" if user else None
     g.user = user
+    return user
+
+
+def _refuse_token(reason):
+    abort_json(401, reason, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+def _verified_claims(token):
+    try:
+        return tokens.verify(token, current_app.config, current_app.extensions["redis"])
+    except tokens.TokenError as exc:
+        _refuse_token(str(exc))
+
+
+def _token_user(claims):
+    """The token's user as stored now: roles and permissions come from the
+    store, never from the token's claims, and a token issued before the user's
+    last password or access change (or before the name was re-created) is dead."""
+    user = _users().get(claims["sub"])
+    if user is None:
+        _refuse_token("token's user no longer exists")
+    if not constant_time_equal(claims["epoch"], user.epoch):
+        _refuse_token("token was issued before the account's password or access "
+                      "changed: get a new one")
+    return user
+
+
+def _session_user():
+    """The session's user, or None (and the session ended) when the user is
+    gone or its password or access changed since the login."""
+    user = _users().get(session["user"])
+    if user is None or not constant_time_equal(session.get("epoch", ""), user.epoch):
+        session.destroy()
+        return None
     return user
 
 
@@ -76,6 +134,7 @@ def start_session(user):
     session.clear()
     session.regenerate()
     session["user"] = user.name
+    session["epoch"] = user.epoch
     session["csrf"] = secrets.token_urlsafe(32)
     g.user, g.auth = user, "session"
     return session["csrf"]

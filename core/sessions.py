@@ -2,7 +2,8 @@
 data lives in Redis with an idle TTL (refreshed on every request).
 
 `session.regenerate()` (at login: no session fixation) gives the session a
-new id and drops the old one; `session.destroy()` (logout) deletes it.
+new id and drops the old one; `session.destroy()` (logout, or a session that
+`core.security` found outdated) deletes it.
 """
 
 import json
@@ -27,6 +28,7 @@ class RedisSession(CallbackDict, SessionMixin):
 
     def regenerate(self):
         self._regenerate = True
+        self._destroy = False  # an outdated session ended earlier in this request: log in anew
         self.modified = True
 
     def destroy(self):

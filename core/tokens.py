@@ -2,9 +2,19 @@
 
 HS256 with a key derived from SECRET_KEY, the algorithm pinned on
 verification, and every registered claim we issue required and checked
-(`iss`, `aud`, `sub`, `iat`, `exp`, `jti`). `sessionData` is encrypted
-(Fernet: AES-128-CBC + HMAC) so the token's holder cannot read or alter it.
-Logout puts the `jti` on a denylist in Redis until the token would expire.
+(`iss`, `aud`, `sub`, `iat`, `exp`, `jti`, and our `epoch`). `sessionData`
+is encrypted (Fernet: AES-128-CBC + HMAC) so the token's holder cannot read or
+alter it. Logout puts the `jti` on a denylist in Redis until the token would
+expire.
+
+`epoch` is the user's credential epoch when the token was issued
+(core/users.py); `core.security` refuses the token once the user's differs.
+`roles` and `perms` say what the user had at issue time, for the client to
+read: the server never trusts them (it reads the user store).
+
+Every claim's type is checked: a token signed with our key but holding odd
+types (a forged key, an old version, a bug) is a 401 with the reason, never a
+500 further on.
 """
 
 import base64
@@ -18,7 +28,7 @@ import jwt
 from cryptography.fernet import Fernet, InvalidToken
 
 ALGORITHM = "HS256"
-REQUIRED = ["iss", "aud", "sub", "iat", "exp", "jti"]
+REQUIRED = ["iss", "aud", "sub", "iat", "exp", "jti", "epoch"]
 
 
 class TokenError(Exception):
@@ -45,6 +55,7 @@ def issue(user, config, now=None, ttl=None):
         "iss": config["JWT_ISSUER"], "aud": config["JWT_AUDIENCE"], "sub": user.name,
         "iat": now, "exp": now + int(ttl if ttl is not None else config["JWT_TTL_SECONDS"]),
         "jti": uuid.uuid4().hex,
+        "epoch": user.epoch,
         "roles": user.roles,
         "perms": {"publish": user.publish, "subscribe": user.subscribe},
         "sessionData": _fernet(config["SECRET_KEY"]).encrypt(
@@ -73,14 +84,49 @@ def verify(token, config, redis_client):
         raise TokenError("token signature is invalid") from None
     except jwt.InvalidTokenError:
         raise TokenError("malformed token") from None
+    _check_types(claims)
     if redis_client.exists(_revoked_key(config, claims["jti"])):
         raise TokenError("token was revoked")
     try:
-        claims["sessionData"] = json.loads(
+        session_data = json.loads(
             _fernet(config["SECRET_KEY"]).decrypt(claims["sessionData"].encode()))
-    except (InvalidToken, AttributeError, KeyError, ValueError):
+    except (InvalidToken, ValueError):
         raise TokenError("token sessionData cannot be decrypted") from None
+    _check_session_data(session_data)
+    claims["sessionData"] = session_data
     return claims
+
+
+def _is_list_of_str(value):
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _check_types(claims):
+    """TokenError naming the first claim whose type is not the one we issue.
+    (PyJWT accepts an `exp` of "9999999999", and checks nothing of ours.)"""
+    for name in ("iat", "exp"):
+        if type(claims[name]) is not int:  # not isinstance: True is an int, and no time
+            raise TokenError(f"token claim {name!r} must be an integer")
+    for name in ("sub", "jti", "epoch"):
+        if not isinstance(claims[name], str) or not claims[name]:
+            raise TokenError(f"token claim {name!r} must be a non-empty string")
+    if not isinstance(claims.get("sessionData"), str):
+        raise TokenError("token claim 'sessionData' must be a string (it is encrypted)")
+    if "roles" in claims and not _is_list_of_str(claims["roles"]):
+        raise TokenError("token claim 'roles' must be a list of strings")
+    perms = claims.get("perms", {})
+    if not isinstance(perms, dict) or not all(
+            _is_list_of_str(perms.get(action, [])) for action in ("publish", "subscribe")):
+        raise TokenError("token claim 'perms' must be an object of string lists "
+                         "('publish', 'subscribe')")
+
+
+def _check_session_data(data):
+    if not isinstance(data, dict):
+        raise TokenError("token sessionData must be an object")
+    if not isinstance(data.get("fullname", ""), str) or \
+            not _is_list_of_str(data.get("roles", [])):
+        raise TokenError("token sessionData has a 'fullname' or 'roles' of the wrong type")
 
 
 def revoke(claims, config, redis_client):

@@ -3,11 +3,20 @@
     flask --app app users create NAME [--fullname "..."] [--admin]
                                       [--publish PATTERN ...] [--subscribe PATTERN ...]
     flask --app app users list | delete NAME | set-password NAME
+    flask --app app users set-access NAME [--admin | --no-admin]
+                                      [--publish PATTERN ...] [--subscribe PATTERN ...]
 
 Channel permissions are fnmatch patterns (`chat.*`, `private-jack.*`); admins
 may publish and subscribe everywhere.
+
+Credential epoch: each user carries a random `epoch`, copied into every token
+and session it is issued. Changing the password, the roles or the permissions
+draws a new one, and deleting the user drops it (a re-created name draws a
+fresh random one), so every token and session issued before stops working at
+once: `core.security.current_user` compares them on every request.
 """
 
+import hashlib
 import re
 import secrets
 import time
@@ -38,6 +47,7 @@ class User:
     publish: list = field(default_factory=list)
     subscribe: list = field(default_factory=list)
     secrets: dict = field(default_factory=dict, repr=False)
+    epoch: str = field(default="", repr=False)
 
     @property
     def is_admin(self):
@@ -67,10 +77,33 @@ def check_password_rules(password):
         raise UserError(f"passwords have at most {passwords.MAX_PASSWORD_BYTES} bytes")
 
 
+def new_epoch():
+    return secrets.token_hex(16)
+
+
+def _epoch(data):
+    """The stored epoch. Users created before epochs existed have none: theirs
+    is derived from the password hash (salted, so it changes with the password),
+    which needs no write on a read."""
+    if data.get("epoch"):
+        return data["epoch"]
+    return "legacy-" + hashlib.sha256(data.get("password", "").encode()).hexdigest()[:32]
+
+
+# HSET only when the user still exists: a password or access change racing a
+# delete must not re-create a half user (no name, no roles) from its fields.
+_UPDATE_EXISTING = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
 class UserStore:
     def __init__(self, redis_client, prefix):
         self.redis = redis_client
         self.prefix = prefix
+        self._update_existing = redis_client.register_script(_UPDATE_EXISTING)
 
     def _key(self, name):
         return f"{self.prefix}user:{name}"
@@ -85,6 +118,7 @@ class UserStore:
             name=name, fullname=data.get("fullname", ""), roles=_split(data.get("roles")),
             publish=_split(data.get("publish")), subscribe=_split(data.get("subscribe")),
             secrets={k: v for k, v in data.items() if k == "password" or k.startswith("scram_")},
+            epoch=_epoch(data),
         )
 
     def names(self):
@@ -97,6 +131,7 @@ class UserStore:
         fields = {
             "fullname": fullname, "roles": "admin" if admin else "user",
             "publish": ",".join(publish), "subscribe": ",".join(subscribe),
+            "epoch": new_epoch(),  # random: a re-created name revives no old credential
             **self._secrets(password),
         }
         # HSETNX on a marker field: two creators of the same name cannot both win.
@@ -107,10 +142,29 @@ class UserStore:
         return self.get(name)
 
     def set_password(self, name, password):
+        """New password; every token and session of the user ends (new epoch)."""
         check_password_rules(password)
-        if not self.redis.exists(self._key(name)):
+        self._update(name, self._secrets(password))
+
+    def set_access(self, name, admin=None, publish=None, subscribe=None):
+        """Change what the user may do (None: unchanged); every token and
+        session of the user ends (new epoch), so none keeps the old rights."""
+        fields = {}
+        if admin is not None:
+            fields["roles"] = "admin" if admin else "user"
+        if publish is not None:
+            fields["publish"] = ",".join(publish)
+        if subscribe is not None:
+            fields["subscribe"] = ",".join(subscribe)
+        self._update(name, fields)
+        return self.get(name)
+
+    def _update(self, name, fields):
+        """Set `fields` and a new epoch in one step, on an existing user only."""
+        args = [item for pair in {**fields, "epoch": new_epoch()}.items() for item in pair]
+        if not USERNAME.match(name or "") or not self._update_existing(
+                keys=[self._key(name)], args=args):
             raise UserError(f"no user {name!r}")
-        self.redis.hset(self._key(name), mapping=self._secrets(password))
 
     def delete(self, name):
         removed = self.redis.delete(self._key(name))
@@ -198,7 +252,7 @@ def delete_user(name):
         _store().delete(name)
     except UserError as exc:
         _fail(exc)
-    click.echo(f"deleted {name}")
+    click.echo(f"deleted {name}; its sessions and tokens are ended")
 
 
 @users_cli.command("set-password")
@@ -210,4 +264,28 @@ def set_password(name, password):
         _store().set_password(name, password)
     except UserError as exc:
         _fail(exc)
-    click.echo(f"password of {name} changed")
+    click.echo(f"password of {name} changed; its sessions and tokens are ended")
+
+
+@users_cli.command("set-access")
+@click.argument("name")
+@click.option("--admin/--no-admin", default=None, help="Make or unmake an administrator.")
+@click.option("--publish", multiple=True, metavar="PATTERN",
+              help="Channels it may publish to (replaces the list).")
+@click.option("--subscribe", multiple=True, metavar="PATTERN",
+              help="Private channels it may subscribe to (replaces the list).")
+@click.option("--no-publish", is_flag=True, help="May publish nowhere.")
+@click.option("--no-subscribe", is_flag=True, help="May subscribe to no private channel.")
+def set_access(name, admin, publish, subscribe, no_publish, no_subscribe):
+    """Change user NAME's role and channel permissions (ends its sessions and tokens)."""
+    publish = [] if no_publish else (publish or None)
+    subscribe = [] if no_subscribe else (subscribe or None)
+    if admin is None and publish is None and subscribe is None:
+        _fail("nothing to change: give --admin/--no-admin, --publish, --subscribe, "
+              "--no-publish or --no-subscribe")
+    try:
+        user = _store().set_access(name, admin, publish, subscribe)
+    except UserError as exc:
+        _fail(exc)
+    click.echo(f"access of {user.name} changed ({', '.join(user.roles)}); "
+               "its sessions and tokens are ended")

@@ -254,10 +254,10 @@ def test_token_round_trip(client, alice, settings):
     assert claims["perms"] == {"publish": ["chat.*"], "subscribe": ["private-alice.*"]}
 
 
-def _claims(settings, user, **overrides):
+def _claims(settings, user, epoch="not-the-users-epoch", **overrides):
     now = int(time.time())
     claims = {"iss": settings["JWT_ISSUER"], "aud": settings["JWT_AUDIENCE"], "sub": user,
-              "iat": now, "exp": now + 600, "jti": uuid.uuid4().hex,
+              "iat": now, "exp": now + 600, "jti": uuid.uuid4().hex, "epoch": epoch,
               "sessionData": tokens._fernet(settings["SECRET_KEY"]).encrypt(b"{}").decode()}
     claims.update(overrides)
     return {k: v for k, v in claims.items() if v is not None}
