@@ -1,23 +1,41 @@
 """The Q&A board over Server-Sent Events (chapter 6), with its state in Redis.
 
-    GET  /qa/                  the page
-    GET  /qa/stream            SSE: login {"id"}, questions {"questions"}, answers {"question","answers"}, ping
-    POST /qa/questions         {"question"} -> 201; duplicate 409; empty/oversize 400
-    POST /qa/select            {"question"} -> the stream now follows it; unknown 404
-    POST /qa/answers           {"answer"} -> appended to the selected question
+    GET    /qa/               the page
+    GET    /qa/stream         SSE: login {"id"}, questions {"questions"},
+                              answers {"question","answers"}, ping
+    POST   /qa/questions      {"question"} -> 201; duplicate 409; empty/oversize 400
+    DELETE /qa/questions      administrators: clear the board
+    POST   /qa/select         {"question"} -> the stream now follows it; unknown 404
+    POST   /qa/answers        {"answer"} -> appended to the selected question
 
 Requests name their client with `X-Client-Id`, the signed id the stream gave
 in its `login` event. Every change is one event on the internal hub channel
-`qa:events`, carrying the whole new list and its length, published by the
-same Lua script that changes the list (Hub.script), so events arrive in the
-order of the changes. A stream forwards questions to everyone, and answers
-only when they are for the question its client follows; an event no newer
-than the state a stream read when it started is skipped. A stream that
-reconnects with `?client=` keeps its id and selection, and gets the full
-current state again.
+`qa:events`, carrying the whole new list and the board's version (a counter
+every change increments), published by the same Lua script that makes the
+change (Hub.script), so events arrive in the order of the changes. A stream
+forwards questions to everyone, and answers only when they are for the
+question its client follows; an event no newer than the state a stream read
+when it started is skipped. A stream that reconnects with `?client=` keeps
+its id and selection, and gets the full current state again.
+
+What one client can make the board keep is bounded, so the board cannot be
+filled for good nor Redis flooded (the hub keeps the last STREAM_MAXLEN
+events, each at most one list):
+- questions expire QA_QUESTION_TTL_SECONDS after they were asked, and past
+  QA_MAX_QUESTIONS the oldest rolls off (with its answers): a new question
+  always gets in; administrators can clear the board;
+- a question takes at most QA_MAX_ANSWERS answers and QA_ANSWER_BYTES bytes
+  of them (409 beyond);
+- selecting publishes only who follows what; the follower's stream reads the
+  answers itself;
+- questions and answers share the quota QA_POST_RATE_LIMIT, selections have
+  QA_SELECT_RATE_LIMIT (per address and per account; 429 beyond).
+
+Redis keys (REDIS_PREFIX + "qa:"): `asked` (sorted set: normalised question
+-> when asked, ms), `question-index` (hash: normalised -> as asked),
+`answers` (hash: normalised -> JSON list), `version`, `selected:<client>`.
 """
 
-import hashlib
 import json
 import secrets
 import time
@@ -25,7 +43,9 @@ import time
 from flask import Blueprint, current_app, request
 from itsdangerous import BadSignature, URLSafeSerializer
 
+from core import quotas
 from core.errors import abort_json
+from core.security import admin_required, current_user
 from core.transports import sse
 from core.web import get_hub, get_redis, required_fields
 
@@ -33,38 +53,106 @@ bp = Blueprint("qa", __name__, url_prefix="/qa")
 
 CHANNEL = "qa:events"
 MAX_QUESTION, MAX_ANSWER = 280, 1000
-MAX_QUESTIONS, MAX_ANSWERS = 200, 200
 PING_SECONDS = 10
 SELECTION_TTL = 24 * 3600
 
-# KEYS: list, hash normalised text -> text, hub stream; ARGV: text, normalised
-# ('' = no duplicate check), limit, hub channel, event type, question.
-# Appends and publishes the whole new list in one step.
-# Returns {0, length}, {1} duplicate, {2} full.
-_APPEND_LUA = """
-if ARGV[2] ~= '' and redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return {1} end
-if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[3]) then return {2} end
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[2], ARGV[2], ARGV[1]) end
-redis.call('RPUSH', KEYS[1], ARGV[1])
-local all = redis.call('LRANGE', KEYS[1], 0, -1)
-local event = {type = ARGV[5], count = #all}
-if ARGV[5] == 'questions' then event.questions = all
-else event.question = ARGV[6]; event.answers = all end
-hub_publish(KEYS[3], ARGV[4], 'j', cjson.encode(event))
-return {0, #all}
+# Shared by the scripts that change the board. KEYS: asked, question-index,
+# answers, version, hub stream.
+_BOARD_LUA = """
+local function remove(n)
+  redis.call('ZREM', KEYS[1], n)
+  redis.call('HDEL', KEYS[2], n)
+  redis.call('HDEL', KEYS[3], n)
+end
+local function on_board(n, cutoff)
+  local asked = redis.call('ZSCORE', KEYS[1], n)
+  return asked and tonumber(asked) > tonumber(cutoff)
+end
 """
+
+# ARGV: text, normalised, now (ms), cutoff (ms: asked at or before it has
+# expired), max questions, ttl (ms), hub channel. Drops the expired, refuses a
+# duplicate, adds, rolls the oldest off past the maximum, publishes the list.
+# Returns {0, count} or {1} (duplicate).
+_ASK_LUA = _BOARD_LUA + """
+for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])) do remove(n) end
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) then return {1} end
+-- strictly increasing scores: the order of asking, even within one ms
+local asked = tonumber(ARGV[3])
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if newest[2] and tonumber(newest[2]) >= asked then asked = tonumber(newest[2]) + 1 end
+redis.call('ZADD', KEYS[1], asked, ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[5])
+if over > 0 then
+  for _, n in ipairs(redis.call('ZRANGE', KEYS[1], 0, over - 1)) do remove(n) end
+end
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[6]) end  -- an idle board goes
+local questions = {}
+for _, n in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  questions[#questions + 1] = redis.call('HGET', KEYS[2], n)
+end
+local version = redis.call('INCR', KEYS[4])
+hub_publish(KEYS[5], ARGV[7], 'j', cjson.encode(
+  {type = 'questions', version = version, questions = questions, count = #questions}))
+return {0, #questions}
+"""
+
+# ARGV: answer, normalised question, cutoff (ms), max answers, max bytes, hub
+# channel. Returns {0, count}, {2} (as many answers as allowed), {3} (the
+# question is no longer on the board), {4} (its answers would exceed the bytes).
+_ANSWER_LUA = _BOARD_LUA + """
+if not on_board(ARGV[2], ARGV[3]) then return {3} end
+local stored = redis.call('HGET', KEYS[3], ARGV[2])
+local answers = stored and cjson.decode(stored) or {}
+if #answers >= tonumber(ARGV[4]) then return {2} end
+answers[#answers + 1] = ARGV[1]
+local encoded = cjson.encode(answers)
+if #encoded > tonumber(ARGV[5]) then return {4} end
+redis.call('HSET', KEYS[3], ARGV[2], encoded)
+local ttl = redis.call('PTTL', KEYS[1])  -- the answers go with the board
+if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end
+local version = redis.call('INCR', KEYS[4])
+local question = redis.call('HGET', KEYS[2], ARGV[2])
+-- the stored list is spliced in as it is: never an empty table, which
+-- cjson would encode as {}
+hub_publish(KEYS[5], ARGV[6], 'j', '{"type":"answers","version":' .. version ..
+  ',"question":' .. cjson.encode(question) .. ',"count":' .. #answers ..
+  ',"answers":' .. encoded .. '}')
+return {0, #answers}
+"""
+
+# ARGV: hub channel. Empties the board; returns how many questions it had.
+_CLEAR_LUA = """
+local count = redis.call('ZCARD', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+local version = redis.call('INCR', KEYS[4])
+hub_publish(KEYS[5], ARGV[1], 'j', '{"type":"clear","version":' .. version .. '}')
+return count
+"""
+
 
 def _key(*parts, prefix=None):
     prefix = current_app.config["REDIS_PREFIX"] if prefix is None else prefix
     return prefix + "qa:" + ":".join(parts)
 
 
-def _answers_key(question, prefix=None):
-    return _key("answers", hashlib.sha256(question.encode()).hexdigest(), prefix=prefix)
+def _board_keys(prefix=None):
+    return [_key(name, prefix=prefix) for name in ("asked", "question-index", "answers",
+                                                    "version")]
 
 
 def _normalise(text):
     return " ".join(text.split()).casefold()
+
+
+def _now_ms():
+    return int(time.time() * 1000)
+
+
+def _cutoff_ms(ttl_seconds):
+    """Questions asked at or before this moment have expired."""
+    return _now_ms() - ttl_seconds * 1000
 
 
 def _signer():
@@ -81,11 +169,16 @@ def _client_id():
         abort_json(403, "X-Client-Id is not one this server issued")
 
 
-def _append(list_key, index_key, text, normalised, limit, event, question=""):
+def _spend(setting, what):
+    """One use of a Q&A quota, counted per address and, for a logged-in
+    user, per account (current_user() makes the account known to quotas)."""
+    current_user()
+    quotas.spend(setting, what)
+
+
+def _change(script, args):
     hub = get_hub()
-    return hub.script(_APPEND_LUA)(
-        keys=[list_key, index_key, hub.stream_key(CHANNEL)],
-        args=[text, normalised, limit, CHANNEL, event, question])
+    return hub.script(script)(keys=[*_board_keys(), hub.stream_key(CHANNEL)], args=args)
 
 
 @bp.get("/")
@@ -96,44 +189,66 @@ def page():
 @bp.post("/questions")
 def ask():
     _client_id()
+    _spend("QA_POST_RATE_LIMIT", "questions and answers")
     (question,) = required_fields("question", max_length=MAX_QUESTION)
     question = " ".join(question.split())
-    result = _append(_key("questions"), _key("question-index"), question, _normalise(question),
-                     MAX_QUESTIONS, "questions")
+    config = current_app.config
+    ttl = config["QA_QUESTION_TTL_SECONDS"]
+    result = _change(_ASK_LUA, [question, _normalise(question), _now_ms(), _cutoff_ms(ttl),
+                                config["QA_MAX_QUESTIONS"], ttl * 1000, CHANNEL])
     if result[0] == 1:
         abort_json(409, "that question was already asked")
-    if result[0] == 2:
-        abort_json(409, f"the board is full ({MAX_QUESTIONS} questions)")
     return {"ok": True, "question": question, "count": result[1]}, 201
+
+
+@bp.delete("/questions")
+@admin_required
+def clear():
+    """Administrators empty the board (CSRF-checked like every state change
+    riding on a session: core.security.csrf_protect). Every stream shows an
+    empty board."""
+    removed = _change(_CLEAR_LUA, [CHANNEL])
+    return {"ok": True, "removed": removed}
 
 
 @bp.post("/select")
 def select():
     client = _client_id()
+    _spend("QA_SELECT_RATE_LIMIT", "question selections")
     (question,) = required_fields("question", max_length=MAX_QUESTION)
-    r = get_redis()
-    # The question as it was asked, whatever the case and spacing of this request.
-    question = r.hget(_key("question-index"), _normalise(question))
-    if question is None:
+    r, normalised = get_redis(), _normalise(question)
+    pipe = r.pipeline(transaction=True)
+    pipe.zscore(_key("asked"), normalised)
+    pipe.hget(_key("question-index"), normalised)  # the question as it was asked
+    pipe.hget(_key("answers"), normalised)
+    asked, question, answers = pipe.execute()
+    if asked is None or asked <= _cutoff_ms(current_app.config["QA_QUESTION_TTL_SECONDS"]):
         abort_json(404, "no such question")
     r.set(_key("selected", client), question, ex=SELECTION_TTL)
-    answers = r.lrange(_answers_key(question), 0, -1)
-    get_hub().publish_json(CHANNEL, {"type": "select", "client": client, "question": question,
-                                     "answers": answers, "count": len(answers)})
-    return {"ok": True, "question": question, "answers": answers}
+    # Who follows what, not the answers: the follower's stream reads them.
+    get_hub().publish_json(CHANNEL, {"type": "select", "client": client, "question": question})
+    return {"ok": True, "question": question, "answers": json.loads(answers or "[]")}
 
 
 @bp.post("/answers")
 def answer():
     client = _client_id()
+    _spend("QA_POST_RATE_LIMIT", "questions and answers")
     (text,) = required_fields("answer", max_length=MAX_ANSWER)
     question = get_redis().get(_key("selected", client))
     if question is None:
         abort_json(400, "select a question before answering")
-    answers_key = _answers_key(question)
-    result = _append(answers_key, answers_key, text.strip(), "", MAX_ANSWERS, "answers", question)
+    config = current_app.config
+    result = _change(_ANSWER_LUA, [
+        text.strip(), _normalise(question), _cutoff_ms(config["QA_QUESTION_TTL_SECONDS"]),
+        config["QA_MAX_ANSWERS"], config["QA_ANSWER_BYTES"], CHANNEL])
     if result[0] == 2:
-        abort_json(409, f"that question has its {MAX_ANSWERS} answers")
+        abort_json(409, f"that question has its {config['QA_MAX_ANSWERS']} answers")
+    if result[0] == 3:
+        abort_json(409, "that question is no longer on the board: select another")
+    if result[0] == 4:
+        abort_json(409, f"that question's answers are full (at most "
+                        f"{config['QA_ANSWER_BYTES']} bytes of them)")
     return {"ok": True, "question": question, "count": result[1]}, 201
 
 
@@ -148,7 +263,8 @@ def stream():
     if client is None:
         client = secrets.token_hex(16)
         signed = _signer().dumps(client)
-    state = _BoardState(get_redis(), current_app.config["REDIS_PREFIX"], client)
+    state = _BoardState(get_redis(), current_app.config["REDIS_PREFIX"], client,
+                        current_app.config["QA_QUESTION_TTL_SECONDS"])
     signed_login = sse.event(json.dumps({"id": signed}), event="login")
     retry_ms = current_app.config["SSE_RETRY_MS"]
     # Subscribe first, then read the state: nothing published in between is
@@ -161,42 +277,80 @@ def stream():
 
 
 class _BoardState:
-    """What one client is shown: read from Redis when its stream (re)starts
-    or missed messages, then kept current from the hub's events. Used by the
-    stream after the view has returned, so it carries its key prefix (no app
-    context)."""
+    """What one client is shown: read from Redis when its stream (re)starts,
+    missed messages, or its client selects a question, then kept current from
+    the hub's events. Used by the stream after the view has returned, so it
+    carries its key prefix and settings (no app context)."""
 
-    def __init__(self, redis_client, prefix, client):
+    def __init__(self, redis_client, prefix, client, ttl_seconds):
         self.redis, self.prefix, self.client = redis_client, prefix, client
-        self.selected, self.shown = None, {"questions": 0, "answers": 0}
+        self.ttl_seconds = ttl_seconds
+        self.selected = None
+        # the board's version each part of what the client sees was read at
+        self.shown = {"questions": 0, "answers": 0}
+
+    def _read(self, question, with_questions=True):
+        """(version, questions as asked, answers of `question`) in one step;
+        the questions are left out (None) when not wanted."""
+        asked, index, answers, version = _board_keys(self.prefix)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.get(version)
+        pipe.hget(answers, _normalise(question) if question else "")
+        if with_questions:
+            pipe.zrangebyscore(asked, f"({_cutoff_ms(self.ttl_seconds)}", "+inf")
+            pipe.hgetall(index)
+        version, answers, *board = pipe.execute()
+        questions = [board[1][n] for n in board[0] if n in board[1]] if board else None
+        return int(version or 0), questions, json.loads(answers or "[]")
 
     def reload(self):
         """The board as it is now, as the frames that show it."""
-        questions = self.redis.lrange(_key("questions", prefix=self.prefix), 0, -1)
-        self.selected = self.redis.get(_key("selected", self.client, prefix=self.prefix))
-        answers = (self.redis.lrange(_answers_key(self.selected, self.prefix), 0, -1)
-                   if self.selected else [])
-        self.shown = {"questions": len(questions), "answers": len(answers)}
-        return _questions_frame(questions) + (
-            _answers_frame(self.selected, answers) if self.selected else b"")
+        selected = self.redis.get(_key("selected", self.client, prefix=self.prefix))
+        version, questions, answers = self._read(selected)
+        self.shown = {"questions": version, "answers": version}
+        frames = _questions_frame(questions)
+        if selected and selected in questions:
+            self.selected = selected
+            return frames + _answers_frame(selected, answers)
+        if selected or self.selected:  # what it followed is gone (expired, cleared)
+            self.selected = None
+            return frames + _unselected_frame()
+        return frames
 
     def frame(self, msg):
         """The frame an event means for this client, or None: questions go to
         everyone, answers only to the followers of their question; an event no
         newer than what the client was shown is skipped."""
-        event, shown = msg.value, self.shown
+        event = msg.value
         kind = event["type"]
-        if kind == "questions" and event["count"] > shown["questions"]:
-            shown["questions"] = event["count"]
-            return msg.encoded(_questions_event)
-        if kind == "select" and event["client"] == self.client:
-            self.selected, shown["answers"] = event["question"], event["count"]
-            return _answers_frame(self.selected, event["answers"])
+        if kind == "select":
+            return self._followed(event["question"]) if event["client"] == self.client else None
+        version = event.get("version", 0)
+        if kind == "questions" and version > self.shown["questions"]:
+            self.shown["questions"] = version
+            frame = msg.encoded(_questions_event)  # shared by every stream of the worker
+            if self.selected is not None and self.selected not in event["questions"]:
+                self.selected = None  # rolled off or expired
+                return frame + _unselected_frame()
+            return frame
         if kind == "answers" and event["question"] == self.selected and (
-                event["count"] > shown["answers"]):
-            shown["answers"] = event["count"]
+                version > self.shown["answers"]):
+            self.shown["answers"] = version
             return msg.encoded(_answers_event)
+        if kind == "clear" and version > self.shown["questions"]:
+            self.shown = {"questions": version, "answers": version}
+            frame = _EMPTY_BOARD
+            if self.selected is not None:
+                self.selected = None
+                frame += _unselected_frame()
+            return frame
         return None
+
+    def _followed(self, question):
+        """The answers of the question this client now follows."""
+        version, _questions, answers = self._read(question, with_questions=False)
+        self.selected, self.shown["answers"] = question, version
+        return _answers_frame(question, answers)
 
 
 def _questions_frame(questions):
@@ -205,6 +359,14 @@ def _questions_frame(questions):
 
 def _answers_frame(question, answers):
     return sse.event(json.dumps({"question": question, "answers": answers}), event="answers")
+
+
+def _unselected_frame():
+    """The question this client followed is gone: nothing is selected."""
+    return _answers_frame(None, [])
+
+
+_EMPTY_BOARD = _questions_frame([])
 
 
 def _questions_event(msg):  # shared by every stream the event goes to

@@ -79,6 +79,22 @@ SETTINGS = {
     "TRUSTED_HOSTS": (lambda raw: [h.strip() for h in raw.split(",") if h.strip()], None,
                       "host names this server answers to, comma-separated (`.example.com`: "
                       "and its subdomains); another Host gets 400. Unset: any Host"),
+    # -- Q&A and drawing --
+    "QA_POST_RATE_LIMIT": (str, "30 per minute", "Q&A questions and answers together, per "
+                           "client address and per account"),
+    "QA_SELECT_RATE_LIMIT": (str, "120 per minute", "`POST /qa/select` per client address and "
+                             "per account"),
+    "QA_QUESTION_TTL_SECONDS": (int, 24 * 3600, "a Q&A question (with its answers) is removed "
+                                "this long after it was asked"),
+    "QA_MAX_QUESTIONS": (int, 100, "questions on the Q&A board; past it the oldest rolls off "
+                         "(with its answers)"),
+    "QA_MAX_ANSWERS": (int, 100, "answers one Q&A question takes; more get 409"),
+    "QA_ANSWER_BYTES": (int, 32 * 1024, "bytes (as stored JSON) of one Q&A question's answers; "
+                        "an answer past it gets 409"),
+    "DRAW_HISTORY_BYTES": (int, 256 * 1024, "bytes of drawing segments kept for newcomers "
+                           "(at most 20,000 segments); the oldest roll off"),
+    "DRAW_MOVE_RATE_LIMIT": (str, "120 per second", "drawing frames (moves, clears) per client "
+                             "address on one worker; past it the socket is closed 1008"),
     "TICKER_CALL_IN_MS": (int, 5000, "the ticker's normal poll interval, told to clients"),
     "TICKER_TARGET_RPS": (float, 200.0, "quote requests per second above which callIn grows "
                           "in proportion"),

@@ -49,6 +49,7 @@ function onMessage(message) {
   switch (message.type) {
     case "welcome":
       myId = message.id;
+      $("error").textContent = "";
       segments = message.segments;
       resize();
       break;
@@ -111,7 +112,9 @@ function connectForever() {
   keepWebSocket(() => "/draw/ws", {
     onOpen: (opened) => { socket = opened; setStatus($("status"), "ok", "live"); },
     onMessage,
-    onClose: () => {
+    onClose: (event) => {
+      // 1008: the server refused what we sent (e.g. too many moves); say why.
+      if (event.code === 1008 && event.reason) $("error").textContent = event.reason;
       for (const other of others.values()) other.label.remove();
       others.clear();
       setStatus($("status"), "warn", "reconnecting…");

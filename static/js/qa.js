@@ -4,6 +4,7 @@ import { setStatus, sleep } from "./status.js";
 const $ = (id) => document.getElementById(id);
 let clientId = null;
 let selected = null;
+let csrfToken = null; // a logged-in administrator's, for clearing the board
 
 function renderQuestions(questions) {
   const list = $("questions");
@@ -19,10 +20,12 @@ function renderQuestions(questions) {
   }));
 }
 
+// question null: nothing is followed (the question expired, rolled off or
+// the board was cleared).
 function renderAnswers(question, answers) {
   selected = question;
-  $("selected-title").textContent = question;
-  $("answer").disabled = $("answer-button").disabled = false;
+  $("selected-title").textContent = question ?? "Pick a question";
+  $("answer").disabled = $("answer-button").disabled = question === null;
   $("answers").replaceChildren(...answers.map((text) => {
     const item = document.createElement("li");
     item.textContent = text;
@@ -33,13 +36,11 @@ function renderAnswers(question, answers) {
   }
 }
 
-async function send(path, body, errorId) {
+async function send(path, body, errorId, method = "POST") {
   $(errorId).textContent = "";
-  const response = await fetch(path, {
-    method: "POST",
-    headers: { "Content-Type": "application/json", "X-Client-Id": clientId },
-    body: JSON.stringify(body),
-  });
+  const headers = { "Content-Type": "application/json", "X-Client-Id": clientId };
+  if (csrfToken) headers["X-CSRF-Token"] = csrfToken;
+  const response = await fetch(path, { method, headers, body: JSON.stringify(body) });
   if (!response.ok) {
     const problem = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
     $(errorId).textContent = problem.error;
@@ -63,6 +64,22 @@ $("answer-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   if (await send("/qa/answers", { answer: $("answer").value }, "answer-error")) {
     $("answer").value = "";
+  }
+});
+
+// Administrators (logged in on /auth/) get a button that clears the board.
+async function showAdminTools() {
+  const response = await fetch("/auth/me", { credentials: "same-origin" });
+  if (!response.ok) return;
+  const me = await response.json();
+  if (!me.user.roles.includes("admin")) return;
+  csrfToken = me.csrfToken ?? null;
+  $("admin-tools").hidden = false;
+}
+
+$("clear-board").addEventListener("click", () => {
+  if (confirm("Remove every question and answer from the board?")) {
+    send("/qa/questions", {}, "ask-error", "DELETE");
   }
 });
 
@@ -93,4 +110,5 @@ async function streamForever() {
   }
 }
 
+showAdminTools();
 streamForever();
