@@ -22,9 +22,10 @@ import secrets
 
 from flask import Blueprint, current_app, g, jsonify, request, session
 
-from core import passwords, tokens
+from core import passwords, quotas, tokens
 from core.errors import abort_json
-from core.security import current_user, login_limit, spend_login_attempt, start_session
+from core.security import current_user, login_limit, start_session
+from core.users import USERNAME
 from core.web import get_redis, required_fields
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
@@ -37,6 +38,18 @@ _DUMMY = {}
 
 def _users():
     return current_app.extensions["users"]
+
+
+def spend_login_attempt(username):
+    """Count one login attempt on account `username` (LOGIN_ACCOUNT_RATE_LIMIT);
+    429 once spent. The per-address limit alone lets an attacker with many
+    addresses guess one password at full speed; this one follows the account.
+    Counted before the password is checked, atomically (one INCR), so parallel
+    guesses cannot slip past, and a correct guess over the limit is refused too.
+    Names that cannot be accounts are not counted: nothing to protect."""
+    if isinstance(username, str) and USERNAME.match(username):
+        quotas.spend_on("LOGIN_ACCOUNT_RATE_LIMIT", "login attempts for this account",
+                        "account", username)
 
 
 def _check_password(username, password):

@@ -53,18 +53,25 @@ def _identities():
 def spend(setting, what, *, per_worker=False, cost=1):
     """Count `cost` uses of quota `setting` (its value in app.config) by this
     client; abort 429 (`what` names the thing counted) once it is spent."""
-    items = _limits(current_app.config[setting])
+    if per_worker:
+        spend_on(setting, what, "address", request.remote_addr or "unknown",
+                 per_worker=True, cost=cost)
+        return
+    for scope, who in list(_identities()):
+        spend_on(setting, what, scope, who, cost=cost)
+
+
+def spend_on(setting, what, scope, who, *, per_worker=False, cost=1):
+    """Count `cost` uses of quota `setting` by `who`, a `scope` ("address",
+    "account"); e.g. login attempts on a named account, whoever asks."""
     strategy = _worker_limiter if per_worker else limiter.limiter
-    identities = [("address", request.remote_addr or "unknown")] if per_worker \
-        else list(_identities())
-    for scope, who in identities:
-        for item in items:
-            if not strategy.hit(item, setting, scope, who, cost=cost):
-                reset_at, _ = strategy.get_window_stats(item, setting, scope, who)
-                retry = max(1, math.ceil(reset_at - time.time()))
-                abort_json(429, f"too many {what}: at most {item} per {scope}; "
-                                f"retry in {retry} s",
-                           headers={"Retry-After": str(retry)}, retry_after=retry)
+    for item in _limits(current_app.config[setting]):
+        if not strategy.hit(item, setting, scope, who, cost=cost):
+            reset_at, _ = strategy.get_window_stats(item, setting, scope, who)
+            retry = max(1, math.ceil(reset_at - time.time()))
+            abort_json(429, f"too many {what}: at most {item} per {scope}; "
+                            f"retry in {retry} s",
+                       headers={"Retry-After": str(retry)}, retry_after=retry)
 
 
 def admit_connection(environ):

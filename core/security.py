@@ -9,51 +9,27 @@
 - CSRF: a cookie-authenticated state change must come from an allowed Origin
   or carry the session's `X-CSRF-Token`.
 - `login_limit`: the shared, Redis-backed rate limit of every login endpoint,
-  per client address; `spend_login_attempt(username)`: the same per account,
-  which no number of addresses gets around.
+  per client address (blueprints/auth.py adds one per account).
 - `origin_allowed()`: the Origin allow-list (WebSocket upgrades, CSRF).
 """
 
 import functools
 import hmac
-import math
 import secrets
-import time
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from flask import current_app, g, render_template, request, session
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
-from limits import parse_many
 
 from core import tokens
 from core.errors import abort_json
-from core.users import USERNAME
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 PRIVATE_PREFIX = "private-"
 
 limiter = Limiter(key_func=get_remote_address)
 login_limit = limiter.shared_limit(lambda: current_app.config["LOGIN_RATE_LIMIT"], scope="login")
-
-
-def spend_login_attempt(username):
-    """Count one login attempt on account `username` (LOGIN_ACCOUNT_RATE_LIMIT);
-    429 once spent. The per-address limit alone lets an attacker with many
-    addresses guess one password at full speed; this one follows the account.
-    Counted before the password is checked, atomically (one INCR), so parallel
-    guesses cannot slip past, and a correct guess over the limit is refused too.
-    Names that cannot be accounts are not counted: nothing to protect."""
-    if not isinstance(username, str) or not USERNAME.match(username):
-        return
-    strategy = limiter.limiter
-    for item in parse_many(current_app.config["LOGIN_ACCOUNT_RATE_LIMIT"]):
-        if not strategy.hit(item, "LOGIN_ACCOUNT_RATE_LIMIT", username):
-            reset_at, _ = strategy.get_window_stats(item, "LOGIN_ACCOUNT_RATE_LIMIT", username)
-            retry = max(1, math.ceil(reset_at - time.time()))
-            abort_json(429, f"too many login attempts for this account: at most {item}; "
-                            f"retry in {retry} s", headers={"Retry-After": str(retry)},
-                       retry_after=retry)
 
 
 def constant_time_equal(a, b):
@@ -249,6 +225,13 @@ def security_headers(response):
     headers.setdefault("Referrer-Policy", "same-origin")
     if response.mimetype == "text/html":
         headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    location = headers.get("Location")
+    if location and urlsplit(location).netloc:
+        # Werkzeug builds its redirects (a missing trailing slash) from the
+        # request's Host header, which any client may set: every redirect of
+        # ours stays on this site, so send only its path.
+        _, _, path, query, fragment = urlsplit(location)
+        headers["Location"] = urlunsplit(("", "", path or "/", query, fragment))
     return response
 
 

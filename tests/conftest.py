@@ -16,8 +16,8 @@ import pytest
 import redis
 import requests
 
-from core.embedded_redis import EmbeddedRedis, free_port
 from core.config import SETTINGS
+from core.embedded_redis import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_KEY = "test-secret-key"

@@ -225,7 +225,15 @@ def test_trusted_hosts_refuses_a_foreign_host_before_any_redirect(start_server):
     assert "not trusted" in foreign.json()["error"]
     own = requests.get(f"{server.url}/longpoll", allow_redirects=False, timeout=10)
     assert own.status_code in (301, 308)
-    assert own.headers["Location"].startswith(f"{server.url}/longpoll/")
+    assert own.headers["Location"] == "/longpoll/"
+
+
+@pytest.mark.parametrize("path", ["/longpoll", "/qa", "/clock", "/ticker"])
+def test_no_redirect_goes_to_the_host_a_client_sent(server, path):
+    response = requests.get(server.url + path, headers={"Host": "evil.example"},
+                            allow_redirects=False, timeout=10)
+    assert response.status_code in (301, 308)
+    assert response.headers["Location"] == path + "/"  # a path: this site, whatever Host said
 
 
 # -- no cache keeps credentials or admin views ------------------------------------------------

@@ -123,7 +123,7 @@ def test_moves_past_the_quota_close_the_socket_with_the_reason(start_server):
     server = start_server(workers=1, REDIS_PREFIX=prefix(), DRAW_MOVE_RATE_LIMIT="5 per minute")
     try:
         watcher, _ = drawer(server)
-        ws, hello = drawer(server)
+        ws, _ = drawer(server)
         for n in range(5):
             ws.send(json.dumps({"x": n / 10, "y": 0.5, "drawing": False}))
         for n in range(5):  # the moves within the quota reach the others

@@ -205,10 +205,11 @@ def test_editor_op_decoder_returns_a_valid_op_or_rejects(message, document):
     from blueprints.editor import _parse_op_message
 
     try:
-        v, op, op_id = _parse_op_message(message)
+        v, op, walks, op_id = _parse_op_message(message)
     except Refused:
         return
     assert isinstance(v, int) and v >= 0
+    assert isinstance(walks, int) and walks >= ot.span(op)  # the trailing retain counts too
     assert isinstance(op_id, str) and 1 <= len(op_id) <= 64
     op_id.encode("utf-8")
     assert ot.normalize(op) == op

@@ -9,8 +9,15 @@ import time
 import pytest
 import requests
 
-from tests.clients import (long_poll_request, raw_request, read_until, read_until_closed,
-                           sse_request, wait_until, ws_request)
+from tests.clients import (
+    long_poll_request,
+    raw_request,
+    read_until,
+    read_until_closed,
+    sse_request,
+    wait_until,
+    ws_request,
+)
 
 
 def _status_and_headers(received):
