@@ -171,3 +171,41 @@ def test_a_chunked_body_within_the_limit_is_published_whole(server, channel, adm
     assert received.startswith(b"HTTP/1.1 201"), received[:300]
     [(_, fields)] = rdb.xrange(f"rt:stream:{channel}")
     assert fields["d"] == body.decode()
+
+
+def _flood(server, path, seconds):
+    """A WebSocket client that sends small frames as fast as it can for
+    `seconds`, never reading (nor closing when told to)."""
+    from tests.test_fuzz import _client_frame
+
+    sock = raw_request(server, ws_request(path))
+    assert b" 101 " in read_until(sock, b"\r\n\r\n")
+    frame = _client_frame(0x1, b'{"x": 0.5, "y": 0.5, "drawing": false}') * 100
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end:
+            sock.sendall(frame)
+    except OSError:
+        pass  # the server gave up on it: fine
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("path", ["/sub/flooded/ws", "/draw/ws"])
+def test_a_websocket_client_flooding_frames_does_not_take_the_worker(start_server, path):
+    """One worker; a client floods frames the server drops (a subscriber
+    socket) or refuses (drawing moves past their quota, closed with 1008 and
+    then flooded on): the worker keeps answering everyone else meanwhile
+    (it was stalled for as long as the flood went on)."""
+    import threading
+
+    server = start_server(workers=1, DRAW_MOVE_RATE_LIMIT="20 per second")
+    flood = threading.Thread(target=_flood, args=(server, path, 6))
+    flood.start()
+    time.sleep(1)
+    try:
+        for _ in range(6):
+            assert requests.get(server.url + "/healthz", timeout=3).status_code == 200
+            time.sleep(0.5)
+    finally:
+        flood.join()

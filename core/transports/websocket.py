@@ -214,6 +214,11 @@ def _gevent():
     return monkey.is_module_patched("socket")
 
 
+def _let_others_run():
+    if _gevent():
+        time.sleep(0)  # gevent's: a turn of the event loop
+
+
 class WebSocket:
     """One server-side WebSocket connection on gunicorn's socket.
 
@@ -390,6 +395,10 @@ class WebSocket:
         if not data:
             self._lost("connection lost")
             return True
+        # A read that finds data never waits: a client sending without pause
+        # would keep this greenlet, and so the worker, to itself. Others run
+        # between two reads.
+        _let_others_run()
         if self._state is _DRAINING:
             return True  # dropped unread
         # The peer is alive: the next ping is due only after a quiet spell
@@ -608,10 +617,10 @@ class WebSocket:
             self._send_close(code, reason)
         deadline = time.monotonic() + CLOSE_TIMEOUT
         while self._state is _CLOSING or self._state is _DRAINING:
-            if self._pump():
-                continue
+            # The deadline holds even for a client that sends on and on
+            # instead of closing (_pump() finds data every time).
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._wait_readable(remaining):
+            if remaining <= 0 or (not self._pump() and not self._wait_readable(remaining)):
                 self._state = _CLOSED
         self._queue = None
 
