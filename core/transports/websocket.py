@@ -72,6 +72,7 @@ TRY_AGAIN_LATER = 1013  # dropped as a slow consumer: reconnect and resume
 MAX_MESSAGE = 64 * 1024  # bytes of one client message (after decompression)
 SUBPROTOCOLS = ("json",)  # offered by /ws/echo; a route that gets no offer sees None
 CLOSE_TIMEOUT = 1.0  # how long a closing handshake waits for the client's close
+CLOSE_READ_LIMIT = 64 * 1024  # bytes parsed after our close while waiting for the client's
 POLL_SECONDS = 0.05  # without gevent: how often a relay looks at its client
 _READ_SIZE = 64 * 1024
 _READ_BUFFER = memoryview(bytearray(_READ_SIZE))  # under gevent: shared by the worker's reads
@@ -229,7 +230,8 @@ class WebSocket:
     """
 
     __slots__ = ("_closed_by", "_conn", "_deflate", "_failure", "_handshake", "_io", "_next_ping",
-                 "_parts", "_pong_due", "_queue", "_readable", "_real", "_shutdown",
+                 "_parts", "_pong_due", "_queue", "_read_after_close", "_readable", "_real",
+                 "_shutdown",
                  "_size", "_sock", "_state", "_sub", "_wake", "_writing", "ping_seconds",
                  "subprotocol")
 
@@ -244,6 +246,7 @@ class WebSocket:
         self._conn = None  # wsproto's frame layer, built at the first byte read or deflated
         self._state = _OPEN
         self._closed_by = None  # (code, reason) once closed
+        self._read_after_close = 0  # bytes read since our close went out
         # (code, reason) of a protocol error or too big a message: the messages
         # before it are handled first, then the connection closes with it.
         self._failure = None
@@ -399,6 +402,13 @@ class WebSocket:
         # would keep this greenlet, and so the worker, to itself. Others run
         # between two reads.
         _let_others_run()
+        if self._state is _CLOSING:
+            # Our close is out: a client answers with its own close, after at
+            # most what it had in flight. One that sends on and on is not
+            # parsed further (parsing a flood of frames costs the worker).
+            self._read_after_close += len(data)
+            if self._read_after_close > CLOSE_READ_LIMIT:
+                self._drain()
         if self._state is _DRAINING:
             return True  # dropped unread
         # The peer is alive: the next ping is due only after a quiet spell
