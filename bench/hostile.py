@@ -51,7 +51,7 @@ import websocket
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import gunicorn_server, machine, redis_server, worker_pids
+from bench.common import cpu_seconds, gunicorn_server, machine, redis_server, worker_pids
 from core import ot
 from core.config import SETTINGS
 
@@ -198,12 +198,25 @@ def _ws(url, name):
                                        header=[f"X-Forwarded-For: {address(name)}"])
 
 
+class Closed(Exception):
+    """The server closed the WebSocket; str(): 'close <code> <reason>'."""
+
+
+def _close_text(data):
+    return f"close {int.from_bytes(data[:2], 'big')} {data[2:42].decode(errors='replace')}"
+
+
 def _first(ws, kind):
-    """The next frame of type `kind` (others are skipped)."""
+    """The next frame of type `kind` (others are skipped); Closed if the
+    server closes first."""
     while True:
-        frame = json.loads(ws.recv())
-        if frame.get("type") == kind:
-            return frame
+        opcode, data = ws.recv_data(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            raise Closed(_close_text(data))
+        if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+            frame = json.loads(data)
+            if frame.get("type") == kind:
+                return frame
 
 
 def _qa_probe(url, run, stop):
@@ -429,6 +442,8 @@ def _closed_how(ws_call):
     """What a WebSocket attempt ended with: a status, a close code, or 'open'."""
     try:
         ws_call()
+    except Closed as exc:
+        return str(exc)
     except websocket.WebSocketBadStatusException as exc:
         return str(exc.status_code)
     except websocket.WebSocketConnectionClosedException:
@@ -454,46 +469,59 @@ def editor_flood(url, run, stop):
     """New documents as fast as allowed; 64 KB ops into one; ops against v0."""
     ws_url = url.replace("http://", "ws://")
 
+    def open_one():
+        ws = _ws(f"{ws_url}/editor/flood-{uuid.uuid4().hex[:10]}/ws",
+                 "hostile editor documents")
+        try:
+            _first(ws, "ready")
+        finally:
+            ws.close()
+
     def new_documents():
         while not stop.is_set():
-            ws = None
-
-            def open_one():
-                nonlocal ws
-                ws = _ws(f"{ws_url}/editor/flood-{uuid.uuid4().hex[:10]}/ws",
-                         "hostile editor documents")
-                _first(ws, "ready")
-
-            got = _closed_how(open_one)
-            if got == "closed" and ws is not None:
-                got = _close_code(ws)
-            run.outcome("new editor documents", got)
-            if ws is not None:
-                ws.close()
+            run.outcome("new editor documents", _closed_how(open_one))
 
     def big_ops():
-        doc = f"{ws_url}/editor/big-{uuid.uuid4().hex[:8]}/ws"
         while not stop.is_set():
+            # a new document each time: a full one (100,000 characters) closes
+            doc = f"{ws_url}/editor/big-{uuid.uuid4().hex[:8]}/ws"
             ws = _ws(doc, "hostile editor ops")
-            version = _first(ws, "snapshot")["v"]
             try:
+                version = _first(ws, "snapshot")["v"]
+                _first(ws, "ready")
                 while not stop.is_set():
+                    # 60 KB of emoji as UTF-8: just under the 64 KB frame limit
                     ws.send(json.dumps({"type": "op", "v": version, "id": uuid.uuid4().hex,
-                                        "op": ot.to_json([("😀" * 15_000)])}))
-                    frame = json.loads(ws.recv())
-                    if frame.get("type") == "ack":
-                        version = frame["v"]
-                    run.outcome("64 KB editor ops", frame.get("type"))
+                                        "op": ot.to_json(["😀" * 15_000])},
+                                       ensure_ascii=False))
+                    version = _first(ws, "ack")["v"]
+                    run.outcome("64 KB editor ops", "acknowledged")
                     # and one against the oldest version, for the most transform work
                     ws.send(json.dumps({"type": "op", "v": 0, "id": uuid.uuid4().hex,
                                         "op": ot.to_json(["x"])}))
-                    run.outcome("ops against version 0", json.loads(ws.recv()).get("type"))
+                    answer = _answer_to_op(ws)  # an ack, or a snapshot: too far behind
+                    run.outcome("ops against version 0", answer)
+                    if answer == "snapshot":
+                        version = _first(ws, "ready")["v"]
+            except Closed as exc:
+                run.outcome("64 KB editor ops", str(exc))
             except (websocket.WebSocketException, OSError) as exc:
                 run.outcome("64 KB editor ops", type(exc).__name__)
             ws.close()
 
     return [threading.Thread(target=new_documents, daemon=True),
             threading.Thread(target=big_ops, daemon=True)]
+
+
+def _answer_to_op(ws):
+    """What the editor answered an op with: 'ack', or 'snapshot' (too far behind)."""
+    while True:
+        opcode, data = ws.recv_data(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            raise Closed(_close_text(data))
+        kind = json.loads(data).get("type") if opcode == websocket.ABNF.OPCODE_TEXT else None
+        if kind in ("ack", "snapshot"):
+            return kind
 
 
 def qa_flood(url, run, stop):
@@ -576,10 +604,11 @@ def hostile_clients(url, token, run, stop, attacks):
 
 # -- the run -------------------------------------------------------------------------
 
-def phase(url, tokens, rdb, seconds, attacks):
+def phase(url, tokens, rdb, seconds, attacks, workers):
     """The honest probes for `seconds`, with `attacks` (names) in a child
     process beside them: the probes' timings are not the attackers' GIL."""
     run = Run()
+    cpu_before = cpu_seconds(workers)
     stop = threading.Event()
     memory_before = rdb.info("memory")["used_memory"]
     attackers = None
@@ -602,6 +631,7 @@ def phase(url, tokens, rdb, seconds, attacks):
             run.outcomes[who].update(outcomes)
         run.server_errors.update(got["server_errors"])
     run.redis_growth_mb = (rdb.info("memory")["used_memory"] - memory_before) / 2**20
+    run.worker_cpu_s = cpu_seconds(workers) - cpu_before
     return run
 
 
@@ -634,7 +664,9 @@ def report(calm, hostile, restarted, seconds):
         f"`.venv/bin/python bench/hostile.py --seconds {seconds}` on {machine()}; 2 gevent",
         "workers, every quota and bound at its default, each client with its own",
         "address (X-Forwarded-For, TRUSTED_PROXIES=1). Honest clients alone, then with",
-        "the hostile ones beside them, for the same time.",
+        "the hostile ones beside them, for the same time. The hostile clients run in a",
+        "child process at nice 19 on the same 2 cores (on the internet their CPU is",
+        "not ours). In parentheses: samples. Target: honest p99 within 1.5x.",
         "",
         "| honest probe | alone p50 / p99 (ms) | with hostile p50 / p99 (ms) | p99 ratio |",
         "|---|---|---|---|",
@@ -648,7 +680,9 @@ def report(calm, hostile, restarted, seconds):
     lines += [
         "",
         f"Redis memory growth: {calm.redis_growth_mb:.1f} MB alone, "
-        f"{hostile.redis_growth_mb:.1f} MB with the hostile clients.",
+        f"{hostile.redis_growth_mb:.1f} MB with the hostile clients. Worker CPU: "
+        f"{calm.worker_cpu_s:.1f} s alone, {hostile.worker_cpu_s:.1f} s with them "
+        f"(of {2 * seconds:.0f} s on 2 cores).",
         f"Workers restarted: {'yes' if restarted else 'none'}. "
         f"5xx answers: {dict(calm.server_errors + hostile.server_errors) or 'none'}. "
         f"Honest probes that failed: {dict(calm.failures + hostile.failures) or 'none'}.",
@@ -682,8 +716,8 @@ def main():
         rdb = redis.Redis.from_url(rs.url)
         tokens = {side: bench_token(rs.url, env, f"bench-{side}") for side in ("honest", "hostile")}
         pids = set(worker_pids(master))
-        calm = phase(url, tokens, rdb, args.seconds, [])
-        hostile = phase(url, tokens, rdb, args.seconds, attacks)
+        calm = phase(url, tokens, rdb, args.seconds, [], pids)
+        hostile = phase(url, tokens, rdb, args.seconds, attacks, pids)
         restarted = set(worker_pids(master)) != pids
     text = report(calm, hostile, restarted, args.seconds)
     Path(args.report).write_text(text)
