@@ -23,6 +23,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/reload_drain.py
 	$(BIN)/python bench/slow_consumers.py
 	$(BIN)/python bench/threads_vs_events.py
+	$(BIN)/python bench/hostile.py
 
 # Locust against a server that is already running (`make run` in another
 # terminal, or any deployment): 60 s headless, a mix of every user class; exits

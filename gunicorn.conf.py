@@ -113,6 +113,10 @@ def post_worker_init(worker):
     from core import monitor
 
     monitor.start(worker, app)
+    # Streams opened with credentials that change end at once (core/revocation.py).
+    from core import revocation
+
+    revocation.watch(app.extensions["hub"])
     _tune_garbage_collector()
     # The hub's direct writes produce the bytes of gunicorn's HTTP/1.x responses.
     from core import connection

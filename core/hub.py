@@ -107,8 +107,16 @@ class Hub(StreamLog):
         self._stopped = False
         self.connected_event = threading.Event()
         self.reconnects = 0
+        self._watchers = {}  # channel -> callback(data): the server's own notices
 
     # -- subscribing ------------------------------------------------------------
+
+    def watch(self, channel, callback):
+        """Call `callback(data)` in the listener for each message on `channel`
+        this worker hears from now on: for the server's own notices (not a
+        subscriber: no catch-up, no resume, not counted; it must not block)."""
+        self._watchers[channel] = callback
+        self.start()
 
     def subscribe(self, channel, cursor=None, on_abort=None, page_bytes=None):
         """A subscription from `cursor` (id tuple; None = only what comes after
@@ -292,6 +300,9 @@ class Hub(StreamLog):
         channel, _, rest = payload.partition(" ")
         local = self._channels.get(channel)
         if local is None:
+            watcher = self._watchers.get(channel)
+            if watcher is not None:
+                watcher(rest.partition(" ")[2][1:])  # the data, after the id and kind
             return  # nobody in this worker listens to that channel
         msg_id, _, typed = rest.partition(" ")
         msg = Message(msg_id, typed[1:], typed[:1] == "j")

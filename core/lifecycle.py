@@ -12,7 +12,11 @@ last id, so the worker drains in seconds instead of the 30 s graceful timeout.
 import threading
 from contextlib import suppress
 
-SERVICE_RESTART = 1012  # RFC 6455 close code
+SERVICE_RESTART = 1012  # RFC 6455 close codes
+POLICY_VIOLATION = 1008
+# Set in a request's environ by core.security.current_user(): the account a
+# stream was opened with, whose credential changes end it (end_for_user).
+OWNER = "realtime.user"
 
 _lock = threading.Lock()
 _open = {}  # connection -> (kind, close function or None)
@@ -26,34 +30,48 @@ def stopping():
 
 
 class connection:  # lower case: used like a function, in a `with`
-    """Count a connection of `kind` from `address` while it is open;
-    `close(reason)` ends it on shutdown. A class, not a generator: one is
-    held per open connection."""
+    """Count a connection of `kind` for the request `environ` (its client
+    address: core.quotas; its account: end_for_user) while it is open;
+    `close(reason, code=None)` ends it (a WebSocket closes with `code`). A
+    class, not a generator: one is held per open connection."""
 
-    __slots__ = ("address", "close", "kind")
+    __slots__ = ("close", "environ", "kind")
 
-    def __init__(self, kind, close=None, address=None):
-        self.kind, self.close, self.address = kind, close, address
+    def __init__(self, kind, close=None, environ=None):
+        self.kind, self.close, self.environ = kind, close, environ if environ is not None else {}
 
     def __enter__(self):
+        address = self.environ.get("REMOTE_ADDR")
         with _lock:
             _open[self] = (self.kind, self.close)
-            _by_address[self.address] = _by_address.get(self.address, 0) + 1
+            _by_address[address] = _by_address.get(address, 0) + 1
         return self
 
     def __exit__(self, *exc_info):
+        address = self.environ.get("REMOTE_ADDR")
         with _lock:
             if _open.pop(self, None) is not None:
-                left = _by_address[self.address] - 1
+                left = _by_address[address] - 1
                 if left:
-                    _by_address[self.address] = left
+                    _by_address[address] = left
                 else:
-                    del _by_address[self.address]
+                    del _by_address[address]
 
 
 def held_by(address):
     """How many connections `address` has open on this worker."""
     return _by_address.get(address, 0)
+
+
+def end_for_user(name, reason):
+    """End every open connection of this worker made with `name`'s
+    credentials (their password, access or account changed); returns how many."""
+    with _lock:
+        closers = [c.close for c in _open if c.close is not None and c.environ.get(OWNER) == name]
+    for close in closers:
+        with suppress(Exception):  # already closed by its client: nothing to do
+            close(reason, POLICY_VIOLATION)
+    return len(closers)
 
 
 def open_connections():

@@ -22,7 +22,7 @@ from flask import current_app, g, render_template, request, session
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
-from core import tokens
+from core import lifecycle, tokens
 from core.errors import abort_json
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -68,6 +68,8 @@ def current_user():
         user = _session_user()
         g.auth = "session" if user else None
     g.user = user
+    if user is not None:  # a stream opened now ends when this account changes
+        request.environ[lifecycle.OWNER] = user.name
     return user
 
 

@@ -159,7 +159,11 @@ class Subscription:
             self._pending_overflow = False
         self._wakeup.set()
 
-    def close(self, reason):
+    def close(self, reason, code=None):
+        """End with `reason` (once: a second close changes nothing). `code` is
+        for closers called alike (core.lifecycle); a WebSocket's, unused here."""
+        if self.closed_reason is not None:
+            return
         self.closed_reason = reason
         self._wakeup.set()
         if self._on_abort is not None:

@@ -29,6 +29,7 @@ from flask.cli import AppGroup
 
 from core import passwords
 from core.config import MIN_PASSWORD_LENGTH
+from core.stream_log import StreamLog
 
 USERNAME = re.compile(r"[a-z][a-z0-9_.-]{0,31}\Z")
 USERNAME_RULE = "1-32 of a-z 0-9 _ . -, starting with a letter"
@@ -99,11 +100,17 @@ return 1
 """
 
 
+# The hub channel told the name of every account whose credentials changed:
+# each worker ends the streams opened with them (core/revocation.py).
+ACCOUNTS_CHANNEL = "accounts:changed"
+
+
 class UserStore:
     def __init__(self, redis_client, prefix):
         self.redis = redis_client
         self.prefix = prefix
         self._update_existing = redis_client.register_script(_UPDATE_EXISTING)
+        self._log = StreamLog(redis_client, prefix)
 
     def _key(self, name):
         return f"{self.prefix}user:{name}"
@@ -159,18 +166,24 @@ class UserStore:
         self._update(name, fields)
         return self.get(name)
 
+    def _changed(self, name):
+        """Tell every worker: streams opened with `name`'s credentials end."""
+        self._log.publish(ACCOUNTS_CHANNEL, name)
+
     def _update(self, name, fields):
         """Set `fields` and a new epoch in one step, on an existing user only."""
         args = [item for pair in {**fields, "epoch": new_epoch()}.items() for item in pair]
         if not USERNAME.match(name or "") or not self._update_existing(
                 keys=[self._key(name)], args=args):
             raise UserError(f"no user {name!r}")
+        self._changed(name)
 
     def delete(self, name):
         removed = self.redis.delete(self._key(name))
         self.redis.srem(f"{self.prefix}users", name)
         if not removed:
             raise UserError(f"no user {name!r}")
+        self._changed(name)
 
     @staticmethod
     def _secrets(password):

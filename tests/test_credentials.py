@@ -90,6 +90,46 @@ def test_set_password_ends_the_old_token_and_session_at_once(server, store, base
     assert me(server, get_token(server, name, NEW_PASSWORD)).status_code == 200
 
 
+def test_streams_opened_with_changed_credentials_end_at_once(server, store, base_env):
+    """Requests with an old credential are refused; the streams already open
+    with it (SSE, WebSocket, a held long-poll, on either worker) end too."""
+    import threading
+    import time
+
+    from tests.clients import SSEClient, WSClient, long_poll
+
+    name = unique("str")
+    store.create(name, PASSWORD, subscribe=["private-*"])
+    token = get_token(server, name)
+    channel = f"private-{uuid.uuid4().hex[:8]}"
+    url = f"{server.url}/sub/{channel}?access_token={token}"
+    streams = [SSEClient(url) for _ in range(2)]
+    sockets = [WSClient(f"{server.ws_url}/sub/{channel}/ws?access_token={token}")
+               for _ in range(2)]
+    assert all(s.status == 200 for s in streams) and all(w.hello for w in sockets)
+    polled = {}
+    poll = threading.Thread(target=lambda: polled.update(
+        began=time.monotonic(), r=long_poll(url), ended=time.monotonic()))
+    poll.start()
+    time.sleep(1)  # the long-poll is held (for 25 s unless something ends it)
+
+    users_cli(base_env, "set-access", name, "--subscribe", "private-other.*")
+
+    for stream in streams:
+        assert stream.wait_for(lambda items: any(
+            i["event"] == "close" and "password or access changed" in i["data"]
+            for i in items), timeout=10), stream.items
+    for ws in sockets:
+        assert ws.closed.wait(10)
+        assert ws.close_code == 1008 and "password or access changed" in ws.close_reason
+    poll.join(15)
+    assert polled["r"].status_code == 200 and polled["ended"] - polled["began"] < 15
+    # ...and coming back with the old token is refused
+    assert requests.get(url, timeout=10).status_code == 401
+    for stream in streams:
+        stream.close()
+
+
 def test_a_deleted_then_recreated_name_revives_no_session_and_no_admin_token(
         server, store, base_env):
     name = unique("adm")

@@ -95,9 +95,9 @@ class _HeldPoll(Response):
         hub, channel, cursor, timeout, max_bytes, write_seconds = self.poll
         server_response, socket_writer = _gunicorn_response(environ, start_response)
         # page_bytes: a backlog is read from Redis about as far as this answer goes
-        with lifecycle.connection("longpoll", address=environ.get("REMOTE_ADDR")), hub.subscribe(
-                channel, cursor, page_bytes=max_bytes) as sub, hangup_watch(
-                environ, sub.hang_up):
+        with hub.subscribe(channel, cursor, page_bytes=max_bytes) as sub, \
+                lifecycle.connection("longpoll", sub.close, environ), \
+                hangup_watch(environ, sub.hang_up):
             start = sub.cursor
             writer = (_AnswerWriter(environ, server_response, socket_writer, self.headers,
                                     write_seconds)

@@ -115,7 +115,7 @@ def stream(subscription, environ, *, first, heartbeat, encode=encode, on_reset=N
     (EventSource reconnects and resumes from its last id), and at once when
     the client hangs up.
     """
-    with lifecycle.connection("sse", address=environ.get("REMOTE_ADDR")), subscription as sub, \
+    with subscription as sub, lifecycle.connection("sse", sub.close, environ), \
             hangup_watch(environ, sub.hang_up):
         yield first() if callable(first) else first
         if encode is _default_encode and on_reset is None:
@@ -149,8 +149,11 @@ def every(environ, *, first, frame, seconds, heartbeat=None):
     seconds, and `event: close` when the worker stops. Ends at once when the
     client hangs up (the wait is interrupted)."""
     gone = threading.Event()
-    with lifecycle.connection("sse", address=environ.get("REMOTE_ADDR")), \
-            hangup_watch(environ, gone.set):
+
+    def close(reason, code=None):
+        gone.set()  # a stream nobody resumes: it just ends
+
+    with lifecycle.connection("sse", close, environ), hangup_watch(environ, gone.set):
         yield first
         last_beat = time.monotonic()
         while not lifecycle.stopping():

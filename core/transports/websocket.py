@@ -258,7 +258,7 @@ class WebSocket:
         self._sub = None  # the subscription a relay waits on
         self._readable = False
         self._writing = False  # a frame is being written (DirectWriter waits its turn)
-        self._shutdown = None  # the reason the worker is stopping
+        self._shutdown = None  # (code, reason): the worker is stopping, or the account changed
         self.ping_seconds = ping_seconds or None
         self._next_ping = time.monotonic() + ping_seconds if ping_seconds else math.inf
         self._pong_due = False
@@ -369,7 +369,8 @@ class WebSocket:
     def _end(self):
         """Finish closing (1012 first when the worker stops) and raise ConnectionClosed."""
         if self._state is _OPEN:
-            self.close(SERVICE_RESTART, close_reason(self._shutdown or "server restarting"))
+            self.close(*self._shutdown) if self._shutdown else self.close(
+                SERVICE_RESTART, "server restarting")
         else:
             self.close()
         raise ConnectionClosed(*self._closed_by)
@@ -681,10 +682,11 @@ class WebSocket:
         except OSError:
             pass
 
-    def shut_down(self, reason):
-        """The worker is stopping (core.lifecycle, another greenlet): the
-        handler closes with 1012 and the reason as soon as it next waits."""
-        self._shutdown = reason
+    def shut_down(self, reason, code=SERVICE_RESTART):
+        """The worker is stopping, or the account this socket was opened with
+        changed (core.lifecycle, another greenlet): the handler closes with
+        `code` and the reason as soon as it next waits."""
+        self._shutdown = (code, close_reason(reason))
         wake = self._wake
         if wake is not None and _gevent():
             import gevent
@@ -727,7 +729,7 @@ class WebSocket:
                     self._fail()
                 if self._state is not _OPEN or self._shutdown is not None:
                     if self._state is _OPEN:
-                        self.close(SERVICE_RESTART, close_reason(self._shutdown))
+                        self.close(*self._shutdown)
                     return
                 wait = min(heartbeat, max(self._next_ping - time.monotonic(), 0))
                 if self._handshake is not None:
@@ -816,8 +818,7 @@ def route(path, bp):
             quotas.admit_connection(request.environ)  # a 429 to the handshake
             ws = WebSocket.accept(request.environ,
                                   ping_seconds=current_app.config["WS_PING_SECONDS"])
-            with lifecycle.connection("websocket", ws.shut_down,
-                                      request.environ.get("REMOTE_ADDR")):
+            with lifecycle.connection("websocket", ws.shut_down, request.environ):
                 try:
                     handler(ws, *args, **kwargs)
                 except ConnectionClosed:
