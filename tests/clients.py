@@ -395,3 +395,16 @@ def ws_frames(data):
         frames.append((opcode, data[at + header:at + header + size]))
         at += header + size
     return frames
+
+
+def client_frame(opcode, payload, fin=True, rsv=0):
+    """A frame as a client sends it: masked."""
+    size = len(payload)
+    if size < 126:
+        head = bytes((int(fin) << 7 | rsv | opcode, 0x80 | size))
+    elif size < 1 << 16:
+        head = bytes((int(fin) << 7 | rsv | opcode, 0x80 | 126)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((int(fin) << 7 | rsv | opcode, 0x80 | 127)) + size.to_bytes(8, "big")
+    mask = b"\x0f\xa5\x3c\x96"
+    return head + mask + bytes(c ^ mask[i % 4] for i, c in enumerate(payload))

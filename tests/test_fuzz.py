@@ -37,7 +37,7 @@ from core.transports.websocket import (
     fraction,
     json_object,
 )
-from tests.clients import healthz_bodies
+from tests.clients import client_frame, healthz_bodies
 
 # -- strategies ------------------------------------------------------------------------
 
@@ -838,19 +838,6 @@ def test_a_client_that_is_gone_ends_the_connection_quietly():
     b.close()
 
 
-def _client_frame(opcode, payload, fin=True, rsv=0):
-    """A frame as a client sends it: masked."""
-    size = len(payload)
-    if size < 126:
-        head = bytes((int(fin) << 7 | rsv | opcode, 0x80 | size))
-    elif size < 1 << 16:
-        head = bytes((int(fin) << 7 | rsv | opcode, 0x80 | 126)) + size.to_bytes(2, "big")
-    else:
-        head = bytes((int(fin) << 7 | rsv | opcode, 0x80 | 127)) + size.to_bytes(8, "big")
-    mask = b"\x0f\xa5\x3c\x96"
-    return head + mask + bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
-
-
 def _server_frames(raw):
     """(opcode, payload) of the unmasked frames a server wrote."""
     frames = []
@@ -869,14 +856,14 @@ def _server_frames(raw):
 
 client_frames = st.one_of(
     st.tuples(st.sampled_from([0, 1, 2, 3, 8, 9, 10, 11]), st.binary(max_size=130),
-              st.booleans(), st.sampled_from([0, 0, 0x40, 0x10])).map(lambda t: _client_frame(*t)),
-    st.text(max_size=30).map(lambda t: _client_frame(1, t.encode("utf-8", "surrogatepass"))),
-    st.sampled_from([BigBytes(_client_frame(1, b"x" * (64 * 1024 + 1))),  # over the limit
-                     BigBytes(_client_frame(1, b"x" * 40_000, fin=False)
-                              + _client_frame(0, b"y" * 40_000)),
-                     _client_frame(8, (1000).to_bytes(2, "big") + b"bye"),
-                     _client_frame(8, b"\x03"), _client_frame(1, b"\xf0\x9f"),
-                     _client_frame(0, b"\x98\x80")]),
+              st.booleans(), st.sampled_from([0, 0, 0x40, 0x10])).map(lambda t: client_frame(*t)),
+    st.text(max_size=30).map(lambda t: client_frame(1, t.encode("utf-8", "surrogatepass"))),
+    st.sampled_from([BigBytes(client_frame(1, b"x" * (64 * 1024 + 1))),  # over the limit
+                     BigBytes(client_frame(1, b"x" * 40_000, fin=False)
+                              + client_frame(0, b"y" * 40_000)),
+                     client_frame(8, (1000).to_bytes(2, "big") + b"bye"),
+                     client_frame(8, b"\x03"), client_frame(1, b"\xf0\x9f"),
+                     client_frame(0, b"\x98\x80")]),
     st.binary(max_size=12),  # not a frame at all
     st.binary(max_size=12).map(lambda b: b[:2]),  # no mask
 )
@@ -953,7 +940,7 @@ def test_a_client_reset_during_a_websocket_write_leaves_no_traceback(start_serve
         sock.sendall(ws_request("/ws/echo?greeting=off").encode())
         assert b" 101 " in sock.recv(4096)
         for _ in range(20):  # 1.2 MB of echoes the client never reads
-            sock.sendall(_client_frame(0x1, b"e" * 60_000))
+            sock.sendall(client_frame(0x1, b"e" * 60_000))
         time.sleep(0.5)  # the server is now blocked writing
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()  # RST

@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from tests.clients import (
+    client_frame,
     long_poll_request,
     raw_request,
     read_until,
@@ -176,11 +177,9 @@ def test_a_chunked_body_within_the_limit_is_published_whole(server, channel, adm
 def _flood(server, path, seconds):
     """A WebSocket client that sends small frames as fast as it can for
     `seconds`, never reading (nor closing when told to)."""
-    from tests.test_fuzz import _client_frame
-
     sock = raw_request(server, ws_request(path))
     assert b" 101 " in read_until(sock, b"\r\n\r\n")
-    frame = _client_frame(0x1, b'{"x": 0.5, "y": 0.5, "drawing": false}') * 100
+    frame = client_frame(0x1, b'{"x": 0.5, "y": 0.5, "drawing": false}') * 100
     end = time.monotonic() + seconds
     try:
         while time.monotonic() < end:
