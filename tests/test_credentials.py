@@ -130,6 +130,25 @@ def test_streams_opened_with_changed_credentials_end_at_once(server, store, base
         stream.close()
 
 
+def test_an_administrators_monitor_stream_ends_when_the_account_loses_its_rights(
+        server, store, base_env):
+    from tests.clients import SSEClient
+
+    name = unique("mon")
+    store.create(name, PASSWORD, admin=True)
+    monitor = SSEClient(f"{server.url}/admin/monitor/stream",
+                        headers=bearer(get_token(server, name)))
+    assert monitor.status == 200
+
+    users_cli(base_env, "set-access", name, "--no-admin")
+
+    assert monitor.wait_for(lambda items: any(
+        i["event"] == "close" and "password or access changed" in i["data"]
+        for i in items), timeout=10), monitor.items
+    assert monitor.closed.wait(10)
+    monitor.close()
+
+
 def test_a_deleted_then_recreated_name_revives_no_session_and_no_admin_token(
         server, store, base_env):
     name = unique("adm")

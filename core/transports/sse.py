@@ -146,24 +146,27 @@ def every(environ, *, first, frame, seconds, heartbeat=None):
     """The body of an event stream that is not fed by the hub (the clock, the
     process monitor): `first`, then `frame()` each time `seconds()` (the wait
     until the next one) has passed, a keepalive comment every `heartbeat`
-    seconds, and `event: close` when the worker stops. Ends at once when the
-    client hangs up (the wait is interrupted)."""
+    seconds, and `event: close` with the reason when the server ends it (the
+    worker stops, the account it was opened with changed). Ends at once when
+    the client hangs up (the wait is interrupted)."""
     gone = threading.Event()
+    ended = []  # why the server ends it; empty when the client hung up
 
     def close(reason, code=None):
-        gone.set()  # a stream nobody resumes: it just ends
+        ended.append(reason)
+        gone.set()
 
     with lifecycle.connection("sse", close, environ), hangup_watch(environ, gone.set):
         yield first
         last_beat = time.monotonic()
-        while not lifecycle.stopping():
-            if gone.wait(seconds()):
-                return
+        while not lifecycle.stopping() and not gone.wait(seconds()):
             yield frame()
             if heartbeat is not None and time.monotonic() - last_beat >= heartbeat:
                 last_beat = time.monotonic()
                 yield comment("heartbeat")
-        yield event(json.dumps({"reason": "server restarting"}), event="close")
+        if ended or lifecycle.stopping():
+            reason = ended[0] if ended else "server restarting"
+            yield event(json.dumps({"reason": reason}), event="close")
 
 
 def _writer(environ):
