@@ -9,8 +9,9 @@ MAX_CONTENT_LENGTH, so it used to be cut silently at the limit and accepted.
 `BodyReader` wraps the WSGI app: a request with a body (Content-Length or
 chunked) has it read here, at least BODY_MIN_BYTES_PER_SECOND after a grace
 of BODY_TIMEOUT_SECONDS, and at most MAX_CONTENT_LENGTH bytes, before the app
-sees it from memory. Too slow: 408; too large (either framing): 413. Both
-close the connection, since the rest of the body is never read. Bodies are
+sees it from memory. Too slow: 408; too large (either framing): 413; cut
+short (the client left) or a malformed chunk: 400, so that the app never acts
+on part of a body. All close the connection, since the rest is never read. Bodies are
 small here (64 KiB by default), so buffering them costs little: it is what
 nginx does in front of us (docs/deploy.md).
 """
@@ -22,6 +23,7 @@ import time
 
 from gevent import Timeout
 from gevent.monkey import is_module_patched
+from gunicorn.http.errors import ParseException
 
 CHUNK = 16 * 1024
 
@@ -31,6 +33,10 @@ class _TooSlow(Exception):
 
 
 class _TooLarge(Exception):
+    pass
+
+
+class _CutShort(Exception):
     pass
 
 
@@ -59,6 +65,9 @@ class BodyReader:
         except _TooSlow:
             return _refuse(environ, start_response, "408 Request Timeout",
                            "request body arrived too slowly")
+        except _CutShort:  # the app must not act on part of a body
+            return _refuse(environ, start_response, "400 Bad Request",
+                           "request body cut short or malformed")
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         environ.pop("HTTP_TRANSFER_ENCODING", None)
@@ -74,7 +83,9 @@ class BodyReader:
             allowed = began + self.grace_seconds + (got + want) / self.min_rate
             part = _read_by(stream, want, allowed - time.monotonic())
             if not part:
-                break  # the client ended the body (or left: the app sees it short)
+                if length is not None:
+                    raise _CutShort  # the client left before its Content-Length
+                break  # the chunked body's end
             got += len(part)
             if got > self.max_bytes:
                 raise _TooLarge
@@ -83,15 +94,17 @@ class BodyReader:
 
 
 def _read_by(stream, size, seconds):
-    if not is_module_patched("socket"):
-        return stream.read(size)  # not a gevent worker: gunicorn's timeout kills it
-    if seconds <= 0:
-        raise _TooSlow
     try:
+        if not is_module_patched("socket"):
+            return stream.read(size)  # not a gevent worker: gunicorn's timeout kills it
+        if seconds <= 0:
+            raise _TooSlow
         with Timeout(seconds):
             return stream.read(size)
     except Timeout:
         raise _TooSlow from None
+    except (OSError, ParseException):  # gone mid-body, or a malformed chunk
+        raise _CutShort from None
 
 
 def _refuse(environ, start_response, status, reason):

@@ -174,6 +174,20 @@ def test_a_chunked_body_within_the_limit_is_published_whole(server, channel, adm
     assert fields["d"] == body.decode()
 
 
+@pytest.mark.parametrize("head, body", [
+    ("Content-Length: 100\r\n", b"only ten b"),  # then the client stops sending
+    ("Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\nZZ\r\n"),  # a malformed chunk
+])
+def test_a_body_cut_short_or_malformed_is_400_and_nothing_is_published(
+        server, channel, admin_token, rdb, head, body):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        sock.sendall(_post_head(channel, admin_token, head).encode() + body)
+        sock.shutdown(socket.SHUT_WR)
+        received, _ = read_until_closed(sock, 10)
+    assert received.startswith(b"HTTP/1.1 400"), received[:300]
+    assert rdb.xlen(f"rt:stream:{channel}") == 0  # not a cut-down message
+
+
 def _flood(server, path, seconds):
     """A WebSocket client that sends small frames as fast as it can for
     `seconds`, never reading (nor closing when told to)."""
