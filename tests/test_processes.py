@@ -18,15 +18,17 @@ def test_reload_hands_every_stream_over_without_loss(start_server, redis_server,
     sse = SSEClient(f"{server.url}/sub/{channel}")
     ws = WSClient(f"{server.ws_url}/sub/{channel}/ws")
     poller = LongPoller(f"{server.url}/sub/{channel}", cursor="0")
+    clock = SSEClient(f"{server.url}/sse/clock")  # a stream the hub does not feed
     publisher.publish(channel, "before")
-    for client in (sse, ws, poller):
+    for client in (sse, ws, poller, clock):
         assert client.wait_count(1)
     old = worker_pids(server)
 
     began = time.monotonic()
     os.kill(server.process.pid, signal.SIGHUP)  # graceful reload
-    assert sse.closed.wait(10) and ws.closed.wait(10)
-    assert any(i["event"] == "close" for i in sse.items)  # told to reconnect
+    assert sse.closed.wait(10) and ws.closed.wait(10) and clock.closed.wait(10)
+    for stream in (sse, clock):  # told to reconnect
+        assert any(i["event"] == "close" for i in stream.items), stream.items[-3:]
     assert ws.close_code == 1012  # service restart
     assert wait_until(lambda: not (worker_pids(server) & old), timeout=15)
     drained = time.monotonic() - began
