@@ -31,7 +31,6 @@ newcomers joining it. Writes docs/bench-hostile.md.
 
 import argparse
 import contextlib
-import functools
 import json
 import os
 import random
@@ -111,6 +110,18 @@ def every(seconds, stop, action):
         stop.wait(max(0.0, seconds - (time.monotonic() - began)))
 
 
+def probe_thread(name, seconds, run, stop, action):
+    """A thread calling action() every `seconds`; a probe that fails is
+    reported under `name`, not fatal."""
+    def guarded():
+        try:
+            action()
+        except Exception as exc:
+            run.failed(name, exc)
+
+    return threading.Thread(target=every, args=(seconds, stop, guarded), daemon=True)
+
+
 # -- honest probes -------------------------------------------------------------------
 
 def honest_probes(url, token, run, stop):
@@ -118,14 +129,7 @@ def honest_probes(url, token, run, stop):
     threads = []
 
     def probe(name, seconds, action):
-        def guarded():
-            try:
-                action()
-            except Exception as exc:  # a probe that failed is reported, not fatal
-                run.failed(name, exc)
-
-        threads.append(threading.Thread(target=every, args=(seconds, stop, guarded),
-                                        daemon=True))
+        threads.append(probe_thread(name, seconds, run, stop, action))
 
     def healthz():
         began = time.monotonic()
@@ -206,16 +210,16 @@ def _close_text(data):
     return f"close {int.from_bytes(data[:2], 'big')} {data[2:42].decode(errors='replace')}"
 
 
-def _first(ws, kind):
-    """The next frame of type `kind` (others are skipped); Closed if the
-    server closes first."""
+def _first(ws, *kinds):
+    """The next frame whose type is one of `kinds` (others are skipped);
+    Closed when the server closes first."""
     while True:
         opcode, data = ws.recv_data(control_frame=True)
         if opcode == websocket.ABNF.OPCODE_CLOSE:
             raise Closed(_close_text(data))
         if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
             frame = json.loads(data)
-            if frame.get("type") == kind:
+            if frame.get("type") in kinds:
                 return frame
 
 
@@ -253,14 +257,7 @@ def _qa_probe(url, run, stop):
 
     threading.Thread(target=stream, daemon=True).start()
     ready.wait(10)
-
-    def guarded():
-        try:
-            ask()
-        except Exception as exc:
-            run.failed("qa", exc)
-
-    return threading.Thread(target=every, args=(3.0, stop, guarded), daemon=True)
+    return probe_thread("qa", 3.0, run, stop, ask)
 
 
 def _delivery_probe(url, token, run, stop):
@@ -288,14 +285,7 @@ def _delivery_probe(url, token, run, stop):
 
     threading.Thread(target=subscribe, daemon=True).start()
     ready.wait(10)
-
-    def guarded():
-        try:
-            publish()
-        except Exception as exc:
-            run.failed("publish", exc)
-
-    return threading.Thread(target=every, args=(1.0, stop, guarded), daemon=True)
+    return probe_thread("publish", 1.0, run, stop, publish)
 
 
 # -- hostile clients -------------------------------------------------------------------
@@ -438,10 +428,10 @@ def password_guesses(url, run, stop):
     return [threading.Thread(target=go, daemon=True)]
 
 
-def _closed_how(ws_call):
+def _closed_how(ws_call, *args):
     """What a WebSocket attempt ended with: a status, a close code, or 'open'."""
     try:
-        ws_call()
+        ws_call(*args)
     except Closed as exc:
         return str(exc)
     except websocket.WebSocketBadStatusException as exc:
@@ -456,13 +446,8 @@ def _closed_how(ws_call):
 
 
 def _close_code(ws):
-    try:
-        while True:
-            opcode, data = ws.recv_data(control_frame=True)
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                return f"close {int.from_bytes(data[:2], 'big')}"
-    except (websocket.WebSocketException, OSError) as exc:
-        return type(exc).__name__
+    """How the server closed `ws` (what it sends before is skipped)."""
+    return _closed_how(_first, ws)
 
 
 def editor_flood(url, run, stop):
@@ -499,7 +484,7 @@ def editor_flood(url, run, stop):
                     # and one against the oldest version, for the most transform work
                     ws.send(json.dumps({"type": "op", "v": 0, "id": uuid.uuid4().hex,
                                         "op": ot.to_json(["x"])}))
-                    answer = _answer_to_op(ws)  # an ack, or a snapshot: too far behind
+                    answer = _first(ws, "ack", "snapshot")["type"]  # snapshot: too far behind
                     run.outcome("ops against version 0", answer)
                     if answer == "snapshot":
                         version = _first(ws, "ready")["v"]
@@ -511,17 +496,6 @@ def editor_flood(url, run, stop):
 
     return [threading.Thread(target=new_documents, daemon=True),
             threading.Thread(target=big_ops, daemon=True)]
-
-
-def _answer_to_op(ws):
-    """What the editor answered an op with: 'ack', or 'snapshot' (too far behind)."""
-    while True:
-        opcode, data = ws.recv_data(control_frame=True)
-        if opcode == websocket.ABNF.OPCODE_CLOSE:
-            raise Closed(_close_text(data))
-        kind = json.loads(data).get("type") if opcode == websocket.ABNF.OPCODE_TEXT else None
-        if kind in ("ack", "snapshot"):
-            return kind
 
 
 def qa_flood(url, run, stop):
@@ -577,7 +551,7 @@ def draw_flood(url, run, stop):
     def newcomers():
         while not stop.is_set():
             for i in range(20):
-                run.outcome("drawing newcomers", _closed_how(functools.partial(join, i)))
+                run.outcome("drawing newcomers", _closed_how(join, i))
             stop.wait(1)
 
     return [threading.Thread(target=fill, daemon=True),

@@ -57,7 +57,7 @@ def spend(setting, what, *, per_worker=False, cost=1):
         spend_on(setting, what, "address", request.remote_addr or "unknown",
                  per_worker=True, cost=cost)
         return
-    for scope, who in list(_identities()):
+    for scope, who in _identities():
         spend_on(setting, what, scope, who, cost=cost)
 
 

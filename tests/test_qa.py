@@ -1,5 +1,6 @@
 """The Q&A board across 2 gevent workers."""
 
+import contextlib
 import json
 import time
 import uuid
@@ -191,6 +192,17 @@ def board_shown(visitor):
     return shown[-1]["questions"] if shown else None
 
 
+@contextlib.contextmanager
+def own_board(start_server, **settings):
+    """A one-worker server with a board of its own (its own Redis prefix),
+    stopped when the test is done with it."""
+    server = start_server(workers=1, REDIS_PREFIX=f"qa{uuid.uuid4().hex[:6]}:", **settings)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def fresh_board_questions(server):
     """What a newcomer's stream shows: the board as it is in Redis."""
     newcomer = Visitor(server)
@@ -201,9 +213,7 @@ def fresh_board_questions(server):
 
 
 def test_a_full_board_takes_new_questions_and_the_oldest_roll_off(start_server):
-    server = start_server(workers=1, REDIS_PREFIX=f"qa{uuid.uuid4().hex[:6]}:",
-                          QA_MAX_QUESTIONS=3)
-    try:
+    with own_board(start_server, QA_MAX_QUESTIONS=3) as server:
         asker, follower = Visitor(server), Visitor(server)
         asked = [unique(f"Question {n}") for n in range(5)]
         assert asker.post("questions", {"question": asked[0]}).status_code == 201
@@ -226,14 +236,10 @@ def test_a_full_board_takes_new_questions_and_the_oldest_roll_off(start_server):
         assert asker.post("questions", {"question": asked[0]}).status_code == 201
         asker.close()
         follower.close()
-    finally:
-        server.stop()
 
 
 def test_questions_expire_and_may_then_be_asked_again(start_server):
-    server = start_server(workers=1, REDIS_PREFIX=f"qa{uuid.uuid4().hex[:6]}:",
-                          QA_QUESTION_TTL_SECONDS=1)
-    try:
+    with own_board(start_server, QA_QUESTION_TTL_SECONDS=1) as server:
         visitor = Visitor(server)
         question = unique("Will this last?")
         assert visitor.post("questions", {"question": question}).status_code == 201
@@ -243,14 +249,10 @@ def test_questions_expire_and_may_then_be_asked_again(start_server):
         assert gone.status_code == 404
         assert visitor.post("questions", {"question": question}).status_code == 201
         visitor.close()
-    finally:
-        server.stop()
 
 
 def test_answers_are_bounded_per_question_in_count(start_server):
-    server = start_server(workers=1, REDIS_PREFIX=f"qa{uuid.uuid4().hex[:6]}:",
-                          QA_MAX_ANSWERS=3)
-    try:
+    with own_board(start_server, QA_MAX_ANSWERS=3) as server:
         visitor = Visitor(server)
         question = unique("How many answers?")
         visitor.post("questions", {"question": question})
@@ -259,8 +261,6 @@ def test_answers_are_bounded_per_question_in_count(start_server):
         assert [r.status_code for r in statuses] == [201, 201, 201, 409]
         assert "its 3 answers" in statuses[-1].json()["error"]
         visitor.close()
-    finally:
-        server.stop()
 
 
 def test_answers_are_bounded_per_question_in_bytes(board):
@@ -293,8 +293,7 @@ def test_answers_and_selections_cannot_flood_redis(start_server, rdb):
     """The review's attack: 600 answers and 300 selections put 140 MB into
     Redis. The answers stop at their per-question bound and a selection
     publishes who follows what, not the answers."""
-    server = start_server(workers=1, REDIS_PREFIX=f"qa{uuid.uuid4().hex[:6]}:")
-    try:
+    with own_board(start_server) as server:
         visitor = Visitor(server)
         questions = [unique(f"Flood {n}") for n in range(3)]
         for question in questions:
@@ -306,14 +305,11 @@ def test_answers_and_selections_cannot_flood_redis(start_server, rdb):
             assert visitor.post("select", {"question": questions[n % 3]}).status_code == 200
         assert board_bytes(rdb, server) < 4 * 1024 * 1024
         visitor.close()
-    finally:
-        server.stop()
 
 
 def test_posts_and_selections_have_quotas_per_address(start_server):
-    server = start_server(workers=1, REDIS_PREFIX=f"qa{uuid.uuid4().hex[:6]}:",
-                          QA_POST_RATE_LIMIT="3 per minute", QA_SELECT_RATE_LIMIT="2 per minute")
-    try:
+    with own_board(start_server, QA_POST_RATE_LIMIT="3 per minute",
+                   QA_SELECT_RATE_LIMIT="2 per minute") as server:
         visitor = Visitor(server)
         question = unique("Quota?")
         assert visitor.post("questions", {"question": question}).status_code == 201
@@ -331,8 +327,6 @@ def test_posts_and_selections_have_quotas_per_address(start_server):
         assert other.post("answers", {"answer": "three"}).status_code == 429
         visitor.close()
         other.close()
-    finally:
-        server.stop()
 
 
 # -- clearing the board (administrators) ----------------------------------------------------

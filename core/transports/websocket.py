@@ -367,10 +367,10 @@ class WebSocket:
                 self._keepalive()
 
     def _end(self):
-        """Finish closing (1012 first when the worker stops) and raise ConnectionClosed."""
+        """Finish closing (first with shut_down()'s code and reason, when that is
+        why an open connection ends) and raise ConnectionClosed."""
         if self._state is _OPEN:
-            self.close(*self._shutdown) if self._shutdown else self.close(
-                SERVICE_RESTART, "server restarting")
+            self.close(*self._shutdown)  # open: only shut_down() brings us here
         else:
             self.close()
         raise ConnectionClosed(*self._closed_by)
