@@ -103,10 +103,9 @@ def subscribe_ws(ws, channel):
             "last_event_id") else None
     except InvalidId as exc:
         raise Refused(str(exc)) from None
-    heartbeat = current_app.config["HEARTBEAT_SECONDS"]
-    with get_hub().subscribe(channel, cursor, on_abort=ws.abort) as sub:
+    return ws.subscribed(
+        get_hub().subscribe(channel, cursor, on_abort=ws.abort),
         # Tells the client it is subscribed, and from where.
-        ws.send(json.dumps(with_served_by({"subscribed": channel,
-                                           "cursor": format_id(sub.cursor)})))
-        for _ in ws.relay(sub, heartbeat=heartbeat):
-            pass  # a subscriber socket carries nothing upstream; drop it
+        hello=lambda sub: json.dumps(with_served_by({"subscribed": channel,
+                                                     "cursor": format_id(sub.cursor)})),
+        heartbeat=current_app.config["HEARTBEAT_SECONDS"])

@@ -58,6 +58,9 @@ SETTINGS = {
     "CONNECTIONS_PER_ADDRESS": (int, 200, "open streams (SSE, long-poll, WebSocket) one client "
                                 "address may hold on one worker; more get 429 (load "
                                 "generators on one address need it raised)"),
+    "WORKER_CONNECTIONS": (int, 10000, "connections one worker holds: requests in progress "
+                           "(gunicorn's pool) and, separately, open streams, idle ones "
+                           "included; a stream beyond it gets 503"),
     "PUBLISH_RATE_LIMIT": (str, "120 per minute", "`POST /pub/<channel>` per client address "
                            "and per account"),
     # -- editor --

@@ -109,6 +109,12 @@ def write_deadline(environ, seconds):
     return timer
 
 
+def http_chunk(data):
+    """`data` framed as gunicorn frames a piece of a streamed HTTP/1.1
+    response (chunked transfer encoding)."""
+    return b"%X\r\n%s\r\n" % (len(data), data)
+
+
 class DirectWriter:
     """Writes a broadcast's pre-encoded bytes straight onto a client's socket.
 

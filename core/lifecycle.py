@@ -14,9 +14,11 @@ from contextlib import suppress
 
 SERVICE_RESTART = 1012  # RFC 6455 close codes
 POLICY_VIOLATION = 1008
-# Set in a request's environ by core.security.current_user(): the account a
-# stream was opened with, whose credential changes end it (end_for_user).
+# Set in a request's environ by core.security.current_user() (set_owner): the
+# account a stream was opened with, whose credential changes end it
+# (end_for_user); and the request's open connection, if it has one already.
 OWNER = "realtime.user"
+_CONNECTION = "realtime.connection"
 
 _lock = threading.Lock()
 _open = {}  # connection -> (kind, close function or None)
@@ -33,29 +35,41 @@ class connection:  # lower case: used like a function, in a `with`
     """Count a connection of `kind` for the request `environ` (its client
     address: core.quotas; its account: end_for_user) while it is open;
     `close(reason, code=None)` ends it (a WebSocket closes with `code`). A
-    class, not a generator: one is held per open connection."""
+    class, not a generator: one is held per open connection, so it keeps
+    the two values it needs, not the request's whole environ."""
 
-    __slots__ = ("close", "environ", "kind")
+    __slots__ = ("address", "close", "kind", "owner")
 
     def __init__(self, kind, close=None, environ=None):
-        self.kind, self.close, self.environ = kind, close, environ if environ is not None else {}
+        environ = environ if environ is not None else {}
+        self.kind, self.close = kind, close
+        self.address, self.owner = environ.get("REMOTE_ADDR"), environ.get(OWNER)
+        if self.owner is None:  # a WebSocket's handler authenticates later: set_owner
+            environ[_CONNECTION] = self
 
     def __enter__(self):
-        address = self.environ.get("REMOTE_ADDR")
         with _lock:
             _open[self] = (self.kind, self.close)
-            _by_address[address] = _by_address.get(address, 0) + 1
+            _by_address[self.address] = _by_address.get(self.address, 0) + 1
         return self
 
     def __exit__(self, *exc_info):
-        address = self.environ.get("REMOTE_ADDR")
         with _lock:
             if _open.pop(self, None) is not None:
-                left = _by_address[address] - 1
+                left = _by_address[self.address] - 1
                 if left:
-                    _by_address[address] = left
+                    _by_address[self.address] = left
                 else:
-                    del _by_address[address]
+                    del _by_address[self.address]
+
+
+def set_owner(environ, name):
+    """The request `environ` was made with `name`'s credentials: so was its
+    connection, open already or opened later."""
+    environ[OWNER] = name
+    open_connection = environ.get(_CONNECTION)
+    if open_connection is not None:
+        open_connection.owner = name
 
 
 def held_by(address):
@@ -63,11 +77,16 @@ def held_by(address):
     return _by_address.get(address, 0)
 
 
+def held_by_all():
+    """How many connections this worker has open."""
+    return len(_open)
+
+
 def end_for_user(name, reason):
     """End every open connection of this worker made with `name`'s
     credentials (their password, access or account changed); returns how many."""
     with _lock:
-        closers = [c.close for c in _open if c.close is not None and c.environ.get(OWNER) == name]
+        closers = [c.close for c in _open if c.close is not None and c.owner == name]
     for close in closers:
         with suppress(Exception):  # already closed by its client: nothing to do
             close(reason, POLICY_VIOLATION)

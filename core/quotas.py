@@ -14,7 +14,9 @@
 - `admit_connection(environ)`: before a stream (SSE, long-poll, WebSocket)
   is accepted, refuse with 429 when its address already holds
   CONNECTIONS_PER_ADDRESS open streams on this worker (core.lifecycle counts
-  them while they are open).
+  them while they are open), and with 503 when the worker holds
+  WORKER_CONNECTIONS streams in all. (An idle stream leaves gunicorn's pool,
+  core.parking: the pool alone no longer bounds them.)
 
 The client address is REMOTE_ADDR, which TRUSTED_PROXIES (werkzeug's
 ProxyFix) sets from X-Forwarded-For behind nginx.
@@ -75,7 +77,12 @@ def spend_on(setting, what, scope, who, *, per_worker=False, cost=1):
 
 
 def admit_connection(environ):
-    """Refuse (429) a new stream from an address that holds its share already."""
+    """Refuse a new stream from an address that holds its share already
+    (429), or when the worker holds all it may (503)."""
+    worker_cap = current_app.config["WORKER_CONNECTIONS"]
+    if lifecycle.held_by_all() >= worker_cap:
+        abort_json(503, f"this worker holds all the streams it may ({worker_cap}); retry shortly",
+                   headers={"Retry-After": "5"}, retry_after=5)
     address = environ.get("REMOTE_ADDR") or "unknown"
     cap = current_app.config["CONNECTIONS_PER_ADDRESS"]
     if lifecycle.held_by(address) >= cap:

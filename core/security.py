@@ -69,7 +69,7 @@ def current_user():
         g.auth = "session" if user else None
     g.user = user
     if user is not None:  # a stream opened now ends when this account changes
-        request.environ[lifecycle.OWNER] = user.name
+        lifecycle.set_owner(request.environ, user.name)
     return user
 
 

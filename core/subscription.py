@@ -10,7 +10,10 @@ loses Redis, the hub puts every subscription back into catching-up mode and
 each resumes from its own cursor once the listener is back.
 
 `offer()` runs on the hub's listener and never blocks; `wait()` runs on the
-client's own greenlet and parks it until there is something to send. The
+client's own greenlet and parks it until there is something to send. A
+consumer whose messages the listener writes for it may `park()` instead: it
+gives up its greenlet while idle, and is called back when it has work (see
+core/parking.py). The
 mailbox is bounded in messages and in bytes: a consumer that falls further
 behind is dropped as a slow consumer (it may resume from its cursor).
 
@@ -41,7 +44,7 @@ class Subscription:
 
     # One per connection, so kept small: no per-instance dict, and a plain
     # list for the mailbox (the consumer always takes all of it at once).
-    __slots__ = ("_catching_up", "_direct", "_finished", "_idle", "_lock", "_on_abort",
+    __slots__ = ("_catching_up", "_direct", "_finished", "_idle", "_lock", "_on_abort", "_on_wake",
                  "_pending", "_pending_bytes", "_pending_overflow", "_poked", "_queue", "_queued_bytes",
                  "_unsent", "_wakeup", "channel", "closed_reason", "cursor", "hub", "page_bytes")
 
@@ -65,6 +68,7 @@ class Subscription:
         self._idle = False  # the consumer is parked in wait() with nothing to do
         self._poked = False  # wake() was called: the next wait() returns at once
         self._unsent = None  # (writer, tail of a directly written frame the socket refused)
+        self._on_wake = None  # parked: called (once) instead of setting _wakeup
 
     def go_live_at(self, key, backlog=()):
         """The hub knows the channel's newest id is `key`, and `backlog` is
@@ -125,7 +129,7 @@ class Subscription:
             hub.drop(self, f"slow consumer: fell more than {hub.queue_size} messages "
                      f"or {hub.queue_bytes} bytes behind")
         else:
-            self._wakeup.set()
+            self._signal()
 
     def _write_direct(self, msg):
         """True when `msg` went to the socket (wholly, or its tail is left in
@@ -143,11 +147,11 @@ class Subscription:
         if writer.one_shot:  # a whole answer (a long-poll's): its consumer is done
             self._direct = None
             self._idle = False
-            self._wakeup.set()
+            self._signal()
         if sent < len(data):  # the socket is full: the consumer writes the rest
             self._unsent = (writer, data[sent:])
             self._idle = False
-            self._wakeup.set()
+            self._signal()
         return True
 
     def resync(self):
@@ -157,7 +161,7 @@ class Subscription:
             self._pending.clear()
             self._pending_bytes = 0
             self._pending_overflow = False
-        self._wakeup.set()
+        self._signal()
 
     def close(self, reason, code=None):
         """End with `reason` (once: a second close changes nothing). `code` is
@@ -165,7 +169,7 @@ class Subscription:
         if self.closed_reason is not None:
             return
         self.closed_reason = reason
-        self._wakeup.set()
+        self._signal()
         if self._on_abort is not None:
             timer = threading.Timer(ABORT_GRACE, self._abort_if_stuck)
             timer.daemon = True
@@ -174,14 +178,23 @@ class Subscription:
     def hang_up(self):
         """The client closed its connection: end at once, nothing to say goodbye to."""
         self.closed_reason = CLIENT_GONE
-        self._wakeup.set()
+        self._signal()
 
     def wake(self):
         """Make a `wait()` in progress (or the next one) return now, even while
         catching up: its transport has something else to do, such as reading
         what the client sent."""
         self._poked = True
+        self._signal()
+
+    def _signal(self):
+        """The consumer has something to do: wake its greenlet, or, when it
+        is parked without one, call it back."""
         self._wakeup.set()
+        on_wake, self._on_wake = self._on_wake, None
+        if on_wake is not None:
+            self._idle = False
+            on_wake()
 
     def _abort_if_stuck(self):
         # The consumer did not notice within the grace period: it is blocked
@@ -190,6 +203,20 @@ class Subscription:
             self._on_abort()
 
     # -- consumer side ---------------------------------------------------
+
+    def park(self, on_wake):
+        """Idle without a greenlet: True when there is nothing to do now (the
+        listener writes live messages directly, see `write_directly`), and
+        `on_wake()` is called from the event loop, once, when there is; the
+        consumer then runs again and calls `wait()` as usual. False: do not
+        park, `wait()` has something already."""
+        with self._lock:
+            if (self._direct is None or self._queue or self._unsent is not None
+                    or self._catching_up or self._poked or self.closed_reason is not None):
+                return False
+            self._on_wake = on_wake
+            self._idle = True
+            return True
 
     def wait(self, timeout):
         """Messages (and Resets) to deliver, in order; [] after `timeout`

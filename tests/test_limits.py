@@ -58,6 +58,35 @@ def test_an_address_holding_its_share_of_streams_gets_429_on_every_transport(cap
             sock.close()
 
 
+def test_a_worker_holding_its_streams_answers_503_and_recovers(start_server, channel,
+                                                                admin_token):
+    # Idle streams leave gunicorn's pool (core.parking), so the pool alone no
+    # longer bounds them: the worker counts them itself.
+    server = start_server(workers=1, WORKER_CONNECTIONS=3)
+    held = [raw_request(server, sse_request(channel)) for _ in range(2)]
+    held.append(raw_request(server, ws_request(f"/sub/{channel}/ws")))
+    try:
+        for sock in held[:2]:
+            read_until(sock, b"retry:")
+        read_until(held[2], b"subscribed")
+        with raw_request(server, sse_request(channel)) as sock:
+            received, _ = read_until_closed(
+                sock, 10, ended=lambda r: b"\r\n\r\n" in r and r.endswith(b"}\n"))
+        status, headers = _status_and_headers(received)
+        assert status == "HTTP/1.1 503 SERVICE UNAVAILABLE", received[:300]
+        assert int(headers["retry-after"]) > 0
+        assert "holds all the streams it may (3)" in received.decode()
+        # The held streams still receive, and one that ends frees its place.
+        server.publish(channel, "still here", token=admin_token)
+        read_until(held[0], b"still here")
+        read_until(held[2], b"still here")
+        held.pop(0).close()
+        assert wait_until(lambda: _opens(server, channel), timeout=5)
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def _opens(server, channel):
     with raw_request(server, sse_request(channel)) as sock:
         return read_until(sock, b"\r\n\r\n").startswith(b"HTTP/1.1 200")

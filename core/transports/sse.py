@@ -17,9 +17,9 @@ import time
 
 from flask import Response, request
 
-from core import lifecycle, quotas
+from core import lifecycle, parking, quotas
 from core.connection import direct_writer as _direct_writer
-from core.connection import hangup_watch
+from core.connection import hangup_watch, http_chunk
 from core.subscription import CLIENT_GONE, SubscriptionClosed
 
 # Some old XHR-based EventSource polyfills only start delivering after 2 KB.
@@ -73,21 +73,18 @@ def _message_event(msg):
 
 
 def _chunk(msg):
-    """A message's event framed as one HTTP/1.1 chunk, as gunicorn frames a
-    piece of a streamed response."""
-    data = encode(msg)
-    return b"%X\r\n%s\r\n" % (len(data), data)
+    """A message's event framed as one HTTP/1.1 chunk."""
+    return http_chunk(encode(msg))
 
 
 def response(body):
     """A streaming `text/event-stream` response that no proxy buffers or caches.
     `body` is one of this module's loops (`stream`, `every`), which count the
-    connection as an open SSE connection while it streams; it is handed to
-    gunicorn as it is (no wrapping iterators: each is another frame kept on
-    every idle stream's stack). A client address holding its share of the
-    worker's streams already gets a 429 instead (core.quotas)."""
+    connection as an open SSE connection while it streams; an idle hub-fed
+    stream lets its greenlet go (core.parking). A client address holding its
+    share of the worker's streams already gets a 429 instead (core.quotas)."""
     quotas.admit_connection(request.environ)
-    return Response(
+    return _EventStream(
         body,
         mimetype="text/event-stream",
         headers={
@@ -96,6 +93,13 @@ def response(body):
         },
         direct_passthrough=True,
     )
+
+
+class _EventStream(Response):
+    def __call__(self, environ, start_response):
+        body, status, headers = self.get_wsgi_response(environ)
+        start_response(status, headers)
+        return parking.serve(body, environ, start_response)
 
 
 def stream(subscription, environ, *, first, heartbeat, encode=encode, on_reset=None,
@@ -118,11 +122,18 @@ def stream(subscription, environ, *, first, heartbeat, encode=encode, on_reset=N
     with subscription as sub, lifecycle.connection("sse", sub.close, environ), \
             hangup_watch(environ, sub.hang_up):
         yield first() if callable(first) else first
+        idle = None
         if encode is _default_encode and on_reset is None:
             # The headers are out: while this stream idles, the hub's listener
-            # may write live events onto the socket itself (one send each).
-            sub.write_directly(_writer(environ))
+            # may write live events onto the socket itself (one send each),
+            # and the stream may give up its greenlet (core.parking).
+            writer = _writer(environ)
+            sub.write_directly(writer)
+            idle = parking.Idle(sub, heartbeat) if writer is not None else None
+        del environ  # an idle stream keeps this frame: not the whole request
         while True:
+            if idle is not None:
+                yield idle
             try:
                 items = sub.wait(heartbeat)
             except SubscriptionClosed as closed:

@@ -49,7 +49,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError, generate_accept_token
 
-from core import lifecycle, quotas
+from core import lifecycle, parking, quotas
 from core.connection import client_socket
 from core.connection import direct_writer as _direct_writer
 from core.errors import abort_json
@@ -701,7 +701,19 @@ class WebSocket:
 
     # -- the loop of a hub-fed socket -----------------------------------------------------
 
-    def relay(self, sub, *, encode=encode, on_reset=None, heartbeat):
+    def subscribed(self, subscription, *, hello, heartbeat):
+        """The whole life of a socket that only receives a channel, for a
+        route handler to return: `subscription` (`hub.subscribe(...)`, entered
+        here), `hello(sub)` sent first, then the channel's messages as
+        `{"id", "data"}` frames; what the client sends is dropped. While it
+        idles, the connection gives up its greenlet (core.parking)."""
+        with subscription as sub:
+            self.send(hello(sub))
+            for item in self.relay(sub, heartbeat=heartbeat, park=True):
+                if isinstance(item, parking.Idle):
+                    yield item
+
+    def relay(self, sub, *, encode=encode, on_reset=None, heartbeat, park=False):
         """Relay hub subscription `sub` to the client and yield what the client
         sends, from this one greenlet.
 
@@ -713,13 +725,17 @@ class WebSocket:
         Ends when the connection does: the hub dropped the subscriber (close
         1013, or 1012 when the worker stops, with the reason), the client
         closed or vanished (noticed at once), or the handler's connection was closed.
+        `park`: also yield a core.parking.Idle before each wait the listener's
+        direct writes make idle (for `subscribed`).
         """
         framed = encode is _default_encode and self._deflate is None
+        writer = None
         if framed and on_reset is None:
             # While the relay waits, the hub's listener writes live messages
             # onto the socket itself, one pre-framed send each.
-            sub.write_directly(_direct_writer({"gunicorn.socket": self}, _cached_frame,
-                                              self._is_open))
+            writer = _direct_writer({"gunicorn.socket": self}, _cached_frame, self._is_open)
+            sub.write_directly(writer)
+        park = park and writer is not None
         gevent = _gevent()
         try:
             while True:
@@ -739,6 +755,8 @@ class WebSocket:
                     self._watcher().start(self._on_readable_in_relay)
                 else:
                     wait = min(wait, POLL_SECONDS)
+                if park:
+                    yield parking.Idle(sub, wait)
                 try:
                     items = sub.wait(wait)
                 except SubscriptionClosed as closed:
@@ -808,9 +826,11 @@ class _HandedBack(Response):
 def route(path, bp):
     """Register `handler(ws, **view_args)` as the WebSocket endpoint `path` of
     blueprint `bp`. The handler runs after the handshake; when it returns (or
-    the client leaves) the connection is closed. Refused and HTTPException
-    close with 1008 and the reason; a Redis outage with 1013; any other error
-    is logged and closes with 1011."""
+    the client leaves) the connection is closed. A handler may instead return
+    a generator that is the rest of the connection's life (`ws.subscribed`),
+    which may go on without a greenlet while idle (core.parking). Refused and
+    HTTPException close with 1008 and the reason; a Redis outage with 1013;
+    any other error is logged and closes with 1011."""
 
     def decorator(handler):
         @functools.wraps(handler)
@@ -818,30 +838,38 @@ def route(path, bp):
             quotas.admit_connection(request.environ)  # a 429 to the handshake
             ws = WebSocket.accept(request.environ,
                                   ping_seconds=current_app.config["WS_PING_SECONDS"])
-            with lifecycle.connection("websocket", ws.shut_down, request.environ):
-                try:
-                    handler(ws, *args, **kwargs)
-                except ConnectionClosed:
-                    pass
-                except Refused as exc:
-                    ws.close(exc.code, close_reason(str(exc)))
-                except HTTPException as exc:  # e.g. current_user() on a bad ?access_token=
-                    ws.close(POLICY_VIOLATION, refusal(exc))
-                except (redis.ConnectionError, redis.TimeoutError) as exc:
-                    log.warning("Redis unavailable: %s", exc)
-                    ws.close(TRY_AGAIN_LATER, "storage unavailable, retry shortly")
-                except Exception:
-                    log.exception("WebSocket handler %s failed", handler.__name__)
-                    ws.close(INTERNAL_ERROR, "internal error")
-                finally:
-                    ws.close()
-                    ws._release()
+            parking.run(_session(ws, handler, args, kwargs, request.environ), request.environ)
             return _HandedBack()
 
         bp.route(path, websocket=True)(view)
         return handler
 
     return decorator
+
+
+def _session(ws, handler, args, kwargs, environ):
+    """A connection's life: the handler, then the rest it returned, if any."""
+    with lifecycle.connection("websocket", ws.shut_down, environ):
+        del environ  # a parked connection keeps this frame: not the whole request
+        try:
+            rest = handler(ws, *args, **kwargs)
+            if rest is not None:
+                yield from rest
+        except ConnectionClosed:
+            pass
+        except Refused as exc:
+            ws.close(exc.code, close_reason(str(exc)))
+        except HTTPException as exc:  # e.g. current_user() on a bad ?access_token=
+            ws.close(POLICY_VIOLATION, refusal(exc))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("Redis unavailable: %s", exc)
+            ws.close(TRY_AGAIN_LATER, "storage unavailable, retry shortly")
+        except Exception:
+            log.exception("WebSocket handler %s failed", handler.__name__)
+            ws.close(INTERNAL_ERROR, "internal error")
+        finally:
+            ws.close()
+            ws._release()
 
 
 def init_app(app):
