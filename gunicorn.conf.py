@@ -122,6 +122,10 @@ def post_worker_init(worker):
     from core import connection
 
     connection.direct_writes_allowed = getattr(worker.cfg, "protocol", "http") == "http"
+    # A parked long-poll's connection goes back to gunicorn for its next request.
+    from core import parking
+
+    parking.init_worker(worker)
     # DEMO_USERS=1: the first worker up creates jack/beanstalk and an admin
     # (and logs the admin's password when it was generated).
     if app.config.get("DEMO_USERS"):

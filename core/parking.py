@@ -28,7 +28,6 @@ import logging
 import gevent
 
 from core.connection import http_chunk
-from core.offload import spawn
 
 log = logging.getLogger(__name__)
 
@@ -36,30 +35,35 @@ log = logging.getLogger(__name__)
 class Idle:
     """Yielded by a connection's loop where it would wait on `subscription`
     with nothing to do: it wants to run again within `seconds` (for a
-    keepalive) or when the subscription has work."""
+    keepalive) or when the subscription has work. `hand_back`: when the loop
+    ends, the connection goes on as HTTP (a long-poll: gunicorn serves its
+    next request); otherwise it is closed. `taken_over` tells the loop,
+    once it runs again, whether gunicorn is done with its request."""
 
-    __slots__ = ("seconds", "subscription")
+    __slots__ = ("hand_back", "seconds", "subscription", "taken_over")
 
-    def __init__(self, subscription, seconds):
-        self.subscription, self.seconds = subscription, seconds
+    def __init__(self, subscription, seconds, hand_back=False):
+        self.subscription, self.seconds, self.hand_back = subscription, seconds, hand_back
+        self.taken_over = False
 
 
 def serve(loop, environ, start_response):
-    """The response body gunicorn iterates: `loop`'s bytes as they come,
-    until its first `Idle`, where the connection is taken over when it can
-    be: gunicorn ends the request as if the body had ended, but writes no
-    last chunk and reads no next request."""
+    """The response body gunicorn iterates: `loop`'s bytes as they come. At an
+    `Idle` with nothing to do, the connection is taken over: gunicorn ends
+    the request as if the body had ended, but writes nothing more (no last
+    chunk) and reads no next request on it."""
     server_response = getattr(start_response, "__self__", None)
     takeover = (getattr(server_response, "sock", None) is environ.get("gunicorn.socket")
-                and hasattr(server_response, "chunked") and hasattr(server_response, "force_close"))
+                and hasattr(server_response, "default_headers"))
     for out in loop:
         if isinstance(out, Idle):
-            if takeover:
-                # each later piece as gunicorn would have written it
-                frame = http_chunk if server_response.chunked else _as_is
+            # each later piece as gunicorn would have written it
+            frame = http_chunk if takeover and server_response.chunked else None
+            if takeover and _Parked(loop, server_response.sock, frame).park(out):
+                if not server_response.headers_sent:
+                    server_response.headers_sent = True  # the loop writes its own answer
                 server_response.chunked = False
                 server_response.force_close()
-                _Parked(loop, server_response.sock, frame).let_go(out)
                 return
             continue
         yield out
@@ -72,34 +76,51 @@ def run(loop, environ):
     closes its own reference to it."""
     sock = environ.get("gunicorn.socket")
     for out in loop:
-        if isinstance(out, Idle) and sock is not None:
-            _Parked(loop, sock, _as_is).let_go(out)
+        if isinstance(out, Idle) and sock is not None and _Parked(loop, sock).park(out):
             return
+
+
+# gunicorn's worker (post_worker_init sets it): it serves the next request of
+# a long-poll connection whose answer went out from here.
+_worker = None
+
+
+def init_worker(worker):
+    global _worker
+    _worker = worker if hasattr(worker, "handle") and getattr(worker, "sockets", None) else None
+
+
+def can_hand_back(server_response):
+    """A long-poll may be parked: its connection can go back to gunicorn
+    afterwards, and gunicorn holds nothing more of it (no bytes the client
+    sent after its request, which a new parser would not see)."""
+    unreader = getattr(getattr(server_response, "req", None), "unreader", None)
+    return (_worker is not None and hasattr(unreader, "take_buffered")
+            and not unreader.buf.getvalue())
 
 
 class _Parked:
     """A connection taken over from gunicorn: its suspended loop, its socket,
     and a timer for the loop's next keepalive."""
 
-    __slots__ = ("_file", "_frame", "_loop", "_sock", "_timer")
+    __slots__ = ("_file", "_frame", "_idle", "_loop", "_sock", "_timer")
 
-    def __init__(self, loop, sock, frame):
-        # gunicorn closes the socket once the request is over; a file object
-        # on it keeps the connection open until that file is closed (as for
-        # socket.makefile): the connection is ours from here on.
-        self._file = sock.makefile("wb", buffering=0)
-        self._sock, self._loop, self._frame = sock, loop, frame
-        self._timer = None
+    def __init__(self, loop, sock, frame=None):
+        self._sock, self._loop = sock, loop
+        self._frame = frame or _as_is
+        self._file = self._timer = self._idle = None  # _idle: where it last parked
 
-    def let_go(self, idle):
-        """Park at `idle`; when there is work already, run the loop now."""
-        if not self._park(idle):
-            spawn(self._run)
-
-    def _park(self, idle):
+    def park(self, idle):
         """True when parked: the loop's greenlet may end."""
         if not idle.subscription.park(self._resume):
             return False
+        if self._file is None:
+            # gunicorn closes the socket once the request is over; a file
+            # object on it keeps the connection open until that file is
+            # closed (as for socket.makefile): the connection is ours now.
+            self._file = self._sock.makefile("wb", buffering=0)
+        self._idle = idle
+        idle.taken_over = True
         self._timer = gevent.get_hub().loop.timer(idle.seconds)
         self._timer.start(idle.subscription.wake)  # the loop's wait returns: its keepalive
         return True
@@ -108,22 +129,45 @@ class _Parked:
         if self._timer is not None:
             self._timer.close()
             self._timer = None
-        spawn(self._run)
+        gevent.spawn_raw(self._run)  # a bare greenlet: the cheapest gevent has
 
     def _run(self):
         try:
             for out in self._loop:
                 if isinstance(out, Idle):
-                    if self._park(out):
+                    if self.park(out):
                         return  # the next _resume goes on from here
                     continue
                 self._sock.sendall(self._frame(out))
+            if self._idle.hand_back:
+                self._next_request()
         except OSError:  # the client is gone
             pass
         except Exception:
             log.exception("a parked connection failed")
         self._loop.close()  # its `with` blocks end: unsubscribed, uncounted
-        self._file.close()  # the socket's last reference: closed
+        self._file.close()  # our reference to gunicorn's socket: closed
+
+    def _next_request(self):
+        """gunicorn's worker serves the connection's next request, as if it had
+        just accepted it (on a new socket object: gunicorn closed its own).
+        A stopping worker (its listeners closed) closes it instead."""
+        if not _worker.alive:
+            return
+        try:
+            sock = self._sock.dup()
+            address = sock.getpeername()
+        except OSError:
+            return
+        listeners = _worker.sockets
+        listener = listeners[0] if len(listeners) == 1 else next(
+            (s for s in listeners if _port(s) == _port(sock)), listeners[0])
+        gevent.spawn_raw(_worker.handle, listener, sock, address)
+
+
+def _port(sock):
+    name = sock.getsockname()
+    return name[1] if isinstance(name, tuple) else name
 
 
 def _as_is(data):

@@ -144,9 +144,10 @@ class Subscription:
         if sent is None:
             return False
         self.cursor = msg.key
-        if writer.one_shot:  # a whole answer (a long-poll's): its consumer is done
-            self._direct = None
+        if writer.one_shot:  # a whole answer (a long-poll's): its consumer is done,
+            self._direct = None  # and its wait() returns (nothing queued: [])
             self._idle = False
+            self._poked = True
             self._signal()
         if sent < len(data):  # the socket is full: the consumer writes the rest
             self._unsent = (writer, data[sent:])

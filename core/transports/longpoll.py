@@ -26,7 +26,7 @@ import redis
 from flask import Response, request
 from gunicorn.util import http_date
 
-from core import lifecycle, quotas
+from core import lifecycle, parking, quotas
 from core.connection import direct_writer, hangup_watch, write_deadline
 from core.stream_log import format_id
 from core.subscription import SubscriptionClosed
@@ -73,25 +73,34 @@ class _HeldPoll(Response):
         # The poll waits when gunicorn first iterates the answer: by then
         # Flask has finished with the request (its context, request object
         # and session are gone), so a held poll keeps little but its socket.
-        return self._answer(environ, start_response)
+        return parking.serve(self._answer(environ, start_response), environ, start_response)
 
     def _answer(self, environ, start_response):
+        held = self._held(environ, start_response)
+        idle = None
         try:
-            chunks = self._held(environ, start_response)
+            for out in held:
+                if isinstance(out, parking.Idle):
+                    idle = out  # a poll with nothing to answer yet may be parked
+                yield out
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            # Raised after Flask's error handlers: answer as they would.
             log.warning("Redis unavailable: %s", exc)
+            if idle is not None and idle.taken_over:
+                idle.hand_back = False  # nothing answered: the client polls again
+                return
+            # Raised after Flask's error handlers: answer as they would.
             body = json.dumps({"error": "storage unavailable, retry shortly"}).encode()
             start_response("503 SERVICE UNAVAILABLE", [
                 ("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-            chunks = [body]
-        try:
-            yield from chunks
+            yield body
         finally:
-            if hasattr(chunks, "close"):  # werkzeug's, which closes the write deadline
-                chunks.close()
+            held.close()  # werkzeug's iterable, which closes the write deadline
 
     def _held(self, environ, start_response):
+        """The poll, as a generator: it yields an `Idle` where it would wait
+        for a message the hub's listener can answer itself, then what the
+        response body is (gunicorn's path; a parked poll yields its whole
+        answer, head included, which the parking writes)."""
         hub, channel, cursor, timeout, max_bytes, write_seconds = self.poll
         server_response, socket_writer = _gunicorn_response(environ, start_response)
         # page_bytes: a backlog is read from Redis about as far as this answer goes
@@ -103,6 +112,10 @@ class _HeldPoll(Response):
                                     write_seconds)
                       if server_response is not None else None)
             sub.write_directly(writer)
+            idle = None
+            if writer is not None and parking.can_hand_back(server_response):
+                idle = parking.Idle(sub, timeout, hand_back=True)
+                yield idle
             try:
                 items = sub.wait(timeout)
                 position = format_id(sub.cursor)
@@ -117,17 +130,31 @@ class _HeldPoll(Response):
                 # was full, went out in wait()); later messages wait for the
                 # next poll, which asks from this answer's cursor.
                 writer.deadline_passed()
-                return _recorded(start_response, server_response, self.headers,
-                                 writer.answered)
+                if idle is None or not idle.taken_over:
+                    yield from _recorded(start_response, server_response, self.headers,
+                                         writer.answered)
+                return
         self.set_data(_body(items, position, max_bytes))
         deadline = write_deadline(environ, write_seconds)
+        if idle is not None and idle.taken_over:
+            # gunicorn is done with this request: the whole answer goes out
+            # from here, in one send, and the connection back to gunicorn.
+            body = self.get_data()
+            try:
+                yield _header_lines(server_response, self.headers.to_wsgi_list(), len(body),
+                                    _date()) + body
+            finally:
+                if deadline is not None:
+                    deadline.close()
+            return
         if server_response is None:
             if deadline is not None:
                 # gunicorn closes the response once the last byte is out
                 self.call_on_close(deadline.close)
-            return super().__call__(environ, start_response)
+            yield from super().__call__(environ, start_response)
+            return
         try:
-            return _send_whole(start_response, server_response, self, environ)
+            yield from _send_whole(start_response, server_response, self, environ)
         finally:
             if deadline is not None:
                 deadline.close()

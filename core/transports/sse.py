@@ -7,7 +7,8 @@ becomes several `data:` lines, which EventSource joins back with "\\n".
 `stream()` is the body of every hub-fed event stream (channels, Q&A, the
 tracking dashboard): batches of messages as they come, a keepalive when idle,
 the app's reset policy, `event: close` when the hub drops the subscriber, and
-an immediate end when the client hangs up. `response()` serves one of them.
+an immediate end when the client hangs up; an idle channel stream is parked
+without a greenlet (core.parking). `response()` serves one of them.
 """
 
 import json
@@ -117,7 +118,8 @@ def stream(subscription, environ, *, first, heartbeat, encode=encode, on_reset=N
     what to send after `heartbeat` idle seconds (default: a comment). Ends
     with `event: close` and the reason when the hub drops the subscriber
     (EventSource reconnects and resumes from its last id), and at once when
-    the client hangs up.
+    the client hangs up. With the default encoding and reset policy, the
+    stream gives up its greenlet while idle (core.parking).
     """
     with subscription as sub, lifecycle.connection("sse", sub.close, environ), \
             hangup_watch(environ, sub.hang_up):

@@ -24,6 +24,8 @@ the client, sends each message as `encode(msg)`, hands a Reset to the app's
 shutdown) when the hub drops the subscriber, and at once when the client
 leaves. With the default framing and no extension, the hub's listener writes
 live messages straight onto the socket (core.connection.DirectWriter).
+`ws.subscribed(...)`, returned by a handler, is the rest of the life of a
+socket that only receives: it gives up its greenlet while idle (core.parking).
 
 Under gevent (gunicorn's gevent worker). Under the sync and gthread workers,
 which serve SSE and long-polls in the benchmarks, WebSockets still work but
