@@ -587,9 +587,10 @@ Measured {time.strftime('%Y-%m-%d')} on {machine()}, with the load generator
   connects at once overflow the kernel's listen queues (`somaxconn` 4,096 per
   worker socket), and a connection whose handshake was dropped can take
   minutes of TCP retransmits to get in.
-- Each of our workers accepts up to `WORKER_CONNECTIONS` connections (10,000 by
+- Each of our workers holds up to `WORKER_CONNECTIONS` streams (10,000 by
   default, 0.75 × the level here): the kernel does not spread connections over
-  the two workers' sockets exactly evenly.
+  the two workers' sockets exactly evenly. An idle stream holds no slot
+  of gunicorn's pool (core/parking.py): the worker counts its streams itself.
 - *worker CPU per connect*: the two workers' CPU time while the clients
   connected, divided by the subscribers; *load generator CPU*: what the two
   generator processes used meanwhile, on the same 2 cores; *master CPU*: the

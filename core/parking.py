@@ -94,9 +94,9 @@ def can_hand_back(server_response):
     """A long-poll may be parked: its connection can go back to gunicorn
     afterwards, and gunicorn holds nothing more of it (no bytes the client
     sent after its request, which a new parser would not see)."""
-    unreader = getattr(getattr(server_response, "req", None), "unreader", None)
-    return (_worker is not None and hasattr(unreader, "take_buffered")
-            and not unreader.buf.getvalue())
+    read_ahead = getattr(getattr(getattr(server_response, "req", None), "unreader", None),
+                         "buf", None)  # gunicorn's parser's buffer (a BytesIO)
+    return _worker is not None and read_ahead is not None and not read_ahead.getvalue()
 
 
 class _Parked:

@@ -42,13 +42,10 @@ def test_an_address_holding_its_share_of_streams_gets_429_on_every_transport(cap
         time.sleep(0.5)  # the long-poll is parked
         for request in (sse_request(channel), long_poll_request(channel),
                         ws_request(f"/sub/{channel}/ws")):
-            with raw_request(capped, request) as sock:
-                received, _ = read_until_closed(
-                    sock, 10, ended=lambda r: b"\r\n\r\n" in r and r.endswith(b"}\n"))
-            status, headers = _status_and_headers(received)
-            assert status == "HTTP/1.1 429 TOO MANY REQUESTS", received[:300]
+            status, headers, text = _refusal(capped, request)
+            assert status == "HTTP/1.1 429 TOO MANY REQUESTS", text[:300]
             assert int(headers["retry-after"]) > 0
-            assert "too many open connections from your address" in received.decode()
+            assert "too many open connections from your address" in text
         # Other work from the same address is not refused...
         assert requests.get(capped.url + "/healthz", timeout=10).status_code == 200
         held.pop().close()  # ...and a stream that ends frees its place (within 1 s)
@@ -69,13 +66,10 @@ def test_a_worker_holding_its_streams_answers_503_and_recovers(start_server, cha
         for sock in held[:2]:
             read_until(sock, b"retry:")
         read_until(held[2], b"subscribed")
-        with raw_request(server, sse_request(channel)) as sock:
-            received, _ = read_until_closed(
-                sock, 10, ended=lambda r: b"\r\n\r\n" in r and r.endswith(b"}\n"))
-        status, headers = _status_and_headers(received)
-        assert status == "HTTP/1.1 503 SERVICE UNAVAILABLE", received[:300]
+        status, headers, text = _refusal(server, sse_request(channel))
+        assert status == "HTTP/1.1 503 SERVICE UNAVAILABLE", text[:300]
         assert int(headers["retry-after"]) > 0
-        assert "holds all the streams it may (3)" in received.decode()
+        assert "holds all the streams it may (3)" in text
         # The held streams still receive, and one that ends frees its place.
         server.publish(channel, "still here", token=admin_token)
         read_until(held[0], b"still here")
@@ -85,6 +79,15 @@ def test_a_worker_holding_its_streams_answers_503_and_recovers(start_server, cha
     finally:
         for sock in held:
             sock.close()
+
+
+def _refusal(server, request):
+    """The status line, headers and text of a stream request's JSON refusal."""
+    with raw_request(server, request) as sock:
+        received, _ = read_until_closed(
+            sock, 10, ended=lambda r: b"\r\n\r\n" in r and r.endswith(b"}\n"))
+    status, headers = _status_and_headers(received)
+    return status, headers, received.decode(errors="replace")
 
 
 def _opens(server, channel):
