@@ -15,7 +15,10 @@ held, the hub's listener writes a broadcast's answer straight onto the socket
 parked), so 10,000 held polls are answered in one pass of the listener
 instead of 10,000 greenlet wake-ups and response cycles. gunicorn's own
 response object still records the answer (status, length, keep-alive), so
-its access log and connection handling are unchanged.
+its access log and connection handling are unchanged, except for a poll that
+has to wait: it is parked without a greenlet (core.parking), its answer goes
+out from there, and gunicorn's worker then serves the connection's next
+request.
 """
 
 import json
