@@ -8,6 +8,8 @@ library, so Redis sockets and locks are cooperative.
 import os
 import resource
 
+from core.config import SETTINGS  # light: no Redis, no Flask
+
 # -- where to listen -----------------------------------------------------------
 bind = os.environ.get("BIND") or f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 backlog = int(os.environ.get("BACKLOG", "4096"))  # room for a burst of 10,000 connects
@@ -19,7 +21,9 @@ reuse_port = os.environ.get("REUSE_PORT", "1") not in ("0", "false", "no")
 # -- workers: processes x greenlets ----------------------------------------------
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = os.environ.get("WORKER_CLASS", "gevent")
-worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
+# (also the app's cap on open streams, core/quotas.py: one default, core/config.py's)
+worker_connections = int(os.environ.get("WORKER_CONNECTIONS",
+                                        SETTINGS["WORKER_CONNECTIONS"][1]))
 threads = int(os.environ.get("THREADS", "1"))  # only for the gthread worker (benchmarks)
 preload_app = False
 

@@ -55,11 +55,12 @@ def serve(loop, environ, start_response):
     server_response = getattr(start_response, "__self__", None)
     takeover = (getattr(server_response, "sock", None) is environ.get("gunicorn.socket")
                 and hasattr(server_response, "default_headers"))
+    # each later piece as gunicorn would have written it
+    parked = (_Parked(loop, server_response.sock, http_chunk if server_response.chunked else None)
+              if takeover else None)
     for out in loop:
         if isinstance(out, Idle):
-            # each later piece as gunicorn would have written it
-            frame = http_chunk if takeover and server_response.chunked else None
-            if takeover and _Parked(loop, server_response.sock, frame).park(out):
+            if parked is not None and parked.park(out):
                 if not server_response.headers_sent:
                     server_response.headers_sent = True  # the loop writes its own answer
                 server_response.chunked = False
@@ -75,8 +76,9 @@ def run(loop, environ):
     `Idle`, parks; the caller then hands the socket back to gunicorn, which
     closes its own reference to it."""
     sock = environ.get("gunicorn.socket")
+    parked = _Parked(loop, sock) if sock is not None else None
     for out in loop:
-        if isinstance(out, Idle) and sock is not None and _Parked(loop, sock).park(out):
+        if isinstance(out, Idle) and parked is not None and parked.park(out):
             return
 
 
