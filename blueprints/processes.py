@@ -90,6 +90,9 @@ def metrics():
            [(ident(p), p["uptime"]) for p in workers])
     metric("realtime_worker_requests_total", "counter", "Requests served by the worker.",
            [(ident(p), p["requests"]) for p in workers])
+    metric("realtime_worker_notifications_total", "counter",
+           "Channel notifications the worker's hub heard (only channels it serves).",
+           [(ident(p), p.get("notifications", 0)) for p in workers])
     metric("realtime_worker_open_connections", "gauge", "Open long-lived connections.",
            [({**ident(p), "transport": t}, n) for p in workers
             for t, n in sorted(p["connections"].items())])

@@ -3,14 +3,21 @@
 Publishing and reading are the log's (core/stream_log.py); a client's cursor,
 catch-up and mailbox are its subscription's (core/subscription.py). The hub
 adds what is shared by a whole worker: exactly one listening connection, read
-by one greenlet, subscribed to the log's one notification channel, which fans
-each message out to the local subscribers of its channel
-(`Subscription.offer` never blocks). Every worker receives every channel's
-notifications and drops those nobody local wants: one subscription per
-worker, nothing to add or remove as clients come and go, and no window in
-which a channel is half-subscribed. When the listener loses Redis, every
-subscription is put back into catching-up mode and resumes from its own
-cursor once the listener is back.
+by one greenlet, which fans each message out to the local subscribers of its
+channel (`Subscription.offer` never blocks).
+
+A worker hears only the channels it serves: the listener subscribes to a
+channel's notifications when its first local subscriber arrives and
+unsubscribes IDLE_KEEP seconds after the last one leaves. Only the listener
+writes to its connection; a new channel is handed to it through a set of
+pending channels and a wake-up message on the worker's own control channel.
+A subscriber of a channel whose notifications are not confirmed yet waits
+(catching up) until they are: its catch-up read then happens after the
+confirmation, so everything published before it is in the stream and
+everything after arrives as a notification, with no window between them.
+When the listener loses Redis, every subscription is put back into
+catching-up mode and resumes from its own cursor once the listener, and its
+channel, are back.
 
 The code uses `threading` primitives, which gunicorn's gevent worker has
 monkey-patched into greenlet ones: waiting parks one greenlet. The same hub
@@ -57,10 +64,11 @@ class _Local:
     resuming a little behind (a long-poll coming back after the next
     broadcast went out) gets them from memory instead of a Redis read."""
 
-    __slots__ = ("epoch", "idle_since", "newest", "subscribers", "tail", "tail_from")
+    __slots__ = ("confirmed", "epoch", "idle_since", "newest", "subscribers", "tail", "tail_from")
 
     def __init__(self):
         self.subscribers = set()
+        self.confirmed = None  # the listener epoch in which Redis confirmed our SUBSCRIBE
         self.newest = None
         self.epoch = None
         self.idle_since = None
@@ -107,7 +115,11 @@ class Hub(StreamLog):
         self._stopped = False
         self.connected_event = threading.Event()
         self.reconnects = 0
+        self.notifications = 0  # notifications the listener received (/metrics)
         self._watchers = {}  # channel -> callback(data): the server's own notices
+        self._to_subscribe = set()  # channels the listener is to subscribe to
+        self._wake_sent = False  # a wake-up for them is on its way to the listener
+        self._control = None  # this worker's own control channel, named by the listener
 
     # -- subscribing ------------------------------------------------------------
 
@@ -117,6 +129,7 @@ class Hub(StreamLog):
         subscriber: no catch-up, no resume, not counted; it must not block)."""
         self._watchers[channel] = callback
         self.start()
+        self._ask_to_subscribe(channel)
 
     def subscribe(self, channel, cursor=None, on_abort=None, page_bytes=None):
         """A subscription from `cursor` (id tuple; None = only what comes after
@@ -130,21 +143,25 @@ class Hub(StreamLog):
     def attach(self, sub):
         """Register `sub` (its `with` block starts)."""
         self.start()
-        if not self._attach(sub):
+        registered, new_channel = self._attach(sub)
+        if not registered:
             # "From now" means from this call: fix the position before the
             # caller tells its client it is subscribed.
             sub.cursor = self.newest_key(sub.channel)
-            self._attach(sub)
+            registered, new_channel = self._attach(sub)
+        if new_channel:
+            self._ask_to_subscribe(sub.channel)
         if self._stopped:  # a draining worker: send the client elsewhere at once
             sub.close("server restarting: reconnect to resume")
 
     def _attach(self, sub):
-        """Register `sub`; False (and nothing done) if it has no cursor and the
-        channel's newest id is not known here."""
+        """Register `sub`: (registered, whether its channel is new here). Not
+        registered (and nothing done) if it has no cursor and the channel's
+        newest id is not known here."""
         with self._lock:
             local = self._channels.get(sub.channel)
             known = None
-            if local is not None and local.epoch == self._epoch and self._connected:
+            if local is not None and self._is_live(local):
                 known = local.newest
             if known is not None and sub.cursor in (None, known):
                 # Nothing to read: the listener offers everything after `known`.
@@ -153,12 +170,36 @@ class Hub(StreamLog):
                     backlog := local.since(sub.cursor)) is not None:
                 sub.go_live_at(known, backlog)  # a little behind: from memory
             elif sub.cursor is None:
-                return False
-            if local is None:
+                return False, False
+            new_channel = local is None
+            if new_channel:
                 local = self._channels[sub.channel] = _Local()
             local.subscribers.add(sub)
             local.idle_since = None
-            return True
+            return True, new_channel
+
+    def _is_live(self, local):
+        """The listener hears `local`'s channel and knows its newest id (under the lock)."""
+        return (self._connected and local.confirmed == self._epoch
+                and local.epoch == self._epoch)
+
+    def _ask_to_subscribe(self, channel):
+        """Have the listener subscribe to `channel`'s notifications: it owns its
+        connection, so it is woken by a message on its control channel (one
+        wake-up for every channel asked for meanwhile). If Redis is away, the
+        listener subscribes to every channel it serves when it is back."""
+        with self._lock:
+            self._to_subscribe.add(channel)
+            if self._wake_sent or self._control is None:
+                return
+            self._wake_sent = True
+            control = self._control
+        try:
+            self.redis.publish(control, "subscribe")
+        except redis.RedisError as exc:
+            log.debug("hub: could not wake the listener (%s); it subscribes on reconnect", exc)
+            with self._lock:
+                self._wake_sent = False
 
     def detach(self, sub):
         """Unregister `sub` (its `with` block ended, or it was dropped)."""
@@ -173,17 +214,27 @@ class Hub(StreamLog):
         """A subscription of `channel` caught up to `key` during `epoch`."""
         with self._lock:
             local = self._channels.get(channel)
-            if local is None or epoch != self._epoch or not self._connected:
+            if (local is None or epoch != self._epoch or not self._connected
+                    or local.confirmed != epoch):
                 return
             if local.epoch != epoch or local.newest is None or key > local.newest:
                 local.known(key, epoch)
 
-    def _forget_idle(self, now):
+    def _forget_idle(self, now, pubsub):
+        """In the listener: drop the channels nobody here has wanted for
+        IDLE_KEEP seconds, and stop hearing them. One whose SUBSCRIBE is not
+        confirmed yet stays until it is: so a confirmation always belongs to
+        the channel's current entry."""
         with self._lock:
             idle = [name for name, local in self._channels.items()
-                    if local.idle_since is not None and now - local.idle_since > IDLE_KEEP]
+                    if local.idle_since is not None and now - local.idle_since > IDLE_KEEP
+                    and (local.confirmed == self._epoch or not self._connected)]
             for name in idle:
                 del self._channels[name]
+                self._to_subscribe.discard(name)
+            idle = [name for name in idle if name not in self._watchers]
+        if idle:
+            pubsub.unsubscribe(*map(self.notification_channel, idle))
 
     def drop(self, sub, reason):
         """Disconnect one subscriber (it may resume from its cursor)."""
@@ -191,9 +242,16 @@ class Hub(StreamLog):
         self.detach(sub)
         sub.close(reason)
 
-    def live_epoch(self):
-        """An id of the current listener connection, or None while disconnected."""
-        return self._epoch if self._connected else None
+    def live_epoch(self, channel=None):
+        """An id of the current listener connection, or None while disconnected
+        (or, with `channel`, while that channel's notifications are not heard)."""
+        if not self._connected:
+            return None
+        if channel is not None:
+            local = self._channels.get(channel)
+            if local is None or local.confirmed != self._epoch:
+                return None
+        return self._epoch
 
     def stats(self):
         with self._lock:
@@ -202,6 +260,7 @@ class Hub(StreamLog):
                 "channels": sum(1 for c in self._channels.values() if c.subscribers),
                 "subscribers": sum(len(c.subscribers) for c in self._channels.values()),
                 "reconnects": self.reconnects,
+                "notifications": self.notifications,
             }
 
     # -- the listener ---------------------------------------------------------
@@ -254,14 +313,22 @@ class Hub(StreamLog):
     def _listen(self, client):
         pubsub = client.pubsub()
         try:
-            pubsub.subscribe(self.notify_channel)
+            with self._lock:
+                self._control = f"{self.prefix}hub:{socket.gethostname()}:{os.getpid()}"
+                channels = {*self._channels, *self._watchers}
+                self._to_subscribe.clear()
+                self._wake_sent = False
+            # The control channel's confirmation comes first: connected (a new
+            # epoch); each served channel is live once its own one arrives.
+            pubsub.subscribe(self._control, *map(self.notification_channel, channels))
             last_heard = last_sweep = time.monotonic()
             ping_sent = None
             while not self._stopped:
+                self._subscribe_asked(pubsub)
                 msg = pubsub.get_message(timeout=1.0)
                 now = time.monotonic()
                 if now - last_sweep > IDLE_KEEP / 4:
-                    self._forget_idle(now)
+                    self._forget_idle(now, pubsub)
                     last_sweep = now
                 if msg is None:
                     if ping_sent is not None and now - ping_sent > PING_TIMEOUT:
@@ -271,13 +338,40 @@ class Hub(StreamLog):
                         ping_sent = now
                     continue
                 last_heard, ping_sent = now, None
-                kind = msg["type"]
-                if kind == "message":
-                    self._dispatch(msg["data"])
+                kind, name = msg["type"], msg["channel"]
+                if kind == "message" and name != self._control:
+                    self.notifications += 1
+                    self._dispatch(name[len(self.notify_prefix):], msg["data"])
                 elif kind == "subscribe":
-                    self._set_connected(True)
+                    if name == self._control:
+                        self._set_connected(True)
+                    else:
+                        self._confirm(name[len(self.notify_prefix):])
         finally:
             pubsub.close()
+
+    def _subscribe_asked(self, pubsub):
+        """Subscribe to the channels asked for since the last turn (a wake-up
+        message on the control channel brought the listener here at once)."""
+        with self._lock:
+            asked = [name for name in self._to_subscribe
+                     if name in self._channels or name in self._watchers]
+            self._to_subscribe.clear()
+            self._wake_sent = False
+        if asked:
+            pubsub.subscribe(*map(self.notification_channel, asked))
+
+    def _confirm(self, channel):
+        """Redis confirmed our SUBSCRIBE to `channel`: its subscribers catch up
+        now; every later message reaches them as a notification."""
+        with self._lock:
+            local = self._channels.get(channel)
+            if local is None or not self._connected or local.confirmed == self._epoch:
+                return  # not served any more, or already live (a repeated SUBSCRIBE)
+            local.confirmed = self._epoch
+            subs = tuple(local.subscribers)
+        for sub in subs:
+            sub.resync()
 
     def _set_connected(self, connected):
         with self._lock:
@@ -296,15 +390,14 @@ class Hub(StreamLog):
         else:
             self.connected_event.clear()
 
-    def _dispatch(self, payload):
-        channel, _, rest = payload.partition(" ")
+    def _dispatch(self, channel, payload):
         local = self._channels.get(channel)
         if local is None:
             watcher = self._watchers.get(channel)
             if watcher is not None:
-                watcher(rest.partition(" ")[2][1:])  # the data, after the id and kind
-            return  # nobody in this worker listens to that channel
-        msg_id, _, typed = rest.partition(" ")
+                watcher(payload.partition(" ")[2][1:])  # the data, after the id and kind
+            return  # nobody here listens to that channel any more
+        msg_id, _, typed = payload.partition(" ")
         msg = Message(msg_id, typed[1:], typed[:1] == "j")
         with self._lock:
             if local.epoch == self._epoch and local.newest is not None and msg.key > local.newest:

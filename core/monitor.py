@@ -86,7 +86,8 @@ def _watch(worker, app):
             "uptime": round(time.time() - started, 1), "rss": rss, "cpu": round(cpu, 1),
             "connections": lifecycle.open_connections(),
             "requests": lifecycle.requests_served[0],
-            "subscribers": hub.stats()["subscribers"], "at": time.time(),
+            "subscribers": hub.stats()["subscribers"], "notifications": hub.notifications,
+            "at": time.time(),
         }
         try:
             redis_client.set(process_key(prefix, host, pid), json.dumps(report),

@@ -2,8 +2,9 @@
 
 Publishing appends to a capped Redis Stream per channel (the log, and the
 source of every message id) and, in the same Lua script, PUBLISHes the entry
-on one notification channel. Because both happen atomically, notifications
-arrive in id order. Reading the stream from a client's cursor is how every
+on the channel's own notification channel (`notification_channel`), which
+only the workers serving that channel subscribe to. Because both happen
+atomically, notifications arrive in id order. Reading the stream from a client's cursor is how every
 transport resumes without loss.
 
 A `Message` is only what the log holds: an id, the data and whether the data
@@ -27,7 +28,8 @@ _ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?\Z")
 CATCH_UP_PROBE = 8  # first batch of a byte-bounded read (StreamLog.read_page)
 
 # Defines hub_publish(stream_key, channel, kind, data) for Lua scripts: XADD to
-# the capped stream, refresh its TTL, PUBLISH the notification; returns the id.
+# the capped stream, refresh its TTL, PUBLISH the notification ("<id> <kind><data>"
+# on the channel's notification channel); returns the id.
 # An app script that changes its state and calls hub_publish in the same script
 # (see StreamLog.script) makes the change and its message one atomic step,
 # delivered in commit order.
@@ -35,7 +37,7 @@ _PUBLISH_FUNCTION = """
 local function hub_publish(stream_key, channel, kind, data)
   local id = redis.call('XADD', stream_key, 'MAXLEN', '~', %(maxlen)d, '*', 't', kind, 'd', data)
   redis.call('PEXPIRE', stream_key, %(ttl_ms)d)
-  redis.call('PUBLISH', '%(notify)s', channel .. ' ' .. id .. ' ' .. kind .. data)
+  redis.call('PUBLISH', '%(notify)s' .. channel, id .. ' ' .. kind .. data)
   return id
 end
 """
@@ -118,7 +120,7 @@ class StreamLog:
             raise ValueError(f"REDIS_PREFIX {prefix!r}: use A-Z a-z 0-9 : _ . -")
         self.redis = redis_client  # pooled client for commands (shared with the app)
         self.prefix = prefix
-        self.notify_channel = f"{prefix}notify"
+        self.notify_prefix = f"{prefix}n:"  # + channel: its notification channel
         self.maxlen = maxlen
         self.ttl_ms = int(ttl_seconds * 1000)
         self._publish = self.script("return hub_publish(KEYS[1], ARGV[1], ARGV[2], ARGV[3])")
@@ -127,12 +129,16 @@ class StreamLog:
     def stream_key(self, channel):
         return f"{self.prefix}stream:{channel}"
 
+    def notification_channel(self, channel):
+        """The pub/sub channel on which each message of `channel` is announced."""
+        return self.notify_prefix + channel
+
     def script(self, body):
         """Register a Lua script that may call hub_publish(stream_key, channel,
         kind, data); `kind` is 'j' (JSON) or 't' (text). Pass stream keys
         (`stream_key(channel)`) in KEYS."""
         prelude = _PUBLISH_FUNCTION % {"maxlen": self.maxlen, "ttl_ms": self.ttl_ms,
-                                       "notify": self.notify_channel}
+                                       "notify": self.notify_prefix}
         return self.redis.register_script(prelude + body)
 
     # -- publishing ---------------------------------------------------------

@@ -3,7 +3,7 @@
 A subscription starts *catching up*: its consumer reads the stream from its
 cursor (validating that the cursor still exists: if not, an explicit Reset)
 while live notifications are parked in a pending list. Once a read comes back
-short while the listener was connected the whole time, the pending messages
+short while the listener heard the channel the whole time, the pending messages
 newer than the cursor are appended and the subscription goes live. Delivery is
 deduplicated by id, so it is exactly once and in order. When the listener
 loses Redis, the hub puts every subscription back into catching-up mode and
@@ -245,7 +245,7 @@ class Subscription:
                 self._poked = False
                 return []
             if self._catching_up:
-                epoch = self.hub.live_epoch()
+                epoch = self.hub.live_epoch(self.channel)
                 if epoch is not None:
                     items = self._catch_up_step(epoch)
                     if items:
@@ -286,8 +286,9 @@ class Subscription:
         if entries:
             self.cursor = entries[-1].key
         with self._lock:
-            if not full_page and not self._pending_overflow and hub.live_epoch() == epoch:
-                # The listener was connected since before the read: every
+            live = hub.live_epoch(self.channel) == epoch
+            if not full_page and not self._pending_overflow and live:
+                # The listener heard this channel since before the read: every
                 # later message is in `pending` (or will be offered live).
                 self._catching_up = False
                 for msg in self._pending:

@@ -235,3 +235,106 @@ def test_a_subscriber_resuming_a_little_behind_is_served_from_memory(hub, rdb, c
             got = everything.wait(5)
         assert [m.data for m in got] == ["first", "later 0", "later 1", "later 2"]
         assert _xrange_calls(rdb) > reads
+
+
+def _listeners(rdb, hub, channel):
+    """How many Redis connections hear `channel`'s notifications."""
+    return rdb.pubsub_numsub(hub.notification_channel(channel))[0][1]
+
+
+def _wait_for(predicate, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_a_worker_hears_only_the_channels_it_serves_and_lets_go_after_the_last_leaves(
+        hub, rdb, channel, monkeypatch):
+    import core.hub
+
+    monkeypatch.setattr(core.hub, "IDLE_KEEP", 1.0)
+    served, unserved = channel, channel + "-nobody-here"
+    assert _listeners(rdb, hub, served) == 0
+    with hub.subscribe(served) as sub:
+        assert _wait_for(lambda: _listeners(rdb, hub, served) == 1)
+        assert sub.wait(0.2) == []  # live
+        heard = hub.notifications
+        for i in range(3):
+            hub.publish(unserved, f"not for us {i}")
+        ids = [hub.publish(served, f"ours {i}") for i in range(2)]
+        got = []
+        while len(got) < 2:
+            got += sub.wait(5)
+        assert [m.id for m in got] == ids
+        assert hub.notifications - heard == 2  # the unserved channel's never came
+        assert _listeners(rdb, hub, unserved) == 0
+    # Kept a while for the next long-poll, then unsubscribed.
+    assert _wait_for(lambda: _listeners(rdb, hub, served) == 0, timeout=10)
+    with hub.subscribe(served, START) as back:  # and served again when wanted
+        got = []
+        while len(got) < 2:
+            got += back.wait(5)
+        assert [m.data for m in got] == ["ours 0", "ours 1"]
+        assert _wait_for(lambda: _listeners(rdb, hub, served) == 1)
+        hub.publish(served, "live again")
+        assert [m.data for m in back.wait(5)] == ["live again"]
+
+
+@pytest.mark.parametrize("cursor", [START, None], ids=["from the start", "from now"])
+def test_subscribing_to_a_new_channel_loses_nothing_published_meanwhile(hub, channel, cursor):
+    """Messages keep coming while 20 channels are first subscribed here, each
+    by a consumer that starts reading at once: each gets an unbroken run of
+    them (all of them, from the start), once each, though its channel's
+    notifications were not heard yet when it arrived."""
+    import threading
+
+    channels = [f"{channel}-{k}" for k in range(20)]
+    stop = threading.Event()
+    sent = {name: [] for name in channels}
+    received = {}
+
+    def publish():
+        i = 0
+        while not stop.is_set():
+            for name in channels:
+                hub.publish(name, str(i))
+                sent[name].append(str(i))
+            i += 1
+        for name in channels:
+            hub.publish(name, "end")
+            sent[name].append("end")
+
+    def consume(name):
+        got = received[name] = []
+        with hub.subscribe(name, cursor) as sub:
+            while not got or got[-1] != "end":
+                batch = sub.wait(10)
+                if not batch:
+                    return  # stalled: the assertion below says so
+                got += [m.data for m in batch]
+
+    hub.start()
+    assert hub.connected_event.wait(5)
+    publisher = threading.Thread(target=publish, daemon=True)
+    publisher.start()
+    consumers = []
+    for name in channels:
+        time.sleep(0.01)  # arrive at different points of the stream
+        consumers.append(threading.Thread(target=consume, args=(name,), daemon=True))
+        consumers[-1].start()
+    time.sleep(0.2)
+    stop.set()
+    publisher.join()
+    for consumer in consumers:
+        consumer.join(30)
+    for name in channels:
+        got = received[name]
+        assert got and got[-1] == "end", f"{name}: stalled after {got[-3:]}"
+        if cursor is START:
+            assert got == sent[name], name
+        else:
+            assert got == sent[name][-len(got):], f"{name}: a gap or a repeat"
+            assert len(got) < len(sent[name])  # it did start mid-stream
