@@ -23,17 +23,18 @@ from gevent import monkey
 
 monkey.patch_all()
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import resource  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import re
+import resource
+import signal
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
 
-import gevent  # noqa: E402
+import gevent
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -63,6 +64,8 @@ class Subscriber:
         self.sock.connect(("127.0.0.1", port))
         self.sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         head, rest = read_head(self.sock)
+        if not head.startswith("HTTP/1.1 200"):  # a worker whose hub is not listening
+            raise ConnectionError("/healthz: " + head.split("\r\n", 1)[0])
         length = int(re.search(r"(?i)content-length: *(\d+)", head)[1])
         while len(rest) < length:
             rest += self.sock.recv(65536)
@@ -163,6 +166,12 @@ def measure(args):
         print(f"{len(subscribers)} subscribers ({opened} connections opened) "
               f"in {time.time() - started:.1f} s", flush=True)
         before = counters(url, token, client, prefix, pids, time.time())
+        # Redis's own view, for old and new code alike: each publish reaches the
+        # connections subscribed to its channel's notification channel (this
+        # version) or to the one shared notification channel (before it).
+        (_, shared), = client.pubsub_numsub(f"{prefix}notify")
+        per_channel = client.pubsub_numsub(*[f"{prefix}n:n{k}" for k in range(args.channels)])
+        deliveries = args.messages * sum(n + shared for _, n in per_channel)
         log = StreamLog(client, prefix)
         for j in range(args.messages):
             for k in range(args.channels):
@@ -180,13 +189,14 @@ def measure(args):
            if all(v is not None for v in (*before.values(), *after.values())) else None)
     return {"label": args.label, "workers": args.workers, "channels": args.channels,
             "subscribers": len(subscribers), "published": published, "lost": lost,
+            "redis_deliveries": deliveries,
             "per_worker": got, "command": " ".join(["bench/notifications.py", *sys.argv[1:]])}
 
 
 def table(rows):
     lines = ["| label | workers | channels | subscribers | messages published "
              "| notifications per worker, min / median / max | total across workers "
-             "| total / published | lost |", "|" + "---|" * 9]
+             "| total / published | Redis deliveries / published | lost |", "|" + "---|" * 10]
     for r in rows:
         n = r["per_worker"]
         spread = (f"{min(n):,.0f} / {statistics.median(n):,.0f} / {max(n):,.0f}"
@@ -195,7 +205,7 @@ def table(rows):
         ratio = f"{sum(n) / r['published']:.2f}" if n else "n/a"
         lines.append(f"| {r['label']} | {r['workers']} | {r['channels']:,} "
                      f"| {r['subscribers']:,} | {r['published']:,} | {spread} | {total} "
-                     f"| {ratio} | {r['lost']} |")
+                     f"| {ratio} | {r['redis_deliveries'] / r['published']:.2f} | {r['lost']} |")
     return "\n".join(lines)
 
 
@@ -208,6 +218,7 @@ def main():
     parser.add_argument("--report", default=str(ROOT / "docs" / "bench-notifications.md"))
     parser.add_argument("--json", default=str(ROOT / "docs" / "bench-notifications.json"))
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the servers on the way out
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if hard < 2 * args.channels + 100:
@@ -243,6 +254,9 @@ through Redis. Commands (each run is a row, merged from {Path(args.json).name}):
 - *total / published*: 1.00 when each notification reaches only the worker that
   has the channel's subscribers; the number of workers when every worker hears
   every channel.
+- *Redis deliveries / published*: how many listener connections each publish
+  reached, from Redis (`PUBSUB NUMSUB` of the notification channels before
+  publishing): measurable on the old code too.
 - *lost*: `data:` events the subscribers should have had and did not (must be 0).
 """)
     print(f"wrote {args.report} and {args.json}")
