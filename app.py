@@ -9,7 +9,6 @@ import logging
 import os
 import socket
 
-import redis
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -17,19 +16,10 @@ from core import errors, offload, security
 from core.bodies import BodyReader
 from core.config import ConfigError, load_settings
 from core.hub import Hub
+from core.redis_connections import RedisConnections
 from core.sessions import RedisSessionInterface
 from core.transports import websocket
 from core.users import UserStore, users_cli
-
-
-def _redis_client(url):
-    # A bounded pool: 10,000 clients of a worker share at most 64 connections
-    # (waiting up to 5 s for a free one) instead of opening one each.
-    pool = redis.BlockingConnectionPool.from_url(
-        url, max_connections=64, timeout=5, decode_responses=True,
-        socket_connect_timeout=2, socket_timeout=5, health_check_interval=30,
-    )
-    return redis.Redis(connection_pool=pool)
 
 
 def _log_like_gunicorn():
@@ -50,10 +40,10 @@ def create_app(config=None):
     app.config.update(load_settings())
     if config:
         app.config.update(config)
-    if not app.config["REDIS_URL"]:
+    if not app.config["REDIS_URL"] and not app.config["REDIS_SENTINELS"]:
         raise ConfigError(
             "REDIS_URL is not set and no embedded Redis is running: "
-            "start the server with `make run`, or set REDIS_URL"
+            "start the server with `make run`, or set REDIS_URL (or REDIS_SENTINELS)"
         )
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_MESSAGE_BYTES"]
     app.wsgi_app = BodyReader(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"],
@@ -67,13 +57,17 @@ def create_app(config=None):
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     app.config["SESSION_COOKIE_SECURE"] = app.config["APP_ENV"] == "production"
 
-    client = _redis_client(app.config["REDIS_URL"])
-    app.extensions["redis"] = client
+    connections = app.extensions["redis_connections"] = RedisConnections.from_settings(app.config)
+    # A bounded pool: 10,000 clients of a worker share at most 64 connections
+    # (waiting up to 5 s for a free one) instead of opening one each.
+    client = app.extensions["redis"] = connections.client(max_connections=64, timeout=5)
     app.extensions["hub"] = Hub(
-        client, app.config["REDIS_URL"], prefix=app.config["REDIS_PREFIX"],
+        client, connections, prefix=app.config["REDIS_PREFIX"],
         queue_size=app.config["SUBSCRIBER_QUEUE_SIZE"],
         queue_bytes=app.config["SUBSCRIBER_QUEUE_BYTES"], maxlen=app.config["STREAM_MAXLEN"],
         ttl_seconds=app.config["STREAM_TTL_SECONDS"],
+        min_replicas=app.config["PUBLISH_MIN_REPLICAS"],
+        replica_timeout_ms=app.config["PUBLISH_REPLICA_TIMEOUT_MS"],
     )
     app.extensions["users"] = UserStore(client, app.config["REDIS_PREFIX"])
     app.session_interface = RedisSessionInterface(

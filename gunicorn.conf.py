@@ -66,8 +66,8 @@ _embedded_redis = None
 
 
 def on_starting(server):
-    """Without REDIS_URL (and outside production), start a private redis-server
-    for as long as this master runs; workers inherit its URL."""
+    """Without REDIS_URL or REDIS_SENTINELS (and outside production), start a
+    private redis-server for as long as this master runs; workers inherit its URL."""
     global _embedded_redis
     from core.config import ConfigError, load_settings
 
@@ -75,7 +75,7 @@ def on_starting(server):
         load_settings()
     except ConfigError as exc:
         raise SystemExit(f"configuration error: {exc}") from None
-    if os.environ.get("REDIS_URL"):
+    if os.environ.get("REDIS_URL") or os.environ.get("REDIS_SENTINELS"):
         return
     from core.config import instance_dir, redis_url_file
     from core.embedded_redis import EmbeddedRedis

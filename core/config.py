@@ -15,9 +15,29 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # name: (type, default, description)
 SETTINGS = {
     "APP_ENV": (str, "dev", "`dev` or `production`; production refuses to start without "
-                "SECRET_KEY and REDIS_URL"),
+                "SECRET_KEY and REDIS_URL (or REDIS_SENTINELS)"),
     "REDIS_URL": (str, None, "Redis to use; unset in dev: `make run` starts an embedded "
                   "redis-server and writes its URL to `instance/redis.url`"),
+    "REDIS_SENTINELS": (lambda raw: sentinel_addresses(raw), None,
+                        "instead of REDIS_URL: `host:port,host:port,...` of the Redis "
+                        "Sentinels that know the master; every part of the app follows a "
+                        "failover by itself"),
+    "REDIS_SENTINEL_SERVICE": (str, "mymaster", "with REDIS_SENTINELS: the name the "
+                               "Sentinels monitor the master under"),
+    "REDIS_USERNAME": (str, None, "with REDIS_SENTINELS: ACL user of the master and replicas "
+                       "(with REDIS_URL it goes in the URL)"),
+    "REDIS_PASSWORD": (str, None, "with REDIS_SENTINELS: password of the master and replicas "
+                       "(with REDIS_URL it goes in the URL)"),
+    "REDIS_SENTINEL_PASSWORD": (str, None, "with REDIS_SENTINELS: the Sentinels' own password, "
+                                "when they require one"),
+    "REDIS_TLS": (bool, False, "with REDIS_SENTINELS: TLS to the Sentinels and the servers, "
+                  "certificates and host names checked (as `rediss://` does)"),
+    "REDIS_TLS_CA_FILE": (str, None, "with REDIS_TLS: the CA bundle to check certificates "
+                          "against (unset: the system's)"),
+    "PUBLISH_MIN_REPLICAS": (int, 0, "replicas that must confirm a message (Redis WAIT) "
+                             "before `POST /pub` answers 201; fewer in time: 503. 0: no wait"),
+    "PUBLISH_REPLICA_TIMEOUT_MS": (int, 500, "with PUBLISH_MIN_REPLICAS: how long to wait "
+                                   "for the replicas' confirmation"),
     "REDIS_PREFIX": (str, "rt:", "prefix of every Redis key and pub/sub channel of this app"),
     "SECRET_KEY": (str, None, "signs cookies; dev: generated once into `instance/secret_key`"),
     "INSTANCE_DIR": (str, str(PROJECT_ROOT / "instance"), "where dev secrets, the embedded "
@@ -117,7 +137,7 @@ SETTINGS = {
 }
 
 # Settings for which 0 is meaningful (every other number must be positive).
-ZERO_ALLOWED = {"TRUSTED_PROXIES"}
+ZERO_ALLOWED = {"TRUSTED_PROXIES", "PUBLISH_MIN_REPLICAS"}
 
 
 class ConfigError(RuntimeError):
@@ -142,6 +162,19 @@ def _parse(name, kind, raw):
     elif kind in (int, float) and value <= 0:
         raise ConfigError(f"{name}={raw!r}: must be positive")
     return value
+
+
+def sentinel_addresses(raw):
+    """`"h1:26379,[::1]:26380"` -> [("h1", 26379), ("::1", 26380)]."""
+    addresses = []
+    for item in (part.strip() for part in raw.split(",")):
+        host, sep, port = item.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(f"REDIS_SENTINELS={raw!r}: expected host:port,host:port,... "
+                              f"({item!r} is not host:port)")
+        addresses.append((host, int(port)))
+    return addresses
 
 
 def _dev_secret(instance_dir, filename):
@@ -201,9 +234,21 @@ def load_settings(env=None):
         raise ConfigError(f"DEMO_ADMIN_PASSWORD: passwords have at least "
                           f"{MIN_PASSWORD_LENGTH} characters")
 
-    if not settings["REDIS_URL"]:
+    if settings["REDIS_SENTINELS"]:
+        if settings["REDIS_URL"]:
+            raise ConfigError("REDIS_URL and REDIS_SENTINELS are both set: use one "
+                              "(with Sentinel, the master's address comes from them)")
+    else:
+        server_only = [name for name in ("REDIS_USERNAME", "REDIS_PASSWORD",
+                                         "REDIS_SENTINEL_PASSWORD", "REDIS_TLS_CA_FILE")
+                       if settings[name]] + (["REDIS_TLS"] if settings["REDIS_TLS"] else [])
+        if server_only:
+            raise ConfigError(f"{', '.join(server_only)}: only with REDIS_SENTINELS "
+                              "(with REDIS_URL, credentials and rediss:// go in the URL)")
+    if not settings["REDIS_URL"] and not settings["REDIS_SENTINELS"]:
         if production:
-            raise ConfigError("REDIS_URL must be set when APP_ENV=production")
+            raise ConfigError("REDIS_URL (or REDIS_SENTINELS) must be set when "
+                              "APP_ENV=production")
         # The embedded redis-server started by `make run` leaves its URL here,
         # so `python -m workers.broadcast` and `flask` commands find it.
         try:

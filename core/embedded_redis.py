@@ -67,11 +67,12 @@ class EmbeddedRedis:
     no persistence at all.
     """
 
-    def __init__(self, data_dir, port=None, appendonly=False, extra_args=()):
+    def __init__(self, data_dir, port=None, appendonly=False, extra_args=(), config_file=None):
         self.data_dir = Path(data_dir)
         self.port = port
         self.appendonly = appendonly
         self.extra_args = list(extra_args)
+        self.config_file = config_file  # first argument when given (a Sentinel needs one)
         self.process = None
 
     @property
@@ -87,6 +88,7 @@ class EmbeddedRedis:
                 self.port = free_port()
             args = [
                 binary,
+                *([str(self.config_file)] if self.config_file else []),
                 "--bind", "127.0.0.1",
                 "--port", str(self.port),
                 "--dir", str(self.data_dir),
@@ -121,7 +123,8 @@ class EmbeddedRedis:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
+                    # (a server with a password answers, and is up)
+                    if s.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                         return True
             except OSError:
                 pass

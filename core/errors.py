@@ -11,6 +11,8 @@ import redis
 from flask import abort, jsonify
 from werkzeug.exceptions import HTTPException
 
+from core.stream_log import NotReplicated
+
 log = logging.getLogger(__name__)
 
 
@@ -43,6 +45,13 @@ def register_error_handlers(app):
     def redis_down(exc):
         log.warning("Redis unavailable: %s", exc)
         return json_response(503, "storage unavailable, retry shortly")
+
+    @app.errorhandler(NotReplicated)
+    def not_replicated(exc):
+        # Written to the master, not confirmed by PUBLISH_MIN_REPLICAS in time.
+        return json_response(503, f"not confirmed by enough replicas: {exc}; the message may "
+                             "still be delivered, and publishing it again sends it twice",
+                             ids=exc.ids)
 
     @app.errorhandler(Exception)
     def unexpected(exc):

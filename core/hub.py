@@ -33,10 +33,9 @@ import time
 from collections import deque
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from core.offload import spawn
+from core.redis_connections import RedisConnections
 from core.stream_log import Message, StreamLog
 from core.subscription import Subscription
 
@@ -101,10 +100,14 @@ class _Local:
 class Hub(StreamLog):
     """The log (publish, read), plus this worker's listener and subscribers."""
 
-    def __init__(self, redis_client, redis_url, prefix="rt:", queue_size=1000,
-                 queue_bytes=1024 * 1024, maxlen=1000, ttl_seconds=7 * 24 * 3600):
-        super().__init__(redis_client, prefix, maxlen, ttl_seconds)
-        self.redis_url = redis_url
+    def __init__(self, redis_client, connections, prefix="rt:", queue_size=1000,
+                 queue_bytes=1024 * 1024, maxlen=1000, ttl_seconds=7 * 24 * 3600,
+                 min_replicas=0, replica_timeout_ms=500):
+        super().__init__(redis_client, prefix, maxlen, ttl_seconds, min_replicas,
+                         replica_timeout_ms)
+        # where the listener connects (core/redis_connections.py); a URL will do
+        self.connections = (RedisConnections.from_url(connections)
+                            if isinstance(connections, str) else connections)
         self.queue_size = queue_size  # a subscriber's mailbox, in messages...
         self.queue_bytes = queue_bytes  # ...and in bytes of message data
         self._channels = {}
@@ -286,13 +289,9 @@ class Hub(StreamLog):
             sub.close(reason)
 
     def _run(self):
-        # No retries inside redis-py: a silent reconnect would skip our catch-up.
-        client = redis.Redis.from_url(
-            self.redis_url, decode_responses=True, retry=Retry(NoBackoff(), 0),
-            socket_connect_timeout=2, socket_keepalive=True,
-            # names the connection in CLIENT LIST: which worker's listener it is
-            client_name=f"{self.prefix}hub:{socket.gethostname()}:{os.getpid()}",
-        )
+        # named in CLIENT LIST: which worker's listener it is
+        client = self.connections.listener_client(
+            f"{self.prefix}hub:{socket.gethostname()}:{os.getpid()}")
         delay = 0.0
         while not self._stopped:
             if delay:

@@ -120,11 +120,22 @@ def _note_cause(redis_client, prefix, host, pid, cause):
 
 class MasterRedis:
     """Just enough of a Redis client for the master, which must not import
-    redis-py: redis:// and rediss:// URLs, read the way redis-py reads them."""
+    redis-py: redis:// and rediss:// URLs, read the way redis-py reads them,
+    or the master of REDIS_SENTINELS, asked for at each call."""
 
-    def __init__(self, url):
+    def __init__(self, url=None, sentinels=(), service=None, username=None, password=None,
+                 sentinel_password=None, tls_ca_file=None, tls=False):
         from urllib.parse import parse_qsl, unquote, urlsplit
 
+        self.sentinels, self.service = list(sentinels), service
+        self.sentinel_auth = ("AUTH", sentinel_password) if sentinel_password else None
+        if self.sentinels:
+            self.host, self.port, self.db = None, None, "0"
+            credentials = [c for c in (username, password) if c]
+            self.auth = ("AUTH", *credentials) if password else None
+            self.tls = _tls_context({"ssl_ca_certs": tls_ca_file} if tls_ca_file else {}) \
+                if tls else None
+            return
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss"):
             raise ValueError(f"the master reports over redis:// or rediss://, not "
@@ -136,11 +147,43 @@ class MasterRedis:
         self.db = query.get("db") or (parts.path or "/0").lstrip("/") or "0"
         self.tls = _tls_context(query) if parts.scheme == "rediss" else None
 
+    @classmethod
+    def from_settings(cls, settings):
+        if settings["REDIS_SENTINELS"]:
+            return cls(sentinels=settings["REDIS_SENTINELS"],
+                       service=settings["REDIS_SENTINEL_SERVICE"],
+                       username=settings["REDIS_USERNAME"], password=settings["REDIS_PASSWORD"],
+                       sentinel_password=settings["REDIS_SENTINEL_PASSWORD"],
+                       tls=settings["REDIS_TLS"], tls_ca_file=settings["REDIS_TLS_CA_FILE"])
+        if not settings["REDIS_URL"]:
+            raise ValueError("no REDIS_URL")
+        return cls(settings["REDIS_URL"])
+
     def __call__(self, *commands):
-        """Run commands in one connection; returns their replies."""
+        """Run commands in one connection (to the master); returns their replies."""
+        address = self._master() if self.sentinels else (self.host, self.port)
         setup = ([self.auth] if self.auth else []) + [("SELECT", self.db)]
-        with socket.create_connection((self.host, self.port), timeout=2) as raw:
-            conn = self.tls.wrap_socket(raw, server_hostname=self.host) if self.tls else raw
+        return self._run(address, setup, commands)
+
+    def _master(self):
+        """The master's address, from the first Sentinel that answers."""
+        errors = []
+        for address in self.sentinels:
+            setup = [self.sentinel_auth] if self.sentinel_auth else []
+            try:
+                (reply,) = self._run(address, setup, [
+                    ("SENTINEL", "get-master-addr-by-name", self.service)])
+            except OSError as exc:
+                errors.append(f"{address[0]}:{address[1]}: {exc}")
+                continue
+            if reply:
+                return reply[0], int(reply[1])
+            errors.append(f"{address[0]}:{address[1]}: no master {self.service!r}")
+        raise OSError(f"no master from the Sentinels ({'; '.join(errors)})")
+
+    def _run(self, address, setup, commands):
+        with socket.create_connection(address, timeout=2) as raw:
+            conn = self.tls.wrap_socket(raw, server_hostname=address[0]) if self.tls else raw
             payload = b"".join(_encode(c) for c in setup + list(commands))
             conn.sendall(payload)
             reader = conn.makefile("rb")
@@ -186,17 +229,24 @@ def _decode(reader):
     return int(rest) if kind == b":" else rest.decode()
 
 
+def _master_settings():
+    from core.config import load_settings  # light: no Redis, no Flask
+
+    return load_settings()
+
+
 def record_exit(pid):
     """child_exit: one entry in `<prefix>proc:restarts` with the worker's cause."""
-    prefix, host = os.environ.get("REDIS_PREFIX", "rt:"), socket.gethostname()
+    settings = _master_settings()
+    prefix, host = settings["REDIS_PREFIX"], socket.gethostname()
     try:
-        run = MasterRedis(os.environ["REDIS_URL"])
+        run = MasterRedis.from_settings(settings)
         (cause,) = run(("GET", f"{prefix}proc:cause:{host}:{pid}"))
         entry = json.dumps({"pid": pid, "host": host, "at": time.time(),
                             "cause": cause or "died (crash or killed)"})
         run(("LPUSH", f"{prefix}proc:restarts", entry), ("LTRIM", f"{prefix}proc:restarts", 0, 199),
             ("DEL", process_key(prefix, host, pid)))
-    except (OSError, ValueError, KeyError) as exc:  # e.g. Redis already gone at shutdown
+    except (OSError, ValueError) as exc:  # e.g. Redis already gone at shutdown
         log.warning("could not record the exit of worker %s: %r", pid, exc)
 
 
@@ -204,7 +254,8 @@ def report_master(server):
     """A thread in the master: its own report every REPORT_SECONDS."""
     import threading
 
-    prefix, host, pid, started = (os.environ.get("REDIS_PREFIX", "rt:"), socket.gethostname(),
+    settings = _master_settings()
+    prefix, host, pid, started = (settings["REDIS_PREFIX"], socket.gethostname(),
                                   os.getpid(), time.time())
     # The master forks workers while this thread may be inside OpenSSL (a
     # rediss:// URL): a child forked then inherits OpenSSL's locks held and
@@ -216,8 +267,8 @@ def report_master(server):
     def loop():
         try:
             with talking:
-                run = MasterRedis(os.environ["REDIS_URL"])
-        except (ValueError, KeyError, OSError) as exc:  # OSError: e.g. no such CA file
+                run = MasterRedis.from_settings(settings)
+        except (ValueError, OSError) as exc:  # OSError: e.g. no such CA file
             log.warning("master: not reporting to Redis (%s)", exc)
             return
         while True:

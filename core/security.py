@@ -238,7 +238,13 @@ def security_headers(response):
 
 
 def init_app(app):
-    app.config.setdefault("RATELIMIT_STORAGE_URI", app.config["REDIS_URL"])
+    if "RATELIMIT_STORAGE_URI" not in app.config:
+        # The limiter's own small pool, made where every other one is (one
+        # server or Sentinel's master alike); the URI only picks limits'
+        # Redis storage.
+        app.config["RATELIMIT_STORAGE_URI"] = "redis://"
+        app.config["RATELIMIT_STORAGE_OPTIONS"] = {
+            "connection_pool": app.extensions["redis_connections"].pool(max_connections=16)}
     app.config.setdefault("RATELIMIT_KEY_PREFIX", f"{app.config['REDIS_PREFIX']}ratelimit")
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
     limiter.init_app(app)

@@ -63,6 +63,16 @@ def format_id(key):
     return f"{key[0]}-{key[1]}"
 
 
+class NotReplicated(Exception):
+    """Published, but fewer replicas than asked confirmed it in time: a
+    failover now could lose it. It may still be delivered."""
+
+    def __init__(self, ids, confirmed, wanted, timeout_ms):
+        super().__init__(f"{confirmed} of {wanted} replicas confirmed the message within "
+                         f"{timeout_ms} ms")
+        self.ids = ids
+
+
 class Message:
     """One channel message: id, data, and whether the data is JSON text."""
 
@@ -115,7 +125,8 @@ class Reset:
 class StreamLog:
     """Publishing to and reading from the channels' streams."""
 
-    def __init__(self, redis_client, prefix="rt:", maxlen=1000, ttl_seconds=7 * 24 * 3600):
+    def __init__(self, redis_client, prefix="rt:", maxlen=1000, ttl_seconds=7 * 24 * 3600,
+                 min_replicas=0, replica_timeout_ms=500):
         if not _PREFIX_SAFE.match(prefix):
             raise ValueError(f"REDIS_PREFIX {prefix!r}: use A-Z a-z 0-9 : _ . -")
         self.redis = redis_client  # pooled client for commands (shared with the app)
@@ -123,6 +134,9 @@ class StreamLog:
         self.notify_prefix = f"{prefix}n:"  # + channel: its notification channel
         self.maxlen = maxlen
         self.ttl_ms = int(ttl_seconds * 1000)
+        # publish() waits for this many replicas to have each message (WAIT)
+        self.min_replicas = min_replicas
+        self.replica_timeout_ms = replica_timeout_ms
         self._publish = self.script("return hub_publish(KEYS[1], ARGV[1], ARGV[2], ARGV[3])")
         self._reads = _SharedReads()
 
@@ -144,15 +158,26 @@ class StreamLog:
     # -- publishing ---------------------------------------------------------
 
     def publish(self, channel, data, is_json=False):
-        """Append `data` (str; JSON text when is_json) to `channel`; returns its id."""
-        return self._publish(**self._publish_call(channel, data, is_json))
+        """Append `data` (str; JSON text when is_json) to `channel`; returns its
+        id. Raises NotReplicated when min_replicas did not confirm it."""
+        if not self.min_replicas:
+            return self._publish(**self._publish_call(channel, data, is_json))
+        return self.publish_many(channel, [data], is_json)[0]
 
     def publish_many(self, channel, texts, is_json=False):
         """Publish several messages in one round trip; returns their ids."""
+        # One pipeline is one connection: WAIT counts the replicas that have
+        # every write made on its own connection, so it must share it.
         pipe = self.redis.pipeline(transaction=False)
         for text in texts:
             self._publish(**self._publish_call(channel, text, is_json), client=pipe)
-        return pipe.execute()
+        if not self.min_replicas:
+            return pipe.execute()
+        pipe.wait(self.min_replicas, self.replica_timeout_ms)
+        *ids, confirmed = pipe.execute()
+        if confirmed < self.min_replicas:
+            raise NotReplicated(ids, confirmed, self.min_replicas, self.replica_timeout_ms)
+        return ids
 
     def _publish_call(self, channel, data, is_json):
         if not channel or " " in channel:

@@ -31,6 +31,34 @@ def test_malformed_settings_name_the_culprit(tmp_path, name, value):
         load_settings({"INSTANCE_DIR": str(tmp_path), name: value})
 
 
+@pytest.mark.parametrize("value", ["h1", "h1:26379,", "h1:port", "h1:0", ":26379", "h1:70000"])
+def test_malformed_sentinel_list_is_one_configuration_error(tmp_path, value):
+    with pytest.raises(ConfigError, match=r"REDIS_SENTINELS=.*expected host:port"):
+        load_settings({"INSTANCE_DIR": str(tmp_path), "REDIS_SENTINELS": value})
+
+
+def test_sentinel_settings_are_parsed_and_stand_in_for_redis_url(tmp_path):
+    env = {"APP_ENV": "production", "SECRET_KEY": "s", "INSTANCE_DIR": str(tmp_path),
+           "REDIS_SENTINELS": "s1.internal:26379, [::1]:26380", "REDIS_PASSWORD": "pw"}
+    settings = load_settings(env)
+    assert settings["REDIS_SENTINELS"] == [("s1.internal", 26379), ("::1", 26380)]
+    assert settings["REDIS_SENTINEL_SERVICE"] == "mymaster"
+    assert settings["REDIS_URL"] is None
+    # dev: a leftover instance/redis.url of `make run` is not mixed in
+    (tmp_path / "redis.url").write_text("redis://127.0.0.1:1/0\n")
+    assert load_settings({**env, "APP_ENV": "dev"})["REDIS_URL"] is None
+
+
+@pytest.mark.parametrize("extra, culprit", [
+    ({"REDIS_SENTINELS": "h:26379"}, "REDIS_URL and REDIS_SENTINELS are both set"),
+    ({"REDIS_PASSWORD": "pw"}, "REDIS_PASSWORD: only with REDIS_SENTINELS"),
+    ({"REDIS_TLS": "1"}, "REDIS_TLS: only with REDIS_SENTINELS"),
+])
+def test_redis_url_mixed_with_sentinel_settings_is_refused(tmp_path, extra, culprit):
+    with pytest.raises(ConfigError, match=culprit):
+        load_settings({"INSTANCE_DIR": str(tmp_path), "REDIS_URL": "redis://x", **extra})
+
+
 def test_production_defaults_hide_the_worker_and_never_seed_demo_users(tmp_path):
     env = {"APP_ENV": "production", "SECRET_KEY": "s", "DEMO_USERS": "1",
            "REDIS_URL": "redis://x", "INSTANCE_DIR": str(tmp_path)}

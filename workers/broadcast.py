@@ -3,7 +3,7 @@
     .venv/bin/python -m workers.broadcast [--channel broadcast]
 
 Open /longpoll/ in a few browsers, type lines here, watch them appear.
-Uses REDIS_URL, or in dev the embedded Redis that `make run` started.
+Uses REDIS_URL (or REDIS_SENTINELS), or in dev the embedded Redis that `make run` started.
 """
 
 import argparse
@@ -13,7 +13,8 @@ import redis
 
 from core.config import ConfigError, load_settings
 from core.hub import Hub
-from core.stream_log import CHANNEL_RULE, PUBLIC_CHANNEL
+from core.redis_connections import RedisConnections
+from core.stream_log import CHANNEL_RULE, PUBLIC_CHANNEL, NotReplicated
 
 
 def main(argv=None):
@@ -26,11 +27,15 @@ def main(argv=None):
         settings = load_settings()
     except ConfigError as exc:
         parser.exit(2, f"configuration error: {exc}\n")
-    if not settings["REDIS_URL"]:
-        parser.exit(2, "no Redis: start the server with `make run` first, or set REDIS_URL\n")
-    client = redis.Redis.from_url(settings["REDIS_URL"], decode_responses=True)
-    hub = Hub(client, settings["REDIS_URL"], prefix=settings["REDIS_PREFIX"],
-              maxlen=settings["STREAM_MAXLEN"], ttl_seconds=settings["STREAM_TTL_SECONDS"])
+    if not settings["REDIS_URL"] and not settings["REDIS_SENTINELS"]:
+        parser.exit(2, "no Redis: start the server with `make run` first, or set REDIS_URL "
+                    "(or REDIS_SENTINELS)\n")
+    connections = RedisConnections.from_settings(settings)
+    hub = Hub(connections.client(max_connections=2), connections,
+              prefix=settings["REDIS_PREFIX"], maxlen=settings["STREAM_MAXLEN"],
+              ttl_seconds=settings["STREAM_TTL_SECONDS"],
+              min_replicas=settings["PUBLISH_MIN_REPLICAS"],
+              replica_timeout_ms=settings["PUBLISH_REPLICA_TIMEOUT_MS"])
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"Publishing each line to channel {args.channel!r} (Ctrl-D to stop).",
@@ -40,7 +45,11 @@ def main(argv=None):
             text = line.rstrip("\r\n")
             if not text:
                 continue
-            msg_id = hub.publish(args.channel, text)
+            try:
+                msg_id = hub.publish(args.channel, text)
+            except NotReplicated as exc:  # sent; a failover now could lose it
+                print(f"  sent {exc.ids[0]}, but {exc}", file=sys.stderr)
+                continue
             if interactive:
                 print(f"  sent {msg_id}", file=sys.stderr)
     except redis.RedisError as exc:

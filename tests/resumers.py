@@ -1,0 +1,245 @@
+"""Subscribers that resume the way real clients do (SSE `Last-Event-ID`,
+WebSocket `?last_event_id=`, long-poll `cursor`), and the checks on what
+they received: the chaos and failover tests share them."""
+
+import json
+import random
+import socket
+import threading
+import time
+
+import requests
+import websocket
+
+# -- resuming clients ------------------------------------------------------------
+
+
+class Resumer(threading.Thread):
+    """A subscriber that reconnects after any disconnect, from its last id,
+    until it has `want` messages (or is stopped). `events` records, in
+    arrival order, ("msg", id, data) and ("reset", cursor)."""
+
+    transport = None
+
+    def __init__(self, server, channel, cursor="0", want=None, until=None):
+        super().__init__(daemon=True)
+        self.until = until  # or: done once a message with this text arrives
+        self.server = server
+        self.channel = channel
+        self.cursor = cursor
+        self.want = want
+        self.events = []
+        self.closes = []  # why the server ended a stream: SSE close data, WS close codes
+        self.errors = []
+        self.connects = 0
+        self.stopping = threading.Event()
+        self.done = threading.Event()
+        self._sock = None
+
+    # what the tests look at
+    def messages(self):
+        return [e[2] for e in self.events if e[0] == "msg"]
+
+    def ids(self):
+        return [e[1] for e in self.events if e[0] == "msg"]
+
+    def resets(self):
+        return [i for i, e in enumerate(self.events) if e[0] == "reset"]
+
+    def finished(self):
+        if self.until is not None:
+            return bool(self.events) and self.events[-1][0] == "msg" and \
+                self.events[-1][2] == self.until
+        return self.want is not None and len(self.messages()) >= self.want
+
+    def _message(self, msg_id, data):
+        self.events.append(("msg", msg_id, data))
+        self.cursor = msg_id
+
+    def _reset(self, cursor):
+        self.events.append(("reset", cursor))
+        self.cursor = cursor
+
+    def run(self):
+        while not self.stopping.is_set() and not self.finished():
+            try:
+                self._session()
+            except Exception as exc:  # any disconnect: resume from the last id
+                self.errors.append(repr(exc)[:200])
+            self._sock = None
+            if self.finished() or self.stopping.is_set():
+                break
+            time.sleep(random.uniform(0.1, 0.3))
+        self.done.set()
+
+    def drop(self):
+        """Cut the current connection (the client will resume)."""
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def stop(self):
+        self.stopping.set()
+        self.drop()
+
+
+class SSEResumer(Resumer):
+    transport = "sse"
+
+    def _session(self):
+        headers = {"Accept": "text/event-stream"}
+        if self.cursor:
+            headers["Last-Event-ID"] = self.cursor
+        with requests.get(f"{self.server.url}/sub/{self.channel}", headers=headers,
+                          stream=True, timeout=(5, 40)) as response:
+            if response.status_code != 200:
+                self.errors.append(f"HTTP {response.status_code}")
+                return
+            self._sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+            self.connects += 1
+            buffer = b""
+            for chunk in response.iter_content(chunk_size=None):
+                buffer += chunk
+                *blocks, buffer = buffer.split(b"\n\n")
+                for block in blocks:
+                    self._block(block.decode("utf-8"))
+                    if self.finished() or self.stopping.is_set():
+                        return
+
+    def _block(self, block):
+        fields = {}
+        for line in block.split("\n"):
+            if not line or line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            fields[name] = fields[name] + "\n" + value if name == "data" and name in fields \
+                else value
+        if "data" not in fields:
+            return
+        kind = fields.get("event", "message")
+        if kind == "message":
+            self._message(fields["id"], fields["data"])
+        elif kind == "reset":
+            self._reset(fields["id"])
+        elif kind == "close":
+            self.closes.append(fields["data"])
+
+
+class WSResumer(Resumer):
+    transport = "ws"
+
+    def _session(self):
+        query = f"?last_event_id={self.cursor}" if self.cursor else ""
+        ws = websocket.create_connection(
+            f"{self.server.ws_url}/sub/{self.channel}/ws{query}", timeout=40,
+            suppress_origin=True)
+        self._sock = ws.sock
+        self.connects += 1
+        try:
+            while True:
+                opcode, payload = ws.recv_data(control_frame=False)
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+                    self.closes.append(code)
+                    return
+                frame = json.loads(payload)
+                if "subscribed" in frame:
+                    continue
+                if frame.get("reset"):
+                    self._reset(frame["cursor"])
+                else:
+                    self._message(frame["id"], frame["data"])
+                if self.finished() or self.stopping.is_set():
+                    return
+        finally:
+            try:
+                ws.close(timeout=1)
+            except Exception:
+                pass
+
+
+class PollResumer(Resumer):
+    transport = "longpoll"
+
+    def _session(self):
+        with requests.Session() as session:
+            while not self.finished() and not self.stopping.is_set():
+                response = session.get(
+                    f"{self.server.url}/sub/{self.channel}", params={"cursor": self.cursor},
+                    headers={"Accept": "application/json"}, timeout=40)
+                if response.status_code != 200:
+                    self.errors.append(f"HTTP {response.status_code}")
+                    return
+                self.connects += 1
+                body = response.json()
+                if body.get("reset"):
+                    self._reset(body["cursor"])
+                for event in body["events"]:
+                    self._message(event["id"], event["data"])
+                self.cursor = body["cursor"]
+
+
+TRANSPORTS = (SSEResumer, WSResumer, PollResumer)
+
+
+def start_clients(server, channel, per_transport, want=None, cursor="0", transports=TRANSPORTS,
+                  until=None):
+    clients = [cls(server, channel, cursor=cursor, want=want, until=until)
+               for cls in transports for _ in range(per_transport)]
+    for client in clients:
+        client.start()
+    return clients
+
+
+def wait_connected(clients, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(c.connects or c.transport == "longpoll" for c in clients):
+            return
+        time.sleep(0.1)
+    raise AssertionError("clients did not connect")
+
+
+def wait_all(clients, predicate, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(predicate(c) for c in clients):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def finish(clients, timeout):
+    """Wait until every client has what it wants; stop them all either way.
+    Returns the clients that did not finish (left hanging)."""
+    deadline = time.monotonic() + timeout
+    for client in clients:
+        client.done.wait(max(0.0, deadline - time.monotonic()))
+    hanging = [c for c in clients if not c.done.is_set()]
+    for client in clients:
+        client.stop()
+    return hanging
+
+
+def describe(client, expected):
+    got = client.messages()
+    first_bad = next((i for i, (a, b) in enumerate(zip(got, expected, strict=False))
+                      if a != b), min(len(got), len(expected)))
+    return (f"{client.transport}: {len(got)}/{len(expected)} messages, first difference "
+            f"at {first_bad}: {got[first_bad:first_bad + 3]} vs "
+            f"{expected[first_bad:first_bad + 3]}; connects={client.connects} "
+            f"resets={client.resets()} closes={client.closes[-3:]} "
+            f"errors={client.errors[-3:]}")
+
+
+def assert_exactly_once_in_order(clients, expected, resets_allowed=False):
+    for client in clients:
+        assert client.messages() == expected, describe(client, expected)
+        ids = [tuple(map(int, i.split("-"))) for i in client.ids()]
+        assert ids == sorted(set(ids)), describe(client, expected)
+        if not resets_allowed:
+            assert not client.resets(), describe(client, expected)
