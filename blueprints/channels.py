@@ -66,7 +66,7 @@ def publish(channel):
             abort_json(400, "Content-Type is application/json but the body is not valid JSON")
         if not is_unicode(text):
             abort_json(400, "the JSON has a string that is not valid Unicode (a lone surrogate)")
-    msg_id = get_hub().publish(channel, text, is_json=is_json)
+    msg_id = get_hub().publish_replicated(channel, text, is_json=is_json)
     return {"id": msg_id, "channel": channel}, 201
 
 

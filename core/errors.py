@@ -51,7 +51,7 @@ def register_error_handlers(app):
         # Written to the master, not confirmed by PUBLISH_MIN_REPLICAS in time.
         return json_response(503, f"not confirmed by enough replicas: {exc}; the message may "
                              "still be delivered, and publishing it again sends it twice",
-                             ids=exc.ids)
+                             id=exc.id)
 
     @app.errorhandler(Exception)
     def unexpected(exc):

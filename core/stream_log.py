@@ -67,10 +67,10 @@ class NotReplicated(Exception):
     """Published, but fewer replicas than asked confirmed it in time: a
     failover now could lose it. It may still be delivered."""
 
-    def __init__(self, ids, confirmed, wanted, timeout_ms):
+    def __init__(self, id, confirmed, wanted, timeout_ms):
         super().__init__(f"{confirmed} of {wanted} replicas confirmed the message within "
                          f"{timeout_ms} ms")
-        self.ids = ids
+        self.id = id
 
 
 class Message:
@@ -134,7 +134,7 @@ class StreamLog:
         self.notify_prefix = f"{prefix}n:"  # + channel: its notification channel
         self.maxlen = maxlen
         self.ttl_ms = int(ttl_seconds * 1000)
-        # publish() waits for this many replicas to have each message (WAIT)
+        # publish_replicated() waits for this many replicas to have a message
         self.min_replicas = min_replicas
         self.replica_timeout_ms = replica_timeout_ms
         self._publish = self.script("return hub_publish(KEYS[1], ARGV[1], ARGV[2], ARGV[3])")
@@ -158,26 +158,32 @@ class StreamLog:
     # -- publishing ---------------------------------------------------------
 
     def publish(self, channel, data, is_json=False):
-        """Append `data` (str; JSON text when is_json) to `channel`; returns its
-        id. Raises NotReplicated when min_replicas did not confirm it."""
-        if not self.min_replicas:
-            return self._publish(**self._publish_call(channel, data, is_json))
-        return self.publish_many(channel, [data], is_json)[0]
+        """Append `data` (str; JSON text when is_json) to `channel`; returns its id."""
+        return self._publish(**self._publish_call(channel, data, is_json))
 
-    def publish_many(self, channel, texts, is_json=False):
-        """Publish several messages in one round trip; returns their ids."""
+    def publish_replicated(self, channel, data, is_json=False):
+        """publish(), then wait until `min_replicas` replicas have the message
+        (Redis WAIT): for publishers who were promised that an acknowledged
+        message survives a failover (`POST /pub`, the stdin broadcaster).
+        Raises NotReplicated when fewer confirm within the timeout."""
+        if not self.min_replicas:
+            return self.publish(channel, data, is_json)
         # One pipeline is one connection: WAIT counts the replicas that have
         # every write made on its own connection, so it must share it.
         pipe = self.redis.pipeline(transaction=False)
+        self._publish(**self._publish_call(channel, data, is_json), client=pipe)
+        pipe.wait(self.min_replicas, self.replica_timeout_ms)
+        msg_id, confirmed = pipe.execute()
+        if confirmed < self.min_replicas:
+            raise NotReplicated(msg_id, confirmed, self.min_replicas, self.replica_timeout_ms)
+        return msg_id
+
+    def publish_many(self, channel, texts, is_json=False):
+        """Publish several messages in one round trip; returns their ids."""
+        pipe = self.redis.pipeline(transaction=False)
         for text in texts:
             self._publish(**self._publish_call(channel, text, is_json), client=pipe)
-        if not self.min_replicas:
-            return pipe.execute()
-        pipe.wait(self.min_replicas, self.replica_timeout_ms)
-        *ids, confirmed = pipe.execute()
-        if confirmed < self.min_replicas:
-            raise NotReplicated(ids, confirmed, self.min_replicas, self.replica_timeout_ms)
-        return ids
+        return pipe.execute()
 
     def _publish_call(self, channel, data, is_json):
         if not channel or " " in channel:

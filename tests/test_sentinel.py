@@ -15,6 +15,8 @@ message is lost at all.
 import json
 import multiprocessing
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -23,6 +25,7 @@ import requests
 from core.monitor import process_key
 from core.stream_log import parse_id
 from tests.clients import wait_until, worker_pids
+from tests.conftest import ROOT
 from tests.redis_topologies import SentinelSetup
 from tests.resumers import describe, finish, start_clients, wait_connected
 
@@ -186,9 +189,19 @@ def test_too_few_replicas_confirming_is_a_503_with_the_reason(start_server, sent
         assert "may still be delivered" in body["error"]
         # written all the same (the master has it): what "may still be delivered" means
         stream = sentinels.client().xrange(f"rt:stream:{channel}")
-        assert [(i, f["d"]) for i, f in stream] == [(body["ids"][0], "hello")]
+        assert [(i, f["d"]) for i, f in stream] == [(body["id"], "hello")]
     finally:
         server.stop()
+
+    # the stdin broadcaster says so, and goes on with the next line
+    broadcaster = subprocess.run(
+        [sys.executable, "-m", "workers.broadcast", "--channel", channel],
+        input="one\ntwo\n", capture_output=True, text=True, timeout=30, cwd=ROOT,
+        env={**server.env, "PUBLISH_REPLICA_TIMEOUT_MS": "100"})
+    assert broadcaster.returncode == 0, broadcaster.stderr
+    assert broadcaster.stderr.count("but 2 of 3 replicas confirmed") == 2, broadcaster.stderr
+    stream = sentinels.client().xrange(f"rt:stream:{channel}")
+    assert [f["d"] for _, f in stream] == ["hello", "one", "two"]
 
 
 def test_a_sentinel_down_changes_nothing_and_healthz_fails_only_without_a_master(

@@ -46,9 +46,9 @@ def main(argv=None):
             if not text:
                 continue
             try:
-                msg_id = hub.publish(args.channel, text)
+                msg_id = hub.publish_replicated(args.channel, text)
             except NotReplicated as exc:  # sent; a failover now could lose it
-                print(f"  sent {exc.ids[0]}, but {exc}", file=sys.stderr)
+                print(f"  sent {exc.id}, but {exc}", file=sys.stderr)
                 continue
             if interactive:
                 print(f"  sent {msg_id}", file=sys.stderr)
