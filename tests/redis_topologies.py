@@ -12,7 +12,7 @@ import time
 
 import redis
 
-from core.embedded_redis import EmbeddedRedis
+from core.embedded_redis import EmbeddedRedis, free_port
 
 SERVICE = "mymaster"
 
@@ -22,9 +22,15 @@ class SentinelSetup:
     all with `password`; a failover starts 1 s after the master stops
     answering."""
 
-    def __init__(self, base_dir, replicas=2, sentinels=3, password="redis-test-password"):
+    def __init__(self, base_dir, replicas=2, sentinels=3, password="redis-test-password",
+                 tls=None):
         self.base_dir = base_dir
         self.password = password
+        # tls: {"cert", "key", "ca"} files. Every process then also listens
+        # with TLS, and Sentinels, servers and replication use only that
+        # port; the plain one is kept for the tests' own looking around.
+        self.tls = tls
+        self.tls_ports = {}  # plain port -> TLS port
         self.servers = []  # master first, then replicas (as started)
         self.sentinels = []
         self.replica_count = replicas
@@ -38,20 +44,24 @@ class SentinelSetup:
                   "--repl-diskless-sync-delay", "0"]
         master = self._server("master", common)
         for i in range(self.replica_count):
-            self._server(f"replica{i}", [*common, "--replicaof", "127.0.0.1", str(master.port)])
+            self._server(f"replica{i}", [*common, "--replicaof", "127.0.0.1",
+                                         str(self._public_port(master))])
         self._wait(self._replicas_online, "replicas did not finish their first sync")
         for i in range(self.sentinel_count):
             folder = self.base_dir / f"sentinel{i}"
             folder.mkdir(parents=True)
             config = folder / "sentinel.conf"
+            tls_port = free_port() if self.tls else None
             config.write_text(
-                f"sentinel monitor {SERVICE} 127.0.0.1 {master.port} 2\n"
+                "".join(f"{name} {value}\n" for name, value in self._tls_conf(tls_port)) +
+                f"sentinel monitor {SERVICE} 127.0.0.1 {self._public_port(master)} 2\n"
                 f"sentinel auth-pass {SERVICE} {self.password}\n"
                 f"sentinel down-after-milliseconds {SERVICE} 1000\n"
                 f"sentinel failover-timeout {SERVICE} 10000\n"
                 f"sentinel parallel-syncs {SERVICE} {self.replica_count}\n")
-            self.sentinels.append(EmbeddedRedis(folder, config_file=config,
-                                                extra_args=["--sentinel"]).start())
+            sentinel = EmbeddedRedis(folder, config_file=config, extra_args=["--sentinel"])
+            self.sentinels.append(sentinel.start())
+            self.tls_ports[sentinel.port] = tls_port
         self._wait(self._sentinels_agree, "the Sentinels did not find each other and the replicas")
         return self
 
@@ -68,19 +78,25 @@ class SentinelSetup:
     # -- what the app is given --------------------------------------------------------
 
     def env(self):
+        tls = {"REDIS_TLS": "1", "REDIS_TLS_CA_FILE": str(self.tls["ca"])} if self.tls else {}
         return {"REDIS_URL": "", "REDIS_SENTINELS": self.sentinel_list(),
-                "REDIS_SENTINEL_SERVICE": SERVICE, "REDIS_PASSWORD": self.password}
+                "REDIS_SENTINEL_SERVICE": SERVICE, "REDIS_PASSWORD": self.password, **tls}
 
     def sentinel_list(self):
-        return ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return ",".join(f"127.0.0.1:{self._public_port(s)}" for s in self.sentinels)
 
     # -- looking and breaking ----------------------------------------------------------
 
     def master_port(self):
-        """The master's port, as the Sentinels see it."""
+        """The master's (plain) port, as the Sentinels see it."""
         running = next(s for s in self.sentinels if s.process is not None)
         client = redis.Redis(port=running.port, decode_responses=True)
-        return int(client.sentinel_get_master_addr_by_name(SERVICE)[1])
+        announced = int(client.sentinel_get_master_addr_by_name(SERVICE)[1])
+        return next(s.port for s in self.servers if self._public_port(s) == announced)
+
+    def announced_master_port(self):
+        """The master's port the Sentinels give out (the TLS one with TLS)."""
+        return self._public_port(next(s for s in self.servers if s.port == self.master_port()))
 
     def client(self, port=None):
         return redis.Redis(port=port or self.master_port(), password=self.password,
@@ -102,9 +118,28 @@ class SentinelSetup:
     # -- helpers -------------------------------------------------------------------
 
     def _server(self, name, args):
-        server = EmbeddedRedis(self.base_dir / name, extra_args=args).start()
+        tls_args = self._tls_args() if self.tls else []
+        server = EmbeddedRedis(self.base_dir / name, extra_args=[*args, *tls_args]).start()
         self.servers.append(server)
+        self.tls_ports[server.port] = int(tls_args[1]) if tls_args else None
         return server
+
+    def _public_port(self, process):
+        return self.tls_ports.get(process.port) or process.port
+
+    def _tls_args(self):
+        args = []
+        for name, value in self._tls_conf(free_port()):
+            args += [f"--{name}", value]
+        return args
+
+    def _tls_conf(self, tls_port):
+        if not self.tls:
+            return []
+        return [("tls-port", str(tls_port)), ("tls-cert-file", str(self.tls["cert"])),
+                ("tls-key-file", str(self.tls["key"])),
+                ("tls-ca-cert-file", str(self.tls["ca"])), ("tls-auth-clients", "no"),
+                ("tls-replication", "yes")]
 
     def _replicas_online(self):
         info = self.client(self.servers[0].port).info("replication")
