@@ -1,8 +1,13 @@
 """Settings: dev fills in secrets, production insists on them."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from core.config import ConfigError, load_settings
+from core.config import SETTINGS, ConfigError, load_settings
+from tests.conftest import ROOT
 
 
 def test_dev_generates_secrets_once_and_keeps_them(tmp_path):
@@ -68,9 +73,21 @@ def test_production_defaults_hide_the_worker_and_never_seed_demo_users(tmp_path)
 
 
 def test_readme_documents_every_setting():
-    from core.config import SETTINGS
-    from tests.conftest import ROOT
-
     readme = (ROOT / "README.md").read_text()
     missing = [name for name in SETTINGS if f"| `{name}` |" not in readme]
     assert missing == []
+
+
+@pytest.mark.parametrize("env", [{"REDIS_SENTINELS": "sentinel-without-port"},
+                                 {"REDIS_SENTINELS": "h:26379", "REDIS_URL": "redis://x"}])
+def test_gunicorn_stops_at_a_bad_redis_setting_with_one_line(tmp_path, env):
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "INSTANCE_DIR": str(tmp_path), "REDIS_URL": "", "BIND": "127.0.0.1:0",
+             **env})
+    assert result.returncode != 0
+    errors = [line for line in (result.stdout + result.stderr).splitlines()
+              if "REDIS_SENTINELS" in line]
+    assert len(errors) == 1 and errors[0].startswith("configuration error: "), result.stderr
+    assert "Traceback" not in result.stderr
