@@ -38,11 +38,14 @@ keepalive = int(os.environ.get("KEEPALIVE", "15"))
 # -- development: restart workers when the code changes (RELOAD=1) -----------------
 reload = os.environ.get("RELOAD", "0") in ("1", "true", "yes")
 
-# -- gunicornc's control socket: one per instance, not one per user -------------------
-# (gunicorn's default, ~/.gunicorn/gunicorn.ctl, is shared by every server of the user)
+# -- gunicornc's control socket: one per server, not one per user -------------------
+# (gunicorn's default, ~/.gunicorn/gunicorn.ctl, is shared by every server of the
+# user; gunicorn removes whatever is at the path when it starts and stops, so
+# servers sharing an instance directory get one each, named by their address)
 from core.config import instance_dir  # light: no Redis, no Flask
 
-control_socket = os.path.join(os.path.abspath(instance_dir()), "gunicorn.ctl")
+control_socket = os.path.join(os.path.abspath(instance_dir()),
+                              "gunicorn-" + bind.replace("/", "_").replace(":", "-") + ".ctl")
 
 # -- logging ---------------------------------------------------------------------
 loglevel = os.environ.get("LOG_LEVEL", "info")
@@ -62,32 +65,63 @@ def _raise_open_files_limit(wanted):
 _raise_open_files_limit(max(65536, worker_connections + 1024))
 
 # -- server hooks ------------------------------------------------------------------
-_embedded_redis = None
 
 
 def on_starting(server):
-    """Without REDIS_URL or REDIS_SENTINELS (and outside production), start a
-    private redis-server for as long as this master runs; workers inherit its URL."""
-    global _embedded_redis
+    """Check the settings and the address, then, without REDIS_URL or
+    REDIS_SENTINELS (and outside production), start a private redis-server
+    for as long as this master runs; workers inherit its URL."""
     from core.config import ConfigError, load_settings
 
     try:  # a bad setting stops here, once, not in every worker with a traceback
         load_settings()
     except ConfigError as exc:
         raise SystemExit(f"configuration error: {exc}") from None
+    _refuse_taken_addresses(server)
     if os.environ.get("REDIS_URL") or os.environ.get("REDIS_SENTINELS"):
         return
-    from core.config import instance_dir, redis_url_file
-    from core.embedded_redis import EmbeddedRedis
+    from core import embedded_redis
+    from core.config import instance_dir
 
     if os.environ.get("APP_ENV") == "production":
         raise SystemExit("REDIS_URL must be set when APP_ENV=production")
     instance = instance_dir()
-    _embedded_redis = EmbeddedRedis(os.path.join(instance, "redis"), appendonly=True).start()
-    os.environ["REDIS_URL"] = _embedded_redis.url
-    redis_url_file(instance).write_text(_embedded_redis.url + "\n")
+    try:
+        redis_server = embedded_redis.start_for_instance(instance)
+    except embedded_redis.EmbeddedRedisError as exc:
+        raise SystemExit(f"cannot start the embedded Redis: {exc}") from None
+    os.environ["REDIS_URL"] = redis_server.url
     server.log.info("Started embedded redis-server at %s (data in %s/redis)",
-                    _embedded_redis.url, instance)
+                    redis_server.url, instance)
+
+
+def _refuse_taken_addresses(server):
+    """Stop at once, with one line, when an address to listen on is taken.
+
+    Each worker binds its own SO_REUSEPORT socket (reuse_port above), which
+    the kernel lets a second server of the same user share without an error,
+    splitting the connections between two unrelated servers; and a port held
+    by another program showed only as every worker failing to bind, in a loop.
+    So the master tries each address first, without SO_REUSEPORT.
+    """
+    import socket
+
+    if server.master_pid or os.environ.get("LISTEN_FDS"):
+        return  # sockets handed over (USR2 re-exec, systemd): they are ours
+    for address in server.cfg.address:
+        if isinstance(address, str):
+            continue  # a unix socket path
+        host, port = address
+        for family, kind, proto, _, sockaddr in socket.getaddrinfo(
+                host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind(sockaddr)
+                except OSError as exc:
+                    raise SystemExit(
+                        f"cannot listen on {host}:{port}: {exc.strerror} (another server "
+                        f"there? stop it, or choose another PORT)") from None
 
 
 def child_exit(server, worker):
@@ -157,10 +191,6 @@ def _tune_garbage_collector():
 
 
 def on_exit(server):
-    global _embedded_redis
-    if _embedded_redis is not None:
-        from core.config import instance_dir, redis_url_file
+    from core import embedded_redis
 
-        _embedded_redis.stop()
-        _embedded_redis = None
-        redis_url_file(instance_dir()).unlink(missing_ok=True)
+    embedded_redis.stop_for_instance()

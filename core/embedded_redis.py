@@ -10,6 +10,7 @@ not import redis-py, gevent or ssl.
 """
 
 import ctypes
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -153,3 +154,67 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+# -- the dev server's own Redis ------------------------------------------------------
+
+_running = None  # (EmbeddedRedis, lock file, URL file) that this process started
+
+
+class InstanceInUse(EmbeddedRedisError):
+    """Another server runs the embedded Redis of this instance directory."""
+
+
+def start_for_instance(instance):
+    """Start the embedded Redis of `instance` (data in `instance/redis`, URL in
+    `instance/redis.url` for the broadcaster and `flask` commands), for as long
+    as this process runs.
+
+    A lock (`instance/redis.lock`, flock: released by the kernel whatever way
+    the process ends) makes a second server with the same instance directory
+    stop instead of starting a second Redis on the same data and overwriting,
+    then deleting, the first one's URL file. The state is kept here, not in
+    gunicorn.conf.py, which gunicorn executes afresh on every HUP: the hook
+    that stops this Redis at exit must still find it after a reload.
+    """
+    global _running
+    from core.config import redis_url_file  # light: no Redis, no Flask
+
+    instance = Path(instance)
+    instance.mkdir(parents=True, exist_ok=True)
+    lock = open(instance / "redis.lock", "a+")  # noqa: SIM115 (held until stop)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise InstanceInUse(
+            f"{instance} is in use by another server (pid {holder}) with its embedded "
+            "Redis: stop that one, or give this one its own INSTANCE_DIR (or a REDIS_URL)"
+        ) from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    server = EmbeddedRedis(instance / "redis", appendonly=True)
+    try:
+        server.start()
+    except BaseException:
+        lock.close()
+        raise
+    url_file = redis_url_file(instance)
+    url_file.write_text(server.url + "\n")
+    _running = (server, lock, url_file)
+    return server
+
+
+def stop_for_instance():
+    """Stop what start_for_instance started, and remove its URL file."""
+    global _running
+    if _running is None:
+        return
+    server, lock, url_file = _running
+    _running = None
+    server.stop()
+    url_file.unlink(missing_ok=True)
+    lock.close()  # releases the lock
