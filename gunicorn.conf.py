@@ -19,7 +19,15 @@ backlog = int(os.environ.get("BACKLOG", "4096"))  # room for a burst of 10,000 c
 reuse_port = os.environ.get("REUSE_PORT", "1") not in ("0", "false", "no")
 
 # -- workers: processes x greenlets ----------------------------------------------
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+def _worker_count(raw):
+    """WEB_CONCURRENCY: a number of workers; 0 for one per core (PM2's
+    `instances: 0`). (Not `auto`: gunicorn itself reads the variable as an
+    integer when it is imported.)"""
+    count = int(raw)
+    return count if count > 0 else len(os.sched_getaffinity(0))
+
+
+workers = _worker_count(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = os.environ.get("WORKER_CLASS", "gevent")
 # (also the app's cap on open streams, core/quotas.py: one default, core/config.py's)
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS",

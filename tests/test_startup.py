@@ -125,3 +125,12 @@ def test_after_a_reload_and_a_stop_the_redis_url_file_and_redis_are_gone(dev_env
     assert server.process.returncode == 0
     assert not url_file.exists()
     assert wait_until(lambda: not redis_alive(redis_url), timeout=10)
+
+
+def test_web_concurrency_0_starts_one_worker_per_core(base_env, tmp_path):
+    server = GunicornServer(base_env, tmp_path / "server.log", workers=0).start()
+    try:
+        # (the master's children: its workers; this server uses the tests' Redis)
+        assert wait_until(lambda: len(worker_pids(server)) == len(os.sched_getaffinity(0)))
+    finally:
+        server.stop()
