@@ -26,7 +26,7 @@ from core import passwords, quotas, tokens
 from core.errors import abort_json
 from core.security import current_user, login_limit, start_session
 from core.users import USERNAME
-from core.web import get_redis, required_fields
+from core.web import get_keys, get_redis, required_fields
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
 
@@ -74,10 +74,6 @@ def _user_from_password_body():
     return user
 
 
-def _key(kind, value):
-    return f"{current_app.config['REDIS_PREFIX']}{kind}:{value}"
-
-
 @bp.after_request
 def no_store(response):
     # Tokens, CSRF tokens, claims and user data: no cache (browser, proxy) keeps them.
@@ -122,7 +118,7 @@ def challenge():
                         f"fake-scram-salt:{username}".encode(), hashlib.sha256).digest()[:16]
         salt, iterations = base64.b64encode(fake).decode(), passwords.SCRAM_ITERATIONS
     nonce = secrets.token_urlsafe(32)
-    get_redis().set(_key("challenge", nonce), username, ex=CHALLENGE_TTL)
+    get_redis().set(get_keys().challenge(nonce), username, ex=CHALLENGE_TTL)
     return {"nonce": nonce, "salt": salt, "iterations": iterations}
 
 
@@ -130,7 +126,7 @@ def challenge():
 @login_limit
 def respond():
     nonce, proof = required_fields("nonce", "proof", max_length=MAX_FIELD)
-    username = get_redis().getdel(_key("challenge", nonce))  # once only
+    username = get_redis().getdel(get_keys().challenge(nonce))  # once only
     if username is None:
         abort_json(401, "unknown, expired or already used challenge")
     user = _users().get(username)

@@ -7,11 +7,11 @@ data/cities.json on first use), so every worker answers the same.
 import json
 import re
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, jsonify
 
 from core.config import PROJECT_ROOT
 from core.errors import abort_json
-from core.web import get_redis
+from core.web import get_keys, get_redis
 
 bp = Blueprint("cities", __name__)
 
@@ -21,13 +21,11 @@ _NAME = re.compile(r"[a-z][a-z-]{0,63}\Z")
 
 
 def _key(suffix):
-    return f"{current_app.config['REDIS_PREFIX']}cities:{suffix}"
+    return get_keys().cities(suffix)
 
 
 def _country_key(country):
-    # A namespace of its own: a country named like another key ("version")
-    # must find nothing, not a string where a hash should be.
-    return _key(f"country:{country}")
+    return get_keys().cities_country(country)
 
 
 def _normalise(raw):

@@ -32,7 +32,7 @@ from flask import Blueprint, current_app
 from core import quotas
 from core.security import current_user
 from core.transports.websocket import Refused, fraction, json_object, route, with_served_by
-from core.web import get_hub, get_redis
+from core.web import get_hub, get_keys, get_redis
 
 bp = Blueprint("draw", __name__, url_prefix="/draw")
 
@@ -62,11 +62,6 @@ if count == 0 then redis.call('SET', KEYS[2], 0) end
 redis.call('SET', KEYS[3], ARGV[4])
 return count
 """
-
-
-def _keys():
-    prefix = f"{current_app.config['REDIS_PREFIX']}draw:"
-    return [prefix + "segments", prefix + "segments-bytes", prefix + "segments-version"]
 
 
 def _point(message):
@@ -121,7 +116,7 @@ def page():
 @route("/ws", bp)
 def draw_ws(ws):
     hub, r = get_hub(), get_redis()
-    keys = _keys()
+    keys = get_keys().drawing()
     append = hub.script(_APPEND_LUA)
     history_bytes = current_app.config["DRAW_HISTORY_BYTES"]
     user = current_user()  # who may clear: an administrator (session or token)

@@ -184,12 +184,10 @@ class Document:
 
     def __init__(self, doc_id):
         config = current_app.config
-        prefix = config["REDIS_PREFIX"]
         self.hub, self.redis = get_hub(), get_redis()
         self.doc_id, self.channel = doc_id, f"editor:{doc_id}"
-        self.keys = [f"{prefix}editor:{doc_id}", f"{prefix}editor:{doc_id}:log",
-                     f"{prefix}editor:{doc_id}:ids"]
-        self.docs_key = f"{prefix}editor:docs"
+        self.keys = self.hub.keys.editor_document(doc_id)
+        self.docs_key = self.hub.keys.editor_documents()
         self.ttl_ms = config["EDITOR_DOC_TTL_DAYS"] * 24 * 3600 * 1000
         self.max_docs = config["EDITOR_MAX_DOCS"]
         self.log_bytes = config["EDITOR_OPLOG_BYTES"]

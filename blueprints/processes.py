@@ -17,7 +17,7 @@ from flask import Blueprint, Response, current_app, request
 from core.monitor import REPORT_SECONDS
 from core.security import admin_page, admin_required
 from core.transports import sse
-from core.web import get_redis
+from core.web import get_keys, get_redis
 
 bp = Blueprint("processes", __name__)
 
@@ -29,20 +29,20 @@ def no_store(response):
     return response
 
 
-def snapshot(redis_client, prefix):
-    keys = [k for k in redis_client.scan_iter(f"{prefix}proc:*", count=500)
-            if not k.startswith((f"{prefix}proc:cause:", f"{prefix}proc:restarts"))]
-    reports = [json.loads(v) for v in redis_client.mget(keys) if v] if keys else []
-    restarts = [json.loads(e) for e in redis_client.lrange(f"{prefix}proc:restarts", 0, 49)]
+def snapshot(redis_client, keys):
+    names = [k for k in redis_client.scan_iter(keys.process_pattern(), count=500)
+             if keys.is_process_report(k)]
+    reports = [json.loads(v) for v in redis_client.mget(names) if v] if names else []
+    restarts = [json.loads(e) for e in redis_client.lrange(keys.process_restarts(), 0, 49)]
     reports.sort(key=lambda r: (r["host"], r["role"] != "master", r["pid"]))
     return {"processes": reports, "restarts": restarts,
-            "restart_count": redis_client.llen(f"{prefix}proc:restarts"), "at": time.time()}
+            "restart_count": redis_client.llen(keys.process_restarts()), "at": time.time()}
 
 
 @bp.get("/admin/processes")
 @admin_required
 def processes():
-    return snapshot(get_redis(), current_app.config["REDIS_PREFIX"])
+    return snapshot(get_redis(), get_keys())
 
 
 @bp.get("/admin/monitor")
@@ -53,10 +53,10 @@ def monitor_page():
 @bp.get("/admin/monitor/stream")
 @admin_required
 def monitor_stream():
-    redis_client, prefix = get_redis(), current_app.config["REDIS_PREFIX"]
+    redis_client, keys = get_redis(), get_keys()
 
     def processes():
-        return sse.event(json.dumps(snapshot(redis_client, prefix)), event="processes")
+        return sse.event(json.dumps(snapshot(redis_client, keys)), event="processes")
 
     return sse.response(sse.every(
         request.environ, first=sse.retry(current_app.config["SSE_RETRY_MS"]) + processes(),
@@ -67,7 +67,7 @@ def monitor_stream():
 @admin_required
 def metrics():
     """Gauges and counters per process, from the reports of every worker."""
-    data = snapshot(get_redis(), current_app.config["REDIS_PREFIX"])
+    data = snapshot(get_redis(), get_keys())
     lines = []
 
     def metric(name, kind, doc, samples):

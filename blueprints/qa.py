@@ -47,7 +47,7 @@ from core import quotas
 from core.errors import abort_json
 from core.security import admin_required, current_user
 from core.transports import sse
-from core.web import get_hub, get_redis, required_fields
+from core.web import get_hub, get_keys, get_redis, required_fields
 
 bp = Blueprint("qa", __name__, url_prefix="/qa")
 
@@ -132,16 +132,6 @@ return count
 """
 
 
-def _key(*parts, prefix=None):
-    prefix = current_app.config["REDIS_PREFIX"] if prefix is None else prefix
-    return prefix + "qa:" + ":".join(parts)
-
-
-def _board_keys(prefix=None):
-    return [_key(name, prefix=prefix) for name in ("asked", "question-index", "answers",
-                                                    "version")]
-
-
 def _normalise(text):
     return " ".join(text.split()).casefold()
 
@@ -178,7 +168,7 @@ def _spend(setting, what):
 
 def _change(script, args):
     hub = get_hub()
-    return hub.script(script)(keys=[*_board_keys(), hub.stream_key(CHANNEL)], args=args)
+    return hub.script(script)(keys=[*hub.keys.qa_board(), hub.stream_key(CHANNEL)], args=args)
 
 
 @bp.get("/")
@@ -218,13 +208,13 @@ def select():
     (question,) = required_fields("question", max_length=MAX_QUESTION)
     r, normalised = get_redis(), _normalise(question)
     pipe = r.pipeline(transaction=True)
-    pipe.zscore(_key("asked"), normalised)
-    pipe.hget(_key("question-index"), normalised)  # the question as it was asked
-    pipe.hget(_key("answers"), normalised)
+    pipe.zscore(get_keys().qa("asked"), normalised)
+    pipe.hget(get_keys().qa("question-index"), normalised)  # the question as it was asked
+    pipe.hget(get_keys().qa("answers"), normalised)
     asked, question, answers = pipe.execute()
     if asked is None or asked <= _cutoff_ms(current_app.config["QA_QUESTION_TTL_SECONDS"]):
         abort_json(404, "no such question")
-    r.set(_key("selected", client), question, ex=SELECTION_TTL)
+    r.set(get_keys().qa("selected", client), question, ex=SELECTION_TTL)
     # Who follows what, not the answers: the follower's stream reads them.
     get_hub().publish_json(CHANNEL, {"type": "select", "client": client, "question": question})
     return {"ok": True, "question": question, "answers": json.loads(answers or "[]")}
@@ -235,7 +225,7 @@ def answer():
     client = _client_id()
     _spend("QA_POST_RATE_LIMIT", "questions and answers")
     (text,) = required_fields("answer", max_length=MAX_ANSWER)
-    question = get_redis().get(_key("selected", client))
+    question = get_redis().get(get_keys().qa("selected", client))
     if question is None:
         abort_json(400, "select a question before answering")
     config = current_app.config
@@ -263,7 +253,7 @@ def stream():
     if client is None:
         client = secrets.token_hex(16)
         signed = _signer().dumps(client)
-    state = _BoardState(get_redis(), current_app.config["REDIS_PREFIX"], client,
+    state = _BoardState(get_redis(), get_keys(), client,
                         current_app.config["QA_QUESTION_TTL_SECONDS"])
     signed_login = sse.event(json.dumps({"id": signed}), event="login")
     retry_ms = current_app.config["SSE_RETRY_MS"]
@@ -280,10 +270,10 @@ class _BoardState:
     """What one client is shown: read from Redis when its stream (re)starts,
     missed messages, or its client selects a question, then kept current from
     the hub's events. Used by the stream after the view has returned, so it
-    carries its key prefix and settings (no app context)."""
+    carries its key names and settings (no app context)."""
 
-    def __init__(self, redis_client, prefix, client, ttl_seconds):
-        self.redis, self.prefix, self.client = redis_client, prefix, client
+    def __init__(self, redis_client, keys, client, ttl_seconds):
+        self.redis, self.keys, self.client = redis_client, keys, client
         self.ttl_seconds = ttl_seconds
         self.selected = None
         # the board's version each part of what the client sees was read at
@@ -292,7 +282,7 @@ class _BoardState:
     def _read(self, question, with_questions=True):
         """(version, questions as asked, answers of `question`) in one step;
         the questions are left out (None) when not wanted."""
-        asked, index, answers, version = _board_keys(self.prefix)
+        asked, index, answers, version = self.keys.qa_board()
         pipe = self.redis.pipeline(transaction=True)
         pipe.get(version)
         pipe.hget(answers, _normalise(question) if question else "")
@@ -305,7 +295,7 @@ class _BoardState:
 
     def reload(self):
         """The board as it is now, as the frames that show it."""
-        selected = self.redis.get(_key("selected", self.client, prefix=self.prefix))
+        selected = self.redis.get(self.keys.qa("selected", self.client))
         version, questions, answers = self._read(selected)
         self.shown = {"questions": version, "answers": version}
         frames = _questions_frame(questions)

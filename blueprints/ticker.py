@@ -29,7 +29,7 @@ import urllib.request
 from flask import Blueprint, current_app, request
 
 from core.errors import abort_json
-from core.web import get_redis
+from core.web import get_keys, get_redis
 
 bp = Blueprint("ticker", __name__, url_prefix="/ticker")
 
@@ -72,7 +72,7 @@ return {tostring(price), tostring(st.open), tostring(high), tostring(low), tostr
 
 
 def _key(*parts):
-    return current_app.config["REDIS_PREFIX"] + "ticker:" + ":".join(parts)
+    return get_keys().ticker(*parts)
 
 
 @bp.get("/")

@@ -44,9 +44,9 @@ REFRESH_SECONDS = 2
 class Tracker:
     """This worker's visitors: latest positions, coalesced into batches."""
 
-    def __init__(self, hub, redis_client, prefix):
+    def __init__(self, hub, redis_client):
         self.hub, self.redis = hub, redis_client
-        self.presence_key = f"{prefix}track:presence"
+        self.presence_key = hub.keys.track_presence()
         self.latest, self.events, self.local = {}, 0, set()
         self.lock = threading.Lock()
         self.started = False
@@ -113,8 +113,7 @@ def _tracker():
     app = current_app._get_current_object()
     tracker = app.extensions.get("tracker")
     if tracker is None:
-        tracker = app.extensions["tracker"] = Tracker(
-            get_hub(), get_redis(), app.config["REDIS_PREFIX"])
+        tracker = app.extensions["tracker"] = Tracker(get_hub(), get_redis())
     return tracker
 
 

@@ -291,7 +291,7 @@ class Hub(StreamLog):
     def _run(self):
         # named in CLIENT LIST: which worker's listener it is
         client = self.connections.listener_client(
-            f"{self.prefix}hub:{socket.gethostname()}:{os.getpid()}")
+            self.keys.hub_control(socket.gethostname(), os.getpid()))
         delay = 0.0
         while not self._stopped:
             if delay:
@@ -313,7 +313,7 @@ class Hub(StreamLog):
         pubsub = client.pubsub()
         try:
             with self._lock:
-                self._control = f"{self.prefix}hub:{socket.gethostname()}:{os.getpid()}"
+                self._control = self.keys.hub_control(socket.gethostname(), os.getpid())
                 channels = {*self._channels, *self._watchers}
                 self._to_subscribe.clear()
                 self._wake_sent = False
@@ -340,12 +340,12 @@ class Hub(StreamLog):
                 kind, name = msg["type"], msg["channel"]
                 if kind == "message" and name != self._control:
                     self.notifications += 1
-                    self._dispatch(name[len(self.notify_prefix):], msg["data"])
+                    self._dispatch(name[len(self.keys.notifications_prefix):], msg["data"])
                 elif kind == "subscribe":
                     if name == self._control:
                         self._set_connected(True)
                     else:
-                        self._confirm(name[len(self.notify_prefix):])
+                        self._confirm(name[len(self.keys.notifications_prefix):])
         finally:
             pubsub.close()
 

@@ -19,6 +19,7 @@ import socket
 import time
 
 from core import lifecycle
+from core.keys import Keys
 from core.offload import spawn
 
 REPORT_SECONDS = 2.0
@@ -43,23 +44,19 @@ def cpu_seconds():
     return times.user + times.system
 
 
-def process_key(prefix, host, pid):
-    return f"{prefix}proc:{host}:{pid}"
-
-
 def start(worker, app):
     spawn(lambda: _watch(worker, app))
 
 
 def _watch(worker, app):
     hub, redis_client = app.extensions["hub"], app.extensions["redis"]
-    prefix, limit_mb = app.config["REDIS_PREFIX"], app.config["MAX_WORKER_MEMORY_MB"]
+    keys, limit_mb = hub.keys, app.config["MAX_WORKER_MEMORY_MB"]
     host, pid, started = socket.gethostname(), os.getpid(), time.time()
     last_cpu, last_wall = cpu_seconds(), time.monotonic()
     next_report = 0.0
     while True:
         if not worker.alive:
-            _note_cause(redis_client, prefix, host, pid, "graceful stop (reload or shutdown)")
+            _note_cause(redis_client, keys, host, pid, "graceful stop (reload or shutdown)")
             _hand_over(worker, hub)
             return
         rss = rss_bytes()
@@ -69,7 +66,7 @@ def _watch(worker, app):
         if limit_mb and rss > limit_mb * 1024 * 1024 and time.time() - started > BOOT_GRACE:
             cause = f"memory limit: RSS {rss // 2**20} MB over {limit_mb} MB"
             log.warning("worker %s: %s; restarting it", pid, cause)
-            _note_cause(redis_client, prefix, host, pid, cause)
+            _note_cause(redis_client, keys, host, pid, cause)
             worker.alive = False  # gunicorn's loop stops accepting and drains
             _hand_over(worker, hub)
             return
@@ -90,7 +87,7 @@ def _watch(worker, app):
             "at": time.time(),
         }
         try:
-            redis_client.set(process_key(prefix, host, pid), json.dumps(report),
+            redis_client.set(keys.process(host, pid), json.dumps(report),
                              ex=int(REPORT_SECONDS * 3))
         except Exception:  # Redis away: report again next time
             log.debug("could not report to Redis", exc_info=True)
@@ -104,9 +101,9 @@ def _hand_over(worker, hub):
     lifecycle.begin_shutdown("server restarting: reconnect to resume", hub)
 
 
-def _note_cause(redis_client, prefix, host, pid, cause):
+def _note_cause(redis_client, keys, host, pid, cause):
     try:
-        redis_client.set(f"{prefix}proc:cause:{host}:{pid}", cause, ex=120)
+        redis_client.set(keys.process_cause(host, pid), cause, ex=120)
     except Exception:
         log.debug("could not record the cause of exit", exc_info=True)
 
@@ -238,14 +235,14 @@ def _master_settings():
 def record_exit(pid):
     """child_exit: one entry in `<prefix>proc:restarts` with the worker's cause."""
     settings = _master_settings()
-    prefix, host = settings["REDIS_PREFIX"], socket.gethostname()
+    keys, host = Keys(settings["REDIS_PREFIX"]), socket.gethostname()
     try:
         run = MasterRedis.from_settings(settings)
-        (cause,) = run(("GET", f"{prefix}proc:cause:{host}:{pid}"))
+        (cause,) = run(("GET", keys.process_cause(host, pid)))
         entry = json.dumps({"pid": pid, "host": host, "at": time.time(),
                             "cause": cause or "died (crash or killed)"})
-        run(("LPUSH", f"{prefix}proc:restarts", entry), ("LTRIM", f"{prefix}proc:restarts", 0, 199),
-            ("DEL", process_key(prefix, host, pid)))
+        run(("LPUSH", keys.process_restarts(), entry),
+            ("LTRIM", keys.process_restarts(), 0, 199), ("DEL", keys.process(host, pid)))
     except (OSError, ValueError) as exc:  # e.g. Redis already gone at shutdown
         log.warning("could not record the exit of worker %s: %r", pid, exc)
 
@@ -255,8 +252,8 @@ def report_master(server):
     import threading
 
     settings = _master_settings()
-    prefix, host, pid, started = (settings["REDIS_PREFIX"], socket.gethostname(),
-                                  os.getpid(), time.time())
+    keys, host, pid, started = (Keys(settings["REDIS_PREFIX"]), socket.gethostname(),
+                                os.getpid(), time.time())
     # The master forks workers while this thread may be inside OpenSSL (a
     # rediss:// URL): a child forked then inherits OpenSSL's locks held and
     # hangs at its first hash. So a fork waits for the report in progress.
@@ -277,7 +274,7 @@ def report_master(server):
                       "workers": sorted(server.WORKERS), "at": time.time()}
             try:
                 with talking:
-                    run(("SET", process_key(prefix, host, pid), json.dumps(report),
+                    run(("SET", keys.process(host, pid), json.dumps(report),
                          "EX", int(REPORT_SECONDS * 3)))
             except OSError:
                 pass  # Redis away: report again next time

@@ -245,7 +245,7 @@ def init_app(app):
         app.config["RATELIMIT_STORAGE_URI"] = "redis://"
         app.config["RATELIMIT_STORAGE_OPTIONS"] = {
             "connection_pool": app.extensions["redis_connections"].pool(max_connections=16)}
-    app.config.setdefault("RATELIMIT_KEY_PREFIX", f"{app.config['REDIS_PREFIX']}ratelimit")
+    app.config.setdefault("RATELIMIT_KEY_PREFIX", app.extensions["hub"].keys.rate_limits())
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
     limiter.init_app(app)
     # Our only limits are the decorators on the login views, which check

@@ -17,6 +17,8 @@ import re
 import threading
 import time
 
+from core.keys import Keys
+
 # Channels clients may name in /pub and /sub. Apps use internal names with a
 # ":" (e.g. "qa:board"), which no client can reach through those routes.
 PUBLIC_CHANNEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
@@ -41,7 +43,6 @@ local function hub_publish(stream_key, channel, kind, data)
   return id
 end
 """
-_PREFIX_SAFE = re.compile(r"[A-Za-z0-9:_.-]*\Z")
 
 
 class InvalidId(ValueError):
@@ -127,11 +128,8 @@ class StreamLog:
 
     def __init__(self, redis_client, prefix="rt:", maxlen=1000, ttl_seconds=7 * 24 * 3600,
                  min_replicas=0, replica_timeout_ms=500):
-        if not _PREFIX_SAFE.match(prefix):
-            raise ValueError(f"REDIS_PREFIX {prefix!r}: use A-Z a-z 0-9 : _ . -")
         self.redis = redis_client  # pooled client for commands (shared with the app)
-        self.prefix = prefix
-        self.notify_prefix = f"{prefix}n:"  # + channel: its notification channel
+        self.keys = Keys(prefix)  # (checks the prefix)
         self.maxlen = maxlen
         self.ttl_ms = int(ttl_seconds * 1000)
         # publish_replicated() waits for this many replicas to have a message
@@ -141,18 +139,18 @@ class StreamLog:
         self._reads = _SharedReads()
 
     def stream_key(self, channel):
-        return f"{self.prefix}stream:{channel}"
+        return self.keys.stream(channel)
 
     def notification_channel(self, channel):
         """The pub/sub channel on which each message of `channel` is announced."""
-        return self.notify_prefix + channel
+        return self.keys.notifications(channel)
 
     def script(self, body):
         """Register a Lua script that may call hub_publish(stream_key, channel,
         kind, data); `kind` is 'j' (JSON) or 't' (text). Pass stream keys
         (`stream_key(channel)`) in KEYS."""
         prelude = _PUBLISH_FUNCTION % {"maxlen": self.maxlen, "ttl_ms": self.ttl_ms,
-                                       "notify": self.notify_prefix}
+                                       "notify": self.keys.notifications_prefix}
         return self.redis.register_script(prelude + body)
 
     # -- publishing ---------------------------------------------------------

@@ -27,6 +27,8 @@ import uuid
 import jwt
 from cryptography.fernet import Fernet, InvalidToken
 
+from core.keys import Keys
+
 ALGORITHM = "HS256"
 REQUIRED = ["iss", "aud", "sub", "iat", "exp", "jti", "epoch"]
 
@@ -136,4 +138,4 @@ def revoke(claims, config, redis_client):
 
 
 def _revoked_key(config, jti):
-    return f"{config['REDIS_PREFIX']}revoked-jti:{jti}"
+    return Keys(config["REDIS_PREFIX"]).revoked_token(jti)

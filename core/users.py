@@ -108,17 +108,14 @@ ACCOUNTS_CHANNEL = "accounts:changed"
 class UserStore:
     def __init__(self, redis_client, prefix):
         self.redis = redis_client
-        self.prefix = prefix
-        self._update_existing = redis_client.register_script(_UPDATE_EXISTING)
         self._log = StreamLog(redis_client, prefix)
-
-    def _key(self, name):
-        return f"{self.prefix}user:{name}"
+        self.keys = self._log.keys
+        self._update_existing = redis_client.register_script(_UPDATE_EXISTING)
 
     def get(self, name):
         if not isinstance(name, str) or not USERNAME.match(name):
             return None
-        data = self.redis.hgetall(self._key(name))
+        data = self.redis.hgetall(self.keys.user(name))
         if not data:
             return None
         return User(
@@ -129,7 +126,7 @@ class UserStore:
         )
 
     def names(self):
-        return sorted(self.redis.smembers(f"{self.prefix}users"))
+        return sorted(self.redis.smembers(self.keys.users()))
 
     def create(self, name, password, fullname="", admin=False, publish=(), subscribe=()):
         if not USERNAME.match(name or ""):
@@ -142,10 +139,10 @@ class UserStore:
             **self._secrets(password),
         }
         # HSETNX on a marker field: two creators of the same name cannot both win.
-        if not self.redis.hsetnx(self._key(name), "name", name):
+        if not self.redis.hsetnx(self.keys.user(name), "name", name):
             raise UserError(f"user {name!r} already exists")
-        self.redis.hset(self._key(name), mapping=fields)
-        self.redis.sadd(f"{self.prefix}users", name)
+        self.redis.hset(self.keys.user(name), mapping=fields)
+        self.redis.sadd(self.keys.users(), name)
         return self.get(name)
 
     def set_password(self, name, password):
@@ -174,13 +171,13 @@ class UserStore:
         """Set `fields` and a new epoch in one step, on an existing user only."""
         args = [item for pair in {**fields, "epoch": new_epoch()}.items() for item in pair]
         if not USERNAME.match(name or "") or not self._update_existing(
-                keys=[self._key(name)], args=args):
+                keys=[self.keys.user(name)], args=args):
             raise UserError(f"no user {name!r}")
         self._changed(name)
 
     def delete(self, name):
-        removed = self.redis.delete(self._key(name))
-        self.redis.srem(f"{self.prefix}users", name)
+        removed = self.redis.delete(self.keys.user(name))
+        self.redis.srem(self.keys.users(), name)
         if not removed:
             raise UserError(f"no user {name!r}")
         self._changed(name)
@@ -194,7 +191,7 @@ class UserStore:
 def seed_demo_users(store, admin_password, log):
     """DEMO_USERS=1: jack/beanstalk and an admin, created once (one worker wins;
     the others wait for it, so no worker serves before the users exist)."""
-    marker = f"{store.prefix}demo-users-seeded"
+    marker = store.keys.demo_users_seeded()
     if not store.redis.set(marker, "seeding", nx=True, ex=60):
         deadline = time.monotonic() + 60
         while store.redis.get(marker) == "seeding" and time.monotonic() < deadline:

@@ -13,6 +13,11 @@ def get_hub():
     return current_app.extensions["hub"]
 
 
+def get_keys():
+    """The app's Redis key names (core/keys.py)."""
+    return current_app.extensions["hub"].keys
+
+
 def is_unicode(text):
     """False for a str that cannot be encoded as UTF-8: a lone surrogate, which
     JSON's \\ud800 escapes can produce, and which Redis and UTF-8 output refuse."""

@@ -18,7 +18,7 @@ import pytest
 import requests
 import trustme
 
-from core.monitor import process_key
+from core.keys import Keys
 from tests.clients import SSEClient, wait_until
 
 
@@ -107,7 +107,7 @@ def test_the_whole_app_runs_over_rediss(start_server, terminator, ca_file, rdb, 
         "username": "nobody", "password": "wrong-password"}).status_code for _ in range(4)]
     assert statuses == [401, 401, 401, 429]
     # the master's own reporter (a few raw RESP commands over TLS)
-    master = process_key("rt:", socket.gethostname(), server.process.pid)
+    master = Keys("rt:").process(socket.gethostname(), server.process.pid)
     assert wait_until(lambda: json.loads(rdb.get(master) or "{}").get("role") == "master",
                       timeout=10)
     assert terminator.sessions >= 3  # two workers' listeners and the master, at least

@@ -24,7 +24,7 @@ import requests
 import trustme
 
 from core.embedded_redis import find_redis_server
-from core.monitor import process_key
+from core.keys import Keys
 from core.stream_log import parse_id
 from tests.clients import wait_until, worker_pids
 from tests.conftest import ROOT
@@ -221,7 +221,7 @@ def test_a_sentinel_down_changes_nothing_and_healthz_fails_only_without_a_master
         assert [e["data"] for e in poll.json()["events"]] == ["hello"]
 
         # the gunicorn master (no redis-py) finds the master through the Sentinels too
-        report = process_key("rt:", socket.gethostname(), server.process.pid)
+        report = Keys("rt:").process(socket.gethostname(), server.process.pid)
         assert wait_until(lambda: sentinels.client().exists(report), timeout=10)
 
         old_port = sentinels.kill_master()
@@ -268,7 +268,7 @@ def test_sentinels_and_servers_over_tls(start_server, tls_sentinels, channel):
         poll = requests.get(f"{server.url}/sub/{channel}", params={"cursor": "0"}, timeout=10,
                             headers={"Accept": "application/json"})
         assert [e["data"] for e in poll.json()["events"]] == ["over tls"]
-        report = process_key("rt:", socket.gethostname(), server.process.pid)
+        report = Keys("rt:").process(socket.gethostname(), server.process.pid)
         assert wait_until(lambda: tls_sentinels.client().exists(report), timeout=10)
     finally:
         server.stop()

@@ -1,0 +1,120 @@
+"""Every Redis key and pub/sub channel name the app uses, in one place.
+
+Each name is REDIS_PREFIX, a namespace, then its parts: `rt:stream:news`,
+`rt:user:alice`, `rt:qa:answers`. One `Keys` per prefix; the app's is
+`core.web.get_keys()`, the hub's `hub.keys`. Light (no redis-py): the gunicorn
+master uses it too.
+
+Keys that a Lua script touches together are named together here (a script's
+KEYS must all live in one slot on a Redis Cluster).
+"""
+
+import re
+
+_PREFIX_SAFE = re.compile(r"[A-Za-z0-9:_.-]*\Z")
+
+
+class Keys:
+    def __init__(self, prefix="rt:"):
+        if not _PREFIX_SAFE.match(prefix):
+            raise ValueError(f"REDIS_PREFIX {prefix!r}: use A-Z a-z 0-9 : _ . -")
+        self.prefix = prefix
+        self.notifications_prefix = f"{prefix}n:"  # + channel (see notifications)
+
+    # -- channels: the log and its notifications (core/stream_log.py, core/hub.py) --
+
+    def stream(self, channel):
+        """The channel's log: a capped Redis Stream."""
+        return f"{self.prefix}stream:{channel}"
+
+    def notifications(self, channel):
+        """The pub/sub channel on which each message of `channel` is announced."""
+        return self.notifications_prefix + channel
+
+    def hub_control(self, host, pid):
+        """A worker's own pub/sub channel (its listener's wake-ups)."""
+        return f"{self.prefix}hub:{host}:{pid}"
+
+    # -- accounts (core/users.py, core/sessions.py, core/tokens.py, blueprints/auth.py)
+
+    def user(self, name):
+        return f"{self.prefix}user:{name}"
+
+    def users(self):
+        """The set of every user name."""
+        return f"{self.prefix}users"
+
+    def demo_users_seeded(self):
+        return f"{self.prefix}demo-users-seeded"
+
+    def session(self, sid):
+        return f"{self.prefix}session:{sid}"
+
+    def revoked_token(self, jti):
+        return f"{self.prefix}revoked-jti:{jti}"
+
+    def challenge(self, nonce):
+        """A challenge/response login's nonce, until it is answered."""
+        return f"{self.prefix}challenge:{nonce}"
+
+    def rate_limits(self):
+        """Flask-Limiter's key prefix (it names its own keys after it)."""
+        return f"{self.prefix}ratelimit"
+
+    # -- processes (core/monitor.py, blueprints/processes.py) ---------------------------
+
+    def process(self, host, pid):
+        """A master's or worker's latest report."""
+        return f"{self.prefix}proc:{host}:{pid}"
+
+    def process_pattern(self):
+        """SCAN pattern of the reports (and of the two names below)."""
+        return f"{self.prefix}proc:*"
+
+    def is_process_report(self, name):
+        """Whether a name that process_pattern() matched is a report."""
+        return not name.startswith((f"{self.prefix}proc:cause:", self.process_restarts()))
+
+    def process_cause(self, host, pid):
+        """Why a worker is about to exit, for the master's restart record."""
+        return f"{self.prefix}proc:cause:{host}:{pid}"
+
+    def process_restarts(self):
+        return f"{self.prefix}proc:restarts"
+
+    # -- the apps (blueprints/) ---------------------------------------------------------
+
+    def qa(self, *parts):
+        return f"{self.prefix}qa:" + ":".join(parts)
+
+    def qa_board(self):
+        """The Q&A board's keys, which its scripts change together."""
+        return [self.qa(name) for name in ("asked", "question-index", "answers", "version")]
+
+    def editor_document(self, doc_id):
+        """A document's text and version, its op log, its op ids: changed together."""
+        base = f"{self.prefix}editor:{doc_id}"
+        return [base, f"{base}:log", f"{base}:ids"]
+
+    def editor_documents(self):
+        """The sorted set of live documents (by last use)."""
+        return f"{self.prefix}editor:docs"
+
+    def drawing(self):
+        """The canvas's segments, their size and version: changed together."""
+        base = f"{self.prefix}draw:"
+        return [base + "segments", base + "segments-bytes", base + "segments-version"]
+
+    def track_presence(self):
+        return f"{self.prefix}track:presence"
+
+    def ticker(self, *parts):
+        return f"{self.prefix}ticker:" + ":".join(parts)
+
+    def cities(self, suffix):
+        return f"{self.prefix}cities:{suffix}"
+
+    def cities_country(self, country):
+        # A namespace of its own: a country named like another key ("version")
+        # must find nothing, not a string where a hash should be.
+        return self.cities(f"country:{country}")
