@@ -105,10 +105,10 @@ def publisher(conn, redis_url, prefix, channels):
 
     client = redis.Redis.from_url(redis_url)
     log = StreamLog(client, prefix)
-    # The script publish() and publish_many() run (XADD + PUBLISH in one Lua
-    # call), registered through the public StreamLog.script: publish_many
-    # pipelines one channel only, and a tick's messages go to many channels.
-    script = log.script("return hub_publish(KEYS[1], ARGV[1], ARGV[2], ARGV[3])")
+    # The script publish() and publish_many() run (lua/publish.lua: XADD +
+    # PUBLISH in one call): publish_many pipelines one channel only, and a
+    # tick's messages go to many channels.
+    script = log.scripts["publish"]
     names = [channel_name(k) for k in range(channels)]
     keys = [log.stream_key(name) for name in names]
 

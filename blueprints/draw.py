@@ -39,31 +39,6 @@ bp = Blueprint("draw", __name__, url_prefix="/draw")
 CHANNEL = "draw:moves"
 MAX_SEGMENTS = 20_000
 
-# KEYS: segments list, its byte count, its version; ARGV: segment, max bytes,
-# max segments, new version. Appends one segment, rolls the oldest off past
-# either bound, and sets the version that keys the workers' welcome caches.
-# The byte count is rebuilt from the list when missing (a history written
-# before it was kept, or a lost key), so the bound holds for old data too.
-_APPEND_LUA = """
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  local total = 0
-  for _, s in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do total = total + #s end
-  redis.call('SET', KEYS[2], total)
-end
-redis.call('RPUSH', KEYS[1], ARGV[1])
-local bytes = redis.call('INCRBY', KEYS[2], #ARGV[1])
-local count = redis.call('LLEN', KEYS[1])
-while count > 0 and (bytes > tonumber(ARGV[2]) or count > tonumber(ARGV[3])) do
-  local oldest = redis.call('LPOP', KEYS[1])
-  bytes = redis.call('DECRBY', KEYS[2], #oldest)
-  count = count - 1
-end
-if count == 0 then redis.call('SET', KEYS[2], 0) end
-redis.call('SET', KEYS[3], ARGV[4])
-return count
-"""
-
-
 def _point(message):
     if not isinstance(message.get("drawing"), bool):
         raise Refused("drawing must be true or false")
@@ -117,7 +92,7 @@ def page():
 def draw_ws(ws):
     hub, r = get_hub(), get_redis()
     keys = get_keys().drawing()
-    append = hub.script(_APPEND_LUA)
+    append = hub.scripts["draw_append"]
     history_bytes = current_app.config["DRAW_HISTORY_BYTES"]
     user = current_user()  # who may clear: an administrator (session or token)
     me = secrets.token_hex(4)

@@ -66,89 +66,6 @@ CATCH_UP_ALL = 2**40  # `most` for reads that want every entry the log has
 OFFLOAD_CHARS = 32_000
 OFFLOAD_STEPS = 2_000
 
-# The document cap, shared by the scripts below: drop the documents unused
-# for `ttl` ms, then count `doc` in (refreshing its last use) unless it is
-# new and `cap` are live already. -> true when counted.
-_ADMIT_FUNCTION = """
-local function admit(docs, doc, now, ttl, cap)
-  redis.call('ZREMRANGEBYSCORE', docs, '-inf', now - ttl)
-  if not redis.call('ZSCORE', docs, doc) and redis.call('ZCARD', docs) >= cap then
-    return false
-  end
-  redis.call('ZADD', docs, now, doc)
-  redis.call('PEXPIRE', docs, ttl)
-  return true
-end
-"""
-
-# KEYS: doc hash, log, ids, docs; ARGV: doc id, now ms, ttl ms, cap, create (0/1).
-# -> 1 live (its keys' TTLs refreshed), 2 not live (create=0), 0 the cap is reached.
-_OPEN_LUA = _ADMIT_FUNCTION + """
-local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
-if ARGV[5] == '0' then
-  local last = redis.call('ZSCORE', KEYS[4], ARGV[1])
-  if not last or tonumber(last) <= now - ttl then return 2 end
-end
-if not admit(KEYS[4], ARGV[1], now, ttl, tonumber(ARGV[4])) then return 0 end
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
-return 1
-"""
-
-# KEYS: doc hash, log; ARGV: from version, most entries.
-# -> {v, text, base, {log items after `from`}}: none when `from` is outside
-# the log or more than `most` behind. A log item is `<stream id> <entry JSON>`.
-_READ_LUA = """
-local st = redis.call('HMGET', KEYS[1], 'v', 'text', 'base')
-local v, base = tonumber(st[1] or '0'), tonumber(st[3] or '0')
-local from = tonumber(ARGV[1])
-local entries = {}
-if from >= base and from < v and v - from <= tonumber(ARGV[2]) then
-  entries = redis.call('LRANGE', KEYS[2], from - base, -1)
-end
-return {v, st[2] or '', base, entries}
-"""
-
-# KEYS: doc hash, log, ids, docs, hub stream; ARGV: expected v, new text,
-# entry JSON without its closing `"v":N}`, op id, log length, hub channel,
-# log bytes, doc id, now ms, ttl ms, document cap.
-# -> {1, v} committed, {0, v} the version moved, {2, v} this op id was
-# committed as v, {3, v} the document cap is reached.
-_COMMIT_LUA = _ADMIT_FUNCTION + """
-local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
-if v ~= tonumber(ARGV[1]) then return {0, v} end
-local seen = redis.call('HGET', KEYS[3], ARGV[4])
-if seen then return {2, tonumber(seen)} end
-local ttl = tonumber(ARGV[10])
-if not admit(KEYS[4], ARGV[8], tonumber(ARGV[9]), ttl, tonumber(ARGV[11])) then
-  return {3, v}
-end
-v = v + 1
-local entry = ARGV[3] .. '"v":' .. v .. '}'
-local item = hub_publish(KEYS[5], ARGV[6], 'j', entry) .. ' ' .. entry
-redis.call('HSET', KEYS[1], 'v', v, 'text', ARGV[2])
-redis.call('HSETNX', KEYS[1], 'base', 0)
-redis.call('RPUSH', KEYS[2], item)
-redis.call('HSET', KEYS[3], ARGV[4], v)
-local bytes = redis.call('HINCRBY', KEYS[1], 'bytes', #item)
-local length = redis.call('LLEN', KEYS[2])
--- the oldest go, by count and by bytes; the newest always stays
-while length > tonumber(ARGV[5]) or (bytes > tonumber(ARGV[7]) and length > 1) do
-  local oldest = redis.call('LPOP', KEYS[2])
-  local gap = string.find(oldest, ' ', 1, true)
-  redis.call('HDEL', KEYS[3], cjson.decode(string.sub(oldest, gap + 1)).id)
-  redis.call('HINCRBY', KEYS[1], 'base', 1)
-  bytes = redis.call('HINCRBY', KEYS[1], 'bytes', -#oldest)
-  length = length - 1
-end
--- The channel's stream keeps what the log keeps (its catch-up is the log's):
--- nothing older than the oldest op left in the log.
-local first = redis.call('LINDEX', KEYS[2], 0)
-redis.call('XTRIM', KEYS[5], 'MINID', string.sub(first, 1, string.find(first, ' ', 1, true) - 1))
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
-return {1, v}
-"""
-
-
 def dumps(obj):
     """Compact JSON with non-ASCII as UTF-8: what is stored, published and sent."""
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
@@ -192,9 +109,10 @@ class Document:
         self.max_docs = config["EDITOR_MAX_DOCS"]
         self.log_bytes = config["EDITOR_OPLOG_BYTES"]
         self.max_lag = config["EDITOR_MAX_OP_LAG"]
-        self._open = self.redis.register_script(_OPEN_LUA)
-        self._read = self.redis.register_script(_READ_LUA)
-        self._commit = self.hub.script(_COMMIT_LUA)
+        # lua/editor_*.lua
+        self._open = self.hub.scripts["editor_open"]
+        self._read = self.hub.scripts["editor_read"]
+        self._commit = self.hub.scripts["editor_commit"]
 
     def open(self):
         """Count this document among the live ones and refresh its keys' TTL;

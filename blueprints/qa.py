@@ -12,7 +12,7 @@ Requests name their client with `X-Client-Id`, the signed id the stream gave
 in its `login` event. Every change is one event on the internal hub channel
 `qa:events`, carrying the whole new list and the board's version (a counter
 every change increments), published by the same Lua script that makes the
-change (Hub.script), so events arrive in the order of the changes. A stream
+change (lua/qa_*.lua), so events arrive in the order of the changes. A stream
 forwards questions to everyone, and answers only when they are for the
 question its client follows; an event no newer than the state a stream read
 when it started is skipped. A stream that reconnects with `?client=` keeps
@@ -56,82 +56,6 @@ MAX_QUESTION, MAX_ANSWER = 280, 1000
 PING_SECONDS = 10
 SELECTION_TTL = 24 * 3600
 
-# Shared by the scripts that change the board. KEYS: asked, question-index,
-# answers, version, hub stream.
-_BOARD_LUA = """
-local function remove(n)
-  redis.call('ZREM', KEYS[1], n)
-  redis.call('HDEL', KEYS[2], n)
-  redis.call('HDEL', KEYS[3], n)
-end
-local function on_board(n, cutoff)
-  local asked = redis.call('ZSCORE', KEYS[1], n)
-  return asked and tonumber(asked) > tonumber(cutoff)
-end
-"""
-
-# ARGV: text, normalised, now (ms), cutoff (ms: asked at or before it has
-# expired), max questions, ttl (ms), hub channel. Drops the expired, refuses a
-# duplicate, adds, rolls the oldest off past the maximum, publishes the list.
-# Returns {0, count} or {1} (duplicate).
-_ASK_LUA = _BOARD_LUA + """
-for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])) do remove(n) end
-if redis.call('ZSCORE', KEYS[1], ARGV[2]) then return {1} end
--- strictly increasing scores: the order of asking, even within one ms
-local asked = tonumber(ARGV[3])
-local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-if newest[2] and tonumber(newest[2]) >= asked then asked = tonumber(newest[2]) + 1 end
-redis.call('ZADD', KEYS[1], asked, ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
-local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[5])
-if over > 0 then
-  for _, n in ipairs(redis.call('ZRANGE', KEYS[1], 0, over - 1)) do remove(n) end
-end
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[6]) end  -- an idle board goes
-local questions = {}
-for _, n in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  questions[#questions + 1] = redis.call('HGET', KEYS[2], n)
-end
-local version = redis.call('INCR', KEYS[4])
-hub_publish(KEYS[5], ARGV[7], 'j', cjson.encode(
-  {type = 'questions', version = version, questions = questions, count = #questions}))
-return {0, #questions}
-"""
-
-# ARGV: answer, normalised question, cutoff (ms), max answers, max bytes, hub
-# channel. Returns {0, count}, {2} (as many answers as allowed), {3} (the
-# question is no longer on the board), {4} (its answers would exceed the bytes).
-_ANSWER_LUA = _BOARD_LUA + """
-if not on_board(ARGV[2], ARGV[3]) then return {3} end
-local stored = redis.call('HGET', KEYS[3], ARGV[2])
-local answers = stored and cjson.decode(stored) or {}
-if #answers >= tonumber(ARGV[4]) then return {2} end
-answers[#answers + 1] = ARGV[1]
-local encoded = cjson.encode(answers)
-if #encoded > tonumber(ARGV[5]) then return {4} end
-redis.call('HSET', KEYS[3], ARGV[2], encoded)
-local ttl = redis.call('PTTL', KEYS[1])  -- the answers go with the board
-if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end
-local version = redis.call('INCR', KEYS[4])
-local question = redis.call('HGET', KEYS[2], ARGV[2])
--- the stored list is spliced in as it is: never an empty table, which
--- cjson would encode as {}
-hub_publish(KEYS[5], ARGV[6], 'j', '{"type":"answers","version":' .. version ..
-  ',"question":' .. cjson.encode(question) .. ',"count":' .. #answers ..
-  ',"answers":' .. encoded .. '}')
-return {0, #answers}
-"""
-
-# ARGV: hub channel. Empties the board; returns how many questions it had.
-_CLEAR_LUA = """
-local count = redis.call('ZCARD', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-local version = redis.call('INCR', KEYS[4])
-hub_publish(KEYS[5], ARGV[1], 'j', '{"type":"clear","version":' .. version .. '}')
-return count
-"""
-
-
 def _normalise(text):
     return " ".join(text.split()).casefold()
 
@@ -168,7 +92,7 @@ def _spend(setting, what):
 
 def _change(script, args):
     hub = get_hub()
-    return hub.script(script)(keys=[*hub.keys.qa_board(), hub.stream_key(CHANNEL)], args=args)
+    return hub.scripts[script](keys=[*hub.keys.qa_board(), hub.stream_key(CHANNEL)], args=args)
 
 
 @bp.get("/")
@@ -184,7 +108,7 @@ def ask():
     question = " ".join(question.split())
     config = current_app.config
     ttl = config["QA_QUESTION_TTL_SECONDS"]
-    result = _change(_ASK_LUA, [question, _normalise(question), _now_ms(), _cutoff_ms(ttl),
+    result = _change("qa_ask", [question, _normalise(question), _now_ms(), _cutoff_ms(ttl),
                                 config["QA_MAX_QUESTIONS"], ttl * 1000, CHANNEL])
     if result[0] == 1:
         abort_json(409, "that question was already asked")
@@ -197,7 +121,7 @@ def clear():
     """Administrators empty the board (CSRF-checked like every state change
     riding on a session: core.security.csrf_protect). Every stream shows an
     empty board."""
-    removed = _change(_CLEAR_LUA, [CHANNEL])
+    removed = _change("qa_clear", [CHANNEL])
     return {"ok": True, "removed": removed}
 
 
@@ -229,7 +153,7 @@ def answer():
     if question is None:
         abort_json(400, "select a question before answering")
     config = current_app.config
-    result = _change(_ANSWER_LUA, [
+    result = _change("qa_answer", [
         text.strip(), _normalise(question), _cutoff_ms(config["QA_QUESTION_TTL_SECONDS"]),
         config["QA_MAX_ANSWERS"], config["QA_ANSWER_BYTES"], CHANNEL])
     if result[0] == 2:

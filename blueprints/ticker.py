@@ -29,7 +29,7 @@ import urllib.request
 from flask import Blueprint, current_app, request
 
 from core.errors import abort_json
-from core.web import get_keys, get_redis
+from core.web import get_hub, get_keys, get_redis
 
 bp = Blueprint("ticker", __name__, url_prefix="/ticker")
 
@@ -39,37 +39,6 @@ SYMBOL = re.compile(r"[A-Z][A-Z0-9.]{0,9}\Z")
 MAX_CALL_IN, MAX_ERROR_CALL_IN, ERROR_CALL_IN = 60_000, 120_000, 10_000
 RATE_WINDOW = 5
 FIELDS = ("price", "change", "changePercent", "open", "high", "low", "volume")
-
-# KEYS[1] the symbol's hash; ARGV: symbol, now (s), start price.
-# Walks the price one step per elapsed second (at most an hour's worth at once);
-# each step is derived from sha1(symbol:second), so it is the same on every worker.
-_MARKET_LUA = """
-local s = redis.call('HGETALL', KEYS[1])
-local st = {}
-for i = 1, #s, 2 do st[s[i]] = s[i + 1] end
-local now = tonumber(ARGV[2])
-local price, t = tonumber(st.price), tonumber(st.t)
-if not price then
-  price = tonumber(ARGV[3]); t = now
-  st.open = price; st.high = price; st.low = price; st.volume = 0
-end
-local high, low, volume = tonumber(st.high), tonumber(st.low), tonumber(st.volume)
-if now - t > 3600 then t = now - 3600 end
-while t < now do
-  t = t + 1
-  local h = redis.sha1hex(ARGV[1] .. ':' .. t)
-  local u = tonumber(string.sub(h, 1, 8), 16) / 4294967296
-  local v = tonumber(string.sub(h, 9, 12), 16)
-  price = math.max(0.01, price * (1 + (u - 0.5) * 0.004))
-  if price > high then high = price end
-  if price < low then low = price end
-  volume = volume + 100 + v % 5000
-end
-redis.call('HSET', KEYS[1], 'price', price, 't', t, 'open', st.open, 'high', high,
-           'low', low, 'volume', volume)
-return {tostring(price), tostring(st.open), tostring(high), tostring(low), tostring(volume), t}
-"""
-
 
 def _key(*parts):
     return get_keys().ticker(*parts)
@@ -97,7 +66,7 @@ def quote():
 
 
 def _simulated_quote(symbol):
-    script = get_redis().register_script(_MARKET_LUA)
+    script = get_hub().scripts["ticker_market"]
     price, open_, high, low, volume, t = script(
         keys=[_key("market", symbol)], args=[symbol, int(time.time()), LISTED[symbol]])
     price, open_ = float(price), float(open_)

@@ -17,6 +17,7 @@ import re
 import threading
 import time
 
+from core import scripts
 from core.keys import Keys
 
 # Channels clients may name in /pub and /sub. Apps use internal names with a
@@ -28,22 +29,6 @@ START = (0, 0)  # cursor meaning "from the oldest retained message"
 _MAX_PART = 2**64 - 1
 _ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?\Z")
 CATCH_UP_PROBE = 8  # first batch of a byte-bounded read (StreamLog.read_page)
-
-# Defines hub_publish(stream_key, channel, kind, data) for Lua scripts: XADD to
-# the capped stream, refresh its TTL, PUBLISH the notification ("<id> <kind><data>"
-# on the channel's notification channel); returns the id.
-# An app script that changes its state and calls hub_publish in the same script
-# (see StreamLog.script) makes the change and its message one atomic step,
-# delivered in commit order.
-_PUBLISH_FUNCTION = """
-local function hub_publish(stream_key, channel, kind, data)
-  local id = redis.call('XADD', stream_key, 'MAXLEN', '~', %(maxlen)d, '*', 't', kind, 'd', data)
-  redis.call('PEXPIRE', stream_key, %(ttl_ms)d)
-  redis.call('PUBLISH', '%(notify)s' .. channel, id .. ' ' .. kind .. data)
-  return id
-end
-"""
-
 
 class InvalidId(ValueError):
     """A client-supplied message id that is not of the form `ms-seq`."""
@@ -135,7 +120,10 @@ class StreamLog:
         # publish_replicated() waits for this many replicas to have a message
         self.min_replicas = min_replicas
         self.replica_timeout_ms = replica_timeout_ms
-        self._publish = self.script("return hub_publish(KEYS[1], ARGV[1], ARGV[2], ARGV[3])")
+        # every script of lua/, registered once (the apps' too: hub.scripts[name])
+        self.scripts = scripts.load(redis_client, {
+            "maxlen": maxlen, "ttl_ms": self.ttl_ms, "notify": self.keys.notifications_prefix})
+        self._publish = self.scripts["publish"]
         self._reads = _SharedReads()
 
     def stream_key(self, channel):
@@ -144,14 +132,6 @@ class StreamLog:
     def notification_channel(self, channel):
         """The pub/sub channel on which each message of `channel` is announced."""
         return self.keys.notifications(channel)
-
-    def script(self, body):
-        """Register a Lua script that may call hub_publish(stream_key, channel,
-        kind, data); `kind` is 'j' (JSON) or 't' (text). Pass stream keys
-        (`stream_key(channel)`) in KEYS."""
-        prelude = _PUBLISH_FUNCTION % {"maxlen": self.maxlen, "ttl_ms": self.ttl_ms,
-                                       "notify": self.keys.notifications_prefix}
-        return self.redis.register_script(prelude + body)
 
     # -- publishing ---------------------------------------------------------
 

@@ -91,15 +91,6 @@ def _epoch(data):
     return "legacy-" + hashlib.sha256(data.get("password", "").encode()).hexdigest()[:32]
 
 
-# HSET only when the user still exists: a password or access change racing a
-# delete must not re-create a half user (no name, no roles) from its fields.
-_UPDATE_EXISTING = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
-return 1
-"""
-
-
 # The hub channel told the name of every account whose credentials changed:
 # each worker ends the streams opened with them (core/revocation.py).
 ACCOUNTS_CHANNEL = "accounts:changed"
@@ -110,7 +101,7 @@ class UserStore:
         self.redis = redis_client
         self._log = StreamLog(redis_client, prefix)
         self.keys = self._log.keys
-        self._update_existing = redis_client.register_script(_UPDATE_EXISTING)
+        self._update_existing = self._log.scripts["users_update_existing"]
 
     def get(self, name):
         if not isinstance(name, str) or not USERNAME.match(name):

@@ -1,0 +1,37 @@
+"""The app's Lua scripts: one file each under lua/, registered once per hub.
+
+A script's first line may be `-- uses: name, name`: the functions in those
+files of lua/lib/ are put before it (`hub_publish`, which appends a message to
+a channel and announces it, is filled in with the hub's stream settings).
+`load(redis_client, settings)` reads and registers every script when the app
+starts; requests only call them (redis-py sends EVALSHA, and loads a script
+once more on a Redis that has not seen it, after a restart or a failover).
+"""
+
+import re
+from pathlib import Path
+from string import Template
+
+LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+_USES = re.compile(r"--\s*uses:\s*(.+)")
+
+
+def source(name, settings):
+    """The full text of lua/<name>.lua, with what it uses before it."""
+    text = (LUA_DIR / f"{name}.lua").read_text()
+    uses = _USES.match(text.split("\n", 1)[0])
+    parts = [_library(used.strip(), settings) for used in uses[1].split(",")] if uses else []
+    return "\n".join([*parts, text])
+
+
+def _library(name, settings):
+    text = (LUA_DIR / "lib" / f"{name}.lua").read_text()
+    # only hub_publish has placeholders; Lua itself has no use for `$`
+    return Template(text).substitute(settings) if name == "hub_publish" else text
+
+
+def load(redis_client, settings):
+    """{name: registered script} for every lua/*.lua. `settings`: the
+    hub_publish placeholders (maxlen, ttl_ms, notify)."""
+    return {path.stem: redis_client.register_script(source(path.stem, settings))
+            for path in sorted(LUA_DIR.glob("*.lua"))}
