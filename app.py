@@ -58,9 +58,10 @@ def create_app(config=None):
     app.config["SESSION_COOKIE_SECURE"] = app.config["APP_ENV"] == "production"
 
     connections = app.extensions["redis_connections"] = RedisConnections.from_settings(app.config)
-    # A bounded pool: 10,000 clients of a worker share at most 64 connections
-    # (waiting up to 5 s for a free one) instead of opening one each.
-    client = app.extensions["redis"] = connections.client(max_connections=64, timeout=5)
+    # A bounded pool: 10,000 clients of a worker share at most REDIS_POOL_SIZE
+    # connections (waiting up to 5 s for a free one) instead of opening one each.
+    client = app.extensions["redis"] = connections.client(
+        max_connections=app.config["REDIS_POOL_SIZE"], timeout=5)
     app.extensions["hub"] = Hub(
         client, connections, prefix=app.config["REDIS_PREFIX"],
         queue_size=app.config["SUBSCRIBER_QUEUE_SIZE"],

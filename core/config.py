@@ -38,6 +38,9 @@ SETTINGS = {
                              "before `POST /pub` answers 201; fewer in time: 503. 0: no wait"),
     "PUBLISH_REPLICA_TIMEOUT_MS": (int, 500, "with PUBLISH_MIN_REPLICAS: how long to wait "
                                    "for the replicas' confirmation"),
+    "REDIS_POOL_SIZE": (int, 64, "Redis connections one worker opens at most for requests "
+                        "(a request waits up to 5 s for a free one); plus its listener's "
+                        "and the rate limiter's"),
     "REDIS_PREFIX": (str, "rt:", "prefix of every Redis key and pub/sub channel of this app"),
     "SECRET_KEY": (str, None, "signs cookies; dev: generated once into `instance/secret_key`"),
     "INSTANCE_DIR": (str, str(PROJECT_ROOT / "instance"), "where dev secrets, the embedded "

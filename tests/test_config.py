@@ -91,3 +91,11 @@ def test_gunicorn_stops_at_a_bad_redis_setting_with_one_line(tmp_path, env):
               if "REDIS_SENTINELS" in line]
     assert len(errors) == 1 and errors[0].startswith("configuration error: "), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_redis_pool_size_bounds_each_workers_pool(app):
+    from app import create_app
+
+    assert app.extensions["redis"].connection_pool.max_connections == 64
+    small = create_app({"TESTING": True, "REDIS_POOL_SIZE": 3})
+    assert small.extensions["redis"].connection_pool.max_connections == 3
