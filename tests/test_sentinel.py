@@ -29,7 +29,7 @@ from core.stream_log import parse_id
 from tests.clients import wait_until, worker_pids
 from tests.conftest import ROOT
 from tests.redis_topologies import SentinelSetup
-from tests.resumers import describe, finish, start_clients, wait_connected
+from tests.resumers import describe, finish, start_clients, wait_all, wait_connected
 
 pytestmark = pytest.mark.chaos
 
@@ -271,4 +271,71 @@ def test_sentinels_and_servers_over_tls(start_server, tls_sentinels, channel):
         report = Keys("rt:").process(socket.gethostname(), server.process.pid)
         assert wait_until(lambda: tls_sentinels.client().exists(report), timeout=10)
     finally:
+        server.stop()
+
+
+def test_writes_lost_in_a_failover_reach_clients_as_an_explicit_reset(
+        start_server, sentinels, channel):
+    """The loss made certain: the replicas are cut off (a wrong masterauth
+    keeps them from coming back) while messages are published and delivered;
+    then the master dies, and a replica without them is promoted."""
+    server = start_server(**sentinels.env(), DEMO_USERS=1, DEMO_ADMIN_PASSWORD=ADMIN_PASSWORD,
+                          LONGPOLL_TIMEOUT_SECONDS=5)
+    headers = {"Authorization": f"Bearer {login(server)}"}
+
+    def publish(text, deadline=20):
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            try:
+                response = requests.post(f"{server.url}/pub/{channel}", data=text,
+                                         headers=headers, timeout=5)
+                if response.status_code == 201:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} was never acknowledged")
+
+    clients = start_clients(server, channel, per_transport=10, until="end")
+    try:
+        wait_connected(clients)
+        for i in range(10):
+            publish(f"before {i}")
+        assert wait_all(clients, lambda c: len(c.messages()) == 10, timeout=30)
+
+        master = sentinels.client()
+        replicas = [sentinels.client(s.port) for s in sentinels.servers
+                    if s.port != sentinels.master_port()]
+        for replica in replicas:
+            replica.config_set("masterauth", "wrong")
+        master.client_kill_filter(_type="replica")
+        assert wait_until(lambda: master.info("replication")["connected_slaves"] == 0)
+        for i in range(5):
+            publish(f"lost {i}")
+        assert wait_all(clients, lambda c: len(c.messages()) == 15, timeout=30)
+
+        old_port = sentinels.kill_master()
+        for replica in replicas:
+            replica.config_set("masterauth", sentinels.password)
+        sentinels.wait_for_new_master(old_port)
+        for i in range(5):
+            publish(f"after {i}")
+
+        # each is told, explicitly (the reset's cursor may already be past
+        # some of the `after` messages: delivery goes on after it)
+        assert wait_all(clients, lambda c: c.resets(), timeout=30), \
+            [describe(c, []) for c in clients if not c.resets()][:3]
+        publish("end")
+        hanging = finish(clients, timeout=60)
+        assert not hanging, [describe(c, []) for c in hanging[:3]]
+        surviving = [(i, fields["d"]) for i, fields in sentinels.client().xrange(
+            f"rt:stream:{channel}")]
+        assert [text for _, text in surviving] == \
+            [f"before {i}" for i in range(10)] + [f"after {i}" for i in range(5)] + ["end"]
+        for client in clients:
+            assert len(client.resets()) == 1, describe(client, [])
+            check_client(client, surviving)
+    finally:
+        for client in clients:
+            client.stop()
         server.stop()
