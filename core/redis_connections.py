@@ -62,13 +62,6 @@ class RedisConnections:
     def from_url(cls, url):
         return cls(url=url)
 
-    def describe(self):
-        """For logs and errors: where Redis is, without credentials."""
-        if self._sentinel is None:
-            return redis.connection.parse_url(self.url).get("host", self.url)
-        where = ",".join(f"{host}:{port}" for host, port in self.sentinels)
-        return f"master {self.service!r} of Sentinels {where}"
-
     def pool(self, max_connections=64, timeout=5, **options):
         """A bounded pool: at most `max_connections`, a caller waits up to
         `timeout` seconds for a free one."""

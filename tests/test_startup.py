@@ -51,27 +51,30 @@ def redis_alive(url):
         return False
 
 
-def test_a_second_server_on_the_same_port_stops_at_once_and_leaves_the_first_alone(
-        dev_env, tmp_path):
-    first = GunicornServer(dev_env, tmp_path / "first.log").start()
-    try:
-        url_file = tmp_path / "instance" / "redis.url"
-        redis_url = url_file.read_text().strip()
-        pids = worker_pids(first)
+@pytest.fixture
+def first(dev_env, tmp_path):
+    """A `make run` server with its embedded Redis (`first.redis_url`)."""
+    server = GunicornServer(dev_env, tmp_path / "first.log").start()
+    server.url_file = tmp_path / "instance" / "redis.url"
+    server.redis_url = server.url_file.read_text().strip()
+    yield server
+    server.stop()
 
-        second = run_to_exit({**first.env})
-        assert second.returncode != 0
-        assert one_line_saying(second, "cannot listen on").endswith(
-            f"127.0.0.1:{first.port}: Address already in use (another server there? stop it, "
-            "or choose another PORT)")
-        # the first one still serves every request, with its own workers and Redis
-        served_by = {requests.get(f"{first.url}/healthz", timeout=5).headers["X-Served-By"]
-                     for _ in range(20)}
-        assert {int(s.split("/")[1]) for s in served_by} <= pids
-        assert url_file.read_text().strip() == redis_url and redis_alive(redis_url)
-        assert any(p.name.startswith("gunicorn-") for p in (tmp_path / "instance").iterdir())
-    finally:
-        first.stop()
+
+def test_a_second_server_on_the_same_port_stops_at_once_and_leaves_the_first_alone(first):
+    pids = worker_pids(first)
+    second = run_to_exit({**first.env})
+    assert second.returncode != 0
+    assert one_line_saying(second, "cannot listen on").endswith(
+        f"127.0.0.1:{first.port}: Address already in use (another server there? stop it, "
+        "or choose another PORT)")
+    # the first one still serves every request, with its own workers and Redis
+    served_by = {requests.get(f"{first.url}/healthz", timeout=5).headers["X-Served-By"]
+                 for _ in range(20)}
+    assert {int(s.split("/")[1]) for s in served_by} <= pids
+    assert first.url_file.read_text().strip() == first.redis_url
+    assert redis_alive(first.redis_url)
+    assert any(p.name.startswith("gunicorn-") for p in first.url_file.parent.iterdir())
 
 
 def test_a_port_held_by_another_program_stops_the_server_with_one_line(dev_env):
@@ -89,25 +92,20 @@ def test_a_port_held_by_another_program_stops_the_server_with_one_line(dev_env):
 
 
 def test_a_second_server_on_the_same_instance_directory_refuses_its_embedded_redis(
-        dev_env, tmp_path):
-    first = GunicornServer(dev_env, tmp_path / "first.log").start()
-    try:
-        url_file = tmp_path / "instance" / "redis.url"
-        redis_url = url_file.read_text().strip()
-        other_port = {**first.env, "BIND": f"127.0.0.1:{free_port()}"}
-        second = run_to_exit(other_port)
-        assert second.returncode != 0
-        line = one_line_saying(second, "is in use by another server")
-        assert f"(pid {first.process.pid})" in line
-        assert url_file.read_text().strip() == redis_url and redis_alive(redis_url)
-        # a server with a Redis of its own may share the directory (its secrets)
-        shared = GunicornServer({**other_port, "REDIS_URL": redis_url},
-                                tmp_path / "shared.log").start()
-        shared.stop()
-        assert url_file.read_text().strip() == redis_url
-        assert requests.get(f"{first.url}/healthz", timeout=5).status_code == 200
-    finally:
-        first.stop()
+        first, tmp_path):
+    other_port = {**first.env, "BIND": f"127.0.0.1:{free_port()}"}
+    second = run_to_exit(other_port)
+    assert second.returncode != 0
+    line = one_line_saying(second, "is in use by another server")
+    assert f"(pid {first.process.pid})" in line
+    assert first.url_file.read_text().strip() == first.redis_url
+    assert redis_alive(first.redis_url)
+    # a server with a Redis of its own may share the directory (its secrets)
+    shared = GunicornServer({**other_port, "REDIS_URL": first.redis_url},
+                            tmp_path / "shared.log").start()
+    shared.stop()
+    assert first.url_file.read_text().strip() == first.redis_url
+    assert requests.get(f"{first.url}/healthz", timeout=5).status_code == 200
 
 
 def test_after_a_reload_and_a_stop_the_redis_url_file_and_redis_are_gone(dev_env, tmp_path):
