@@ -30,6 +30,7 @@ value is a string cannot be told from a text message; it comes as the text.)
 import http.client
 import json
 import random
+import re
 import socket
 import ssl
 import time
@@ -47,6 +48,7 @@ from wsproto.events import (
 )
 
 TRANSPORTS = ("sse", "websocket", "longpoll")
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 READ_TIMEOUT = 45.0  # the server sends something at least every 15 s (heartbeats)
 
 
@@ -164,14 +166,13 @@ class _SSE(_Session):
             if not chunk:
                 return
             buffer += chunk
-            # a line ends at CRLF, LF or CR (a CR at the very end may be half a CRLF)
-            while True:
-                lf, cr = buffer.find(b"\n"), buffer.find(b"\r")
-                if lf < 0 and (cr < 0 or cr == len(buffer) - 1):
-                    break
-                end = min(i for i in (lf, cr) if i >= 0)
-                line = buffer[:end].decode("utf-8", "replace")
-                buffer = buffer[end + (2 if buffer[end:end + 2] == b"\r\n" else 1):]
+            # Lines end at CRLF, LF or CR, split once per chunk. A CR at the
+            # very end may be half a CRLF: it waits for the next chunk.
+            held = buffer.endswith(b"\r")
+            *lines, buffer = _LINE_BREAK.split(buffer[:-1] if held else buffer)
+            buffer += b"\r" if held else b""
+            for raw in lines:
+                line = raw.decode("utf-8", "replace")
                 if not line:  # dispatch
                     event = _dispatch(kind or "message", data, last_id)
                     kind, data = "", []

@@ -180,6 +180,18 @@ def sentinel_addresses(raw):
     return addresses
 
 
+def redis_location(settings):
+    """Where Redis is, as keyword arguments for core.redis_connections'
+    RedisConnections and core.monitor's MasterRedis: a URL, or Sentinels."""
+    if settings["REDIS_SENTINELS"]:
+        return {"sentinels": settings["REDIS_SENTINELS"],
+                "service": settings["REDIS_SENTINEL_SERVICE"],
+                "username": settings["REDIS_USERNAME"], "password": settings["REDIS_PASSWORD"],
+                "sentinel_password": settings["REDIS_SENTINEL_PASSWORD"],
+                "tls": settings["REDIS_TLS"], "tls_ca_file": settings["REDIS_TLS_CA_FILE"]}
+    return {"url": settings["REDIS_URL"]}
+
+
 def _dev_secret(instance_dir, filename):
     """A random secret created once and kept under instance/ (dev mode only)."""
     path = Path(instance_dir) / filename

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from core.config import redis_url_file  # light: no Redis, no Flask
+
 
 class EmbeddedRedisError(RuntimeError):
     pass
@@ -178,8 +180,6 @@ def start_for_instance(instance):
     that stops this Redis at exit must still find it after a reload.
     """
     global _running
-    from core.config import redis_url_file  # light: no Redis, no Flask
-
     instance = Path(instance)
     instance.mkdir(parents=True, exist_ok=True)
     lock = open(instance / "redis.lock", "a+")  # noqa: SIM115 (held until stop)

@@ -19,6 +19,7 @@ import socket
 import time
 
 from core import lifecycle
+from core.config import load_settings, redis_location
 from core.keys import Keys
 from core.offload import spawn
 
@@ -146,15 +147,10 @@ class MasterRedis:
 
     @classmethod
     def from_settings(cls, settings):
-        if settings["REDIS_SENTINELS"]:
-            return cls(sentinels=settings["REDIS_SENTINELS"],
-                       service=settings["REDIS_SENTINEL_SERVICE"],
-                       username=settings["REDIS_USERNAME"], password=settings["REDIS_PASSWORD"],
-                       sentinel_password=settings["REDIS_SENTINEL_PASSWORD"],
-                       tls=settings["REDIS_TLS"], tls_ca_file=settings["REDIS_TLS_CA_FILE"])
-        if not settings["REDIS_URL"]:
+        location = redis_location(settings)
+        if not location.get("sentinels") and not location.get("url"):
             raise ValueError("no REDIS_URL")
-        return cls(settings["REDIS_URL"])
+        return cls(**location)
 
     def __call__(self, *commands):
         """Run commands in one connection (to the master); returns their replies."""
@@ -226,15 +222,9 @@ def _decode(reader):
     return int(rest) if kind == b":" else rest.decode()
 
 
-def _master_settings():
-    from core.config import load_settings  # light: no Redis, no Flask
-
-    return load_settings()
-
-
 def record_exit(pid):
     """child_exit: one entry in `<prefix>proc:restarts` with the worker's cause."""
-    settings = _master_settings()
+    settings = load_settings()
     keys, host = Keys(settings["REDIS_PREFIX"]), socket.gethostname()
     try:
         run = MasterRedis.from_settings(settings)
@@ -251,7 +241,7 @@ def report_master(server):
     """A thread in the master: its own report every REPORT_SECONDS."""
     import threading
 
-    settings = _master_settings()
+    settings = load_settings()
     keys, host, pid, started = (Keys(settings["REDIS_PREFIX"]), socket.gethostname(),
                                 os.getpid(), time.time())
     # The master forks workers while this thread may be inside OpenSSL (a

@@ -18,6 +18,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
+from core.config import redis_location
+
 
 class _SentinelBlockingPool(SentinelConnectionPool, redis.BlockingConnectionPool):
     """Sentinel's pool (connections to whichever server is the master) with
@@ -50,13 +52,7 @@ class RedisConnections:
 
     @classmethod
     def from_settings(cls, settings):
-        if settings.get("REDIS_SENTINELS"):
-            return cls(sentinels=settings["REDIS_SENTINELS"],
-                       service=settings["REDIS_SENTINEL_SERVICE"],
-                       username=settings["REDIS_USERNAME"], password=settings["REDIS_PASSWORD"],
-                       sentinel_password=settings["REDIS_SENTINEL_PASSWORD"],
-                       tls=settings["REDIS_TLS"], tls_ca_file=settings["REDIS_TLS_CA_FILE"])
-        return cls(url=settings["REDIS_URL"])
+        return cls(**redis_location(settings))
 
     @classmethod
     def from_url(cls, url):
