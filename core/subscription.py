@@ -212,8 +212,13 @@ class Subscription:
         consumer then runs again and calls `wait()` as usual. False: do not
         park, `wait()` has something already."""
         with self._lock:
+            # Catching up while the listener does not hear the channel yet (its
+            # SUBSCRIBE unconfirmed, or Redis away) is nothing to do until it
+            # does: the resync that comes then wakes us. Waiting in a greenlet
+            # instead held it (and a pool slot) until the next heartbeat.
             if (self._direct is None or self._queue or self._unsent is not None
-                    or self._catching_up or self._poked or self.closed_reason is not None):
+                    or (self._catching_up and self.hub.live_epoch(self.channel) is not None)
+                    or self._poked or self.closed_reason is not None):
                 return False
             self._on_wake = on_wake
             self._idle = True
