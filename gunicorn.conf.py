@@ -185,6 +185,15 @@ def post_worker_init(worker):
             raise SystemExit(3) from None  # gunicorn's "worker failed to boot": stop
 
 
+def worker_exit(server, worker):
+    # Called in the exiting worker, and in the master for a worker that died
+    # unseen: only the worker has connections to finish.
+    if worker.pid == os.getpid():
+        from core import monitor
+
+        monitor.drain(worker)
+
+
 def _tune_garbage_collector():
     """A worker holding 10,000 connections has millions of live objects, and
     CPython's default thresholds run a collection every 700 allocations and a

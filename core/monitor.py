@@ -95,6 +95,27 @@ def _watch(worker, app):
         time.sleep(CHECK_SECONDS)
 
 
+DRAIN_SECONDS = 10.0  # at most this long (and within graceful_timeout) at exit
+
+
+def drain(worker):
+    """At a worker's exit (gunicorn's worker_exit hook, in the worker): hand its
+    connections over if the watch above has not yet, and let them finish
+    saying so. gunicorn's gevent worker waits only for the greenlets of its
+    pool, and a parked stream has none (core.parking): without this, the
+    process could end before a parked WebSocket's close 1012 or an SSE
+    stream's `close` event went out, and its client would see a bare
+    disconnect."""
+    app = getattr(worker, "wsgi", None)
+    hub = getattr(app, "extensions", {}).get("hub")
+    if hub is None:  # the app never loaded: nothing was served
+        return
+    _hand_over(worker, hub)
+    deadline = time.monotonic() + min(DRAIN_SECONDS, worker.cfg.graceful_timeout)
+    while lifecycle.held_by_all() and time.monotonic() < deadline:
+        time.sleep(0.05)  # gevent's, under the gevent worker: the closes run
+
+
 def _hand_over(worker, hub):
     """End every long-lived connection now, and stop holding idle keep-alive
     connections (gunicorn would wait KEEPALIVE seconds for each next request)."""
