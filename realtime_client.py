@@ -63,6 +63,22 @@ class Reset(NamedTuple):
     cursor: str
 
 
+class Subscribed(NamedTuple):
+    """The server confirmed the subscription, starting at `cursor` (the
+    client's own, or the newest id when it had none). `subscribe` consumes
+    it: a stream that drops before its first message resumes from there."""
+
+    cursor: str
+
+
+class SSEEvent(NamedTuple):
+    """One dispatched Server-Sent Event: its type, data and last event id."""
+
+    event: str
+    data: str
+    id: str | None
+
+
 class ClientError(Exception):
     """The server refused the request for good (4xx other than 408 and 429)."""
 
@@ -116,8 +132,11 @@ def subscribe(base_url, channel, *, transport="sse", since=None, token=None):
     while True:
         try:
             for event in session.events(cursor):
-                cursor = event.cursor if isinstance(event, Reset) else event.id
                 delay = 0.0
+                if isinstance(event, Subscribed):
+                    cursor = cursor if cursor is not None else event.cursor
+                    continue
+                cursor = event.cursor if isinstance(event, Reset) else event.id
                 yield event
         except (_Retry, OSError, http.client.HTTPException, ValueError):
             pass  # (a ClientError is none of these: it ends the iteration)
@@ -153,54 +172,63 @@ class _SSE(_Session):
             headers["Last-Event-ID"] = cursor
         conn, response = self._open(self.path, headers)
         try:
-            yield from self._parse(response)
+            for sse in parse_sse(iter(lambda: response.read1(65536), b"")):
+                event = _dispatch(sse)
+                if event is not None:
+                    yield event
         finally:
             conn.close()
         raise _Retry("the stream ended")
 
-    @staticmethod
-    def _parse(response):
-        buffer, kind, data, last_id = b"", "", [], None
-        while True:
-            chunk = response.read1(65536)
-            if not chunk:
-                return
-            buffer += chunk
-            # Lines end at CRLF, LF or CR, split once per chunk. A CR at the
-            # very end may be half a CRLF: it waits for the next chunk.
-            held = buffer.endswith(b"\r")
-            *lines, buffer = _LINE_BREAK.split(buffer[:-1] if held else buffer)
-            buffer += b"\r" if held else b""
-            for raw in lines:
-                line = raw.decode("utf-8", "replace")
-                if not line:  # dispatch
-                    event = _dispatch(kind or "message", data, last_id)
-                    kind, data = "", []
-                    if event is not None:
-                        yield event
-                    continue
-                if line.startswith(":"):
-                    continue
-                name, _, value = line.partition(":")
-                value = value.removeprefix(" ")
-                if name == "data":
-                    data.append(value)
-                elif name == "event":
-                    kind = value
-                elif name == "id" and "\0" not in value:
-                    last_id = value
+
+def parse_sse(chunks, on_comment=None, on_retry=None):
+    """The events of an event stream whose bytes come as `chunks` (an
+    iterable of bytes), parsed by the WHATWG rules: lines end at CRLF, LF or
+    CR; `data` lines are joined with "\n"; an event with no data is not
+    dispatched, but its `id` still sets the last event id; an id containing
+    NUL is ignored. Yields SSEEvent(event, data, id). Comments (`on_comment(text)`)
+    and `retry` fields with a number (`on_retry(milliseconds)`) are passed on
+    if asked for (keepalives, reconnection delays)."""
+    buffer, kind, data, last_id = b"", "", [], None
+    for chunk in chunks:
+        buffer += chunk
+        # Split once per chunk. A CR at the very end may be half a CRLF: it
+        # waits for the next chunk.
+        held = buffer.endswith(b"\r")
+        *lines, buffer = _LINE_BREAK.split(buffer[:-1] if held else buffer)
+        buffer += b"\r" if held else b""
+        for raw in lines:
+            line = raw.decode("utf-8", "replace")
+            if not line:  # dispatch
+                if data:
+                    yield SSEEvent(kind or "message", "\n".join(data), last_id)
+                kind, data = "", []
+                continue
+            if line.startswith(":"):
+                if on_comment is not None:
+                    on_comment(line[1:].removeprefix(" "))
+                continue
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "data":
+                data.append(value)
+            elif name == "event":
+                kind = value
+            elif name == "id" and "\0" not in value:
+                last_id = value
+            elif name == "retry" and value.isascii() and value.isdigit() and on_retry:
+                on_retry(int(value))
 
 
-def _dispatch(kind, data, last_id):
-    if not data:
-        return None
-    text = "\n".join(data)
-    if kind == "message":
-        return Message(last_id, text)
-    if kind == "reset":
-        return Reset(json.loads(text)["cursor"])
-    if kind == "close":  # the server ends this stream (a restart, a slow reader)
-        raise _Retry(json.loads(text).get("reason", "closed"))
+def _dispatch(sse):
+    if sse.event == "message":
+        return Message(sse.id, sse.data)
+    if sse.event == "subscribed":
+        return Subscribed(json.loads(sse.data)["cursor"])
+    if sse.event == "reset":
+        return Reset(json.loads(sse.data)["cursor"])
+    if sse.event == "close":  # the server ends this stream (a restart, a slow reader)
+        raise _Retry(json.loads(sse.data).get("reason", "closed"))
     return None
 
 
@@ -255,6 +283,8 @@ class _WebSocket(_Session):
             frame = json.loads(event.data)
             if frame.get("reset"):
                 yield Reset(frame["cursor"])
+            elif "subscribed" in frame:
+                yield Subscribed(frame["cursor"])
             elif "id" in frame:
                 yield Message(frame["id"], _text(frame["data"]))
         elif isinstance(event, Ping):

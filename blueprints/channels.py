@@ -1,7 +1,8 @@
 """Channels: one model, three transports (DESIGN §4 "Channels").
 
     POST /pub/<channel>            publish (permission needed) -> 201 {"id"}
-    GET  /sub/<channel>            SSE when Accept: text/event-stream, else long-poll JSON
+    GET  /sub/<channel>            SSE when Accept: text/event-stream (`event: subscribed`
+                                   first, then messages), else long-poll JSON
     WS   /sub/<channel>/ws         {"subscribed","cursor"}, then frames {"id","data"}
 
 Every transport resumes from the client's last id (SSE `Last-Event-ID` or
@@ -80,10 +81,12 @@ def subscribe(channel):
         # string, which only says where the first connection started.
         raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
         cursor = _cursor(raw, "Last-Event-ID")
-        hub = get_hub()
+        subscription = get_hub().subscribe(channel, cursor, on_abort=aborter(request.environ))
+        retry = sse.retry(config["SSE_RETRY_MS"])
         return sse.response(sse.stream(
-            hub.subscribe(channel, cursor, on_abort=aborter(request.environ)),
-            request.environ, first=sse.retry(config["SSE_RETRY_MS"]),
+            subscription, request.environ,
+            # where it starts: the client's cursor, or the newest id when it had none
+            first=lambda: retry + sse.subscribed(channel, format_id(cursor or subscription.cursor)),
             heartbeat=config["HEARTBEAT_SECONDS"]))
     return longpoll.answer(
         get_hub(), channel, _cursor(request.args.get("cursor"), "cursor"),
@@ -105,7 +108,8 @@ def subscribe_ws(ws, channel):
         raise Refused(str(exc)) from None
     return ws.subscribed(
         get_hub().subscribe(channel, cursor, on_abort=ws.abort),
-        # Tells the client it is subscribed, and from where.
+        # Tells the client it is subscribed, and from where: its own cursor,
+        # or the newest id when it had none (as the SSE stream's first event).
         hello=lambda sub: json.dumps(with_served_by({"subscribed": channel,
-                                                     "cursor": format_id(sub.cursor)})),
+                                                     "cursor": format_id(cursor or sub.cursor)})),
         heartbeat=current_app.config["HEARTBEAT_SECONDS"])

@@ -10,6 +10,8 @@ import time
 import requests
 import websocket
 
+from realtime_client import parse_sse
+
 
 class Collector:
     """Thread-safe list of received items with a blocking wait."""
@@ -43,7 +45,9 @@ class Collector:
 
 
 class SSEClient(Collector):
-    """An EventSource-like reader: events are dicts {event, id, data}."""
+    """An EventSource-like reader (realtime_client's parser): events are dicts
+    {event, id, data}. A channel stream's opening `subscribed` event is kept
+    apart, as `hello`, like the WebSocket's first frame."""
 
     def __init__(self, url, last_event_id=None, headers=None):
         super().__init__()
@@ -55,36 +59,33 @@ class SSEClient(Collector):
         self.served_by = self.response.headers.get("X-Served-By")
         self.retry = None
         self.comments = 0
+        self.hello = None
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
     def _read(self):
-        event = {}
         try:
-            for raw in self.response.raw:
-                line = raw.decode("utf-8").rstrip("\n")
-                if line == "":
-                    if "data" in event:
-                        event.setdefault("event", "message")
-                        self.add(event)
-                    event = {}
-                elif line.startswith(":"):
-                    self.comments += 1
-                else:
-                    field, _, value = line.partition(":")
-                    value = value.removeprefix(" ")
-                    if field == "data":
-                        event["data"] = event["data"] + "\n" + value if "data" in event else value
-                    elif field == "retry":
-                        self.retry = int(value)
-                    else:
-                        event[field] = value
+            for sse in parse_sse(iter(lambda: self.response.raw.read1(65536), b""),
+                                 on_comment=self._comment, on_retry=self._retry):
+                if sse.event == "subscribed" and self.hello is None and not self.items:
+                    self.hello = json.loads(sse.data)
+                    continue
+                item = {"event": sse.event, "data": sse.data}
+                if sse.id is not None:
+                    item["id"] = sse.id
+                self.add(item)
         except Exception as exc:  # connection cut: record it, the test decides
             self.error = exc
         finally:
             self.closed.set()
             with self._cond:
                 self._cond.notify_all()
+
+    def _comment(self, _text):
+        self.comments += 1
+
+    def _retry(self, milliseconds):
+        self.retry = milliseconds
 
     def close(self):
         # Shut the socket itself: closing the response from this thread would

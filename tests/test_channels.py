@@ -9,6 +9,7 @@ import pytest
 import requests
 import websocket
 
+from realtime_client import parse_sse
 from tests.clients import LongPoller, SSEClient, WSClient, long_poll, wait_subscribed
 
 TRANSPORTS = ["sse", "longpoll", "ws"]
@@ -313,7 +314,7 @@ def test_live_events_are_framed_for_the_client_protocol(server, channel, protoco
     texts = ["one", "two\nlines", "ünï"]
     for text in texts:
         server.publish(channel, text)
-    while received.count(b"\n\n") < 1 + len(texts) or (
+    while received.count(b"\n\n") < 2 + len(texts) or (
             protocol == "HTTP/1.1" and not received.endswith(b"\r\n")):
         received += sock.recv(65536)
     sock.close()
@@ -330,11 +331,10 @@ def test_live_events_are_framed_for_the_client_protocol(server, channel, protoco
     else:
         assert b"transfer-encoding" not in head.lower()
     fields = {line.partition(":")[0] for line in body.decode().split("\n") if line}
-    assert fields <= {"", "retry", "id", "data"}, fields  # nothing but SSE lines
-    events = [e for e in body.decode().split("\n\n") if "data:" in e]
-    data = ["\n".join(line[6:] for line in e.split("\n") if line.startswith("data: "))
-            for e in events]
-    assert data == texts
+    assert fields <= {"", "retry", "event", "id", "data"}, fields  # nothing but SSE lines
+    events = list(parse_sse([body]))
+    assert events[0].event == "subscribed"
+    assert [e.data for e in events[1:]] == texts
 
 
 def _read_answer(sock, buf=b""):
