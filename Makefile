@@ -27,7 +27,8 @@ bench: $(VENV)/.installed-bench
 
 # Locust against a server that is already running (`make run` in another
 # terminal, or any deployment): 60 s headless, a mix of every user class; exits
-# non-zero when more than FAIL_RATIO of the requests failed. Reports in docs/load/.
+# non-zero when more than FAIL_RATIO of the requests failed. Reports in LOAD_DIR,
+# by default under instance/ (untracked, like everything a run writes).
 HOST       ?= http://127.0.0.1:8000
 # (gunicorn.conf.py reads HOST from the environment as a bind address: a value
 # without a scheme is not a URL to load, so the default is used instead)
@@ -36,7 +37,7 @@ USERS      ?= 40
 SPAWN_RATE ?= 10
 RUN_TIME   ?= 60s
 FAIL_RATIO ?= 0.01
-LOAD_DIR   ?= docs/load
+LOAD_DIR   ?= instance/load
 
 load: $(VENV)/.installed-load
 	mkdir -p $(LOAD_DIR)

@@ -183,15 +183,21 @@ class _SSE(_Session):
 
 def parse_sse(chunks, on_comment=None, on_retry=None):
     """The events of an event stream whose bytes come as `chunks` (an
-    iterable of bytes), parsed by the WHATWG rules: lines end at CRLF, LF or
-    CR; `data` lines are joined with "\n"; an event with no data is not
-    dispatched, but its `id` still sets the last event id; an id containing
-    NUL is ignored. Yields SSEEvent(event, data, id). Comments (`on_comment(text)`)
-    and `retry` fields with a number (`on_retry(milliseconds)`) are passed on
-    if asked for (keepalives, reconnection delays)."""
+    iterable of bytes), parsed by the WHATWG rules: a leading byte order
+    mark is skipped; lines end at CRLF, LF or CR; `data` lines are joined
+    with "\n"; an event with no data is not dispatched, but its `id` still
+    sets the last event id; an id containing NUL is ignored. Yields
+    SSEEvent(event, data, id). Comments (`on_comment(text)`) and `retry`
+    fields with a number (`on_retry(milliseconds)`) are passed on if asked
+    for (keepalives, reconnection delays)."""
     buffer, kind, data, last_id = b"", "", [], None
+    start = True
     for chunk in chunks:
         buffer += chunk
+        if start:  # one UTF-8 byte order mark at the very start is skipped
+            if len(buffer) < 3 and b"\xef\xbb\xbf".startswith(buffer):
+                continue
+            buffer, start = buffer.removeprefix(b"\xef\xbb\xbf"), False
         # Split once per chunk. A CR at the very end may be half a CRLF: it
         # waits for the next chunk.
         held = buffer.endswith(b"\r")

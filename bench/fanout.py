@@ -331,12 +331,13 @@ def qa_publisher(url):
     """Each broadcast is a new question, posted like the page does."""
     import requests
 
+    from realtime_client import parse_sse
+
     with requests.get(url + "/qa/stream", stream=True, timeout=10,
                       headers={"Accept": "text/event-stream"}) as stream:
-        for line in stream.iter_lines(decode_unicode=True):
-            if line.startswith("data: {\"id\""):
-                client_id = json.loads(line[6:])["id"]
-                break
+        client_id = next(json.loads(event.data)["id"]
+                         for event in parse_sse(stream.iter_content(chunk_size=None))
+                         if event.event == "login")
 
     def publish(k):
         response = requests.post(url + "/qa/questions", json={"question": marker_text(k)},

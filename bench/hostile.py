@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import cpu_seconds, gunicorn_server, machine, redis_server, worker_pids
 from core import ot
 from core.config import SETTINGS
+from realtime_client import parse_sse
 
 REPORT = ROOT / "docs" / "bench-hostile.md"
 ORIGIN_OF = {}  # the address each honest probe uses
@@ -233,15 +234,12 @@ def _qa_probe(url, run, stop):
     def stream():
         with requests.get(f"{url}/qa/stream", stream=True, timeout=60,
                           headers=headers("qa", Accept="text/event-stream")) as r:
-            event = None
-            for line in r.iter_lines(decode_unicode=True):
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: ") and event == "login":
-                    login["id"] = json.loads(line[6:])["id"]
+            for event in parse_sse(r.iter_content(chunk_size=None)):
+                if event.event == "login":
+                    login["id"] = json.loads(event.data)["id"]
                     ready.set()
-                elif line.startswith("data: ") and event == "questions":
-                    for question in json.loads(line[6:])["questions"]:
+                elif event.event == "questions":
+                    for question in json.loads(event.data)["questions"]:
                         if question in asked:
                             run.took("Q&A question to the board", time.monotonic()
                                      - asked.pop(question))
@@ -270,9 +268,9 @@ def _delivery_probe(url, token, run, stop):
         with requests.get(f"{url}/sub/{channel}", stream=True, timeout=60,
                           headers=headers("sse", Accept="text/event-stream")) as r:
             ready.set()
-            for line in r.iter_lines(decode_unicode=True):
-                if line and line.startswith("data: ") and line[6:] in sent:
-                    run.took("publish to SSE", time.monotonic() - sent.pop(line[6:]))
+            for event in parse_sse(r.iter_content(chunk_size=None)):
+                if event.event == "message" and event.data in sent:
+                    run.took("publish to SSE", time.monotonic() - sent.pop(event.data))
                 if stop.is_set():
                     return
 
@@ -504,9 +502,9 @@ def qa_flood(url, run, stop):
         session = requests.Session()
         with session.get(f"{url}/qa/stream", stream=True, timeout=60,
                          headers=headers("hostile qa", Accept="text/event-stream")) as r:
-            lines = r.iter_lines(decode_unicode=True)
-            client = next(json.loads(line[6:])["id"] for line in lines
-                          if line.startswith("data: ") and '"id"' in line)
+            client = next(json.loads(event.data)["id"]
+                          for event in parse_sse(r.iter_content(chunk_size=None))
+                          if event.event == "login")
         sent = headers("hostile qa", **{"X-Client-Id": client})
         while not stop.is_set():
             question = f"{uuid.uuid4().hex} " + "q" * 200

@@ -54,20 +54,19 @@ def run(url, token, visitors, hz, seconds):
     import requests
     import websocket
 
+    from realtime_client import parse_sse
+
     ws_url = url.replace("http://", "ws://") + "/track/ws"
     batches, stop = [], threading.Event()
 
     def watch():
         with requests.get(f"{url}/admin/track/stream", params={"access_token": token},
                           headers={"Accept": "text/event-stream"}, stream=True, timeout=60) as r:
-            kind = None
-            for line in r.iter_lines(decode_unicode=True):
+            for event in parse_sse(r.iter_content(chunk_size=None)):
                 if stop.is_set():
                     return
-                if line.startswith("event: "):
-                    kind = line[7:]
-                elif line.startswith("data: ") and kind == "batch":
-                    batches.append((time.time(), json.loads(line[6:])))
+                if event.event == "batch":
+                    batches.append((time.time(), json.loads(event.data)))
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()

@@ -44,6 +44,16 @@ def _cursor(raw, what):
         abort_json(400, f"invalid {what}: expected a message id like 1700000000000-0")
 
 
+def greeting(channel):
+    """What a stream's first event or frame says, given its cursor: it is
+    subscribed, from where (the client's own cursor, or the newest id when
+    it had none), and which worker serves it (a WebSocket or EventSource
+    cannot read our X-Served-By header). Made while the request's context
+    is there; called once the stream has subscribed."""
+    hello = with_served_by({"subscribed": channel})
+    return lambda cursor: {**hello, "cursor": format_id(cursor)}
+
+
 @bp.post("/pub/<channel>")
 def publish(channel):
     _check_channel(channel)
@@ -82,11 +92,10 @@ def subscribe(channel):
         raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
         cursor = _cursor(raw, "Last-Event-ID")
         subscription = get_hub().subscribe(channel, cursor, on_abort=aborter(request.environ))
-        retry = sse.retry(config["SSE_RETRY_MS"])
+        retry, greet = sse.retry(config["SSE_RETRY_MS"]), greeting(channel)
         return sse.response(sse.stream(
             subscription, request.environ,
-            # where it starts: the client's cursor, or the newest id when it had none
-            first=lambda: retry + sse.subscribed(channel, format_id(cursor or subscription.cursor)),
+            first=lambda: retry + sse.subscribed(greet(cursor or subscription.cursor)),
             heartbeat=config["HEARTBEAT_SECONDS"]))
     return longpoll.answer(
         get_hub(), channel, _cursor(request.args.get("cursor"), "cursor"),
@@ -106,10 +115,8 @@ def subscribe_ws(ws, channel):
             "last_event_id") else None
     except InvalidId as exc:
         raise Refused(str(exc)) from None
+    greet = greeting(channel)
     return ws.subscribed(
         get_hub().subscribe(channel, cursor, on_abort=ws.abort),
-        # Tells the client it is subscribed, and from where: its own cursor,
-        # or the newest id when it had none (as the SSE stream's first event).
-        hello=lambda sub: json.dumps(with_served_by({"subscribed": channel,
-                                                     "cursor": format_id(cursor or sub.cursor)})),
+        hello=lambda sub: json.dumps(greet(cursor or sub.cursor)),
         heartbeat=current_app.config["HEARTBEAT_SECONDS"])

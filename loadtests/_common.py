@@ -1,9 +1,10 @@
 """What the load-test user classes share: the settings (from the environment),
 the `--max-fail-ratio` option and the run's exit code, the browser-like
 HttpUser base with its retry of closed kept-alive connections, and the
-reporting helpers (`report`, `id_ms`, `age_ms`, `SequenceCheck`,
-`ChannelSubscriber`...). The event listeners here are registered once, when
-this module is first imported (see locustfile.py on how it is imported).
+reporting helpers (`report`, `SequenceCheck`...). The event listeners here are
+registered once, when this module is first imported (see locustfile.py on how
+it is imported). SSE streams are parsed by realtime_client.parse_sse, the
+project's one parser.
 """
 
 import json
@@ -27,7 +28,6 @@ PUBLISH_RATE = float(os.environ.get("LOAD_PUBLISH_RATE", "5"))
 HOLD_SECONDS = tuple(float(s) for s in os.environ.get("LOAD_HOLD_SECONDS", "20-40").split("-"))
 
 STREAM_TIMEOUT = 60  # seconds without a byte before a stream is dead (server heartbeat: 15 s)
-LONGPOLL_TIMEOUT = 40  # the server holds a long-poll up to 25 s
 ROUND_TRIP_TIMEOUT = 10  # a Q&A change not seen on the stream by then is a failure
 SYMBOLS = ["IBM", "AAPL", "MSFT", "GOOG", "AMZN", "NVDA", "TSLA", "META"]
 RATE_LIMITED = " [429 rate-limited]"
@@ -122,16 +122,6 @@ def ms_since(started):
     return (time.perf_counter() - started) * 1000
 
 
-def id_ms(message_id):
-    """The server timestamp in a stream id `<ms>-<seq>`."""
-    return int(str(message_id).partition("-")[0])
-
-
-def age_ms(message_id):
-    """Publish-to-now delay of a message, from its id; never negative."""
-    return max(0.0, time.time() * 1000 - id_ms(message_id))
-
-
 def origin_of(host):
     parts = urlsplit(host)
     return f"{parts.scheme}://{parts.netloc}"
@@ -146,29 +136,6 @@ def ws_url(host, path):
 def hold_seconds():
     low, high = HOLD_SECONDS[0], HOLD_SECONDS[-1]
     return random.uniform(low, high)
-
-
-def sse_events(response):
-    """{"event", "id", "data"} dicts from a streaming `requests` response, as
-    EventSource would dispatch them (comments and retry lines skipped)."""
-    buffer, event = b"", {}
-    for chunk in response.iter_content(chunk_size=None):
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        for raw in lines:
-            line = raw.rstrip(b"\r").decode("utf-8")
-            if not line:
-                if "data" in event:
-                    event.setdefault("event", "message")
-                    yield event
-                event = {}
-            elif not line.startswith(":"):
-                field, _, value = line.partition(":")
-                value = value.removeprefix(" ")
-                if field == "data":
-                    event["data"] = f"{event['data']}\n{value}" if "data" in event else value
-                elif field in ("event", "id"):
-                    event[field] = value
 
 
 def ws_close_info(payload):
@@ -232,28 +199,3 @@ class SequenceCheck:
         if seq <= previous:
             return CheckFailed(f"duplicate or out of order: seq {seq} after {previous}")
         return CheckFailed(f"gap: {seq - previous - 1} message(s) missing after seq {previous}")
-
-
-class ChannelSubscriber:
-    """What the SSE, WebSocket and long-poll subscribers share: the last id,
-    the sequence check, and classifying each message as live or resumed."""
-
-    def _start_session(self):
-        self.last_id, self.sequence = None, SequenceCheck()
-
-    def _deliver(self, kind, path, message_id, data, length, started=None, first=False,
-                 away_until=None):
-        """Report one message. `first`: the first of a fresh connection (time
-        since `started`). `away_until`: on a resumed connection, the wall-clock
-        ms when it was opened; a message published before then was missed
-        while away and comes from the resume (time since `started`)."""
-        failure = self.sequence.check(data)
-        if self.last_id is not None and id_ms(message_id) < id_ms(self.last_id):
-            failure = CheckFailed(f"id {message_id} after {self.last_id}")
-        self.last_id = message_id
-        if first:
-            report(self, kind, f"{path} first event", ms_since(started), length)
-        if away_until is not None and id_ms(message_id) < away_until:
-            report(self, kind, f"{path} resumed", ms_since(started), length, failure)
-        else:
-            report(self, kind, f"{path} delivery", age_ms(message_id), length, failure)

@@ -1,45 +1,47 @@
-"""Channel users: the publisher and a subscriber for each of the three
-transports (SSE, WebSocket, long-poll)."""
+"""Channel users, all on the project's Python client (realtime_client): the
+publisher, and a subscriber for each of the three transports (SSE,
+WebSocket, long-poll). Each message a subscriber receives is one row entry:
+its publish-to-receipt delivery latency."""
 
+import http.client
 import json
 import time
 import uuid
 
 import gevent
-import requests
-import websocket
 from _common import (
     CHANNEL,
-    LONGPOLL_TIMEOUT,
     PASSWORD,
     PUBLISH_RATE,
-    STREAM_TIMEOUT,
+    RATE_LIMITED,
     USERNAME,
-    BrowserLikeUser,
-    ChannelSubscriber,
     CheckFailed,
-    fetch_token,
+    SequenceCheck,
     hold_seconds,
     ms_since,
-    origin_of,
-    problem,
     report,
-    sse_events,
-    ws_close_info,
-    ws_url,
 )
-from locust import User, between, constant, constant_pacing, task
+from locust import User, between, constant_pacing, task
+
+from realtime_client import ClientError, Reset, login, publish, subscribe
+
+# What realtime_client raises besides ClientError when a request does not get
+# an answer (refused or reset connection, timeout, a broken response).
+NO_ANSWER = (OSError, http.client.HTTPException)
 
 
-class Publisher(BrowserLikeUser):
-    """Publishes numbered JSON messages on the bench channel at a steady rate,
-    with a bearer token, so that every subscriber has something to receive."""
+class Publisher(User):
+    """Publishes numbered JSON messages stamped with the time of sending
+    (`sent`, ms since the epoch) on the bench channel at a steady rate, with a
+    bearer token, so that every subscriber has something to receive and can
+    tell how long each took to come."""
 
     fixed_count = 1
     wait_time = constant_pacing(1 / PUBLISH_RATE)
+    PATH = "/pub/[channel]"
 
     def on_start(self):
-        self.token = fetch_token(self, USERNAME, PASSWORD, name="/auth/token (publisher)")
+        self.token = None
         self.new_epoch()
 
     def new_epoch(self):
@@ -47,177 +49,142 @@ class Publisher(BrowserLikeUser):
         # new numbering, so that subscribers do not report a false gap.
         self.publisher, self.seq = uuid.uuid4().hex[:8], 0
 
+    def log_in(self):
+        """A bearer token, waiting out the login rate limit; None after 5 tries."""
+        name = "/auth/token (publisher)"
+        for _ in range(5):
+            started = time.perf_counter()
+            try:
+                token = login(self.host, USERNAME, PASSWORD)
+            except ClientError as exc:
+                if exc.status != 429:
+                    report(self, "POST", name, ms_since(started), exception=exc)
+                    return None
+                # the limiter doing its job: expected, in a row of its own
+                report(self, "POST", name + RATE_LIMITED, ms_since(started))
+                gevent.sleep(5)
+                continue
+            except NO_ANSWER as exc:
+                report(self, "POST", name, ms_since(started), exception=exc)
+                gevent.sleep(1)
+                continue
+            report(self, "POST", name, ms_since(started))
+            return token
+        return None
+
     @task
     def publish(self):
         if self.token is None:
-            self.token = fetch_token(self, USERNAME, PASSWORD, name="/auth/token (publisher)")
+            self.token = self.log_in()
             if self.token is None:
                 return
         self.seq += 1
-        body = {"pub": self.publisher, "seq": self.seq, "text": f"bench message {self.seq}"}
-        with self.client.post(f"/pub/{CHANNEL}", json=body, name="/pub/[channel]",
-                              headers={"Authorization": f"Bearer {self.token}"},
-                              catch_response=True) as response:
-            if response.status_code != 201:
-                response.failure(problem(response))
-                self.new_epoch()
-                if response.status_code == 401:
-                    self.token = None  # expired or revoked: log in again
+        body = json.dumps({"pub": self.publisher, "seq": self.seq, "sent": time.time() * 1000,
+                           "text": f"bench message {self.seq}"})
+        started = time.perf_counter()
+        try:
+            publish(self.host, CHANNEL, body, token=self.token, is_json=True)
+        except (ClientError, *NO_ANSWER) as exc:
+            report(self, "POST", self.PATH, ms_since(started), len(body), exc)
+            self.new_epoch()
+            if getattr(exc, "status", None) == 401:
+                self.token = None  # expired or revoked: log in again
+            return
+        report(self, "POST", self.PATH, ms_since(started), len(body))
 
 
-class SSESubscriber(ChannelSubscriber, User):
-    """EventSource on GET /sub/<channel>: holds the stream for LOAD_HOLD_SECONDS,
-    leaves, and resumes with Last-Event-ID after 1-3 s."""
+class ChannelSubscriber(User):
+    """realtime_client.subscribe on one transport, read on a greenlet of its
+    own: holds the subscription for LOAD_HOLD_SECONDS, leaves, and 1-3 s
+    later subscribes again from its last id, as a page closed and reopened
+    does. (Reconnecting after the server drops a connection is the client's
+    own business, inside `subscribe`: it shows only as a longer delivery.)
 
-    weight = 8
+    Rows, of type REQUEST_TYPE:
+    - `... delivery`: receipt time minus the publisher's `sent` stamp;
+    - `... resumed`: a message published while away, delivered after
+      subscribing again, timed since subscribing again;
+    - `... reset` (a failure): the last id was gone, messages were missed;
+    - `... refused` (a failure): the server refused the subscription for good.
+    A message seen twice, out of order or missing (the publisher numbers
+    them), or an id not above the previous one, makes its row a failure."""
+
+    abstract = True
     wait_time = between(1, 3)
-    PATH = "/sub/[channel]"
+    TRANSPORT = REQUEST_TYPE = PATH = None
 
     def on_start(self):
-        self._start_session()
-        self.http = requests.Session()
-
-    def on_stop(self):
-        self.http.close()
+        self.last_id, self.sequence = None, SequenceCheck()
 
     @task
     def listen(self):
-        headers = {"Accept": "text/event-stream"}
-        if self.last_id:
-            headers["Last-Event-ID"] = self.last_id
-        resuming = self.last_id is not None
-        started, connected_at = time.perf_counter(), time.time() * 1000
+        away_until = time.time() * 1000 if self.last_id is not None else None
+        reader = gevent.spawn(self._read, away_until)
         try:
-            response = self.http.get(f"{self.host}/sub/{CHANNEL}", headers=headers, stream=True,
-                                     timeout=(10, STREAM_TIMEOUT))
-        except requests.RequestException as exc:
-            report(self, "SSE", f"{self.PATH} connect", ms_since(started), exception=exc)
-            return
-        with response:
-            if response.status_code != 200:
-                report(self, "SSE", f"{self.PATH} connect", ms_since(started),
-                       exception=CheckFailed(f"HTTP {response.status_code}"))
-                return
-            report(self, "SSE", f"{self.PATH} connect", ms_since(started))
-            self._read(response, started, connected_at if resuming else None)
-
-    def _read(self, response, started, away_until):
-        deadline, first = time.monotonic() + hold_seconds(), away_until is None
-        try:
-            for event in sse_events(response):
-                length = len(event["data"])
-                if event["event"] == "message":
-                    self._deliver("SSE", self.PATH, event["id"], event["data"], length,
-                                  started, first, away_until)
-                    first = False
-                elif event["event"] == "reset":  # our resume point was trimmed
-                    report(self, "SSE", f"{self.PATH} reset", 0, length,
-                           CheckFailed("resume point lost: " + event["data"]))
-                    self.last_id = event.get("id") or None
-                elif event["event"] == "close":  # the server dropped us; resume
-                    report(self, "SSE", f"{self.PATH} closed by server", 0, length,
-                           CheckFailed(event["data"]))
-                    return
-                if time.monotonic() >= deadline:
-                    return
-        except (requests.RequestException, OSError, ValueError) as exc:
-            report(self, "SSE", f"{self.PATH} stream", ms_since(started), exception=exc)
-
-
-class WebSocketSubscriber(ChannelSubscriber, User):
-    """WS /sub/<channel>/ws: waits for {"subscribed"}, then {"id","data"}
-    frames; leaves after LOAD_HOLD_SECONDS and resumes with ?last_event_id=."""
-
-    weight = 8
-    wait_time = between(1, 3)
-    PATH = "/sub/[channel]/ws"
-
-    def on_start(self):
-        self._start_session()
-
-    @task
-    def listen(self):
-        query = f"?last_event_id={self.last_id}" if self.last_id else ""
-        resuming = self.last_id is not None
-        started, connected_at = time.perf_counter(), time.time() * 1000
-        try:
-            ws = websocket.create_connection(ws_url(self.host, f"/sub/{CHANNEL}/ws{query}"),
-                                             timeout=STREAM_TIMEOUT, origin=origin_of(self.host))
-        except (websocket.WebSocketException, OSError) as exc:
-            report(self, "WS", f"{self.PATH} subscribed", ms_since(started), exception=exc)
-            return
-        try:
-            hello = ws.recv()
-            if "subscribed" not in json.loads(hello):
-                raise CheckFailed(f"first frame is not 'subscribed': {hello[:100]}")
-        except (websocket.WebSocketException, OSError, ValueError, CheckFailed) as exc:
-            report(self, "WS", f"{self.PATH} subscribed", ms_since(started), exception=exc)
-            ws.close(timeout=1)
-            return
-        report(self, "WS", f"{self.PATH} subscribed", ms_since(started), len(hello))
-        try:
-            self._read(ws, started, connected_at if resuming else None)
-        except (ValueError, KeyError, TypeError) as exc:
-            report(self, "WS", f"{self.PATH} stream", ms_since(started),
-                   exception=CheckFailed(f"malformed frame: {exc!r}"))
+            reader.join(hold_seconds())
         finally:
-            ws.close(timeout=1)
+            reader.kill()  # also when Locust stops this user mid-hold
+        reader.get()  # an error in _read is the locustfile's own: Locust records it
 
-    def _read(self, ws, started, away_until):
-        deadline, first = time.monotonic() + hold_seconds(), away_until is None
-        while time.monotonic() < deadline:
-            try:
-                opcode, payload = ws.recv_data()
-            except (websocket.WebSocketException, OSError) as exc:
-                report(self, "WS", f"{self.PATH} stream", ms_since(started), exception=exc)
-                return
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                code, reason = ws_close_info(payload)
-                report(self, "WS", f"{self.PATH} closed by server", 0,
-                       exception=CheckFailed(f"close {code}: {reason}"))
-                return
-            if opcode != websocket.ABNF.OPCODE_TEXT:
-                continue
-            frame = json.loads(payload)
-            if frame.get("reset"):
-                report(self, "WS", f"{self.PATH} reset", 0, len(payload),
-                       CheckFailed("resume point lost"))
-                self.last_id = frame.get("cursor")
-                continue
-            self._deliver("WS", self.PATH, frame["id"], frame["data"], len(payload),
-                          started, first, away_until)
-            first = False
+    def _read(self, away_until):
+        started = time.perf_counter()
+        try:
+            for event in subscribe(self.host, CHANNEL, transport=self.TRANSPORT,
+                                   since=self.last_id):
+                if isinstance(event, Reset):
+                    self._report("reset", 0, 0, CheckFailed(f"resume point lost, now at "
+                                                            f"{event.cursor}"))
+                    self.last_id = event.cursor
+                else:
+                    self._deliver(event, started, away_until)
+        except ClientError as exc:
+            self._report("refused", ms_since(started), 0, exc)
+
+    def _deliver(self, message, started, away_until):
+        failure = None
+        if self.last_id is not None and _order(message.id) <= _order(self.last_id):
+            failure = CheckFailed(f"id {message.id} after {self.last_id}")
+        self.last_id = message.id
+        try:
+            body = json.loads(message.data)
+            sent = float(body["sent"])
+        except (ValueError, KeyError, TypeError):
+            return  # somebody else's message on the channel: not ours to time
+        failure = self.sequence.check(body) or failure
+        if away_until is not None and sent < away_until:
+            self._report("resumed", ms_since(started), len(message.data), failure)
+        else:
+            self._report("delivery", max(0.0, time.time() * 1000 - sent), len(message.data),
+                         failure)
+
+    def _report(self, what, response_time, length, exception=None):
+        report(self, self.REQUEST_TYPE, f"{self.PATH} {what}", response_time, length, exception)
 
 
-class LongPollClient(ChannelSubscriber, BrowserLikeUser):
-    """GET /sub/<channel>?cursor=...: polls again as soon as an answer comes,
-    as the long-poll page does. The HTTP row's time is how long the server
-    held the request; the LONGPOLL row is each message's delivery delay."""
+def _order(message_id):
+    """A stream id `<ms>-<seq>` as a tuple that sorts like the ids do."""
+    ms, _, seq = message_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class SSESubscriber(ChannelSubscriber):
+    """EventSource on GET /sub/<channel>, resuming with Last-Event-ID."""
+
+    weight = 8
+    TRANSPORT, REQUEST_TYPE, PATH = "sse", "SSE", "/sub/[channel]"
+
+
+class WebSocketSubscriber(ChannelSubscriber):
+    """WS /sub/<channel>/ws, resuming with ?last_event_id=."""
+
+    weight = 8
+    TRANSPORT, REQUEST_TYPE, PATH = "websocket", "WS", "/sub/[channel]/ws"
+
+
+class LongPollClient(ChannelSubscriber):
+    """GET /sub/<channel>?cursor=..., polling again as soon as an answer comes.
+    Its delivery latency includes the time between two polls, which a
+    long-poll client does pay."""
 
     weight = 4
-    wait_time = constant(0)
-    PATH = "/sub/[channel]"
-
-    def on_start(self):
-        self._start_session()
-
-    @task
-    def poll(self):
-        params = {"cursor": self.last_id} if self.last_id else {}
-        with self.client.get(f"/sub/{CHANNEL}", params=params, name=f"{self.PATH} long-poll",
-                             timeout=LONGPOLL_TIMEOUT, catch_response=True) as response:
-            try:
-                body = response.json()
-                events_ = body["events"]
-            except (ValueError, KeyError, TypeError):
-                response.failure(problem(response))
-                gevent.sleep(1)
-                return
-            response.success()
-        if body.get("reset"):
-            report(self, "LONGPOLL", f"{self.PATH} reset", 0,
-                   exception=CheckFailed("cursor lost"))
-        for item in events_:
-            self._deliver("LONGPOLL", self.PATH, item["id"], item["data"],
-                          len(json.dumps(item["data"])))
-        self.last_id = body.get("cursor") or self.last_id
+    TRANSPORT, REQUEST_TYPE, PATH = "longpoll", "LP", "/sub/[channel]"

@@ -21,11 +21,12 @@ from _common import (
     origin_of,
     problem,
     report,
-    sse_events,
     ws_close_info,
     ws_url,
 )
 from locust import User, between, task
+
+from realtime_client import parse_sse
 
 # When each point was sent, shared by this process's drawers: a drawer that
 # receives another's move knows how long the relay took (client to client).
@@ -200,17 +201,17 @@ class TrackDashboard(BrowserLikeUser):
                 return
             deadline = time.monotonic() + hold_seconds()
             try:
-                for event in sse_events(response):
-                    kind, length = event["event"], len(event["data"])
+                for event in parse_sse(response.iter_content(chunk_size=None)):
+                    kind, length = event.event, len(event.data)
                     if kind == "snapshot":
                         report(self, "SSE", f"{self.PATH} snapshot", ms_since(started), length)
                     elif kind == "batch":
-                        at = json.loads(event["data"])["at"]
+                        at = json.loads(event.data)["at"]
                         report(self, "SSE", f"{self.PATH} batch",
                                max(0.0, time.time() * 1000 - at), length)
                     elif kind == "close":
                         report(self, "SSE", f"{self.PATH} closed by server", 0, length,
-                               CheckFailed(event["data"]))
+                               CheckFailed(event.data))
                         return
                     if time.monotonic() >= deadline:
                         return

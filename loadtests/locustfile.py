@@ -18,16 +18,16 @@ to read it. Settings, from the environment:
 and `--max-fail-ratio` (LOCUST_MAX_FAIL_RATIO, default 0.01): the run exits 1
 when a larger share of all requests failed.
 
-Custom transports report through `events.request`, so they land in Locust's
-statistics beside the HTTP requests:
+The channel users are built on the project's Python client (realtime_client:
+`publish`, `login`, `subscribe`), and report through `events.request`, so they
+land in Locust's statistics beside the HTTP requests:
 
-- request type SSE / WS / LONGPOLL, name `... delivery`: now minus the
-  millisecond part of the message id (`<ms>-<seq>`, a Redis stream id, stamped
-  by Redis when the server published it), so it is the publish-to-client delay;
-  it assumes the load generator's clock agrees with the server's.
-- `... first event`: from opening the stream to its first message.
+- request type SSE / WS / LP, name `... delivery`: the publish-to-receipt
+  delivery latency, receipt time minus the `sent` stamp the publisher put in
+  the message (both the load generator's clock).
 - `... resumed`: a message published while the client was away, delivered
-  after it reconnected with its last id; the time is since reconnecting.
+  after it subscribed again from its last id; the time is since then.
+- `... reset`: a failure, the client's last id was no longer retained.
 - The publisher numbers its messages; a subscriber that sees one twice, out of
   order, or misses one after a resume records a failure.
 
@@ -35,8 +35,9 @@ Where things live (all in loadtests/; this file is only the entry point that
 Locust loads, and it imports every user class so that Locust finds them):
 
     _common.py    settings, --max-fail-ratio and the exit code, the browser-like
-                 HttpUser base, reporting helpers, SequenceCheck, ChannelSubscriber
-    channels.py  Publisher, SSESubscriber, WebSocketSubscriber, LongPollClient
+                 HttpUser base, reporting helpers, SequenceCheck
+    channels.py  Publisher, and ChannelSubscriber's SSESubscriber,
+                 WebSocketSubscriber and LongPollClient
     demos.py     Drawer, MouseVisitor, TrackDashboard, TickerPoller
     qa.py        QAParticipant
     logins.py    LoginVisitor and its SCRAM helpers

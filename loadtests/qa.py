@@ -16,10 +16,11 @@ from _common import (
     ms_since,
     problem,
     report,
-    sse_events,
 )
 from gevent.event import Event
 from locust import between, task
+
+from realtime_client import parse_sse
 
 
 class QAParticipant(BrowserLikeUser):
@@ -59,14 +60,14 @@ class QAParticipant(BrowserLikeUser):
                                headers={"Accept": "text/event-stream"}) as response:
                 if response.status_code != 200:
                     raise CheckFailed(f"HTTP {response.status_code}")
-                for event in sse_events(response):
+                for event in parse_sse(response.iter_content(chunk_size=None)):
                     self._on_event(event, started)
         except (requests.RequestException, OSError, CheckFailed, ValueError, KeyError,
                 TypeError) as exc:
             report(self, "SSE", f"{self.PATH} stream", ms_since(started), exception=exc)
 
     def _on_event(self, event, started):
-        kind, data = event["event"], event["data"]
+        kind, data = event.event, event.data
         if kind == "login":
             self.client_id = json.loads(data)["id"]
             report(self, "SSE", f"{self.PATH} login (first event)", ms_since(started), len(data))

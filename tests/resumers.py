@@ -11,6 +11,8 @@ import time
 import requests
 import websocket
 
+from realtime_client import parse_sse
+
 # -- resuming clients ------------------------------------------------------------
 
 
@@ -100,33 +102,17 @@ class SSEResumer(Resumer):
                 return
             self._sock = getattr(getattr(response.raw, "connection", None), "sock", None)
             self.connects += 1
-            buffer = b""
-            for chunk in response.iter_content(chunk_size=None):
-                buffer += chunk
-                *blocks, buffer = buffer.split(b"\n\n")
-                for block in blocks:
-                    self._block(block.decode("utf-8"))
-                    if self.finished() or self.stopping.is_set():
-                        return
-
-    def _block(self, block):
-        fields = {}
-        for line in block.split("\n"):
-            if not line or line.startswith(":"):
-                continue
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            fields[name] = fields[name] + "\n" + value if name == "data" and name in fields \
-                else value
-        if "data" not in fields:
-            return
-        kind = fields.get("event", "message")
-        if kind == "message":
-            self._message(fields["id"], fields["data"])
-        elif kind == "reset":
-            self._reset(fields["id"])
-        elif kind == "close":
-            self.closes.append(fields["data"])
+            for sse in parse_sse(response.iter_content(chunk_size=None)):
+                if sse.event == "message":
+                    self._message(sse.id, sse.data)
+                elif sse.event == "reset":
+                    self._reset(json.loads(sse.data)["cursor"])
+                elif sse.event == "close":
+                    self.closes.append(sse.data)
+                # (the opening `subscribed` event is skipped, as the WebSocket's
+                # first frame is: the cursor moves with what arrives)
+                if self.finished() or self.stopping.is_set():
+                    return
 
 
 class WSResumer(Resumer):

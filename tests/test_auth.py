@@ -15,6 +15,7 @@ import requests
 from core import passwords, tokens
 from core.config import load_settings
 from core.users import UserStore
+from realtime_client import parse_sse
 from tests.conftest import ROOT
 
 PASSWORD = "correct horse battery"
@@ -340,11 +341,13 @@ def test_token_permissions_govern_channels(server, alice, channel):
                           headers=auth, timeout=5)
     assert theirs.status_code == 403
     # EventSource and WebSocket cannot set headers: ?access_token= works on GET
-    sse = requests.get(f"{server.url}/sub/{private}", timeout=5, stream=True,
-                       params={"last_event_id": "0", "access_token": token},
-                       headers={"Accept": "text/event-stream"})
-    assert sse.status_code == 200
-    sse.close()
+    with requests.get(f"{server.url}/sub/{private}", timeout=5, stream=True,
+                      params={"last_event_id": "0", "access_token": token},
+                      headers={"Accept": "text/event-stream"}) as sse:
+        assert sse.status_code == 200
+        first = next(event for event in parse_sse(sse.iter_content(chunk_size=None))
+                     if event.event == "message")
+    assert first.data == "secret"
 
 
 # -- rate limits -------------------------------------------------------------------------

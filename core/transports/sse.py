@@ -54,14 +54,13 @@ def retry(milliseconds):
     return f"retry: {int(milliseconds)}\n\n".encode("ascii")
 
 
-def subscribed(channel, cursor):
-    """The event that opens a channel stream, as the WebSocket's first frame
-    does: where it starts. Its `id` is that cursor, so even a stream that
-    drops before its first message resumes from there (EventSource sends it
-    as Last-Event-ID), never from a later "now" that would skip what came
-    between."""
-    return event(json.dumps({"subscribed": channel, "cursor": cursor}), event="subscribed",
-                 id=cursor)
+def subscribed(hello):
+    """The event that opens a channel stream, `hello` (a dict with the
+    "cursor" it starts from), as the WebSocket's first frame does. Its `id`
+    is that cursor, so even a stream that drops before its first message
+    resumes from there (EventSource sends it as Last-Event-ID), never from a
+    later "now" that would skip what came between."""
+    return event(json.dumps(hello), event="subscribed", id=hello["cursor"])
 
 
 def _field(value):
