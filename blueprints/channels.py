@@ -54,6 +54,12 @@ def greeting(channel):
     return lambda cursor: {**hello, "cursor": format_id(cursor)}
 
 
+@bp.get("/channel/")
+def page():
+    """The browser client's demo: any channel, any transport (static/js/channel.js)."""
+    return current_app.send_static_file("channel.html")
+
+
 @bp.post("/pub/<channel>")
 def publish(channel):
     _check_channel(channel)

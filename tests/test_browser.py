@@ -1,6 +1,7 @@
 """The demo pages in real headless Chromium (Playwright driving the system browser)."""
 
 import itertools
+import os
 import shutil
 import subprocess
 import sys
@@ -330,3 +331,129 @@ def test_monitor_page_charts_the_workers(server, browser):
     anonymous.goto(server.url + "/admin/monitor")
     assert "Administrators only" in anonymous.content()
     anonymous.context.close()
+
+
+# -- the browser client, static/js/realtime.js (on the /channel/ demo page) -----------------
+
+
+def shown(page):
+    """What the channel page shows: (data, transport, id, served by) per message,
+    and the resets it announced."""
+    return page.evaluate("""() => [...document.querySelectorAll('#messages li')].map(li => ({
+        text: li.firstChild.textContent, via: li.dataset.via, id: li.dataset.id,
+        servedBy: li.dataset.servedBy, reset: li.dataset.reset}))""")
+
+
+def wait_shown(page, count, timeout=30):
+    deadline = time.monotonic() + timeout
+    while len([m for m in shown(page) if m["id"]]) < count:
+        assert time.monotonic() < deadline, f"{len(shown(page))} of {count}: {shown(page)[-3:]}"
+        page.wait_for_timeout(100)
+    return [m for m in shown(page) if m["id"]]
+
+
+def wait_status(page, text, timeout=30):
+    deadline = time.monotonic() + timeout
+    while page.locator("#status").inner_text() != text:
+        assert time.monotonic() < deadline, page.locator("#status").inner_text()
+        page.wait_for_timeout(100)
+
+
+def test_auto_falls_back_to_sse_then_long_poll_and_comes_back_losing_nothing(
+        start_server, browser, redis_server, rdb, channel):
+    import re
+    import signal
+    import threading
+
+    from core.hub import Hub
+    from tests.clients import worker_pids
+
+    server = start_server()
+    publisher = Hub(rdb, redis_server.url)  # straight into Redis: it works with no worker up
+    blocked = {"websocket": True, "sse": False}
+    context = browser.new_context()
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    def websocket(route):  # a proxy refusing WebSocket upgrades
+        if blocked["websocket"]:
+            route.close(code=4000, reason="blocked by the test")
+        else:
+            route.connect_to_server()
+
+    def event_stream(route):  # ... and, later, event streams
+        accept = route.request.headers.get("accept", "")
+        if blocked["sse"] and "text/event-stream" in accept:
+            route.abort()
+        else:
+            route.continue_()
+
+    page.route_web_socket(re.compile(r"/sub/.*/ws"), websocket)
+    page.route(re.compile(r"/sub/"), event_stream)
+    page.goto(f"{server.url}/channel/?channel={channel}&transport=auto&retry_better_after=3000")
+    wait_status(page, "live (sse)")
+
+    sent, on_websocket = [f"message {i}" for i in range(200)], threading.Event()
+
+    def publish_all():
+        for i, text in enumerate(sent):
+            if i == 150:  # keep the last 50 for after the way back up
+                on_websocket.wait(60)
+            publisher.publish(channel, text)
+            time.sleep(0.03)
+
+    thread = threading.Thread(target=publish_all, daemon=True)
+    thread.start()
+    wait_shown(page, 30)
+    blocked["sse"] = True
+    for pid in worker_pids(server):  # every connection drops; gunicorn starts new workers
+        os.kill(pid, signal.SIGKILL)
+    wait_status(page, "live (longpoll)")
+    wait_shown(page, 60)
+    blocked["websocket"] = blocked["sse"] = False
+    wait_status(page, "live (websocket)", timeout=30)
+    on_websocket.set()
+    thread.join(30)
+    messages = wait_shown(page, 200)
+    assert [m["text"] for m in messages] == sent  # each once, in order
+    ids = [m["id"] for m in messages]
+    assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
+    transports = [m["via"] for m in messages]
+    assert transports[0] == "sse" and transports[-1] == "websocket"
+    assert "longpoll" in transports
+    assert not [m for m in shown(page) if m["reset"]]
+    context.close()
+    assert errors == []
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse", "longpoll"])
+def test_the_client_resumes_after_its_worker_is_killed_and_shows_a_reset(
+        start_server, page, redis_server, rdb, channel, transport):
+    import signal
+
+    from core.hub import Hub
+
+    server = start_server()
+    publisher = Hub(rdb, redis_server.url)
+    for i in range(3):
+        publisher.publish(channel, f"before {i}")
+    # A cursor the channel no longer has (it never had it): the page says so,
+    # and goes on from the channel's newest message.
+    page.goto(f"{server.url}/channel/?channel={channel}&transport={transport}&since=1-0")
+    deadline = time.monotonic() + 20
+    while not [m for m in shown(page) if m["reset"]]:
+        assert time.monotonic() < deadline, shown(page)
+        page.wait_for_timeout(100)
+    wait_status(page, f"live ({transport})")
+    first = [f"first {i}" for i in range(10)]
+    for text in first:
+        publisher.publish(channel, text)
+    holder = wait_shown(page, 10)[-1]["servedBy"]
+    os.kill(int(holder.rsplit("/", 1)[1]), signal.SIGKILL)
+    second = [f"second {i}" for i in range(10)]
+    for text in second:
+        publisher.publish(channel, text)
+    messages = wait_shown(page, 20)
+    assert [m["text"] for m in messages] == first + second  # nothing lost, nothing twice
+    assert all(m["via"] == transport for m in messages)

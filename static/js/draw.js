@@ -1,6 +1,7 @@
 // Collaborative drawing: our strokes go to /draw/ws at most every 50 ms;
 // others' strokes and pointers come back as "moving" events.
-import { keepWebSocket, setStatus } from "./status.js";
+import { connect } from "./realtime.js";
+import { showStatus } from "./status.js";
 
 const $ = (id) => document.getElementById(id);
 const canvas = $("board");
@@ -109,16 +110,16 @@ function move(event) {
 $("clear").addEventListener("click", () => socket?.send(JSON.stringify({ type: "clear" })));
 
 function connectForever() {
-  keepWebSocket(() => "/draw/ws", {
-    onOpen: (opened) => { socket = opened; setStatus($("status"), "ok", "live"); },
+  connect("/draw/ws", {
+    onOpen: (opened) => { socket = opened; },
     onMessage,
     onClose: (event) => {
       // 1008: the server refused what we sent (e.g. too many moves); say why.
       if (event.code === 1008 && event.reason) $("error").textContent = event.reason;
       for (const other of others.values()) other.label.remove();
       others.clear();
-      setStatus($("status"), "warn", "reconnecting…");
     },
+    onStatus: showStatus($("status"), "live"),
   });
 }
 

@@ -2,7 +2,8 @@
 // in flight with a buffer behind it; remote operations are transformed against
 // both, then applied with the caret kept in place. Protocol: blueprints/editor.py.
 import * as ot from "./ot.js";
-import { keepWebSocket, setStatus } from "./status.js";
+import { connect } from "./realtime.js";
+import { setStatus } from "./status.js";
 
 const $ = (id) => document.getElementById(id);
 const area = $("text");
@@ -181,8 +182,10 @@ function onMessage(message) {
   render();
 }
 
+// realtime.js reconnects (with backoff), from the version we have: `path` is
+// called for every attempt. "live" is shown once the server says "ready".
 function connectForever() {
-  keepWebSocket(() => {
+  connect(() => {
     const params = new URLSearchParams({ name: $("name").value });
     if (version !== null) params.set("v", String(version));
     return `/editor/${docId}/ws?${params}`;

@@ -1,9 +1,9 @@
-// Long-poll loop: GET /sub/broadcast?cursor=<last id>, render, repeat.
-import { setStatus, sleep } from "./status.js";
+// The long-poll broadcast: realtime.js holds GET /sub/broadcast?cursor=<last id>
+// open, and asks again from the last line it has.
+import { subscribe } from "./realtime.js";
+import { showStatus } from "./status.js";
 
 const list = document.getElementById("lines");
-const CHANNEL = list.dataset.channel;
-const status = document.getElementById("status");
 
 function addLine(text, servedBy, className) {
   const item = document.createElement("li");
@@ -17,30 +17,11 @@ function addLine(text, servedBy, className) {
   list.append(item);
 }
 
-async function pollForever() {
+subscribe(list.dataset.channel, {
+  transport: "longpoll",
   // Start where the server was when it rendered the page: nothing sent since is missed.
-  let cursor = list.dataset.cursor;
-  let backoff = 500;
-  for (;;) {
-    const url = `/sub/${CHANNEL}?cursor=${encodeURIComponent(cursor)}`;
-    try {
-      if (backoff === 500) setStatus(status, "ok", "listening");
-      const response = await fetch(url, { headers: { Accept: "application/json" }, cache: "no-store" });
-      if (!response.ok) throw new Error(`HTTP ${response.status}`);
-      const body = await response.json();
-      const servedBy = response.headers.get("X-Served-By");
-      if (body.reset) addLine("Some lines were missed: the history moved on.", null, "note");
-      for (const event of body.events) {
-        addLine(typeof event.data === "string" ? event.data : JSON.stringify(event.data), servedBy);
-      }
-      cursor = body.cursor;
-      backoff = 500;
-    } catch (error) {
-      setStatus(status, "warn", `reconnecting (${error.message})…`);
-      await sleep(backoff);
-      backoff = Math.min(backoff * 2, 15000);
-    }
-  }
-}
-
-pollForever();
+  since: list.dataset.cursor,
+  onMessage: ({ data, servedBy }) => addLine(data, servedBy),
+  onReset: () => addLine("Some lines were missed: the history moved on.", null, "note"),
+  onStatus: showStatus(document.getElementById("status"), "listening"),
+});

@@ -1,5 +1,6 @@
 // The monitor page (administrators): the workers' vital signs from an SSE stream, charted.
-import { setStatus } from "/static/js/status.js";
+import { stream } from "/static/js/realtime.js";
+import { showStatus } from "/static/js/status.js";
 const $ = (id) => document.getElementById(id);
 const history = new Map(); // "host/pid" -> [{rss, cpu, conns}], the last 60 reports
 const COLORS = ["#2f6fdf", "#d2691e", "#2e8b57", "#c71585", "#6a5acd", "#b8860b"];
@@ -26,11 +27,7 @@ function chart(id, title, unit, pick) {
   ctx.fillText(`${title} (max ${Math.round(top)} ${unit})`, 8, 16);
 }
 
-const source = new EventSource("/admin/monitor/stream");
-source.addEventListener("open", () => setStatus($("status"), "ok", "live"));
-source.addEventListener("error", () => setStatus($("status"), "warn", "reconnecting…"));
-source.addEventListener("processes", (event) => {
-  const data = JSON.parse(event.data);
+function show(data) {
   const live = new Set();
   const rows = [];
   for (const p of data.processes) {
@@ -63,4 +60,9 @@ source.addEventListener("processes", (event) => {
   chart("memory", "memory per worker", "MB", (p) => p.rss);
   chart("cpu", "CPU per worker", "%", (p) => p.cpu);
   chart("connections", "connections per worker", "", (p) => p.conns);
+}
+
+stream("/admin/monitor/stream", {
+  events: { processes: show },
+  onStatus: showStatus($("status"), "live"),
 });

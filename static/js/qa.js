@@ -1,5 +1,6 @@
 // Q&A board: one EventSource for updates, fetch() for changes, X-Client-Id for identity.
-import { setStatus, sleep } from "./status.js";
+import { stream } from "./realtime.js";
+import { showStatus } from "./status.js";
 
 const $ = (id) => document.getElementById(id);
 let clientId = null;
@@ -83,32 +84,14 @@ $("clear-board").addEventListener("click", () => {
   }
 });
 
-// One stream at a time; on failure reconnect with our id so the selection survives.
-async function streamForever() {
-  let backoff = 1000;
-  for (;;) {
-    const url = "/qa/stream" + (clientId ? `?client=${encodeURIComponent(clientId)}` : "");
-    const source = new EventSource(url);
-    await new Promise((resolve) => {
-      source.addEventListener("login", (event) => {
-        clientId = JSON.parse(event.data).id;
-        backoff = 1000;
-        setStatus($("status"), "ok", "live");
-      });
-      source.addEventListener("questions", (event) => renderQuestions(JSON.parse(event.data).questions));
-      source.addEventListener("answers", (event) => {
-        const { question, answers } = JSON.parse(event.data);
-        renderAnswers(question, answers);
-      });
-      source.addEventListener("ping", () => setStatus($("status"), "ok", "live"));
-      source.addEventListener("error", () => { source.close(); resolve(); });
-      source.addEventListener("close", () => { source.close(); resolve(); });
-    });
-    setStatus($("status"), "warn", "reconnecting…");
-    await sleep(backoff);
-    backoff = Math.min(backoff * 2, 15000);
-  }
-}
+// One stream; realtime.js reconnects it with our id, so the selection survives.
+stream(() => "/qa/stream" + (clientId ? `?client=${encodeURIComponent(clientId)}` : ""), {
+  events: {
+    login: ({ id }) => { clientId = id; },
+    questions: ({ questions }) => renderQuestions(questions),
+    answers: ({ question, answers }) => renderAnswers(question, answers),
+  },
+  onStatus: showStatus($("status"), "live"),
+});
 
 showAdminTools();
-streamForever();

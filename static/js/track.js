@@ -1,5 +1,6 @@
 // The mouse-tracking visitor page: one position per animation frame over a WebSocket.
-import { keepWebSocket, setStatus } from "/static/js/status.js";
+import { connect } from "/static/js/realtime.js";
+import { showStatus } from "/static/js/status.js";
 const $ = (id) => document.getElementById(id);
 let socket = null, pending = null, scheduled = false, sent = 0;
 addEventListener("mousemove", (event) => {
@@ -15,11 +16,8 @@ addEventListener("mousemove", (event) => {
     pending = null;
   });
 });
-function connectForever() {
-  keepWebSocket(() => "/track/ws", {
-    onOpen: (opened) => { socket = opened; setStatus($("status"), "ok", "tracked"); },
-    onMessage: (message) => { $("me").textContent = message.id; },
-    onClose: () => setStatus($("status"), "warn", "reconnecting…"),
-  });
-}
-connectForever();
+connect("/track/ws", {
+  onOpen: (opened) => { socket = opened; },
+  onMessage: (message) => { $("me").textContent = message.id; },
+  onStatus: showStatus($("status"), "tracked"),
+});

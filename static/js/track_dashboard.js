@@ -1,6 +1,7 @@
 // Live dots with short trails per visitor, the visitor count, and a chart of
 // mouse events per second; fed by the SSE stream /admin/track/stream.
-import { setStatus } from "./status.js";
+import { stream } from "./realtime.js";
+import { showStatus } from "./status.js";
 
 const $ = (id) => document.getElementById(id);
 const field = $("field").getContext("2d");
@@ -25,24 +26,24 @@ function countEvents(events) {
   while (perSecond.length > 60) perSecond.shift();
 }
 
-const source = new EventSource("/admin/track/stream");
-source.addEventListener("open", () => setStatus($("status"), "ok", "live"));
-source.addEventListener("error", () => setStatus($("status"), "warn", "reconnecting…"));
-source.addEventListener("snapshot", (event) => {
-  const { users } = JSON.parse(event.data);
-  for (const id of [...visitors.keys()]) if (!users.includes(id)) visitors.delete(id);
-  for (const id of users) ensure(id);
-});
-source.addEventListener("join", (event) => ensure(JSON.parse(event.data).id));
-source.addEventListener("leave", (event) => visitors.delete(JSON.parse(event.data).id));
-source.addEventListener("batch", (event) => {
-  const { positions, events } = JSON.parse(event.data);
-  for (const [id, point] of Object.entries(positions)) {
-    const visitor = ensure(id);
-    visitor.trail.push(point);
-    if (visitor.trail.length > TRAIL) visitor.trail.shift();
-  }
-  countEvents(events);
+stream("/admin/track/stream", {
+  events: {
+    snapshot: ({ users }) => {
+      for (const id of [...visitors.keys()]) if (!users.includes(id)) visitors.delete(id);
+      for (const id of users) ensure(id);
+    },
+    join: ({ id }) => ensure(id),
+    leave: ({ id }) => visitors.delete(id),
+    batch: ({ positions, events }) => {
+      for (const [id, point] of Object.entries(positions)) {
+        const visitor = ensure(id);
+        visitor.trail.push(point);
+        if (visitor.trail.length > TRAIL) visitor.trail.shift();
+      }
+      countEvents(events);
+    },
+  },
+  onStatus: showStatus($("status"), "live"),
 });
 
 function draw() {
