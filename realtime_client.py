@@ -20,7 +20,10 @@ reconnects, whichever transport. When that id is no longer retained the
 server says so and the iterator yields a `Reset` carrying the new cursor;
 delivery goes on after it. A request the server refuses for good (a bad
 channel name, a private channel without the right token) raises
-`ClientError` instead of retrying.
+`ClientError` instead of retrying, and an answer this client cannot read
+(not JSON where JSON belongs, an invalid frame, a proxy's page instead of an
+event stream) raises `ProtocolError`. A connection cut in the middle of an
+event or frame is a disconnect like any other: nothing half-read is yielded.
 
 `Message.data` is the message as published: the text, or for a JSON
 message its JSON text. (On WebSocket and long-poll a JSON message whose
@@ -46,6 +49,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.utilities import RemoteProtocolError
 
 TRANSPORTS = ("sse", "websocket", "longpoll")
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
@@ -85,6 +89,13 @@ class ClientError(Exception):
     def __init__(self, status, reason):
         super().__init__(f"{status}: {reason}")
         self.status, self.reason = status, reason
+
+
+class ProtocolError(Exception):
+    """The server sent something this client cannot read (not JSON where
+    JSON belongs, a message without an id, an invalid WebSocket frame, not an
+    event stream): not this server, or a proxy in the way. Raised, not
+    retried: the same request would get the same answer."""
 
 
 class _Retry(Exception):
@@ -171,6 +182,10 @@ class _SSE(_Session):
         if cursor is not None:
             headers["Last-Event-ID"] = cursor
         conn, response = self._open(self.path, headers)
+        kind = response.getheader("Content-Type", "")
+        if not kind.startswith("text/event-stream"):
+            conn.close()
+            raise ProtocolError(f"asked for an event stream, got {kind or 'no Content-Type'}")
         try:
             for sse in parse_sse(iter(lambda: response.read1(65536), b"")):
                 event = _dispatch(sse)
@@ -228,13 +243,15 @@ def parse_sse(chunks, on_comment=None, on_retry=None):
 
 def _dispatch(sse):
     if sse.event == "message":
+        if not sse.id:
+            raise ProtocolError(f"an SSE message without an id: {sse.data[:100]!r}")
         return Message(sse.id, sse.data)
     if sse.event == "subscribed":
-        return Subscribed(json.loads(sse.data)["cursor"])
+        return Subscribed(_decode(sse.data, "the subscribed event", "cursor")["cursor"])
     if sse.event == "reset":
-        return Reset(json.loads(sse.data)["cursor"])
+        return Reset(_decode(sse.data, "a reset event", "cursor")["cursor"])
     if sse.event == "close":  # the server ends this stream (a restart, a slow reader)
-        raise _Retry(json.loads(sse.data).get("reason", "closed"))
+        raise _Retry(_decode(sse.data, "a close event").get("reason", "closed"))
     return None
 
 
@@ -246,12 +263,14 @@ class _LongPoll(_Session):
             query = f"?{urlencode({'cursor': cursor})}" if cursor is not None else ""
             conn, response = self._open(self.path + query, {"Accept": "application/json"})
             try:
-                answer = json.loads(response.read())
+                answer = _decode(response.read(), "a long-poll answer", "events", "cursor")
             finally:
                 conn.close()
             if answer.get("reset"):
                 yield Reset(answer["cursor"])
             for item in answer["events"]:
+                if not isinstance(item, dict) or "id" not in item or "data" not in item:
+                    raise ProtocolError(f"a long-poll event without id and data: {item!r:.100}")
                 yield Message(item["id"], _text(item["data"]))
             cursor = answer["cursor"]
 
@@ -276,7 +295,11 @@ class _WebSocket(_Session):
                 if not data:
                     raise _Retry("connection closed")
                 ws.receive_data(data)
-                for event in ws.events():
+                try:
+                    events = list(ws.events())
+                except RemoteProtocolError as exc:  # not a valid WebSocket
+                    raise ProtocolError(f"an invalid WebSocket frame or handshake: {exc}") from None
+                for event in events:
                     yield from self._handle(ws, sock, event)
         finally:
             sock.close()
@@ -286,12 +309,12 @@ class _WebSocket(_Session):
         if isinstance(event, TextMessage):
             if not event.message_finished:
                 raise _Retry("fragmented frames are not sent by this server")
-            frame = json.loads(event.data)
+            frame = _decode(event.data, "a WebSocket frame")
             if frame.get("reset"):
                 yield Reset(frame["cursor"])
             elif "subscribed" in frame:
                 yield Subscribed(frame["cursor"])
-            elif "id" in frame:
+            elif "id" in frame and "data" in frame:
                 yield Message(frame["id"], _text(frame["data"]))
         elif isinstance(event, Ping):
             sock.sendall(ws.send(event.response()))
@@ -300,15 +323,29 @@ class _WebSocket(_Session):
         elif isinstance(event, CloseConnection):
             if event.code == 1008:  # refused for good (bad channel, no access)
                 raise ClientError(1008, event.reason)
+            if event.code in _UNREADABLE:  # (wsproto reports a bad frame from the server so)
+                raise ProtocolError(f"an invalid WebSocket frame ({event.code}): {event.reason}")
             raise _Retry(f"closed {event.code}: {event.reason}")
         elif not isinstance(event, AcceptConnection):
             pass  # bytes, pongs: nothing for us
 
 
+_UNREADABLE = (1002, 1003, 1007)  # protocol error, unsupported data, invalid payload
 _SESSIONS = {"sse": _SSE, "longpoll": _LongPoll, "websocket": _WebSocket}
 
 
 # -- plumbing ----------------------------------------------------------------------------
+
+
+def _decode(text, what, *fields):
+    """`text`, a JSON object with `fields`, or a ProtocolError naming `what`."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise ProtocolError(f"{what} is not JSON: {text[:100]!r}") from None
+    if not isinstance(value, dict) or any(name not in value for name in fields):
+        raise ProtocolError(f"{what} lacks {', '.join(fields) or 'an object'}: {text[:100]!r}")
+    return value
 
 
 def _text(value):

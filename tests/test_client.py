@@ -1,9 +1,14 @@
 """realtime_client, the Python client, against a real server on each
 transport: catch-up, live delivery, resume across a reload without loss,
-resets, and refusals that end the iteration instead of retrying."""
+resets, and refusals that end the iteration instead of retrying; and, against
+a server that misbehaves, clear errors or a reconnect, never a hang."""
 
+import base64
+import hashlib
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -11,7 +16,15 @@ import time
 
 import pytest
 
-from realtime_client import ClientError, Message, Reset, login, publish, subscribe
+from realtime_client import (
+    ClientError,
+    Message,
+    ProtocolError,
+    Reset,
+    login,
+    publish,
+    subscribe,
+)
 from tests.clients import wait_until, worker_pids
 from tests.conftest import ROOT
 
@@ -127,3 +140,88 @@ def test_the_stdin_broadcaster_publishes_over_http_with_a_token(server, admin_to
     assert no_token.returncode == 2 and "--url needs a token" in no_token.stderr
     refused = broadcast("--url", server.url, token="not-a-token")
     assert refused.returncode == 1 and "the server refused: 401" in refused.stderr
+
+
+# -- a server that misbehaves: the client raises or reconnects, it never hangs -------------
+
+
+class Misbehaving:
+    """A TCP server on a real socket that answers its Nth connection with
+    `answers[N]` (bytes, or a function of the request's bytes), then closes."""
+
+    def __init__(self, answers):
+        self.answers, self.requests = list(answers), []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        for answer in self.answers:
+            conn, _ = self.sock.accept()
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            self.requests.append(request)
+            conn.sendall(answer(request) if callable(answer) else answer)
+            time.sleep(0.2)
+            conn.close()
+        self.sock.close()
+
+
+def upgraded(*frames):
+    """A WebSocket handshake's answer followed by `frames` (raw bytes)."""
+    def answer(request):
+        key = re.search(rb"Sec-WebSocket-Key: *(\S+)", request, re.IGNORECASE).group(1)
+        accept = base64.b64encode(hashlib.sha1(
+            key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+                + b"".join(frames))
+    return answer
+
+
+def text_frame(text):
+    data = text.encode()
+    return bytes([0x81, len(data)]) + data  # unmasked, final, under 126 bytes
+
+
+def http_200(kind, body):
+    return (f"HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\n\r\n").encode() + body
+
+
+@pytest.mark.parametrize(("transport", "answer", "says"), [
+    ("sse", http_200("text/event-stream", b"retry: 100\n\nevent: reset\ndata: {oops\n\n"),
+     "a reset event is not JSON"),
+    ("sse", http_200("text/event-stream", b"data: no id\n\n"), "an SSE message without an id"),
+    ("sse", http_200("text/html", b"<html>a proxy's page</html>"),
+     "asked for an event stream, got text/html"),
+    ("longpoll", http_200("application/json", b"<html>"), "a long-poll answer is not JSON"),
+    ("longpoll", http_200("application/json", b'{"events": 1}'), "lacks events, cursor"),
+    ("websocket", upgraded(text_frame("not json")), "a WebSocket frame is not JSON"),
+    ("websocket", upgraded(b"\x8f\x00"), "an invalid WebSocket frame"),  # opcode 0xF
+])
+def test_a_server_answer_the_client_cannot_read_raises_a_clear_error(transport, answer, says):
+    server = Misbehaving([answer])
+    reader = Reader(subscribe(server.url, "news", transport=transport), 1)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive(), "the client hung"
+    assert isinstance(reader.error, ProtocolError), reader.error
+    assert says in str(reader.error)
+
+
+@pytest.mark.parametrize(("transport", "truncated", "whole"), [
+    ("sse", http_200("text/event-stream", b"id: 4-0\ndata: half an ev"),
+     http_200("text/event-stream", b"id: 5-0\ndata: whole\n\n")),
+    ("websocket", upgraded(bytes([0x81, 100]) + b"ten bytes."),
+     upgraded(text_frame('{"subscribed": "news", "cursor": "4-0"}'),
+              text_frame('{"id": "5-0", "data": "whole"}'))),
+])
+def test_a_cut_event_or_frame_is_dropped_and_the_client_reconnects(transport, truncated, whole):
+    server = Misbehaving([truncated, whole])
+    reader = Reader(subscribe(server.url, "news", transport=transport), 1)
+    reader.start()
+    reader.join(10)
+    assert reader.error is None and not reader.is_alive()
+    assert reader.got == [Message("5-0", "whole")]  # nothing half-read
+    assert len(server.requests) == 2
