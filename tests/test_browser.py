@@ -457,3 +457,35 @@ def test_the_client_resumes_after_its_worker_is_killed_and_shows_a_reset(
     messages = wait_shown(page, 20)
     assert [m["text"] for m in messages] == first + second  # nothing lost, nothing twice
     assert all(m["via"] == transport for m in messages)
+
+
+def test_a_hidden_page_lets_its_connection_go_and_catches_up_when_shown(
+        start_server, page, channel):
+    import requests
+
+    server = start_server(workers=1)  # its /healthz counts every open connection
+
+    def open_streams():
+        return sum(requests.get(f"{server.url}/healthz", timeout=5).json()["connections"].values())
+
+    page.goto(f"{server.url}/channel/?channel={channel}&transport=websocket&pause_when_hidden=1")
+    wait_status(page, "live (websocket)")
+    server.publish(channel, "seen while shown")
+    wait_shown(page, 1)
+    assert open_streams() == 1
+    visibility = """hidden => {
+        Object.defineProperty(document, "hidden", {value: hidden, configurable: true});
+        document.dispatchEvent(new Event("visibilitychange"));
+    }"""
+    page.evaluate(visibility, True)
+    wait_status(page, "paused while hidden")
+    deadline = time.monotonic() + 10
+    while open_streams():
+        assert time.monotonic() < deadline, "the hidden page still holds a connection"
+        time.sleep(0.2)
+    missed = [f"while hidden {i}" for i in range(5)]
+    for text in missed:
+        server.publish(channel, text)
+    page.evaluate(visibility, False)
+    wait_status(page, "live (websocket)")
+    assert [m["text"] for m in wait_shown(page, 6)] == ["seen while shown", *missed]

@@ -1,5 +1,6 @@
 // Any channel over any transport, with realtime.js. The query string says
-// which: ?channel=chat.demo&transport=auto (and since=<id>; retry_better_after=<ms>).
+// which: ?channel=chat.demo&transport=auto (and since=<id>; retry_better_after=<ms>;
+// pause_when_hidden=1).
 import { publish, subscribe } from "./realtime.js";
 import { showStatus } from "./status.js";
 
@@ -23,6 +24,7 @@ try {
     transport,
     since: query.get("since") ?? undefined,
     retryBetterAfter: Number(query.get("retry_better_after")) || undefined,
+    pauseWhenHidden: query.get("pause_when_hidden") === "1",
     onMessage: ({ id, data, transport: via, servedBy }) =>
       add(data, "", { id, via, servedBy: servedBy ?? "" }),
     onReset: ({ cursor }) => add(`Messages were missed: the channel goes on from ${cursor}.`,
