@@ -2,13 +2,19 @@
 
 import itertools
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
+import requests
 
+from core.hub import Hub
+from tests.clients import worker_pids
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.browser
@@ -361,13 +367,6 @@ def wait_status(page, text, timeout=30):
 
 def test_auto_falls_back_to_sse_then_long_poll_and_comes_back_losing_nothing(
         start_server, browser, redis_server, rdb, channel):
-    import re
-    import signal
-    import threading
-
-    from core.hub import Hub
-    from tests.clients import worker_pids
-
     server = start_server()
     publisher = Hub(rdb, redis_server.url)  # straight into Redis: it works with no worker up
     blocked = {"websocket": True, "sse": False}
@@ -430,10 +429,6 @@ def test_auto_falls_back_to_sse_then_long_poll_and_comes_back_losing_nothing(
 @pytest.mark.parametrize("transport", ["websocket", "sse", "longpoll"])
 def test_the_client_resumes_after_its_worker_is_killed_and_shows_a_reset(
         start_server, page, redis_server, rdb, channel, transport):
-    import signal
-
-    from core.hub import Hub
-
     server = start_server()
     publisher = Hub(rdb, redis_server.url)
     for i in range(3):
@@ -461,8 +456,6 @@ def test_the_client_resumes_after_its_worker_is_killed_and_shows_a_reset(
 
 def test_a_hidden_page_lets_its_connection_go_and_catches_up_when_shown(
         start_server, page, channel):
-    import requests
-
     server = start_server(workers=1)  # its /healthz counts every open connection
 
     def open_streams():
