@@ -7,6 +7,7 @@ need other settings start their own with `start_server(...)`.
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -195,3 +196,34 @@ def channel(request):
     """A channel name no other test uses."""
     name = re.sub(r"[^A-Za-z0-9.-]+", "-", request.node.name)[:40]
     return f"t{next(_channel_counter)}.{os.getpid()}.{name}"
+
+
+# -- Chromium, driven by Playwright (browser tests) ----------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (CI installs Debian's chromium package)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context()
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"

@@ -3,7 +3,6 @@
 import itertools
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,48 +15,9 @@ import requests
 from core.hub import Hub
 from tests.clients import worker_pids
 from tests.conftest import ROOT
+from tests.pages import wait_for
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def wait_for(page, expression, arg=None, timeout=10_000):
-    """Like page.wait_for_function, which evaluates its predicate with eval() in
-    the page: our pages' Content-Security-Policy forbids that (as it should), so
-    poll through page.evaluate, which DevTools runs outside the page's CSP."""
-    deadline = time.monotonic() + timeout / 1000
-    while not page.evaluate(expression, arg):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} ms waiting for {expression}")
-        page.wait_for_timeout(50)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (CI installs Debian's chromium package)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"])
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context()
-    page = context.new_page()
-    errors = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield page
-    context.close()
-    assert errors == [], f"JavaScript errors on the page: {errors}"
-
 
 def broadcast(base_env, lines):
     subprocess.run([sys.executable, "-m", "workers.broadcast"], input="\n".join(lines) + "\n",

@@ -398,36 +398,29 @@ def test_clearing_with_a_session_needs_the_csrf_token(board, board_users):
     assert with_token.status_code == 200
 
 
-def test_an_administrator_clears_the_board_from_the_page(board, board_users):
-    """In Chromium (skipped without it): the button shows for an administrator
-    only, and clicking it empties every open page's board."""
-    from tests.test_browser import CHROMIUM
-
-    if CHROMIUM is None:
-        pytest.skip("Chromium is not installed")
-    from playwright.sync_api import sync_playwright
-
+def test_an_administrator_clears_the_board_from_the_page(board, board_users, browser):
+    """In Chromium: the button shows for an administrator only, and clicking
+    it empties every open page's board."""
     question = unique("Asked before the clear")
     asker = Visitor(board)
     assert asker.post("questions", {"question": question}).status_code == 201
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            visitor, admin = browser.new_page(), browser.new_page()
-            visitor.goto(board.url + "/qa/")
-            visitor.get_by_role("button", name=question).wait_for(timeout=15_000)
-            assert visitor.locator("#clear-board").is_hidden()  # not for visitors
-            admin.goto(board.url + "/auth/")  # log in (a session cookie), then the board
-            login = admin.evaluate("""async () => (await fetch('/auth/login', {method: 'POST',
-                headers: {'Content-Type': 'application/json'}, body: JSON.stringify(
-                {username: 'qa-admin', password: 'qa-admin-password'})})).status""")
-            assert login == 200
-            admin.goto(board.url + "/qa/")
-            admin.on("dialog", lambda dialog: dialog.accept())
-            admin.locator("#clear-board").click(timeout=15_000)
-            visitor.get_by_role("button", name=question).wait_for(state="detached",
-                                                                 timeout=15_000)
-            assert admin.locator("#ask-error").inner_text() == ""
-        finally:
-            browser.close()
+    visitor, admin = browser.new_page(), browser.new_page()
+    try:
+        visitor.goto(board.url + "/qa/")
+        visitor.get_by_role("button", name=question).wait_for(timeout=15_000)
+        assert visitor.locator("#clear-board").is_hidden()  # not for visitors
+        admin.goto(board.url + "/auth/")  # log in (a session cookie), then the board
+        login = admin.evaluate("""async () => (await fetch('/auth/login', {method: 'POST',
+            headers: {'Content-Type': 'application/json'}, body: JSON.stringify(
+            {username: 'qa-admin', password: 'qa-admin-password'})})).status""")
+        assert login == 200
+        admin.goto(board.url + "/qa/")
+        admin.on("dialog", lambda dialog: dialog.accept())
+        admin.locator("#clear-board").click(timeout=15_000)
+        visitor.get_by_role("button", name=question).wait_for(state="detached",
+                                                             timeout=15_000)
+        assert admin.locator("#ask-error").inner_text() == ""
+    finally:
+        visitor.close()
+        admin.close()
     asker.close()
