@@ -91,6 +91,7 @@ def create_app(config=None):
         echo,
         editor,
         home,
+        lab,
         longpoll,
         processes,
         qa,
@@ -99,7 +100,7 @@ def create_app(config=None):
     )
 
     for module in (home, auth, channels, cities, cookies, longpoll, clock, qa, ticker, editor,
-                   echo, draw, track, processes):
+                   echo, draw, track, processes, lab):
         app.register_blueprint(module.bp)
 
     from core import lifecycle
