@@ -8,13 +8,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import requests
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.config import SETTINGS
 from core.embedded_redis import EmbeddedRedis, free_port
+from tests.servers import GunicornServer
 
 # A load generator is one client address with thousands of clients: the
 # per-address quotas (core/quotas.py) would refuse it, so benchmarks lift them.
@@ -31,28 +30,18 @@ def redis_server():
 
 @contextlib.contextmanager
 def gunicorn_server(redis_url, workers=2, **env_overrides):
-    """gunicorn with the shipped gunicorn.conf.py; yields (url, master pid)."""
-    port = free_port()
+    """gunicorn with the shipped gunicorn.conf.py (the tests' launcher, with
+    the quotas lifted and a private instance directory); yields (url, master
+    pid, its environment)."""
     with tempfile.TemporaryDirectory() as instance:
-        env = {**os.environ, "REDIS_URL": redis_url, "BIND": f"127.0.0.1:{port}",
-               "WEB_CONCURRENCY": str(workers), "INSTANCE_DIR": instance,
-               "LOG_LEVEL": "warning", **UNLIMITED,
-               **{k: str(v) for k, v in env_overrides.items()}}
-        server = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
-            cwd=ROOT, env=env)
-        url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "REDIS_URL": redis_url, "INSTANCE_DIR": instance,
+               "LOG_LEVEL": "warning", **UNLIMITED}
+        server = GunicornServer(env, Path(instance) / "gunicorn.log", workers=workers,
+                                **env_overrides).start(timeout=60)
         try:
-            for _ in range(300):
-                try:
-                    if requests.get(url + "/healthz", timeout=1).ok:
-                        break
-                except requests.RequestException:
-                    time.sleep(0.1)
-            yield url, server.pid, env
+            yield server.url, server.process.pid, server.env
         finally:
-            server.terminate()
-            server.wait()
+            server.stop()
 
 
 def rss_kb(pid):

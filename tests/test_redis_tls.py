@@ -120,7 +120,7 @@ def test_rediss_refuses_a_server_whose_certificate_it_cannot_verify(
         base_env, terminator, tmp_path):
     """Without the CA, the certificate does not verify: no worker talks to
     that Redis, /healthz says so, and nothing falls back to plaintext."""
-    from tests.conftest import GunicornServer
+    from tests.servers import GunicornServer
 
     url = f"rediss://127.0.0.1:{terminator.port}/0"
     server = GunicornServer(base_env, tmp_path / "server.log", workers=1,

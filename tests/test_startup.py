@@ -17,7 +17,8 @@ import requests
 
 from core.embedded_redis import free_port
 from tests.clients import wait_until, worker_pids
-from tests.conftest import ROOT, GunicornServer
+from tests.conftest import ROOT
+from tests.servers import GunicornServer
 
 
 def run_to_exit(env, timeout=30):
