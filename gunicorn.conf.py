@@ -143,9 +143,36 @@ def when_ready(server):
     host, _, port = bind.rpartition(":")
     shown = "localhost" if host in ("", "0.0.0.0", "127.0.0.1", "[::]") else host
     server.log.info("Serving on http://%s:%s/  (Ctrl-C stops everything)", shown, port)
+    _log_where_the_admin_password_is(server)
     from core import monitor
 
     monitor.report_master(server)
+
+
+RESET_PASSWORD = ".venv/bin/flask --app app users set-password"  # core/users.py's CLI
+
+
+def _log_where_the_admin_password_is(server):
+    """One line at every start, from the master (when_ready runs once, before
+    the workers): where the administrator's password is and how to reset it.
+    The demo admin's random password is logged only once, by the worker that
+    creates the account (core/users.py seed_demo_users), and is kept nowhere."""
+    from core.config import load_settings
+
+    settings = load_settings()  # already checked in on_starting
+    if not settings["DEMO_USERS"]:
+        server.log.info("Administrators: no demo users (DEMO_USERS off); create one with "
+                        "`.venv/bin/flask --app app users create NAME --admin`, reset a "
+                        "password with `%s NAME`", RESET_PASSWORD)
+    elif settings["DEMO_ADMIN_PASSWORD"]:
+        server.log.info("Administrator: user admin, password DEMO_ADMIN_PASSWORD (as it was "
+                        "when the account was created); reset it with `%s admin`",
+                        RESET_PASSWORD)
+    else:
+        server.log.info("Administrator: user admin; its random password was printed in this "
+                        "log (\"Demo users: ...\") when the account was created, at the first "
+                        "start on this Redis, and is kept nowhere else; reset it with "
+                        "`%s admin`", RESET_PASSWORD)
 
 
 def post_fork(server, worker):

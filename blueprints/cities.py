@@ -1,4 +1,5 @@
-"""Routing with path variables (chapter 5): GET /listCities/<country>/<state>.
+"""Routing with path variables (chapter 5): GET /listCities/<country>/<state>
+(a trailing slash is accepted).
 
 The dataset lives in Redis (one hash per country, seeded from
 data/cities.json on first use), so every worker answers the same.
@@ -47,7 +48,9 @@ def _seed(r):
     pipe.execute()
 
 
-@bp.get("/listCities/<country>/<state>")
+# strict_slashes=False: `/listCities/usa/ohio/` answers the same, as the book's
+# Express route (not strict by default) does, instead of a 404.
+@bp.get("/listCities/<country>/<state>", strict_slashes=False)
 def list_cities(country, state):
     country, state = _normalise(country), _normalise(state)
     if not _NAME.match(country) or not _NAME.match(state):

@@ -1,4 +1,4 @@
-"""The index page, health check and the cluster demo (`/whoami`).
+"""The index page, the favicon, health check and the cluster demo (`/whoami`).
 
 In production, pids, host names and subscriber counts help an attacker map
 the deployment (and tell when a worker restarted): /healthz and /whoami show
@@ -11,7 +11,7 @@ import socket
 import time
 
 import redis
-from flask import Blueprint, current_app, jsonify, render_template, request
+from flask import Blueprint, current_app, jsonify, redirect, render_template, request
 
 from core import lifecycle
 from core.security import current_user
@@ -24,6 +24,13 @@ _STARTED = time.time()
 @bp.get("/")
 def index():
     return current_app.send_static_file("index.html")
+
+
+@bp.get("/favicon.ico")
+def favicon():
+    """Browsers (and crawlers) ask for /favicon.ico whatever the pages link: send
+    them to the SVG rather than fill the logs with 404s."""
+    return redirect("/static/favicon.svg", 301)
 
 
 @bp.get("/healthz")

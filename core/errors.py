@@ -3,23 +3,57 @@
 `abort_json(400, "why")` stops a handler; the handlers below turn Werkzeug's
 HTTP errors, Redis outages and unexpected exceptions into JSON bodies without
 stack traces.
+
+A browser navigating to a page (its Accept prefers text/html to JSON) gets
+the same status, headers and reason as a small HTML page instead
+(templates/error.html); API clients (`application/json`, `*/*`, no Accept)
+keep the JSON body.
 """
 
 import logging
 
 import redis
-from flask import abort, jsonify
+from flask import abort, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
 
 from core.stream_log import NotReplicated
 
 log = logging.getLogger(__name__)
 
 
+def wants_html():
+    """True when the request prefers text/html to JSON: a browser's navigation
+    (`text/html,...,*/*;q=0.8`). `*/*` and no Accept at all (curl, fetch(),
+    EventSource) prefer JSON, listed first. A WebSocket handshake is never
+    answered with HTML: its refusal's reason is read back from the JSON body
+    (core/transports/websocket.py `refusal`)."""
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return False
+    return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
+
+
 def json_response(status, message, **extra):
-    response = jsonify({"error": message, **extra})
-    response.status_code = status
+    """The error response: JSON `{"error": message, **extra}`, or an HTML page
+    for a browser (wants_html), with the same status either way."""
+    response = _html_error(status, message) if wants_html() else None
+    if response is None:
+        response = jsonify({"error": message, **extra})
+        response.status_code = status
+    response.vary.add("Accept")  # one URL, two bodies: caches must tell them apart
     return response
+
+
+def _html_error(status, message):
+    """The HTML page, or None (then JSON) if rendering fails: an error page
+    must not fail in turn. Jinja escapes `message`, which may hold user input."""
+    try:
+        page = render_template("error.html", status=status, message=message,
+                               title=HTTP_STATUS_CODES.get(status, "Error"))
+    except Exception:
+        log.exception("cannot render the HTML error page")
+        return None
+    return current_app.response_class(page, status=status, mimetype="text/html")
 
 
 def abort_json(status, message, headers=None, **extra):

@@ -22,6 +22,19 @@ def test_index_links_every_demo(client):
         assert f'href="{link}"' in html
 
 
+def test_index_links_every_admin_page_marked_for_administrators(client, app):
+    html = client.get("/").get_data(as_text=True)
+    admin_pages = {rule.rule for rule in app.url_map.iter_rules()
+                   if rule.rule.startswith("/admin/") and "GET" in rule.methods
+                   and not rule.websocket and not rule.rule.endswith("/stream")
+                   and "<" not in rule.rule}
+    assert admin_pages >= {"/admin/monitor", "/admin/processes", "/admin/track", "/admin/lab"}
+    for link in sorted(admin_pages | {"/metrics"}):
+        item = html[html.index(f'href="{link}"'):]
+        item = item[:item.index("</li>")]
+        assert "(administrators)" in item, link
+
+
 def test_pages_carry_a_content_security_policy_and_every_response_the_basic_headers(client):
     page = client.get("/clock/")
     csp = page.headers["Content-Security-Policy"]
@@ -79,6 +92,15 @@ def test_list_cities_errors_are_json(client, path, status, error):
     response = client.get(path)
     assert response.status_code == status
     assert error in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("path", ["/listCities/usa/ohio", "/listCities/Canada/British%20Columbia",
+                                  "/listCities/usa/narnia", "/listCities/atlantis/ohio",
+                                  "/listCities/usa/<script>", "/listCities/usa", "/listCities"])
+def test_list_cities_with_a_trailing_slash_answers_the_same(client, path):
+    """The book's Express route is not strict about a trailing slash."""
+    plain, slashed = client.get(path), client.get(path + "/")
+    assert (slashed.status_code, slashed.get_json()) == (plain.status_code, plain.get_json())
 
 
 def test_cities_come_from_redis(client, rdb, app):
