@@ -531,9 +531,11 @@ longer or grew more.
 
 {side_by_side}
 
-- Same contract as ours: SSE `retry: 2000` at once, then `id:`/`data:` events;
-  WebSocket `{{"subscribed":channel}}`, then `{{"id","data"}}` frames; long-poll
-  JSON `{{"events","cursor"}}` with Content-Length on a keep-alive connection.
+- Same contract as ours: SSE `retry: 2000` at once, then `id:`/`data:` events
+  (ours also opens with `event: subscribed` and its cursor, in the same first
+  write); WebSocket `{{"subscribed":channel}}`, then `{{"id","data"}}` frames;
+  long-poll JSON `{{"events","cursor"}}` with Content-Length on a keep-alive
+  connection.
 - The peer's long-poll answers the first poll (`cursor=0`) at once with no
   events (and an empty cursor, so the next poll is held), where ours reads the
   retained primer message from Redis first: the long-poll *all connected
