@@ -56,16 +56,73 @@ line_strategy = st.one_of(
 
 @settings(max_examples=60, deadline=None)
 @given(lines=st.lists(line_strategy, max_size=40), trailing_newline=st.booleans(),
-       procs=st.integers(1, 5))
+       procs=st.integers(1, 5), block=st.sampled_from([1, 7, 64, logproc.BLOCK]))
 def test_parallel_equals_single_process_equals_reference(tmp_path_factory, lines,
-                                                          trailing_newline, procs):
+                                                          trailing_newline, procs, block):
     text = "\n".join(lines) + ("\n" if trailing_newline and lines else "")
     path = tmp_path_factory.mktemp("logs") / "access.log"
     path.write_text(text, encoding="utf-8")
     ranges = logproc.line_aligned_ranges(path, procs)
-    parallel = logproc.merge(logproc.process_range(path, s, e) for s, e in ranges)
     single = logproc.merge([logproc.process_range(path, 0, path.stat().st_size)])
+    saved, logproc.BLOCK = logproc.BLOCK, block  # small blocks cut lines anywhere
+    try:
+        parallel = logproc.merge(logproc.process_range(path, s, e) for s, e in ranges)
+    finally:
+        logproc.BLOCK = saved
     assert parallel == single == reference(text)
+
+
+def test_block_classes_are_lines_classes_without_the_newline():
+    """block_pattern() spells LINE's classes as byte sets: the same bytes, bar the newline."""
+    pairs = [(logproc.NOT_SPACE, rb"\S"), (logproc.SPACE, rb"\s"),
+             (logproc.NOT_BRACKET, rb"[^\]]"), (logproc.NOT_QUOTE, rb'[^"]'),
+             (logproc.DIGIT, rb"\d")]
+    for spelled, original in pairs:
+        for byte in (bytes([b]) for b in range(256)):
+            expected = bool(re.fullmatch(original, byte)) and byte != b"\n"
+            assert bool(re.fullmatch(spelled.encode(), byte)) == expected, (spelled, byte)
+
+
+# One of each awkward case, with what today's parser and the issue say they count as.
+EDGE = (
+    b'10.0.0.1 - - [01/Nov/2026:10:07:07 +0000] "GET /a?x=1 HTTP/1.1" 200 100 "-" "curl/8"\r\n'
+    b'10.0.0.2 - - [01/Nov/2026:10:07:59 +0000] "POST /a HTTP/1.1" 404 -\n'  # common format
+    b'garbage line 0.5\n'                                                     # malformed
+    b'\n'                                                                     # malformed
+    b'10.0.0.1 - - [01/Foo/2026:10:07:07 +0000] "GET /b HTTP/1.1" 200 5\n'    # month: malformed
+    b'10.0.0.1  - - [01/Nov/2026:10:07:07 +0000] "GET /b HTTP/1.1" 200 5\n'   # 2 spaces: malformed
+    b'10.0.0.3 - - [02/Nov/2026:00:00:01 +0000] "GET /caf\xc3\xa9/\xff HTTP/1.1" 500 7 "-" "x"   \n'
+    b'\xff\xfe - - [02/Nov/2026:00:00:02 +0000] "GET / HTTP/1.0" 200 1\n'      # not UTF-8
+    b'10.0.0.1 - - [02/Nov/2026:00:00:03 +0000] "GET /q"x HTTP/1.1" 200 2 "-" "a"\n'  # path /q"x
+    b'10.0.0.9 - - [02/Nov/2026:00:00:04 +0000] "GET /trunc')                 # cut: malformed
+EDGE_COUNTS = {
+    "lines": 10, "malformed": 5, "bytes": 110,
+    "status": Counter({"200": 3, "404": 1, "500": 1}),
+    "paths": Counter({"/a": 2, "/café/\ufffd": 1, "/": 1, '/q"x': 1}),
+    "ips": Counter({"10.0.0.1": 2, "10.0.0.2": 1, "10.0.0.3": 1, "\ufffd\ufffd": 1}),
+    "minutes": Counter({"2026-11-01T10:07": 2, "2026-11-02T00:00": 3}),
+}
+
+
+def test_awkward_lines_are_counted_as_stated(tmp_path, monkeypatch):
+    path = tmp_path / "edge.log"
+    path.write_bytes(EDGE)
+    for block in (logproc.BLOCK, 1, 9, 100):
+        monkeypatch.setattr(logproc, "BLOCK", block)
+        for procs in (1, 2, 4):
+            ranges = logproc.line_aligned_ranges(path, procs)
+            assert logproc.merge(logproc.process_range(path, s, e) for s, e in ranges) \
+                == EDGE_COUNTS, (block, procs)
+    two = json.loads(run(str(path), "--procs", "2", "--json").stdout)
+    assert (two["lines"], two["malformed"], two["bytes_sent"]) == (10, 5, 110)
+    assert two["status"] == {"200": 3, "404": 1, "500": 1}
+    assert two["top_paths"][0] == ["/a", 2] and two["top_ips"][0] == ["10.0.0.1", 2]
+    assert two["requests_per_minute"]["by_minute"] == dict(EDGE_COUNTS["minutes"])
+
+    one = tmp_path / "one.log"
+    one.write_bytes(EDGE.split(b"\n")[1])  # a single line, no newline
+    result = json.loads(run(str(one), "--json").stdout)
+    assert (result["lines"], result["malformed"], result["status"]) == (1, 0, {"404": 1})
 
 
 def test_ranges_start_on_line_starts_and_cover_the_file(tmp_path):
@@ -97,6 +154,12 @@ def test_command_line_on_a_generated_log(tmp_path):
     assert two["requests_per_minute"]["minutes"] > 0
     table = run(str(log)).stdout
     assert "requests by status" in table and "top client IPs" in table
+    only = json.loads(run(str(log), "--procs", "2", "--json", "--only", "status,paths").stdout)
+    for key in ("lines", "malformed", "requests", "status", "top_paths"):
+        assert only[key] == two[key]
+    assert not {"top_ips", "bytes_sent", "requests_per_minute"} & only.keys()
+    assert "top client IPs" not in run(str(log), "--only", "status,paths").stdout
+    assert run(str(log), "--only", "status,nope").returncode == 2
     again = tmp_path / "again.log"
     run("generate", str(again), "--size", "2M", "--seed", "5")
     assert again.read_bytes() == log.read_bytes()  # the seed makes it reproducible
@@ -111,6 +174,8 @@ def test_gzip_empty_and_missing_files(tmp_path):
     zipped = json.loads(run(str(packed), "--json").stdout)
     assert zipped["read"] == "gzip: decompressed in one stream by one process"
     assert zipped["status"] == plain["status"] and zipped["lines"] == plain["lines"]
+    same = {k: v for k, v in zipped.items() if k not in ("read", "seconds")}
+    assert same == {k: v for k, v in plain.items() if k not in ("read", "seconds")}
 
     empty = tmp_path / "empty.log"
     empty.write_bytes(b"")
@@ -119,3 +184,15 @@ def test_gzip_empty_and_missing_files(tmp_path):
 
     missing = run(str(tmp_path / "nope.log"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_help_and_a_reader_that_leaves(tmp_path):
+    assert "generate" in run("--help").stdout
+    log = tmp_path / "access.log"
+    run("generate", str(log), "--size", "200K")
+    # `logproc FILE | head -3`: the reader is gone before anything is written
+    child = subprocess.Popen([sys.executable, "-m", "workers.logproc", str(log)], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 1 and b"Traceback" not in err and err == b""
