@@ -8,7 +8,6 @@ need other settings start their own with `start_server(...)`.
 import os
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 import redis
@@ -17,7 +16,6 @@ from core.config import SETTINGS
 from core.embedded_redis import EmbeddedRedis
 from tests.servers import GunicornServer
 
-ROOT = Path(__file__).resolve().parent.parent
 SECRET_KEY = "test-secret-key"
 
 

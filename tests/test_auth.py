@@ -16,7 +16,7 @@ from core import passwords, tokens
 from core.config import load_settings
 from core.users import UserStore
 from realtime_client import parse_sse
-from tests.conftest import ROOT
+from tests.servers import ROOT
 
 PASSWORD = "correct horse battery"
 

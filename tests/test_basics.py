@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from tests.clients import LongPoller, SSEClient
-from tests.conftest import ROOT
+from tests.servers import ROOT
 
 
 def test_index_links_every_demo(client):

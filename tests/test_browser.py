@@ -14,8 +14,8 @@ import requests
 
 from core.hub import Hub
 from tests.clients import worker_pids
-from tests.conftest import ROOT
 from tests.pages import wait_for
+from tests.servers import ROOT
 
 pytestmark = pytest.mark.browser
 

@@ -26,7 +26,7 @@ from realtime_client import (
     subscribe,
 )
 from tests.clients import wait_until, worker_pids
-from tests.conftest import ROOT
+from tests.servers import ROOT
 
 TRANSPORTS = ("sse", "websocket", "longpoll")
 

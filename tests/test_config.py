@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from core.config import SETTINGS, ConfigError, load_settings
-from tests.conftest import ROOT
+from tests.servers import ROOT
 
 
 def test_dev_generates_secrets_once_and_keeps_them(tmp_path):

@@ -15,7 +15,7 @@ import requests
 from core import tokens
 from core.config import load_settings
 from core.users import UserStore
-from tests.conftest import ROOT
+from tests.servers import ROOT
 
 PASSWORD = "first password!"
 NEW_PASSWORD = "second password!"

@@ -16,7 +16,7 @@ import uuid
 import pytest
 import redis
 
-from tests.conftest import ROOT
+from tests.servers import ROOT
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("locust") is None,
                                 reason="locust is not installed (pip install -e '.[dev]')")

@@ -11,7 +11,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ROOT
+from tests.servers import ROOT
 from workers import logproc
 
 GOOD = ('{ip} - - [{d:02d}/Nov/2026:10:{m:02d}:07 +0000] "{method} {path} HTTP/1.1" {status} '

@@ -14,7 +14,7 @@ import yaml
 from werkzeug.exceptions import TooManyRequests
 
 from core.errors import abort_json
-from tests.conftest import ROOT
+from tests.servers import ROOT
 
 # What Chromium sends when it navigates to a page.
 BROWSER = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"

@@ -24,7 +24,7 @@ import websocket
 from core.config import ConfigError, load_settings
 from core.embedded_redis import free_port
 from tests.clients import SSEClient, WSClient, healthz_bodies, long_poll, read_until_closed
-from tests.conftest import ROOT
+from tests.servers import ROOT
 
 NGINX = shutil.which("nginx") or next(
     (p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core import ot
-from tests.conftest import ROOT
+from tests.servers import ROOT
 
 # Letters, newlines, an emoji (astral: 2 UTF-16 units) and a combining accent.
 ALPHABET = "ab \n😀\u0301é"

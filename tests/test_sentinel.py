@@ -27,9 +27,9 @@ from core.embedded_redis import find_redis_server
 from core.keys import Keys
 from core.stream_log import parse_id
 from tests.clients import wait_until, worker_pids
-from tests.conftest import ROOT
 from tests.redis_topologies import SentinelSetup
 from tests.resumers import describe, finish, start_clients, wait_all, wait_connected
+from tests.servers import ROOT
 
 pytestmark = pytest.mark.chaos
 

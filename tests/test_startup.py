@@ -17,8 +17,7 @@ import requests
 
 from core.embedded_redis import free_port
 from tests.clients import wait_until, worker_pids
-from tests.conftest import ROOT
-from tests.servers import GunicornServer
+from tests.servers import ROOT, GunicornServer
 
 
 def run_to_exit(env, timeout=30):

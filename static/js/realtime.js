@@ -108,6 +108,7 @@ class Reconnector {
       const end = await this.attempt(this);
       this.current = null;
       if (this.closed) break;
+      if (this.pauseWhenHidden && document.hidden) continue; // let go on purpose: pause now
       if (end.fatal) {
         this.status("refused", end.fatal);
         this.close(false);
