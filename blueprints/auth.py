@@ -1,4 +1,4 @@
-"""Four ways to log in (DESIGN §4 "Auth"), and the `/auth/` page to try them.
+"""Four ways to log in, and the `/auth/` page to try them.
 
     GET  /auth/basic        HTTP Basic: 401 + WWW-Authenticate until valid
     POST /auth/challenge    {"username"} -> {"nonce","salt","iterations"}  (SCRAM-SHA-256 style)

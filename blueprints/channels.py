@@ -1,4 +1,4 @@
-"""Channels: one model, three transports (DESIGN §4 "Channels").
+"""Channels: one model, three transports (README, "Channels").
 
     POST /pub/<channel>            publish (permission needed) -> 201 {"id"}
     GET  /sub/<channel>            SSE when Accept: text/event-stream (`event: subscribed`

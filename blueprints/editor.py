@@ -1,4 +1,5 @@
-"""The collaborative code editor: operational transformation on Redis (DESIGN §6).
+"""The collaborative code editor: operational transformation on Redis
+(docs/architecture.md, "The editor").
 
     GET /editor/<doc>            the page
     GET /editor/<doc>/text       {"v", "text"}

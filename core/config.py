@@ -65,8 +65,9 @@ SETTINGS = {
     "BODY_MIN_BYTES_PER_SECOND": (int, 4096, "slowest request body accepted (after "
                                   "BODY_TIMEOUT_SECONDS)"),
     "WS_PING_SECONDS": (float, 25.0, "WebSocket ping interval (dead peers are dropped)"),
-    "ALLOWED_ORIGINS": (str, "", "extra Origins allowed to open WebSockets, comma-separated "
-                        "(the server's own origin is always allowed)"),
+    "ALLOWED_ORIGINS": (str, "", "extra Origins trusted, comma-separated: to open WebSockets, "
+                        "and to make cookie-authenticated state changes without an "
+                        "X-CSRF-Token (CSRF); the server's own origin always is"),
     "DEMO_USERS": (bool, False, "seed the demo users jack/beanstalk and admin (never in "
                    "production); `make run` turns it on"),
     "DEMO_ADMIN_PASSWORD": (str, None, "the demo admin's password; unset: a random one, "

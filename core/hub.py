@@ -1,4 +1,5 @@
-"""The per-worker hub: one Redis listener and the registry of local subscribers (DESIGN §3).
+"""The per-worker hub: one Redis listener and the registry of local subscribers
+(docs/architecture.md, "The message path").
 
 Publishing and reading are the log's (core/stream_log.py); a client's cursor,
 catch-up and mailbox are its subscription's (core/subscription.py). The hub

@@ -1,4 +1,4 @@
-"""Operational transformation for plain text (the editor, DESIGN §6).
+"""Operational transformation for plain text (the editor; docs/architecture.md, "The editor").
 
 An operation walks the document from the start. Its wire form is a JSON list of
 components, `{"retain": n}`, `{"insert": "text"}`, `{"delete": n}`; a trailing

@@ -1,4 +1,5 @@
-"""The channel log in Redis: message ids, the publish script, and reads (DESIGN §3).
+"""The channel log in Redis: message ids, the publish script, and reads
+(docs/architecture.md, "The message path").
 
 Publishing appends to a capped Redis Stream per channel (the log, and the
 source of every message id) and, in the same Lua script, PUBLISHes the entry

@@ -1,4 +1,4 @@
-"""Fuzzing and bad input (DESIGN §9): property-based tests (hypothesis).
+"""Fuzzing and bad input: property-based tests (hypothesis).
 
 Unit level: every decoder of client input either returns a valid value or
 raises its documented error (Refused, InvalidId, OTError, ConnectionClosed,

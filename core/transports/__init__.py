@@ -1,4 +1,4 @@
-"""The three transports of a channel (DESIGN §4): `sse`, `longpoll` and `websocket`.
+"""The three transports of a channel: `sse`, `longpoll` and `websocket`.
 
 Each owns its framing, how it encodes a hub message (once per worker, through
 `Message.encoded`) and a Reset, and its loop: sending, keepalives, the reset
