@@ -26,7 +26,7 @@ from core import passwords, quotas, tokens
 from core.errors import abort_json
 from core.security import current_user, login_limit, start_session
 from core.users import USERNAME
-from core.web import get_keys, get_redis, required_fields
+from core.web import get_keys, get_redis, no_store, required_fields
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
 
@@ -74,11 +74,8 @@ def _user_from_password_body():
     return user
 
 
-@bp.after_request
-def no_store(response):
-    # Tokens, CSRF tokens, claims and user data: no cache (browser, proxy) keeps them.
-    response.headers["Cache-Control"] = "no-store"
-    return response
+# Tokens, CSRF tokens, claims and user data: no cache (browser, proxy) keeps them.
+bp.after_request(no_store)
 
 
 # strict_slashes=False: /auth answers the page itself. Werkzeug's slash

@@ -15,7 +15,7 @@ from flask import Blueprint, current_app, jsonify, redirect, render_template, re
 
 from core import lifecycle
 from core.security import current_user
-from core.web import get_hub, get_redis
+from core.web import get_hub, get_redis, no_store
 
 bp = Blueprint("home", __name__)
 _STARTED = time.time()
@@ -55,7 +55,7 @@ def healthz():
             "hub_reconnects": hub_stats["reconnects"],
             "connections": lifecycle.open_connections(),
         })
-    return _private(jsonify(body)), 200 if ok else 503
+    return no_store(jsonify(body)), 200 if ok else 503
 
 
 def _details_allowed():
@@ -63,12 +63,6 @@ def _details_allowed():
         return True
     user = current_user()
     return user is not None and user.is_admin
-
-
-def _private(response):
-    # What a worker says of itself now (and, for an admin, details): no cache keeps it.
-    response.headers["Cache-Control"] = "no-store"
-    return response
 
 
 def _worker_identity():
@@ -85,9 +79,9 @@ def _worker_identity():
 def whoami():
     """Which pre-forked worker served you: reload to see the others."""
     if not _details_allowed():
-        return _private(jsonify({"status": "ok"}))
+        return no_store(jsonify({"status": "ok"}))
     identity = _worker_identity()
     wanted = request.accept_mimetypes.best_match(["text/html", "application/json"])
     if wanted == "application/json" or request.args.get("format") == "json":
-        return _private(jsonify(identity))
-    return _private(current_app.make_response(render_template("whoami.html", **identity)))
+        return no_store(jsonify(identity))
+    return no_store(current_app.make_response(render_template("whoami.html", **identity)))

@@ -40,6 +40,7 @@ from flask import Blueprint
 from core import children
 from core.security import admin_page, admin_required, current_user
 from core.transports.websocket import Refused, json_object, route
+from core.web import no_store
 
 bp = Blueprint("lab", __name__)
 
@@ -62,10 +63,7 @@ MAX_TEXT = 1000  # characters of a message to a forked child
 TICK = 0.05
 
 
-@bp.after_request
-def no_store(response):
-    response.headers["Cache-Control"] = "no-store"
-    return response
+bp.after_request(no_store)  # administrators only: no cache keeps the page
 
 
 @bp.get("/admin/lab")

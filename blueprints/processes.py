@@ -17,16 +17,13 @@ from flask import Blueprint, Response, current_app, request
 from core.monitor import REPORT_SECONDS
 from core.security import admin_page, admin_required
 from core.transports import sse
-from core.web import get_keys, get_redis
+from core.web import get_keys, get_redis, no_store
 
 bp = Blueprint("processes", __name__)
 
 
-@bp.after_request
-def no_store(response):
-    # Administrators' views of every host and process: no cache (browser, proxy) keeps them.
-    response.headers["Cache-Control"] = "no-store"
-    return response
+# Administrators' views of every host and process: no cache (browser, proxy) keeps them.
+bp.after_request(no_store)
 
 
 def snapshot(redis_client, keys):

@@ -18,6 +18,13 @@ def get_keys():
     return current_app.extensions["hub"].keys
 
 
+def no_store(response):
+    """An after_request hook for blueprints whose answers no cache (browser,
+    proxy) may keep: tokens, CSRF tokens, user data, administrators' views."""
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def is_unicode(text):
     """False for a str that cannot be encoded as UTF-8: a lone surrogate, which
     JSON's \\ud800 escapes can produce, and which Redis and UTF-8 output refuse."""

@@ -14,8 +14,7 @@ import websocket
 
 from tests.clients import wait_until, worker_pids
 from tests.pages import wait_for
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.servers import ROOT
 
 
 class Lab:
