@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 
 # Demo users (jack/beanstalk, admin) unless DEMO_USERS=0; never in APP_ENV=production.
 run: $(VENV)/.installed
-	DEMO_USERS=$${DEMO_USERS:-1} $(BIN)/gunicorn -c gunicorn.conf.py app:app
+	DEMO_USERS=$${DEMO_USERS:-1} $(BIN)/gunicorn -c gunicorn.conf.py 'app:create_app()'
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,8 +1,9 @@
-"""The application factory: `gunicorn app:app` (see gunicorn.conf.py).
+"""The application factory: `gunicorn -c gunicorn.conf.py 'app:create_app()'`.
 
-Nothing connects at import time: Redis clients are created here but connect on
-first use, and the hub's listener starts with the first subscriber, inside the
-worker (after gevent has patched the standard library).
+Importing this module does nothing: gunicorn calls create_app() in each worker
+(after gevent has patched the standard library), and `flask --app app` finds
+the factory by its name. Redis clients are created there but connect on first
+use, and the hub's listener starts with the first subscriber.
 """
 
 import logging
@@ -120,5 +121,3 @@ def create_app(config=None):
 
     return app
 
-
-app = create_app()

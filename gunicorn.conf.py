@@ -1,63 +1,61 @@
-"""gunicorn settings: `gunicorn -c gunicorn.conf.py app:app` (what `make run` does).
+"""gunicorn settings: `gunicorn -c gunicorn.conf.py 'app:create_app()'` (what `make run` does).
 
-Flat settings read from the environment, then server hooks. No preload_app:
-each worker imports the app after gevent has monkey-patched the standard
-library, so Redis sockets and locks are cooperative.
+Flat settings, as in gunicorn's example config, with every value taken from
+core/config.py's one table (so `REUSE_PORT=off` and `RELOAD=on` mean what they
+say, and a bad value stops the server with one line naming it); then server
+hooks. No preload_app: each worker builds the app after gevent has
+monkey-patched the standard library, so Redis sockets and locks are cooperative.
 """
 
 import os
 import resource
 
-from core.config import SETTINGS  # light: no Redis, no Flask
+from core.config import ConfigError, instance_dir, read_settings  # light: no Redis, no Flask
+
+try:
+    settings = read_settings()
+except ConfigError as exc:  # one line, not gunicorn's traceback of this file
+    raise SystemExit(f"configuration error: {exc}") from None
 
 # -- where to listen -----------------------------------------------------------
-bind = os.environ.get("BIND") or f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
-backlog = int(os.environ.get("BACKLOG", "4096"))  # room for a burst of 10,000 connects
+bind = settings["BIND"] or f"{settings['HOST']}:{settings['PORT']}"
+backlog = settings["BACKLOG"]  # room for a burst of 10,000 connects
 # Each worker gets its own SO_REUSEPORT socket and the kernel spreads new
 # connections evenly. With one shared socket, the idle gevent worker that
 # wakes first accepts nearly everything: 10,000 streams would sit on one worker.
-reuse_port = os.environ.get("REUSE_PORT", "1") not in ("0", "false", "no")
+reuse_port = settings["REUSE_PORT"]
 
 # -- workers: processes x greenlets ----------------------------------------------
-def _worker_count(raw):
-    """WEB_CONCURRENCY: a number of workers; 0 for one per core (PM2's
-    `instances: 0`). (Not `auto`: gunicorn itself reads the variable as an
-    integer when it is imported.)"""
-    count = int(raw)
-    return count if count > 0 else len(os.sched_getaffinity(0))
-
-
-workers = _worker_count(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = os.environ.get("WORKER_CLASS", "gevent")
-# (also the app's cap on open streams, core/quotas.py: one default, core/config.py's)
-worker_connections = int(os.environ.get("WORKER_CONNECTIONS",
-                                        SETTINGS["WORKER_CONNECTIONS"][1]))
-threads = int(os.environ.get("THREADS", "1"))  # only for the gthread worker (benchmarks)
+# WEB_CONCURRENCY=0: one per core (PM2's `instances: 0`). (Not `auto`: gunicorn
+# itself reads the variable as an integer when it is imported.)
+workers = settings["WEB_CONCURRENCY"] or len(os.sched_getaffinity(0))
+worker_class = settings["WORKER_CLASS"]
+# (also the app's cap on open streams, core/quotas.py)
+worker_connections = settings["WORKER_CONNECTIONS"]
+threads = settings["THREADS"]  # only for the gthread worker (benchmarks)
 preload_app = False
 
 # -- timeouts --------------------------------------------------------------------
 # gevent workers heartbeat from their own greenlet, so hour-long streams are fine.
-timeout = int(os.environ.get("TIMEOUT", "30"))
-graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "30"))
+timeout = settings["TIMEOUT"]
+graceful_timeout = settings["GRACEFUL_TIMEOUT"]
 # Above the ticker's normal 5 s poll interval: a keep-alive that expires just
 # as the next poll goes out resets that request (seen in the Locust runs).
-keepalive = int(os.environ.get("KEEPALIVE", "15"))
+keepalive = settings["KEEPALIVE"]
 
 # -- development: restart workers when the code changes (RELOAD=1) -----------------
-reload = os.environ.get("RELOAD", "0") in ("1", "true", "yes")
+reload = settings["RELOAD"]
 
-# -- gunicornc's control socket: one per server, not one per user -------------------
+# -- gunicorn's control socket: one per server, not one per user -------------------
 # (gunicorn's default, ~/.gunicorn/gunicorn.ctl, is shared by every server of the
 # user; gunicorn removes whatever is at the path when it starts and stops, so
 # servers sharing an instance directory get one each, named by their address)
-from core.config import instance_dir  # light: no Redis, no Flask
-
 control_socket = os.path.join(os.path.abspath(instance_dir()),
                               "gunicorn-" + bind.replace("/", "_").replace(":", "-") + ".ctl")
 
 # -- logging ---------------------------------------------------------------------
-loglevel = os.environ.get("LOG_LEVEL", "info")
-accesslog = os.environ.get("ACCESS_LOG") or None  # "-" for stdout
+loglevel = settings["LOG_LEVEL"]
+accesslog = settings["ACCESS_LOG"]  # "-" for stdout
 errorlog = "-"
 
 
@@ -70,8 +68,6 @@ def _raise_open_files_limit(wanted):
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-_raise_open_files_limit(max(65536, worker_connections + 1024))
-
 # -- server hooks ------------------------------------------------------------------
 
 
@@ -79,20 +75,18 @@ def on_starting(server):
     """Check the settings and the address, then, without REDIS_URL or
     REDIS_SENTINELS (and outside production), start a private redis-server
     for as long as this master runs; workers inherit its URL."""
-    from core.config import ConfigError, load_settings
+    from core.config import load_settings
 
-    try:  # a bad setting stops here, once, not in every worker with a traceback
-        load_settings()
+    try:  # the app's settings checked together (production's required ones too)
+        load_settings()  # here, once, not in every worker with a traceback
     except ConfigError as exc:
         raise SystemExit(f"configuration error: {exc}") from None
+    _raise_open_files_limit(max(65536, worker_connections + 1024))
     _refuse_taken_addresses(server)
-    if os.environ.get("REDIS_URL") or os.environ.get("REDIS_SENTINELS"):
+    if settings["REDIS_URL"] or settings["REDIS_SENTINELS"]:
         return
     from core import embedded_redis
-    from core.config import instance_dir
 
-    if os.environ.get("APP_ENV") == "production":
-        raise SystemExit("REDIS_URL must be set when APP_ENV=production")
     instance = instance_dir()
     try:
         redis_server = embedded_redis.start_for_instance(instance)

@@ -2,8 +2,9 @@
 
 Every knob the application reads is listed in SETTINGS with its default and a
 line of documentation (the README's configuration table is this list).
-`load_settings()` returns a plain dict that becomes Flask's `app.config`.
-Gunicorn's own knobs (BIND, PORT, WEB_CONCURRENCY, ...) live in gunicorn.conf.py.
+`load_settings()` returns a plain dict that becomes Flask's `app.config`;
+gunicorn.conf.py reads the server's knobs (BIND, PORT, WEB_CONCURRENCY, ...)
+from the same table with `read_settings()`, so one rule parses every value.
 """
 
 import os
@@ -138,10 +139,32 @@ SETTINGS = {
                          "dev, off in production"),
     "TRUSTED_PROXIES": (int, 0, "reverse proxies in front of gunicorn whose X-Forwarded-For/"
                         "-Proto/-Host to believe (nginx alone: 1); 0 trusts none"),
+    # -- the server (gunicorn.conf.py reads these from this table) ----------------
+    "HOST": (str, "127.0.0.1", "address to listen on (with PORT, unless BIND is set)"),
+    "PORT": (lambda raw: port_number("PORT", raw), 8000, "port to listen on"),
+    "BIND": (str, None, "listen address instead of HOST and PORT (`host:port`, "
+             "`unix:/path`)"),
+    "WEB_CONCURRENCY": (int, 2, "worker processes; 0: one per CPU core"),
+    "WORKER_CLASS": (str, "gevent", "`gevent` in production; `gthread`/`sync` exist for the "
+                     "threads-vs-events benchmarks"),
+    "THREADS": (int, 1, "threads per worker, only for the gthread worker (benchmarks)"),
+    "REUSE_PORT": (bool, True, "one `SO_REUSEPORT` socket per worker so the kernel spreads "
+                   "connections evenly (with one shared socket, the first idle gevent worker "
+                   "accepts nearly all of them)"),
+    "BACKLOG": (int, 4096, "listen backlog, for bursts of connects"),
+    "TIMEOUT": (int, 30, "gunicorn's worker timeout (gevent workers heartbeat from their own "
+                "greenlet, so hour-long streams are fine)"),
+    "GRACEFUL_TIMEOUT": (int, 30, "how long a stopping or reloading worker drains its clients"),
+    "KEEPALIVE": (int, 15, "HTTP keep-alive, above the ticker's 5 s poll interval"),
+    "LOG_LEVEL": (lambda raw: one_of("LOG_LEVEL", raw, LOG_LEVELS), "info",
+                  "gunicorn's and the app's log level: debug, info, warning, error, critical"),
+    "ACCESS_LOG": (str, None, "where gunicorn logs each request (`-`: stdout); unset: off"),
+    "RELOAD": (bool, False, "restart workers when the code changes (development)"),
 }
 
 # Settings for which 0 is meaningful (every other number must be positive).
-ZERO_ALLOWED = {"TRUSTED_PROXIES", "PUBLISH_MIN_REPLICAS"}
+ZERO_ALLOWED = {"TRUSTED_PROXIES", "PUBLISH_MIN_REPLICAS", "WEB_CONCURRENCY"}
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class ConfigError(RuntimeError):
@@ -166,6 +189,18 @@ def _parse(name, kind, raw):
     elif kind in (int, float) and value <= 0:
         raise ConfigError(f"{name}={raw!r}: must be positive")
     return value
+
+
+def port_number(name, raw):
+    if not raw.strip().isdigit() or not 0 < int(raw) < 65536:
+        raise ConfigError(f"{name}={raw!r}: expected a port number, 1 to 65535")
+    return int(raw)
+
+
+def one_of(name, raw, choices):
+    if raw.strip().lower() not in choices:
+        raise ConfigError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
+    return raw.strip().lower()
 
 
 def sentinel_addresses(raw):
@@ -225,13 +260,22 @@ def redis_url_file(instance_dir):
 MIN_PASSWORD_LENGTH = 8  # core.users' rule, checked here for DEMO_ADMIN_PASSWORD at startup
 
 
-def load_settings(env=None):
-    """Read SETTINGS from `env` (default os.environ) and fill in dev defaults."""
+def read_settings(env=None):
+    """Every setting of SETTINGS from `env` (default os.environ), parsed by
+    the one rule (`_parse`), defaults for the unset ones; no file is read or
+    written. gunicorn.conf.py takes the server's settings from here."""
     env = os.environ if env is None else env
     settings = {}
     for name, (kind, default, _doc) in SETTINGS.items():
         raw = env.get(name)
         settings[name] = default if raw is None or raw == "" else _parse(name, kind, raw)
+    return settings
+
+
+def load_settings(env=None):
+    """The app's settings: read_settings(), checked together, with the dev
+    defaults filled in (a generated SECRET_KEY, the embedded Redis' URL)."""
+    settings = read_settings(env)
 
     if settings["APP_ENV"] not in ("dev", "production"):
         raise ConfigError(f"APP_ENV={settings['APP_ENV']!r}: expected dev or production")

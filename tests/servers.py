@@ -1,5 +1,5 @@
 """The one gunicorn launcher of the tests and the benchmarks: the shipped
-`gunicorn -c gunicorn.conf.py app:app` on a free port, with settings as
+`gunicorn -c gunicorn.conf.py 'app:create_app()'` on a free port, with settings as
 environment overrides, its output in a log file that a failure quotes."""
 
 import subprocess
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class GunicornServer:
-    """`gunicorn -c gunicorn.conf.py app:app` on a free port, with env overrides."""
+    """`gunicorn -c gunicorn.conf.py 'app:create_app()'` on a free port, with env overrides."""
 
     def __init__(self, env, log_path, workers=2, **settings):
         self.port = free_port()
@@ -29,7 +29,7 @@ class GunicornServer:
     def start(self, timeout=20):
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
             cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout

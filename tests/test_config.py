@@ -1,5 +1,6 @@
 """Settings: dev fills in secrets, production insists on them."""
 
+import json
 import os
 import subprocess
 import sys
@@ -82,7 +83,7 @@ def test_readme_documents_every_setting():
                                  {"REDIS_SENTINELS": "h:26379", "REDIS_URL": "redis://x"}])
 def test_gunicorn_stops_at_a_bad_redis_setting_with_one_line(tmp_path, env):
     result = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
         env={**os.environ, "INSTANCE_DIR": str(tmp_path), "REDIS_URL": "", "BIND": "127.0.0.1:0",
              **env})
@@ -91,6 +92,55 @@ def test_gunicorn_stops_at_a_bad_redis_setting_with_one_line(tmp_path, env):
               if "REDIS_SENTINELS" in line]
     assert len(errors) == 1 and errors[0].startswith("configuration error: "), result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name, value", [("PORT", "http"), ("PORT", "70000"),
+                                         ("KEEPALIVE", "-1"), ("REUSE_PORT", "maybe"),
+                                         ("LOG_LEVEL", "loud"), ("WEB_CONCURRENCY", "auto!")])
+def test_gunicorn_stops_at_a_bad_server_setting_with_one_line(tmp_path, name, value):
+    """The server's knobs go through the same table and rule as the app's."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "INSTANCE_DIR": str(tmp_path), "BIND": "", name: value})
+    assert result.returncode != 0
+    if name == "WEB_CONCURRENCY":  # gunicorn itself reads it as an int, before our config
+        assert "WEB_CONCURRENCY" in result.stderr
+        return
+    lines = (result.stdout + result.stderr).splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"configuration error: {name}={value!r}: "), lines
+    assert "Traceback" not in result.stderr
+
+
+def _gunicorn_config(env):
+    """What gunicorn.conf.py sets, read the way gunicorn reads it."""
+    code = ("import runpy, json; c = runpy.run_path('gunicorn.conf.py'); "
+            "print(json.dumps({k: c[k] for k in ('bind', 'reuse_port', 'reload', 'workers', "
+            "'keepalive', 'accesslog')}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, env={**os.environ, **env}, check=True).stdout
+    return json.loads(out)
+
+
+def test_gunicorn_config_reads_booleans_by_the_one_rule():
+    """`REUSE_PORT=off` used to mean on, and `RELOAD=on` off."""
+    config = _gunicorn_config({"REUSE_PORT": "off", "RELOAD": "on", "BIND": ""})
+    assert config["reuse_port"] is False and config["reload"] is True
+    config = _gunicorn_config({"REUSE_PORT": "", "RELOAD": "", "HOST": "0.0.0.0", "PORT": "9001",
+                               "BIND": "", "ACCESS_LOG": "-", "WEB_CONCURRENCY": "3"})
+    assert config == {"bind": "0.0.0.0:9001", "reuse_port": True, "reload": False,
+                      "workers": 3, "keepalive": 15, "accesslog": "-"}
+
+
+def test_importing_the_app_module_does_nothing(tmp_path):
+    """gunicorn calls the factory in each worker; the import reads no setting,
+    writes no file and needs no Redis."""
+    env = {**os.environ, "INSTANCE_DIR": str(tmp_path / "instance"), "REDIS_URL": "",
+           "APP_ENV": "production", "SECRET_KEY": ""}  # create_app() would refuse this
+    subprocess.run([sys.executable, "-c", "import app; assert callable(app.create_app)"],
+                   cwd=ROOT, env=env, check=True, timeout=60)
+    assert not (tmp_path / "instance").exists()
 
 
 def test_redis_pool_size_bounds_each_workers_pool(app):

@@ -1,7 +1,7 @@
 """Starting and stopping `make run`'s server as a new user would: a taken
 port, a second server on the same instance directory, a reload (HUP), a stop.
 
-Real gunicorn masters (`gunicorn -c gunicorn.conf.py app:app`, what `make run`
+Real gunicorn masters (`gunicorn -c gunicorn.conf.py 'app:create_app()'`, what `make run`
 runs) with their embedded redis-server.
 """
 
@@ -22,7 +22,7 @@ from tests.servers import ROOT, GunicornServer
 
 def run_to_exit(env, timeout=30):
     """Start a server that is expected to refuse to start; its exit."""
-    return subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
+    return subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
