@@ -13,7 +13,7 @@ import socket
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from core import errors, offload, security
+from core import errors, offload, quotas, security
 from core.bodies import BodyReader
 from core.config import ConfigError, load_settings
 from core.hub import Hub
@@ -80,6 +80,7 @@ def create_app(config=None):
     _log_like_gunicorn()
     errors.register_error_handlers(app)
     security.init_app(app)
+    quotas.init_app(app)
     websocket.init_app(app)
 
     from blueprints import (

@@ -24,7 +24,7 @@ from flask import Blueprint, current_app, g, jsonify, request, session
 
 from core import passwords, quotas, tokens
 from core.errors import abort_json
-from core.security import current_user, login_limit, start_session
+from core.security import current_user, start_session
 from core.users import USERNAME
 from core.web import get_keys, get_redis, no_store, required_fields
 
@@ -34,6 +34,8 @@ CHALLENGE_TTL = 30
 MAX_FIELD = 1024  # longest username, password or proof accepted
 BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="realtime-flask", charset="UTF-8"'}
 _DUMMY = {}
+# one budget per client address for every login endpoint
+login_limit = quotas.per_address("LOGIN_RATE_LIMIT", "login attempts")
 
 
 def _users():

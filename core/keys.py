@@ -58,7 +58,7 @@ class Keys:
         return f"{self.prefix}challenge:{nonce}"
 
     def rate_limits(self):
-        """Flask-Limiter's key prefix (it names its own keys after it)."""
+        """The quotas' key prefix (the `limits` library names its keys after it)."""
         return f"{self.prefix}ratelimit"
 
     # -- processes (core/monitor.py, blueprints/processes.py) ---------------------------

@@ -1,12 +1,14 @@
 """Quotas: how much one client may do, in one place.
 
 - `spend(setting, what)`: one use of a rate quota whose limit is the setting's
-  value (a Flask-Limiter string such as "30 per minute"), counted per client
-  address and, for a logged-in user, per account as well, in Flask-Limiter's
-  Redis storage (shared by every worker and host). Over it: 429 with
-  `Retry-After` and a reason naming the limit. Raised in a WebSocket handler,
-  `core.transports.websocket.route` turns the same refusal into close 1008
-  with that reason.
+  value (a `limits` string such as "30 per minute"), counted per client
+  address and, for a logged-in user, per account as well, in Redis (the
+  `limits` library's fixed windows, shared by every worker and host). Over it:
+  429 with `Retry-After` and a reason naming the limit. Raised in a WebSocket
+  handler, `core.transports.websocket.route` turns the same refusal into close
+  1008 with that reason.
+- `@per_address(setting, what)`: a view that spends one use per request, per
+  client address (the logins: one budget for every login endpoint).
 - `spend(..., per_worker=True)`: the same, counted in the worker's memory,
   per address only: for WebSocket frames (drawing moves, editor ops), which
   would otherwise cost a Redis round trip each. An address can spread over at
@@ -22,20 +24,30 @@ The client address is REMOTE_ADDR, which TRUSTED_PROXIES (werkzeug's
 ProxyFix) sets from X-Forwarded-For behind nginx.
 """
 
+import functools
 import math
 import time
 
 from flask import current_app, g, request
 from limits import parse_many
-from limits.storage import MemoryStorage
+from limits.storage import MemoryStorage, RedisStorage
 from limits.strategies import FixedWindowRateLimiter
 
 from core import lifecycle
 from core.errors import abort_json
-from core.security import limiter
 
 _parsed = {}  # a setting's value -> its parsed limits
 _worker_limiter = FixedWindowRateLimiter(MemoryStorage())
+
+
+def init_app(app):
+    """The shared counters: in Redis, on a small pool of their own made where
+    every other one is (one server or Sentinel's master alike; the URI only
+    picks the storage kind), under the app's key prefix."""
+    pool = app.extensions["redis_connections"].pool(max_connections=16)
+    prefix = app.config.get("QUOTA_KEY_PREFIX") or app.extensions["hub"].keys.rate_limits()
+    app.extensions["quotas"] = FixedWindowRateLimiter(
+        RedisStorage("redis://", connection_pool=pool, key_prefix=prefix))
 
 
 def _limits(text):
@@ -66,7 +78,7 @@ def spend(setting, what, *, per_worker=False, cost=1):
 def spend_on(setting, what, scope, who, *, per_worker=False, cost=1):
     """Count `cost` uses of quota `setting` by `who`, a `scope` ("address",
     "account"); e.g. login attempts on a named account, whoever asks."""
-    strategy = _worker_limiter if per_worker else limiter.limiter
+    strategy = _worker_limiter if per_worker else current_app.extensions["quotas"]
     for item in _limits(current_app.config[setting]):
         if not strategy.hit(item, setting, scope, who, cost=cost):
             reset_at, _ = strategy.get_window_stats(item, setting, scope, who)
@@ -74,6 +86,18 @@ def spend_on(setting, what, scope, who, *, per_worker=False, cost=1):
             abort_json(429, f"too many {what}: at most {item} per {scope}; "
                             f"retry in {retry} s",
                        headers={"Retry-After": str(retry)}, retry_after=retry)
+
+
+def per_address(setting, what):
+    """A view decorator: each request spends one use of quota `setting` from
+    the client's address before the view runs."""
+    def decorate(view):
+        @functools.wraps(view)
+        def limited(*args, **kwargs):
+            spend_on(setting, what, "address", request.remote_addr or "unknown")
+            return view(*args, **kwargs)
+        return limited
+    return decorate
 
 
 def admit_connection(environ):

@@ -8,8 +8,6 @@
 - `login_required`, `admin_required`, `require_channel_access(action, channel)`.
 - CSRF: a cookie-authenticated state change must come from an allowed Origin
   or carry the session's `X-CSRF-Token`.
-- `login_limit`: the shared, Redis-backed rate limit of every login endpoint,
-  per client address (blueprints/auth.py adds one per account).
 - `origin_allowed()`: the Origin allow-list (WebSocket upgrades, CSRF).
 """
 
@@ -19,8 +17,6 @@ import secrets
 from urllib.parse import urlsplit, urlunsplit
 
 from flask import current_app, g, render_template, request, session
-from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
 
 from core import lifecycle, tokens
 from core.errors import abort_json
@@ -28,8 +24,6 @@ from core.errors import abort_json
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 PRIVATE_PREFIX = "private-"
 
-limiter = Limiter(key_func=get_remote_address)
-login_limit = limiter.shared_limit(lambda: current_app.config["LOGIN_RATE_LIMIT"], scope="login")
 
 
 def constant_time_equal(a, b):
@@ -238,20 +232,5 @@ def security_headers(response):
 
 
 def init_app(app):
-    if "RATELIMIT_STORAGE_URI" not in app.config:
-        # The limiter's own small pool, made where every other one is (one
-        # server or Sentinel's master alike); the URI only picks limits'
-        # Redis storage.
-        app.config["RATELIMIT_STORAGE_URI"] = "redis://"
-        app.config["RATELIMIT_STORAGE_OPTIONS"] = {
-            "connection_pool": app.extensions["redis_connections"].pool(max_connections=16)}
-    app.config.setdefault("RATELIMIT_KEY_PREFIX", app.extensions["hub"].keys.rate_limits())
-    app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
-    limiter.init_app(app)
-    # Our only limits are the decorators on the login views, which check
-    # themselves. Flask-Limiter's before_request hook exists for default and
-    # blueprint limits, which we do not use, and cost every request (each
-    # long-poll) about a tenth of its CPU time in the fan-out profile.
-    app.before_request_funcs[None].remove(limiter._check_request_limit)
     app.before_request(csrf_protect)
     app.after_request(security_headers)

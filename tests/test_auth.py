@@ -359,7 +359,7 @@ def test_login_rate_limit_trips_then_recovers(base_env, monkeypatch, alice):
     from app import create_app
 
     app = create_app({"LOGIN_RATE_LIMIT": "3 per 2 seconds",
-                      "RATELIMIT_KEY_PREFIX": f"rl-{uuid.uuid4().hex}"})
+                      "QUOTA_KEY_PREFIX": f"rl-{uuid.uuid4().hex}"})
     client = app.test_client()
     answers = [login(client, alice.name, "wrong password!").status_code for _ in range(3)]
     assert answers == [401, 401, 401]

@@ -300,7 +300,7 @@ def _app(base_env, monkeypatch, **config):
         monkeypatch.setenv(name, base_env[name])
     from app import create_app
 
-    return create_app({"RATELIMIT_KEY_PREFIX": f"rl-{uuid.uuid4().hex}", **config})
+    return create_app({"QUOTA_KEY_PREFIX": f"rl-{uuid.uuid4().hex}", **config})
 
 
 PROXY = {"REMOTE_ADDR": "10.0.0.2"}  # every request comes from the proxy's address
