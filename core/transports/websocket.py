@@ -441,7 +441,10 @@ class WebSocket:
         """A subscriber's client sends nothing but pongs: let wsproto's state
         (some 2 KB) go between them when nothing is half-read; the next read
         builds it afresh."""
-        proto = conn._proto  # wsproto 1.3, pinned
+        # wsproto has no public way to ask whether a frame or message is half
+        # read, nor a size limit (python-hyper/wsproto#86, closed without one):
+        # read its frame decoder's state, on the version pinned in pyproject.toml.
+        proto = conn._proto
         if (self._deflate is None and self._parts is None and not len(proto._frame_decoder.buffer)
                 and proto._frame_decoder.header is None and proto._message_decoder.opcode is None):
             self._conn = None
@@ -500,7 +503,9 @@ class WebSocket:
     def _refuse_if_declared_too_big(self, conn):
         """Refuse a message at its frame header: a frame that says it is too
         big is not read first. (The decoded size is checked as it arrives.)"""
-        header = conn._proto._frame_decoder.header  # wsproto 1.3, pinned
+        # wsproto shows a frame only once it is whole and has no size limit
+        # (python-hyper/wsproto#86): its decoder's header, on the pinned version.
+        header = conn._proto._frame_decoder.header
         if header is None or header.opcode.iscontrol() or self._deflate is not None:
             return
         remaining = header.payload_len - conn._proto._frame_decoder.payload_consumed
