@@ -34,11 +34,11 @@ def _normalise(raw):
     return re.sub(r"[\s_]+", "-", raw.strip().lower())
 
 
-def _seed(r):
-    if r.get(_key("version")) == DATA_VERSION:
+def _seed(redis_client):
+    if redis_client.get(_key("version")) == DATA_VERSION:
         return
     data = json.loads(DATA_FILE.read_text(encoding="utf-8"))
-    pipe = r.pipeline(transaction=True)
+    pipe = redis_client.pipeline(transaction=True)
     for country, states in data.items():
         if country.startswith("_"):
             continue
@@ -55,11 +55,11 @@ def list_cities(country, state):
     country, state = _normalise(country), _normalise(state)
     if not _NAME.match(country) or not _NAME.match(state):
         abort_json(400, "country and state are names of letters and hyphens, e.g. usa/ohio")
-    r = get_redis()
-    _seed(r)
-    if not r.exists(_country_key(country)):
+    redis_client = get_redis()
+    _seed(redis_client)
+    if not redis_client.exists(_country_key(country)):
         abort_json(404, f"unknown country {country!r}", country=country)
-    cities = r.hget(_country_key(country), state)
+    cities = redis_client.hget(_country_key(country), state)
     if cities is None:
         abort_json(404, f"unknown state {state!r} in {country!r}", country=country, state=state)
     return jsonify(json.loads(cities))

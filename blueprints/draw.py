@@ -57,14 +57,14 @@ class _WelcomeCache:
         self.version, self.text = object(), "[]"  # matches no version: read first
         self._lock = threading.Lock()
 
-    def segments_json(self, r, keys):
+    def segments_json(self, redis_client, keys):
         segments_key, _bytes_key, version_key = keys
-        version = r.get(version_key)
+        version = redis_client.get(version_key)
         if version == self.version:
             return self.text
         with self._lock:
             if version != self.version:  # else another newcomer has just read it
-                pipe = r.pipeline(transaction=True)  # the list as of its version
+                pipe = redis_client.pipeline(transaction=True)  # the list as of its version
                 pipe.get(version_key)
                 pipe.lrange(segments_key, 0, -1)
                 version, segments = pipe.execute()
@@ -90,7 +90,7 @@ def page():
 
 @route("/ws", bp)
 def draw_ws(ws):
-    hub, r = get_hub(), get_redis()
+    hub, redis_client = get_hub(), get_redis()
     keys = get_keys().drawing()
     append = hub.scripts["draw_append"]
     history_bytes = current_app.config["DRAW_HISTORY_BYTES"]
@@ -102,7 +102,7 @@ def draw_ws(ws):
         return None if msg.value.get("id") == me else msg.data
 
     with hub.subscribe(CHANNEL, on_abort=ws.abort) as sub:
-        ws.send(_welcome(me, _welcome_cache.segments_json(r, keys)))
+        ws.send(_welcome(me, _welcome_cache.segments_json(redis_client, keys)))
         last = None
         try:
             # Moves are ephemeral: after a reset (missed messages) carry on live.
@@ -113,7 +113,7 @@ def draw_ws(ws):
                 quotas.spend("DRAW_MOVE_RATE_LIMIT", "drawing moves", per_worker=True)
                 message = json_object(raw)
                 if message.get("type") == "clear":
-                    _clear(ws, hub, r, keys, user)
+                    _clear(ws, hub, redis_client, keys, user)
                     continue
                 x, y, drawing = _point(message)
                 if drawing and last is not None and last[2]:
@@ -127,12 +127,12 @@ def draw_ws(ws):
             hub.publish_json(CHANNEL, {"type": "clientdisconnect", "id": me})
 
 
-def _clear(ws, hub, r, keys, user):
+def _clear(ws, hub, redis_client, keys, user):
     if user is None or not user.is_admin:
         ws.send(json.dumps({"type": "error", "reason": "only administrators may clear"}))
         return
     segments_key, bytes_key, version_key = keys
-    pipe = r.pipeline(transaction=True)
+    pipe = redis_client.pipeline(transaction=True)
     pipe.delete(segments_key, bytes_key)
     pipe.set(version_key, secrets.token_hex(8))
     pipe.execute()

@@ -102,7 +102,7 @@ class Document:
 
     def __init__(self, doc_id):
         config = current_app.config
-        self.hub, self.redis = get_hub(), get_redis()
+        self.hub, self.redis_client = get_hub(), get_redis()
         self.doc_id, self.channel = doc_id, f"editor:{doc_id}"
         self.keys = self.hub.keys.editor_document(doc_id)
         self.docs_key = self.hub.keys.editor_documents()

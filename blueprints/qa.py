@@ -130,15 +130,15 @@ def select():
     client = _client_id()
     _spend("QA_SELECT_RATE_LIMIT", "question selections")
     (question,) = required_fields("question", max_length=MAX_QUESTION)
-    r, normalised = get_redis(), _normalise(question)
-    pipe = r.pipeline(transaction=True)
+    redis_client, normalised = get_redis(), _normalise(question)
+    pipe = redis_client.pipeline(transaction=True)
     pipe.zscore(get_keys().qa("asked"), normalised)
     pipe.hget(get_keys().qa("question-index"), normalised)  # the question as it was asked
     pipe.hget(get_keys().qa("answers"), normalised)
     asked, question, answers = pipe.execute()
     if asked is None or asked <= _cutoff_ms(current_app.config["QA_QUESTION_TTL_SECONDS"]):
         abort_json(404, "no such question")
-    r.set(get_keys().qa("selected", client), question, ex=SELECTION_TTL)
+    redis_client.set(get_keys().qa("selected", client), question, ex=SELECTION_TTL)
     # Who follows what, not the answers: the follower's stream reads them.
     get_hub().publish_json(CHANNEL, {"type": "select", "client": client, "question": question})
     return {"ok": True, "question": question, "answers": json.loads(answers or "[]")}
@@ -197,7 +197,7 @@ class _BoardState:
     carries its key names and settings (no app context)."""
 
     def __init__(self, redis_client, keys, client, ttl_seconds):
-        self.redis, self.keys, self.client = redis_client, keys, client
+        self.redis_client, self.keys, self.client = redis_client, keys, client
         self.ttl_seconds = ttl_seconds
         self.selected = None
         # the board's version each part of what the client sees was read at
@@ -207,7 +207,7 @@ class _BoardState:
         """(version, questions as asked, answers of `question`) in one step;
         the questions are left out (None) when not wanted."""
         asked, index, answers, version = self.keys.qa_board()
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = self.redis_client.pipeline(transaction=True)
         pipe.get(version)
         pipe.hget(answers, _normalise(question) if question else "")
         if with_questions:
@@ -219,7 +219,7 @@ class _BoardState:
 
     def reload(self):
         """The board as it is now, as the frames that show it."""
-        selected = self.redis.get(self.keys.qa("selected", self.client))
+        selected = self.redis_client.get(self.keys.qa("selected", self.client))
         version, questions, answers = self._read(selected)
         self.shown = {"questions": version, "answers": version}
         frames = _questions_frame(questions)

@@ -80,9 +80,9 @@ def _simulated_quote(symbol):
 
 def _call_in_for_load():
     """Count this served quote and derive callIn from the recent rate of them."""
-    config, r = current_app.config, get_redis()
+    config, redis_client = current_app.config, get_redis()
     now = int(time.time())
-    pipe = r.pipeline(transaction=False)
+    pipe = redis_client.pipeline(transaction=False)
     pipe.incr(_key("rate", str(now)))
     pipe.expire(_key("rate", str(now)), RATE_WINDOW + 2)
     pipe.mget([_key("rate", str(second)) for second in range(now - RATE_WINDOW + 1, now + 1)])
@@ -95,33 +95,33 @@ def _call_in_for_load():
 def _upstream_quote(symbol):
     """(quote, None) from the shared cache or one upstream call; on failure
     (None, (error, callIn))."""
-    config, r = current_app.config, get_redis()
+    config, redis_client = current_app.config, get_redis()
     interval = config["TICKER_UPSTREAM_INTERVAL"]
     cache_key, lock_key = _key("cache", symbol), _key("lock", symbol)
     failures_key = _key("failures", symbol)
-    cached = r.get(cache_key)
+    cached = redis_client.get(cache_key)
     if cached is not None and time.time() - json.loads(cached)["fetchedAt"] < interval:
         return json.loads(cached)["quote"], None
-    if r.set(lock_key, "1", nx=True, px=int(interval * 1000)):
+    if redis_client.set(lock_key, "1", nx=True, px=int(interval * 1000)):
         try:
             quote = _fetch(config["TICKER_UPSTREAM_URL"].format(symbol=symbol), symbol)
         except (OSError, ValueError) as exc:
-            failures = r.incr(failures_key)
-            r.expire(failures_key, 3600)
-            r.set(_key("last-error", symbol), str(exc)[:200], ex=3600)
+            failures = redis_client.incr(failures_key)
+            redis_client.expire(failures_key, 3600)
+            redis_client.set(_key("last-error", symbol), str(exc)[:200], ex=3600)
             return None, _upstream_error(failures)
-        r.delete(failures_key)
-        r.set(cache_key, json.dumps({"quote": quote, "fetchedAt": time.time()}),
+        redis_client.delete(failures_key)
+        redis_client.set(cache_key, json.dumps({"quote": quote, "fetchedAt": time.time()}),
               ex=int(interval * 10) + 1)
         return quote, None
     # Another request is fetching: serve the previous value, or wait briefly for the new one.
     deadline = time.monotonic() + 3
     while cached is None and time.monotonic() < deadline:
         time.sleep(0.05)
-        cached = r.get(cache_key)
+        cached = redis_client.get(cache_key)
     if cached is not None:
         return json.loads(cached)["quote"], None
-    return None, _upstream_error(int(r.get(failures_key) or 1))
+    return None, _upstream_error(int(redis_client.get(failures_key) or 1))
 
 
 def _upstream_error(failures):

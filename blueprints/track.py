@@ -45,7 +45,7 @@ class Tracker:
     """This worker's visitors: latest positions, coalesced into batches."""
 
     def __init__(self, hub, redis_client):
-        self.hub, self.redis = hub, redis_client
+        self.hub, self.redis_client = hub, redis_client
         self.presence_key = hub.keys.track_presence()
         self.latest, self.events, self.local = {}, 0, set()
         self.lock = threading.Lock()
@@ -62,7 +62,7 @@ class Tracker:
         self.start()
         with self.lock:
             self.local.add(visitor)
-        self.redis.zadd(self.presence_key, {visitor: time.time() + PRESENCE_TTL})
+        self.redis_client.zadd(self.presence_key, {visitor: time.time() + PRESENCE_TTL})
         self.hub.publish_json(CHANNEL, {"type": "join", "id": visitor})
 
     def move(self, visitor, x, y):
@@ -74,7 +74,7 @@ class Tracker:
         with self.lock:
             self.local.discard(visitor)
             self.latest.pop(visitor, None)
-        if self.redis.zrem(self.presence_key, visitor):
+        if self.redis_client.zrem(self.presence_key, visitor):
             self.hub.publish_json(CHANNEL, {"type": "leave", "id": visitor})
 
     def _run(self):
@@ -103,9 +103,9 @@ class Tracker:
         with self.lock:
             local = list(self.local)
         if local:
-            self.redis.zadd(self.presence_key, dict.fromkeys(local, now + PRESENCE_TTL))
-        for visitor in self.redis.zrangebyscore(self.presence_key, "-inf", now):
-            if self.redis.zrem(self.presence_key, visitor):  # only one worker wins each
+            self.redis_client.zadd(self.presence_key, dict.fromkeys(local, now + PRESENCE_TTL))
+        for visitor in self.redis_client.zrangebyscore(self.presence_key, "-inf", now):
+            if self.redis_client.zrem(self.presence_key, visitor):  # only one worker wins each
                 self.hub.publish_json(CHANNEL, {"type": "leave", "id": visitor})
 
 
@@ -153,7 +153,7 @@ def dashboard_stream():
     retry = sse.retry(current_app.config["SSE_RETRY_MS"])
 
     def snapshot(_reset=None):  # a reset (we missed messages) becomes a fresh snapshot
-        users = tracker.redis.zrangebyscore(tracker.presence_key, time.time(), "+inf")
+        users = tracker.redis_client.zrangebyscore(tracker.presence_key, time.time(), "+inf")
         return sse.event(json.dumps({"users": users}), event="snapshot")
 
     # subscribe, then read: no join slips between

@@ -40,7 +40,7 @@ class RedisSession(CallbackDict, SessionMixin):
 
 class RedisSessionInterface(SessionInterface):
     def __init__(self, redis_client, prefix, idle_ttl):
-        self.redis = redis_client
+        self.redis_client = redis_client
         self.keys = Keys(prefix)
         self.idle_ttl = int(idle_ttl)
 
@@ -54,7 +54,7 @@ class RedisSessionInterface(SessionInterface):
                 sid = self._signer(app).unsign(raw).decode()
             except BadSignature:
                 return RedisSession()
-            data = self.redis.get(self.keys.session(sid))
+            data = self.redis_client.get(self.keys.session(sid))
             if data is not None:
                 return RedisSession(json.loads(data), sid=sid)
         return RedisSession()
@@ -64,20 +64,20 @@ class RedisSessionInterface(SessionInterface):
         domain, path = self.get_cookie_domain(app), self.get_cookie_path(app)
         if session._destroy or (not session and session.sid):
             if session.sid:
-                self.redis.delete(self.keys.session(session.sid))
+                self.redis_client.delete(self.keys.session(session.sid))
             response.delete_cookie(name, domain=domain, path=path)
             return
         if not session:
             return  # nothing to keep: no cookie for anonymous visitors
         if session._regenerate and session.sid:
-            self.redis.delete(self.keys.session(session.sid))
+            self.redis_client.delete(self.keys.session(session.sid))
             session.sid = None
         if session.sid is None:
             session.sid = secrets.token_urlsafe(32)
         if session.modified:
-            self.redis.set(self.keys.session(session.sid), json.dumps(dict(session)), ex=self.idle_ttl)
+            self.redis_client.set(self.keys.session(session.sid), json.dumps(dict(session)), ex=self.idle_ttl)
         else:
-            self.redis.expire(self.keys.session(session.sid), self.idle_ttl)
+            self.redis_client.expire(self.keys.session(session.sid), self.idle_ttl)
         response.set_cookie(
             name, self._signer(app).sign(session.sid).decode(), domain=domain, path=path,
             httponly=True, samesite="Lax",

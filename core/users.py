@@ -98,7 +98,7 @@ ACCOUNTS_CHANNEL = "accounts:changed"
 
 class UserStore:
     def __init__(self, redis_client, prefix):
-        self.redis = redis_client
+        self.redis_client = redis_client
         self._log = StreamLog(redis_client, prefix)
         self.keys = self._log.keys
         self._update_existing = self._log.scripts["users_update_existing"]
@@ -106,7 +106,7 @@ class UserStore:
     def get(self, name):
         if not isinstance(name, str) or not USERNAME.match(name):
             return None
-        data = self.redis.hgetall(self.keys.user(name))
+        data = self.redis_client.hgetall(self.keys.user(name))
         if not data:
             return None
         return User(
@@ -117,7 +117,7 @@ class UserStore:
         )
 
     def names(self):
-        return sorted(self.redis.smembers(self.keys.users()))
+        return sorted(self.redis_client.smembers(self.keys.users()))
 
     def create(self, name, password, fullname="", admin=False, publish=(), subscribe=()):
         if not USERNAME.match(name or ""):
@@ -130,10 +130,10 @@ class UserStore:
             **self._secrets(password),
         }
         # HSETNX on a marker field: two creators of the same name cannot both win.
-        if not self.redis.hsetnx(self.keys.user(name), "name", name):
+        if not self.redis_client.hsetnx(self.keys.user(name), "name", name):
             raise UserError(f"user {name!r} already exists")
-        self.redis.hset(self.keys.user(name), mapping=fields)
-        self.redis.sadd(self.keys.users(), name)
+        self.redis_client.hset(self.keys.user(name), mapping=fields)
+        self.redis_client.sadd(self.keys.users(), name)
         return self.get(name)
 
     def set_password(self, name, password):
@@ -167,8 +167,8 @@ class UserStore:
         self._changed(name)
 
     def delete(self, name):
-        removed = self.redis.delete(self.keys.user(name))
-        self.redis.srem(self.keys.users(), name)
+        removed = self.redis_client.delete(self.keys.user(name))
+        self.redis_client.srem(self.keys.users(), name)
         if not removed:
             raise UserError(f"no user {name!r}")
         self._changed(name)
@@ -183,9 +183,9 @@ def seed_demo_users(store, admin_password, log):
     """DEMO_USERS=1: jack/beanstalk and an admin, created once (one worker wins;
     the others wait for it, so no worker serves before the users exist)."""
     marker = store.keys.demo_users_seeded()
-    if not store.redis.set(marker, "seeding", nx=True, ex=60):
+    if not store.redis_client.set(marker, "seeding", nx=True, ex=60):
         deadline = time.monotonic() + 60
-        while store.redis.get(marker) == "seeding" and time.monotonic() < deadline:
+        while store.redis_client.get(marker) == "seeding" and time.monotonic() < deadline:
             time.sleep(0.1)
         return
     if store.get("jack") is None:
@@ -196,14 +196,14 @@ def seed_demo_users(store, admin_password, log):
         try:
             store.create("admin", password, fullname="Administrator", admin=True)
         except UserError:
-            store.redis.delete(marker)  # nobody waits 60 s for a seeding that failed
+            store.redis_client.delete(marker)  # nobody waits 60 s for a seeding that failed
             raise
         if admin_password:
             log.warning("Demo users: jack/beanstalk, admin/(DEMO_ADMIN_PASSWORD)")
         else:
             log.warning("Demo users: jack/beanstalk, admin/%s (random; set "
                         "DEMO_ADMIN_PASSWORD to choose it)", password)
-    store.redis.set(marker, "done")
+    store.redis_client.set(marker, "done")
 
 
 # -- flask users ... -------------------------------------------------------------------
