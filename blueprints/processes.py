@@ -3,19 +3,21 @@
     GET /admin/processes         JSON: every master and worker on every host, and recent restarts
     GET /admin/monitor           the live charts (administrators)
     GET /admin/monitor/stream    SSE: the same JSON every 2 s
-    GET /metrics                 Prometheus text format, for all workers of all hosts (administrators)
+    GET /metrics                 Prometheus text format: every worker of this server (core/metrics.py)
 
 Workers report themselves to Redis every 2 s with a TTL (core/monitor.py), so
 any worker answers for all of them, and a dead one drops out by itself.
+/metrics is per server, as Prometheus expects: it scrapes each one.
 """
 
 import json
 import time
 
 from flask import Blueprint, Response, current_app, request
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from core.monitor import REPORT_SECONDS
-from core.security import admin_page, admin_required
+from core.security import admin_page, admin_required, bearer_token
 from core.transports import sse
 from core.web import get_keys, get_redis, no_store
 
@@ -61,38 +63,19 @@ def monitor_stream():
 
 
 @bp.get("/metrics")
-@admin_required
 def metrics():
-    """Gauges and counters per process, from the reports of every worker."""
-    data = snapshot(get_redis(), get_keys())
-    lines = []
+    """Prometheus' scrape of this server's workers (core/metrics.py): for
+    METRICS_TOKEN, METRICS_ALLOW_NETWORKS, or an administrator."""
+    app_metrics = current_app.extensions["metrics"]
+    if app_metrics.scraper_allowed(bearer_token(), request.remote_addr):
+        return _scrape(app_metrics)
+    return _scrape_for_an_administrator(app_metrics)
 
-    def metric(name, kind, doc, samples):
-        lines.extend([f"# HELP {name} {doc}", f"# TYPE {name} {kind}"])
-        for labels, value in samples:
-            text = ",".join(f'{k}="{v}"' for k, v in labels.items())
-            lines.append(f"{name}{{{text}}} {value}" if text else f"{name} {value}")
 
-    procs = data["processes"]
-    workers = [p for p in procs if p["role"] == "worker"]
+@admin_required
+def _scrape_for_an_administrator(app_metrics):
+    return _scrape(app_metrics)
 
-    def ident(p):
-        return {"host": p["host"], "pid": p["pid"], "role": p["role"]}
 
-    metric("realtime_process_resident_memory_bytes", "gauge", "RSS of each process.",
-           [(ident(p), p["rss"]) for p in procs])
-    metric("realtime_worker_cpu_percent", "gauge", "CPU use over the last report interval.",
-           [(ident(p), p["cpu"]) for p in workers])
-    metric("realtime_worker_uptime_seconds", "gauge", "Seconds since the worker started.",
-           [(ident(p), p["uptime"]) for p in workers])
-    metric("realtime_worker_requests_total", "counter", "Requests served by the worker.",
-           [(ident(p), p["requests"]) for p in workers])
-    metric("realtime_worker_notifications_total", "counter",
-           "Channel notifications the worker's hub heard (only channels it serves).",
-           [(ident(p), p.get("notifications", 0)) for p in workers])
-    metric("realtime_worker_open_connections", "gauge", "Open long-lived connections.",
-           [({**ident(p), "transport": t}, n) for p in workers
-            for t, n in sorted(p["connections"].items())])
-    metric("realtime_worker_restarts_total", "counter", "Workers that exited (recent history).",
-           [({}, data["restart_count"])])
-    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+def _scrape(app_metrics):
+    return Response(app_metrics.render(), content_type=CONTENT_TYPE_LATEST)

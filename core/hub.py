@@ -118,8 +118,16 @@ class Hub(StreamLog):
         self._listener = None
         self._stopped = False
         self.connected_event = threading.Event()
+        # Plain counters, copied into core/metrics.py's metrics every few seconds:
+        # the delivery path never calls prometheus_client. (Plain `+=`: exact
+        # under gevent, one greenlet at a time; the gthread worker's threads,
+        # for benchmarks only, may lose an update now and then.)
         self.reconnects = 0
-        self.notifications = 0  # notifications the listener received (/metrics)
+        self.notifications = 0  # notifications the listener received
+        self.delivered = 0  # messages handed to subscribers (see _dispatch)
+        self.dropped = 0  # messages thrown away with slow consumers' mailboxes
+        self.slow_consumer_cuts = 0
+        self.resets = 0  # Resets handed to subscribers whose cursor was gone
         self._watchers = {}  # channel -> callback(data): the server's own notices
         self._to_subscribe = set()  # channels the listener is to subscribe to
         self._wake_sent = False  # a wake-up for them is on its way to the listener
@@ -405,3 +413,7 @@ class Hub(StreamLog):
             subscribers = tuple(local.subscribers)
         for sub in subscribers:
             sub.offer(msg)
+        # One addition per message, not one per subscriber: the few offers
+        # that deliver nothing (a subscriber catching up, closed, or cut off)
+        # took themselves back already (Subscription.offer).
+        self.delivered += len(subscribers)

@@ -126,6 +126,7 @@ class StreamLog:
             "maxlen": maxlen, "ttl_ms": self.ttl_ms, "notify": self.keys.notifications_prefix})
         self._publish = self.scripts["publish"]
         self._reads = _SharedReads()
+        self.published = 0  # messages published through this object (core/metrics.py)
 
     def stream_key(self, channel):
         return self.keys.stream(channel)
@@ -138,7 +139,9 @@ class StreamLog:
 
     def publish(self, channel, data, is_json=False):
         """Append `data` (str; JSON text when is_json) to `channel`; returns its id."""
-        return self._publish(**self._publish_call(channel, data, is_json))
+        msg_id = self._publish(**self._publish_call(channel, data, is_json))
+        self.published += 1
+        return msg_id
 
     def publish_replicated(self, channel, data, is_json=False):
         """publish(), then wait until `min_replicas` replicas have the message
@@ -153,6 +156,7 @@ class StreamLog:
         self._publish(**self._publish_call(channel, data, is_json), client=pipe)
         pipe.wait(self.min_replicas, self.replica_timeout_ms)
         msg_id, confirmed = pipe.execute()
+        self.published += 1  # whatever the replicas say: the master has it
         if confirmed < self.min_replicas:
             raise NotReplicated(msg_id, confirmed, self.min_replicas, self.replica_timeout_ms)
         return msg_id
@@ -162,7 +166,9 @@ class StreamLog:
         pipe = self.redis.pipeline(transaction=False)
         for text in texts:
             self._publish(**self._publish_call(channel, text, is_json), client=pipe)
-        return pipe.execute()
+        ids = pipe.execute()
+        self.published += len(ids)
+        return ids
 
     def _publish_call(self, channel, data, is_json):
         if not channel or " " in channel:

@@ -75,6 +75,7 @@ class Subscription:
         every message between the cursor and it: nothing to read from Redis."""
         self._queue.extend(backlog)
         self._queued_bytes += sum(len(msg.data) for msg in backlog)
+        self.hub.delivered += len(backlog)
         self.cursor = key
         self._catching_up = False
 
@@ -99,11 +100,15 @@ class Subscription:
     # -- listener side -------------------------------------------------
 
     def offer(self, msg):
+        # The hub counts every offer as delivered (Hub._dispatch); an offer
+        # that delivers nothing takes itself back (`hub.delivered -= 1`).
         hub = self.hub
         with self._lock:
             if self.closed_reason is not None:
+                hub.delivered -= 1
                 return
             if self._catching_up:
+                hub.delivered -= 1  # the catch-up delivers it, and counts it then
                 size = len(msg.data)
                 if (len(self._pending) < hub.queue_size
                         and self._pending_bytes + size <= hub.queue_bytes):
@@ -115,6 +120,7 @@ class Subscription:
                     self._pending_overflow = True
                 return
             if msg.key <= self.cursor:
+                hub.delivered -= 1
                 return  # already delivered by the catch-up
             if self._idle and self._direct is not None and self._write_direct(msg):
                 return
@@ -125,7 +131,12 @@ class Subscription:
                 self._queue.append(msg)
                 self._queued_bytes += size
                 self.cursor = msg.key
+            else:  # this message and the queued ones never reach the client now
+                lost = 1 + len(self._queue)
         if overflow:
+            hub.delivered -= lost
+            hub.dropped += lost
+            hub.slow_consumer_cuts += 1
             hub.drop(self, f"slow consumer: fell more than {hub.queue_size} messages "
                      f"or {hub.queue_bytes} bytes behind")
         else:
@@ -286,6 +297,7 @@ class Subscription:
                                                CATCH_UP_PAGE + 1, self.page_bytes, at_least=2)
             if not entries or entries[0].key != self.cursor:
                 self.cursor = hub.newest_key(self.channel)
+                hub.resets += 1
                 return [Reset(format_id(self.cursor))]
             entries = entries[1:]
         if entries:
@@ -303,4 +315,5 @@ class Subscription:
                 self._pending.clear()
                 self._pending_bytes = 0
                 hub.note_newest(self.channel, self.cursor, epoch)
+        hub.delivered += len(entries)
         return entries

@@ -90,6 +90,7 @@ def ca_file(ca, tmp_path_factory):
     return path
 
 
+@pytest.mark.integration
 def test_the_whole_app_runs_over_rediss(start_server, terminator, ca_file, rdb, channel):
     url = (f"rediss://127.0.0.1:{terminator.port}/0"
            f"?ssl_cert_reqs=required&ssl_ca_certs={quote(str(ca_file))}")
@@ -116,6 +117,8 @@ def test_the_whole_app_runs_over_rediss(start_server, terminator, ca_file, rdb, 
     assert "not reporting" not in log and "could not record" not in log, log[-3000:]
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_rediss_refuses_a_server_whose_certificate_it_cannot_verify(
         base_env, terminator, tmp_path):
     """Without the CA, the certificate does not verify: no worker talks to
@@ -134,18 +137,19 @@ def test_rediss_refuses_a_server_whose_certificate_it_cannot_verify(
     assert "CERTIFICATE_VERIFY_FAILED" in log, log[-3000:]
 
 
-def test_the_master_reads_rediss_urls_like_redis_py(ca_file):
-    from core.monitor import MasterRedis
+@pytest.mark.unit
+def test_the_master_checks_certificates_and_host_names_by_default(ca_file):
+    """The master's reporter is made like every worker's client (redis-py,
+    core/redis_connections.py): a rediss:// URL checks the server's
+    certificate and name unless the URL says otherwise."""
+    from core.config import load_settings
+    from core.monitor import _master_client
+    from core.redis_connections import RedisConnections
 
-    master = MasterRedis(f"rediss://user:p%40ss@redis.internal:6380/2"
-                         f"?ssl_ca_certs={quote(str(ca_file))}")
-    assert (master.host, master.port, master.db) == ("redis.internal", 6380, "2")
-    assert master.auth == ("AUTH", "user", "p@ss")
-    assert master.tls.check_hostname and master.tls.verify_mode == ssl.CERT_REQUIRED
-    relaxed = MasterRedis("rediss://localhost?ssl_cert_reqs=none")
-    assert not relaxed.tls.check_hostname and relaxed.tls.verify_mode == ssl.CERT_NONE
-    assert MasterRedis("redis://:secret@localhost").auth == ("AUTH", "secret")
-    with pytest.raises(ValueError, match="ssl_cert_reqs"):
-        MasterRedis("rediss://localhost?ssl_cert_reqs=sometimes")
-    with pytest.raises(ValueError, match="redis:// or rediss://"):
-        MasterRedis("unix:///tmp/redis.sock")
+    url = f"rediss://user:p%40ss@redis.internal:6380/2?ssl_ca_certs={quote(str(ca_file))}"
+    settings = {**load_settings({"REDIS_URL": url, "SECRET_KEY": "x"}), "REDIS_URL": url}
+    for client in (RedisConnections.from_settings(settings).client(), _master_client(settings)):
+        connection = client.connection_pool.make_connection()  # not connected yet
+        assert (connection.host, connection.port, connection.db) == ("redis.internal", 6380, 2)
+        assert (connection.username, connection.password) == ("user", "p@ss")
+        assert connection.cert_reqs == ssl.CERT_REQUIRED and connection.check_hostname
