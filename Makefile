@@ -49,8 +49,13 @@ load: $(VENV)/.installed-load
 		--host $(LOAD_HOST) --users $(USERS) --spawn-rate $(SPAWN_RATE) --run-time $(RUN_TIME) \
 		--max-fail-ratio $(FAIL_RATIO) --csv $(LOAD_DIR)/locust --html $(LOAD_DIR)/report.html
 
+# Style, mistakes and types (CI runs this before the tests): ruff's selected
+# rules and its formatting, then mypy on core/ (pyproject.toml says which
+# modules are fully typed).
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

@@ -13,7 +13,7 @@ import socket
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from core import errors, offload, quotas, security
+from core import errors, metrics, offload, quotas, security
 from core.bodies import BodyReader
 from core.config import ConfigError, load_settings
 from core.hub import Hub
@@ -79,6 +79,7 @@ def create_app(config=None):
     offload.warm_up_imports()
     _log_like_gunicorn()
     errors.register_error_handlers(app)
+    metrics.init_app(app)
     security.init_app(app)
     quotas.init_app(app)
     websocket.init_app(app)
@@ -93,6 +94,7 @@ def create_app(config=None):
         echo,
         editor,
         home,
+        jobs,
         lab,
         longpoll,
         processes,
@@ -102,7 +104,7 @@ def create_app(config=None):
     )
 
     for module in (home, auth, channels, cities, cookies, longpoll, clock, qa, ticker, editor,
-                   echo, draw, track, processes, lab):
+                   echo, draw, track, processes, lab, jobs):
         app.register_blueprint(module.bp)
 
     from core import lifecycle

@@ -83,6 +83,9 @@ def on_starting(server):
         raise SystemExit(f"configuration error: {exc}") from None
     _raise_open_files_limit(max(65536, worker_connections + 1024))
     _refuse_taken_addresses(server)
+    from core import metrics  # PROMETHEUS_MULTIPROC_DIR, before any worker exists
+
+    metrics.prepare_master(server)
     if settings["REDIS_URL"] or settings["REDIS_SENTINELS"]:
         return
     from core import embedded_redis
@@ -128,8 +131,9 @@ def _refuse_taken_addresses(server):
 
 def child_exit(server, worker):
     # In the master: record that a worker went away, and why (PM2's restart count).
-    from core import monitor
+    from core import metrics, monitor
 
+    metrics.worker_exited(worker.pid)  # Prometheus: its live gauges go, restarts + 1
     monitor.record_exit(worker.pid)
 
 
@@ -141,6 +145,10 @@ def when_ready(server):
     from core import monitor
 
     monitor.report_master(server)
+    # The RQ workers of /admin/jobs (JOB_WORKERS), children of this master.
+    from workers import job_workers
+
+    job_workers.start()
 
 
 RESET_PASSWORD = ".venv/bin/flask --app app users set-password"  # core/users.py's CLI
@@ -230,5 +238,7 @@ def _tune_garbage_collector():
 
 def on_exit(server):
     from core import embedded_redis
+    from workers import job_workers
 
+    job_workers.stop()  # their current jobs finish (10 s) or are reported failed
     embedded_redis.stop_for_instance()

@@ -14,18 +14,35 @@ short (the client left) or a malformed chunk: 400, so that the app never acts
 on part of a body. All close the connection, since the rest is never read. Bodies are
 small here (64 KiB by default), so buffering them costs little: it is what
 nginx does in front of us (docs/deploy.md).
+
+One route may take a larger body: `allow_larger(app, method, path, max_bytes)`
+(the log upload of /admin/jobs/upload). Its body is read by the same rules,
+with its own limit, into a temporary file past SPOOL_BYTES instead of memory;
+the route sets Flask's `request.max_content_length` to match (MAX_CONTENT_LENGTH
+stays the small default everywhere else).
 """
+
+from __future__ import annotations
 
 import io
 import json
 import socket
+import tempfile
 import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from gevent import Timeout
 from gevent.monkey import is_module_patched
 from gunicorn.http.errors import ParseException
 
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+
+    from flask import Flask
+
 CHUNK = 16 * 1024
+SPOOL_BYTES = 1024 * 1024  # a larger body (allow_larger) goes to a temporary file past this
 
 
 class _TooSlow(Exception):
@@ -41,13 +58,17 @@ class _CutShort(Exception):
 
 
 class BodyReader:
-    def __init__(self, app, max_bytes, grace_seconds, min_rate):
+    def __init__(self, app: WSGIApplication, max_bytes: int, grace_seconds: float,
+                 min_rate: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.grace_seconds = grace_seconds
         self.min_rate = min_rate
+        # (method, path) -> its own limit (allow_larger)
+        self.larger: dict[tuple[str, str], int] = {}
 
-    def __call__(self, environ, start_response):
+    def __call__(self, environ: WSGIEnvironment,
+                 start_response: StartResponse) -> Iterable[bytes]:
         chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -55,27 +76,42 @@ class BodyReader:
             length = 0  # gunicorn refuses a malformed Content-Length before us
         if not chunked and length <= 0:
             return self.app(environ, start_response)
+        max_bytes = self.larger.get((environ.get("REQUEST_METHOD", ""),
+                                     environ.get("PATH_INFO", "")))
+        spool = max_bytes is not None
+        max_bytes = self.max_bytes if max_bytes is None else max_bytes
         try:
-            if length > self.max_bytes:
+            if length > max_bytes:
                 raise _TooLarge
-            body = self._read(environ["wsgi.input"], None if chunked else length)
+            body = self._read(environ["wsgi.input"], None if chunked else length, max_bytes,
+                              spool)
         except _TooLarge:
             return _refuse(environ, start_response, "413 Request Entity Too Large",
-                           f"request body larger than {self.max_bytes} bytes")
+                           f"request body larger than {max_bytes} bytes")
         except _TooSlow:
             return _refuse(environ, start_response, "408 Request Timeout",
                            "request body arrived too slowly")
         except _CutShort:  # the app must not act on part of a body
             return _refuse(environ, start_response, "400 Bad Request",
                            "request body cut short or malformed")
-        environ["wsgi.input"] = io.BytesIO(body)
-        environ["CONTENT_LENGTH"] = str(len(body))
+        if spool:
+            size = body.tell()
+            body.seek(0)
+            environ["wsgi.input"] = body
+            environ["CONTENT_LENGTH"] = str(size)
+        else:
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
         environ.pop("HTTP_TRANSFER_ENCODING", None)
         return self.app(environ, start_response)
 
-    def _read(self, stream, length):
-        """The whole body (`length` bytes, or up to the chunked body's end)."""
+    def _read(self, stream, length, max_bytes, spool=False):
+        """The whole body (`length` bytes, or up to the chunked body's end): bytes,
+        or with `spool` a temporary file holding it (at its end)."""
+        parts: list[bytes]
         parts, got, began = [], 0, time.monotonic()
+        spooled = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) if spool else None  # noqa: SIM115 (handed to the app as its wsgi.input)
+        keep = spooled.write if spooled is not None else parts.append
         while length is None or got < length:
             want = CHUNK if length is None else min(CHUNK, length - got)
             # By now `got + want` bytes may have taken the grace plus their
@@ -87,13 +123,24 @@ class BodyReader:
                     raise _CutShort  # the client left before its Content-Length
                 break  # the chunked body's end
             got += len(part)
-            if got > self.max_bytes:
+            if got > max_bytes:
                 raise _TooLarge
-            parts.append(part)
-        return b"".join(parts)
+            keep(part)
+        return spooled if spool else b"".join(parts)
 
 
-def _read_by(stream, size, seconds):
+def allow_larger(app: Flask, method: str, path: str, max_bytes: int) -> None:
+    """Let requests `method path` (exactly) of `app` carry bodies up to `max_bytes`,
+    read by the app's BodyReader with its usual deadline; call at registration."""
+    wsgi: object = app.wsgi_app
+    while wsgi is not None and not isinstance(wsgi, BodyReader):
+        wsgi = getattr(wsgi, "app", None)  # through ProxyFix
+    if wsgi is None:
+        raise RuntimeError("the app has no BodyReader")
+    wsgi.larger[(method, path)] = max_bytes
+
+
+def _read_by(stream: Any, size: int, seconds: float) -> bytes:
     try:
         if not is_module_patched("socket"):
             return stream.read(size)  # not a gevent worker: gunicorn's timeout kills it
@@ -107,9 +154,10 @@ def _read_by(stream, size, seconds):
         raise _CutShort from None
 
 
-def _refuse(environ, start_response, status, reason):
+def _refuse(environ: WSGIEnvironment, start_response: StartResponse, status: str,
+            reason: str) -> list[bytes]:
     """Answer without the app, and close: the rest of the body is unread."""
-    server_response = getattr(start_response, "__self__", None)
+    server_response: Any = getattr(start_response, "__self__", None)
     if hasattr(server_response, "force_close"):  # gunicorn's response
         server_response.force_close()
     else:

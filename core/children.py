@@ -28,13 +28,17 @@ exec, which is unsafe beside gevent's thread pool.) Each child leads its
 own process group, so a kill reaches what a shell started too.
 """
 
+from __future__ import annotations
+
 import atexit
 import json
 import os
 import signal
 import subprocess
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
+from typing import IO, Any
 
 from core.offload import spawn
 
@@ -47,8 +51,10 @@ PER_OWNER = 4
 MAX_LINE = 4096  # bytes of one line read (a longer one comes in pieces)
 MAX_OUTPUT = 64 * 1024  # bytes of each stream a WHOLE run reports
 
+Event = dict[str, Any]  # one of the events above (JSON)
+
 _lock = threading.Lock()
-_live = {}  # Child -> owner
+_live: dict[Child, str] = {}  # Child -> owner
 
 
 class LimitReached(Exception):
@@ -59,18 +65,19 @@ class ChannelClosed(Exception):
     """send() on a child that is disconnected or gone (Node: ERR_IPC_CHANNEL_CLOSED)."""
 
 
-def _environment():
+def _environment() -> dict[str, str]:
     """What a child sees: enough to run, not the worker's secrets (SECRET_KEY,
     REDIS_URL and the like are in the worker's environment)."""
     return {"PATH": os.environ.get("PATH", os.defpath), "HOME": os.environ.get("HOME", "/"),
             "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
 
 
-def _decode(raw):
+def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
 
 
-def start(argv, *, owner, emit, mode=STREAM):
+def start(argv: Sequence[str], *, owner: str, emit: Callable[[Event], object],
+          mode: str = STREAM) -> Child:
     """Start `argv` for `owner`, reporting through `emit`; the Child, or
     LimitReached (nothing started). OSError when it cannot be run."""
     child = Child(argv, emit, mode)
@@ -94,13 +101,13 @@ def start(argv, *, owner, emit, mode=STREAM):
     return child
 
 
-def running():
+def running() -> int:
     """How many children this worker runs now."""
     return len(_live)
 
 
 @atexit.register
-def kill_all():
+def kill_all() -> None:
     """The worker is exiting: end every child it still runs."""
     for child in list(_live):
         child.kill()
@@ -109,22 +116,22 @@ def kill_all():
 class Child:
     """One child process; see the module's docstring."""
 
-    def __init__(self, argv, emit, mode):
+    def __init__(self, argv: Sequence[str], emit: Callable[[Event], object], mode: str) -> None:
         self.argv, self.emit, self.mode = argv, emit, mode
-        self.proc = None
+        self.proc: Any = None  # its subprocess.Popen, set by start() (Any: None before that)
         self.timed_out = False
 
     @property
-    def pid(self):
+    def pid(self) -> int:
         return self.proc.pid
 
-    def kill(self, sig=signal.SIGTERM):
+    def kill(self, sig: int = signal.SIGTERM) -> None:
         """Signal the child's process group (Node's `kill()`); nothing once it has ended."""
         if self.proc.returncode is None:  # not reaped: the pid is still ours
             with suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
 
-    def send(self, message):
+    def send(self, message: Any) -> None:
         """One JSON line on the child's stdin (Node's `child.send`)."""
         if self.mode != CHANNEL:
             raise ChannelClosed("only a forked child has a channel")
@@ -136,7 +143,7 @@ class Child:
         except (BrokenPipeError, ValueError):  # the child is gone, or just disconnected
             raise ChannelClosed("the channel is closed") from None
 
-    def disconnect(self):
+    def disconnect(self) -> None:
         """Close the channel (Node's `disconnect()`): the child sees EOF and may exit."""
         if self.mode != CHANNEL:
             raise ChannelClosed("only a forked child has a channel")
@@ -147,7 +154,7 @@ class Child:
 
     # -- in a background greenlet ------------------------------------------------------
 
-    def _run(self):
+    def _run(self) -> None:
         try:
             if self.mode == WHOLE:
                 self._collect()
@@ -158,7 +165,7 @@ class Child:
                 _live.pop(self, None)
             self.emit(self._exit_event())
 
-    def _collect(self):
+    def _collect(self) -> None:
         try:
             out, err = self.proc.communicate(timeout=TIME_LIMIT)
         except subprocess.TimeoutExpired:
@@ -167,7 +174,7 @@ class Child:
         self.emit({"type": "result", "stdout": _decode(out[:MAX_OUTPUT]),
                    "stderr": _decode(err[:MAX_OUTPUT])})
 
-    def _stream(self):
+    def _stream(self) -> None:
         stdout = self._read_messages if self.mode == CHANNEL else self._read_lines
         readers = [spawn(lambda: stdout(self.proc.stdout)),
                    spawn(lambda: self._read_lines(self.proc.stderr, "stderr"))]
@@ -182,7 +189,7 @@ class Child:
                 with suppress(OSError):
                     pipe.close()
 
-    def _time_is_up(self):
+    def _time_is_up(self) -> None:
         self.timed_out = True
         self.kill()
         try:
@@ -191,22 +198,22 @@ class Child:
             self.kill(signal.SIGKILL)
             self.proc.wait()
 
-    def _lines(self, pipe):
+    def _lines(self, pipe: IO[bytes]) -> Iterator[str]:
         for raw in iter(lambda: pipe.readline(MAX_LINE), b""):
             yield _decode(raw).rstrip("\r\n")
 
-    def _read_lines(self, pipe, name="stdout"):
+    def _read_lines(self, pipe: IO[bytes], name: str = "stdout") -> None:
         for line in self._lines(pipe):
             self.emit({"type": "output", "stream": name, "line": line})
 
-    def _read_messages(self, pipe):
+    def _read_messages(self, pipe: IO[bytes]) -> None:
         for line in self._lines(pipe):
             try:
                 self.emit({"type": "message", "data": json.loads(line)})
             except ValueError:  # not a message: shown as what it is, a line
                 self.emit({"type": "output", "stream": "stdout", "line": line})
 
-    def _exit_event(self):
+    def _exit_event(self) -> Event:
         code = self.proc.returncode
         reason = f"time limit ({TIME_LIMIT:g} s)" if self.timed_out else None
         if code is not None and code < 0:

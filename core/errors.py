@@ -10,19 +10,26 @@ the same status, headers and reason as a small HTML page instead
 keep the JSON body.
 """
 
+from __future__ import annotations
+
 import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import redis
-from flask import abort, current_app, jsonify, render_template, request
+from flask import Response, abort, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
 from core.stream_log import NotReplicated
 
+if TYPE_CHECKING:
+    from flask import Flask
+
 log = logging.getLogger(__name__)
 
 
-def wants_html():
+def wants_html() -> bool:
     """True when the request prefers text/html to JSON: a browser's navigation
     (`text/html,...,*/*;q=0.8`). `*/*` and no Accept at all (curl, fetch(),
     EventSource) prefer JSON, listed first. A WebSocket handshake is never
@@ -33,7 +40,7 @@ def wants_html():
     return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
 
 
-def json_response(status, message, **extra):
+def json_response(status: int, message: str, **extra: Any) -> Response:
     """The error response: JSON `{"error": message, **extra}`, or an HTML page
     for a browser (wants_html), with the same status either way."""
     response = _html_error(status, message) if wants_html() else None
@@ -44,7 +51,7 @@ def json_response(status, message, **extra):
     return response
 
 
-def _html_error(status, message):
+def _html_error(status: int, message: str) -> Response | None:
     """The HTML page, or None (then JSON) if rendering fails: an error page
     must not fail in turn. Jinja escapes `message`, which may hold user input."""
     try:
@@ -56,14 +63,15 @@ def _html_error(status, message):
     return current_app.response_class(page, status=status, mimetype="text/html")
 
 
-def abort_json(status, message, headers=None, **extra):
+def abort_json(status: int, message: str, headers: Mapping[str, str] | None = None,
+               **extra: Any) -> NoReturn:
     response = json_response(status, message, **extra)
     if headers:
         response.headers.update(headers)
     abort(response)
 
 
-def register_error_handlers(app):
+def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc):
         if exc.response is not None:  # already a full response (abort_json)

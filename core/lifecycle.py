@@ -9,8 +9,18 @@ subscribers get a SubscriptionClosed with the reason, WebSockets a close 1012
 last id, so the worker drains in seconds instead of the 30 s graceful timeout.
 """
 
+from __future__ import annotations
+
 import threading
+from collections.abc import Callable
 from contextlib import suppress
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Self
+    from wsgiref.types import WSGIEnvironment
+
+    from core.hub import Hub
 
 SERVICE_RESTART = 1012  # RFC 6455 close codes
 POLICY_VIOLATION = 1008
@@ -20,14 +30,17 @@ POLICY_VIOLATION = 1008
 OWNER = "realtime.user"
 _CONNECTION = "realtime.connection"
 
+# A connection's `close(reason, code=None)`.
+Close = Callable[..., object]
+
 _lock = threading.Lock()
-_open = {}  # connection -> (kind, close function or None)
-_by_address = {}  # client address -> its open connections (core.quotas)
+_open: dict[connection, tuple[str, Close | None]] = {}  # connection -> (kind, close or None)
+_by_address: dict[str | None, int] = {}  # client address -> its open connections (core.quotas)
 _stopping = threading.Event()
 requests_served = [0]  # a list: incremented in place by an after_request hook
 
 
-def stopping():
+def stopping() -> bool:
     return _stopping.is_set()
 
 
@@ -40,20 +53,21 @@ class connection:  # lower case: used like a function, in a `with`
 
     __slots__ = ("address", "close", "kind", "owner")
 
-    def __init__(self, kind, close=None, environ=None):
+    def __init__(self, kind: str, close: Close | None = None,
+                 environ: WSGIEnvironment | None = None) -> None:
         environ = environ if environ is not None else {}
         self.kind, self.close = kind, close
         self.address, self.owner = environ.get("REMOTE_ADDR"), environ.get(OWNER)
         if self.owner is None:  # a WebSocket's handler authenticates later: set_owner
             environ[_CONNECTION] = self
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         with _lock:
             _open[self] = (self.kind, self.close)
             _by_address[self.address] = _by_address.get(self.address, 0) + 1
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         with _lock:
             if _open.pop(self, None) is not None:
                 left = _by_address[self.address] - 1
@@ -63,7 +77,7 @@ class connection:  # lower case: used like a function, in a `with`
                     del _by_address[self.address]
 
 
-def set_owner(environ, name):
+def set_owner(environ: WSGIEnvironment, name: str) -> None:
     """The request `environ` was made with `name`'s credentials: so was its
     connection, open already or opened later."""
     environ[OWNER] = name
@@ -72,17 +86,17 @@ def set_owner(environ, name):
         open_connection.owner = name
 
 
-def held_by(address):
+def held_by(address: str | None) -> int:
     """How many connections `address` has open on this worker."""
     return _by_address.get(address, 0)
 
 
-def held_by_all():
+def held_by_all() -> int:
     """How many connections this worker has open."""
     return len(_open)
 
 
-def end_for_user(name, reason):
+def end_for_user(name: str, reason: str) -> int:
     """End every open connection of this worker made with `name`'s
     credentials (their password, access or account changed); returns how many."""
     with _lock:
@@ -93,7 +107,7 @@ def end_for_user(name, reason):
     return len(closers)
 
 
-def open_connections():
+def open_connections() -> dict[str, int]:
     counts = {"sse": 0, "longpoll": 0, "websocket": 0}
     with _lock:
         for kind, _ in _open.values():
@@ -101,7 +115,7 @@ def open_connections():
     return counts
 
 
-def begin_shutdown(reason, hub=None):
+def begin_shutdown(reason: str, hub: Hub | None = None) -> None:
     """Tell every open connection to go elsewhere (idempotent)."""
     if _stopping.is_set():
         return

@@ -7,13 +7,22 @@ serving. Outside gevent (CLI, tests, gthread workers) it is a plain call.
 measure what that costs everyone else (bench/threads_vs_events.py).
 """
 
+from __future__ import annotations
+
 import encodings.idna  # noqa: F401  (see warm_up_imports)
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from gevent import monkey
 
+if TYPE_CHECKING:
+    from gevent import Greenlet
 
-def run_blocking(function, *args):
+T = TypeVar("T")
+
+
+def run_blocking(function: Callable[..., T], *args: object) -> T:
     """`function(*args)`, on gevent's thread pool when gevent has patched the
     standard library and the app's CPU_OFFLOAD setting is on (the default)."""
     if monkey.is_module_patched("threading") and _offload_enabled():
@@ -23,14 +32,14 @@ def run_blocking(function, *args):
     return function(*args)
 
 
-def _offload_enabled():
+def _offload_enabled() -> bool:
     # Outside an app context (the CLI, post_worker_init's demo users): offload.
     from flask import current_app, has_app_context
 
     return not has_app_context() or current_app.config.get("CPU_OFFLOAD", True)
 
 
-def spawn(function):
+def spawn(function: Callable[[], object]) -> Greenlet | threading.Thread:
     """Run `function` in the background: a greenlet under gevent, else a thread.
 
     A bare greenlet (not a patched Thread) stays out of threading's shutdown
@@ -44,7 +53,7 @@ def spawn(function):
     return thread
 
 
-def warm_up_imports():
+def warm_up_imports() -> None:
     """Import up front what the first socket connection imports lazily.
 
     Python's import lock is per thread and greenlets share the thread: two

@@ -16,9 +16,15 @@ call it with the same argument order (client's op first, server's op second),
 so they break ties alike.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
 from core.web import is_unicode
 
 MAX_COMPONENTS = 10_000
+Op = list[int | str]  # an operation's components, as described above
 
 
 class OTError(ValueError):
@@ -28,12 +34,12 @@ class OTError(ValueError):
 # -- wire format ---------------------------------------------------------------------
 
 
-def from_json(components):
+def from_json(components: object) -> Op:
     if not isinstance(components, list):
         raise OTError("an operation is a list of components")
     if len(components) > MAX_COMPONENTS:
         raise OTError(f"an operation has at most {MAX_COMPONENTS} components")
-    op = []
+    op: Op = []
     for c in components:
         if not isinstance(c, dict) or len(c) != 1:
             raise OTError("each component is one of {retain: n}, {insert: text}, {delete: n}")
@@ -53,14 +59,14 @@ def from_json(components):
     return normalize(op)
 
 
-def walks(components):
+def walks(components: list[dict[str, Any]]) -> int:
     """Code points a wire-form op (already checked by from_json) walks over,
     its trailing retain included: what the document must hold for it to fit,
     which from_json's normal form (no trailing retain) no longer tells."""
     return sum(next(iter(c.values())) for c in components if "insert" not in c)
 
 
-def to_json(op):
+def to_json(op: Op) -> list[dict[str, int | str]]:
     return [{"insert": c} if isinstance(c, str) else {"retain": c} if c > 0 else {"delete": -c}
             for c in op]
 
@@ -68,7 +74,7 @@ def to_json(op):
 # -- basics ----------------------------------------------------------------------------
 
 
-def _push(op, c):
+def _push(op: Op, c: int | str) -> None:
     """Append component `c`, merging with the previous one and keeping inserts
     before deletes (so equal operations have equal forms)."""
     if c == 0 or c == "":
@@ -93,8 +99,8 @@ def _push(op, c):
         op.append(c)
 
 
-def normalize(op):
-    out = []
+def normalize(op: Iterable[int | str]) -> Op:
+    out: Op = []
     for c in op:
         _push(out, c)
     while out and isinstance(out[-1], int) and out[-1] > 0:
@@ -102,22 +108,22 @@ def normalize(op):
     return out
 
 
-def span(op):
+def span(op: Op) -> int:
     """Code points of the input document this op walks over."""
     return sum(abs(c) for c in op if isinstance(c, int))
 
 
-def target_span(op):
+def target_span(op: Op) -> int:
     """Code points this op produces from what it walks over."""
     return sum(len(c) if isinstance(c, str) else max(c, 0) for c in op)
 
 
-def length_change(op):
+def length_change(op: Op) -> int:
     """How many code points longer `op` makes the document (negative: shorter)."""
     return sum(len(c) if isinstance(c, str) else min(c, 0) for c in op)
 
 
-def apply(text, op):
+def apply(text: str, op: Op) -> str:
     if span(op) > len(text):
         raise OTError(f"operation walks {span(op)} code points; the document has {len(text)}")
     out, i = [], 0
@@ -133,19 +139,20 @@ def apply(text, op):
     return "".join(out)
 
 
-def _padded(op, length):
+def _padded(op: Op, length: int) -> Op:
     return op + [length - span(op)] if span(op) < length else list(op)
 
 
 # -- compose and transform ----------------------------------------------------------------
 
 
-def compose(a, b):
+def compose(a: Op, b: Op) -> Op:
     """One operation with the effect of `a` then `b`."""
     length = max(target_span(a), span(b))
     a = _padded(a, span(a) + length - target_span(a))
     b = _padded(b, length)
-    out, ia, ib = [], 0, 0
+    out: Op = []
+    ia, ib = 0, 0
     ca = a[0] if a else None
     cb = b[0] if b else None
     while ca is not None or cb is not None:
@@ -183,11 +190,13 @@ def compose(a, b):
     return normalize(out)
 
 
-def transform(a, b):
+def transform(a: Op, b: Op) -> tuple[Op, Op]:
     """(a2, b2): `a` rebased onto `b` and `b` onto `a`; `a` wins insert ties."""
     length = max(span(a), span(b))
     a, b = _padded(a, length), _padded(b, length)
-    a2, b2, ia, ib = [], [], 0, 0
+    a2: Op = []
+    b2: Op = []
+    ia, ib = 0, 0
     ca = a[0] if a else None
     cb = b[0] if b else None
     while ca is not None or cb is not None:
@@ -225,7 +234,7 @@ def transform(a, b):
     return normalize(a2), normalize(b2)
 
 
-def transform_index(index, op, own=False):
+def transform_index(index: int, op: Op, own: bool = False) -> int:
     """Where a caret at `index` goes when `op` is applied. An insert exactly at
     the caret pushes it along only when the op is the caret owner's own."""
     pos, new = 0, index

@@ -23,11 +23,20 @@ direct writes work); elsewhere `serve()` just skips the `Idle`s and the
 stream's greenlet waits as before.
 """
 
+from __future__ import annotations
+
 import logging
+from collections.abc import Callable, Generator, Iterator
+from typing import IO, TYPE_CHECKING, Any
 
 import gevent
 
 from core.connection import http_chunk
+
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse, WSGIEnvironment
+
+    from core.subscription import Subscription
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +51,23 @@ class Idle:
 
     __slots__ = ("hand_back", "seconds", "subscription", "taken_over")
 
-    def __init__(self, subscription, seconds, hand_back=False):
+    def __init__(self, subscription: Subscription, seconds: float,
+                 hand_back: bool = False) -> None:
         self.subscription, self.seconds, self.hand_back = subscription, seconds, hand_back
         self.taken_over = False
 
 
-def serve(loop, environ, start_response):
+# A connection's loop: the bytes to write, and an Idle where it would wait.
+Loop = Generator[bytes | Idle, None, None]
+
+
+def serve(loop: Loop, environ: WSGIEnvironment,
+          start_response: StartResponse) -> Iterator[bytes]:
     """The response body gunicorn iterates: `loop`'s bytes as they come. At an
     `Idle` with nothing to do, the connection is taken over: gunicorn ends
     the request as if the body had ended, but writes nothing more (no last
     chunk) and reads no next request on it."""
-    server_response = getattr(start_response, "__self__", None)
+    server_response: Any = getattr(start_response, "__self__", None)  # gunicorn's
     takeover = (getattr(server_response, "sock", None) is environ.get("gunicorn.socket")
                 and hasattr(server_response, "default_headers"))
     # each later piece as gunicorn would have written it
@@ -70,7 +85,7 @@ def serve(loop, environ, start_response):
         yield out
 
 
-def run(loop, environ):
+def run(loop: Loop, environ: WSGIEnvironment) -> None:
     """Run `loop`, the whole life of a connection gunicorn no longer speaks
     HTTP on (a WebSocket: it writes its own bytes), until it ends or, at an
     `Idle`, parks; the caller then hands the socket back to gunicorn, which
@@ -84,15 +99,15 @@ def run(loop, environ):
 
 # gunicorn's worker (post_worker_init sets it): it serves the next request of
 # a long-poll connection whose answer went out from here.
-_worker = None
+_worker: Any = None  # (gunicorn has no type information)
 
 
-def init_worker(worker):
+def init_worker(worker: Any) -> None:
     global _worker
     _worker = worker if hasattr(worker, "handle") and getattr(worker, "sockets", None) else None
 
 
-def can_hand_back(server_response):
+def can_hand_back(server_response: Any) -> bool:
     """A long-poll may be parked: its connection can go back to gunicorn
     afterwards, and gunicorn holds nothing more of it (no bytes the client
     sent after its request, which a new parser would not see)."""
@@ -106,13 +121,17 @@ class _Parked:
     and a timer for the loop's next keepalive."""
 
     __slots__ = ("_file", "_frame", "_idle", "_loop", "_sock", "_timer")
+    _file: IO[bytes] | None
+    _timer: Any  # gevent's timer
+    _idle: Idle | None
 
-    def __init__(self, loop, sock, frame=None):
+    def __init__(self, loop: Loop, sock: Any,
+                 frame: Callable[[bytes], bytes] | None = None) -> None:
         self._sock, self._loop = sock, loop
         self._frame = frame or _as_is
         self._file = self._timer = self._idle = None  # _idle: where it last parked
 
-    def park(self, idle):
+    def park(self, idle: Idle) -> bool:
         """True when parked: the loop's greenlet may end."""
         if not idle.subscription.park(self._resume):
             return False
@@ -127,13 +146,13 @@ class _Parked:
         self._timer.start(idle.subscription.wake)  # the loop's wait returns: its keepalive
         return True
 
-    def _resume(self):
+    def _resume(self) -> None:
         if self._timer is not None:
             self._timer.close()
             self._timer = None
         gevent.spawn_raw(self._run)  # a bare greenlet: the cheapest gevent has
 
-    def _run(self):
+    def _run(self) -> None:
         try:
             for out in self._loop:
                 if isinstance(out, Idle):
@@ -141,16 +160,17 @@ class _Parked:
                         return  # the next _resume goes on from here
                     continue
                 self._sock.sendall(self._frame(out))
-            if self._idle.hand_back:
+            if self._idle is not None and self._idle.hand_back:
                 self._next_request()
         except OSError:  # the client is gone
             pass
         except Exception:
             log.exception("a parked connection failed")
         self._loop.close()  # its `with` blocks end: unsubscribed, uncounted
-        self._file.close()  # our reference to gunicorn's socket: closed
+        if self._file is not None:  # (set by park, which came first)
+            self._file.close()  # our reference to gunicorn's socket: closed
 
-    def _next_request(self):
+    def _next_request(self) -> None:
         """gunicorn's worker serves the connection's next request, as if it had
         just accepted it (on a new socket object: gunicorn closed its own).
         A stopping worker (its listeners closed) closes it instead."""
@@ -167,10 +187,10 @@ class _Parked:
         gevent.spawn_raw(_worker.handle, listener, sock, address)
 
 
-def _port(sock):
+def _port(sock: Any) -> object:
     name = sock.getsockname()
     return name[1] if isinstance(name, tuple) else name
 
 
-def _as_is(data):
+def _as_is(data: bytes) -> bytes:
     return data

@@ -22,12 +22,12 @@ SCRAM_ITERATIONS = 600_000
 MAX_PASSWORD_BYTES = 1024  # bounds the work an attacker can ask for
 
 
-def hash_password(password):
+def hash_password(password: str) -> str:
     return run_blocking(_hasher.hash, password)
 
 
-def verify_password(stored_hash, password):
-    def verify():
+def verify_password(stored_hash: str, password: str) -> bool:
+    def verify() -> bool:
         try:
             return _hasher.verify(stored_hash, password)
         except (VerificationError, InvalidHashError):
@@ -36,15 +36,15 @@ def verify_password(stored_hash, password):
     return run_blocking(verify)
 
 
-def _hmac(key, message):
+def _hmac(key: bytes, message: bytes) -> bytes:
     return hmac.new(key, message, hashlib.sha256).digest()
 
 
-def salted_password(password, salt, iterations):
+def salted_password(password: str, salt: bytes, iterations: int) -> bytes:
     return hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
 
 
-def scram_credentials(password, iterations=SCRAM_ITERATIONS):
+def scram_credentials(password: str, iterations: int = SCRAM_ITERATIONS) -> dict[str, str]:
     """What the server stores for SCRAM: {salt, iterations, stored_key, server_key} (base64)."""
     salt = os.urandom(16)
     salted = run_blocking(salted_password, password, salt, iterations)
@@ -57,7 +57,8 @@ def scram_credentials(password, iterations=SCRAM_ITERATIONS):
     }
 
 
-def scram_client_proof(password, salt_b64, iterations, auth_message):
+def scram_client_proof(password: str, salt_b64: str | bytes, iterations: int,
+                       auth_message: str) -> str:
     """The client's side (used by tests and tools; the browser does it with WebCrypto)."""
     salted = salted_password(password, base64.b64decode(salt_b64), iterations)
     client_key = _hmac(salted, b"Client Key")
@@ -65,7 +66,8 @@ def scram_client_proof(password, salt_b64, iterations, auth_message):
     return base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature))).decode()
 
 
-def scram_verify(stored_key_b64, server_key_b64, auth_message, proof_b64):
+def scram_verify(stored_key_b64: str, server_key_b64: str, auth_message: str,
+                 proof_b64: str | bytes) -> str | None:
     """Check a proof; returns the base64 ServerSignature on success, else None."""
     try:
         proof = base64.b64decode(proof_b64, validate=True)

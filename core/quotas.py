@@ -24,23 +24,35 @@ The client address is REMOTE_ADDR, which TRUSTED_PROXIES (werkzeug's
 ProxyFix) sets from X-Forwarded-For behind nginx.
 """
 
+from __future__ import annotations
+
 import functools
 import math
 import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from flask import current_app, g, request
-from limits import parse_many
+from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage, RedisStorage
 from limits.strategies import FixedWindowRateLimiter
 
 from core import lifecycle
 from core.errors import abort_json
 
-_parsed = {}  # a setting's value -> its parsed limits
+if TYPE_CHECKING:
+    from wsgiref.types import WSGIEnvironment
+
+    from flask import Flask
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_parsed: dict[str, list[RateLimitItem]] = {}  # a setting's value -> its parsed limits
 _worker_limiter = FixedWindowRateLimiter(MemoryStorage())
 
 
-def init_app(app):
+def init_app(app: Flask) -> None:
     """The shared counters: in Redis, on a small pool of their own made where
     every other one is (one server or Sentinel's master alike; the URI only
     picks the storage kind), under the app's key prefix."""
@@ -50,21 +62,21 @@ def init_app(app):
         RedisStorage("redis://", connection_pool=pool, key_prefix=prefix))
 
 
-def _limits(text):
+def _limits(text: str) -> list[RateLimitItem]:
     items = _parsed.get(text)
     if items is None:
         items = _parsed[text] = parse_many(text)
     return items
 
 
-def _identities():
+def _identities() -> Iterator[tuple[str, str]]:
     yield "address", request.remote_addr or "unknown"
     user = g.get("user")  # only who current_user() already found: no extra lookup
     if user is not None:
         yield "account", user.name
 
 
-def spend(setting, what, *, per_worker=False, cost=1):
+def spend(setting: str, what: str, *, per_worker: bool = False, cost: int = 1) -> None:
     """Count `cost` uses of quota `setting` (its value in app.config) by this
     client; abort 429 (`what` names the thing counted) once it is spent."""
     if per_worker:
@@ -75,7 +87,8 @@ def spend(setting, what, *, per_worker=False, cost=1):
         spend_on(setting, what, scope, who, cost=cost)
 
 
-def spend_on(setting, what, scope, who, *, per_worker=False, cost=1):
+def spend_on(setting: str, what: str, scope: str, who: str, *, per_worker: bool = False,
+             cost: int = 1) -> None:
     """Count `cost` uses of quota `setting` by `who`, a `scope` ("address",
     "account"); e.g. login attempts on a named account, whoever asks."""
     strategy = _worker_limiter if per_worker else current_app.extensions["quotas"]
@@ -88,19 +101,19 @@ def spend_on(setting, what, scope, who, *, per_worker=False, cost=1):
                        headers={"Retry-After": str(retry)}, retry_after=retry)
 
 
-def per_address(setting, what):
+def per_address(setting: str, what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """A view decorator: each request spends one use of quota `setting` from
     the client's address before the view runs."""
-    def decorate(view):
+    def decorate(view: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(view)
-        def limited(*args, **kwargs):
+        def limited(*args: P.args, **kwargs: P.kwargs) -> R:
             spend_on(setting, what, "address", request.remote_addr or "unknown")
             return view(*args, **kwargs)
         return limited
     return decorate
 
 
-def admit_connection(environ):
+def admit_connection(environ: WSGIEnvironment) -> None:
     """Refuse a new stream from an address that holds its share already
     (429), or when the worker holds all it may (503)."""
     worker_cap = current_app.config["WORKER_CONNECTIONS"]

@@ -11,23 +11,29 @@ with 1008, an event stream gets `event: close`, a held long-poll answers at
 once; their clients' next request is refused like any other.
 """
 
+from __future__ import annotations
+
 import logging
+from typing import TYPE_CHECKING
 
 from core import lifecycle
 from core.users import ACCOUNTS_CHANNEL
+
+if TYPE_CHECKING:
+    from core.hub import Hub
 
 log = logging.getLogger(__name__)
 
 REASON = "your password or access changed: log in again"
 
 
-def watch(hub):
+def watch(hub: Hub) -> None:
     """From now on, this worker ends the streams of accounts that change
     (gunicorn.conf.py, post_worker_init)."""
     hub.watch(ACCOUNTS_CHANNEL, _end)
 
 
-def _end(name):
+def _end(name: str) -> None:
     # In the hub's listener: closing only flags each stream (no waiting).
     ended = lifecycle.end_for_user(name, REASON)
     if ended:

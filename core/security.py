@@ -11,42 +11,55 @@
 - `origin_allowed()`: the Origin allow-list (WebSocket upgrades, CSRF).
 """
 
+from __future__ import annotations
+
 import functools
 import hmac
 import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
-from flask import current_app, g, render_template, request, session
+from flask import Response, current_app, g, render_template, request, session
 
 from core import lifecycle, tokens
 from core.errors import abort_json
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from core.sessions import RedisSession
+    from core.users import User, UserStore
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 PRIVATE_PREFIX = "private-"
 
 
 
-def constant_time_equal(a, b):
+def constant_time_equal(a: object, b: object) -> bool:
     return hmac.compare_digest(str(a).encode(), str(b).encode())
 
 
-def bearer_token():
+def bearer_token() -> str:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
-def _presented_token():
+def _presented_token() -> str:
     token = bearer_token()
     if not token and request.method == "GET":
         token = request.args.get("access_token", "")
     return token
 
 
-def _users():
+def _users() -> UserStore:
     return current_app.extensions["users"]
 
 
-def current_user():
+def current_user() -> User | None:
     """The User making this request, or None. A token that is presented but
     invalid is a 401 (never silently ignored in favour of the session). The
     answer is kept for the rest of the request (g.user), no longer."""
@@ -67,18 +80,18 @@ def current_user():
     return user
 
 
-def _refuse_token(reason):
+def _refuse_token(reason: str) -> NoReturn:
     abort_json(401, reason, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
 
-def _verified_claims(token):
+def _verified_claims(token: str) -> dict[str, Any]:
     try:
         return tokens.verify(token, current_app.config, current_app.extensions["redis"])
     except tokens.TokenError as exc:
         _refuse_token(str(exc))
 
 
-def _token_user(claims):
+def _token_user(claims: dict[str, Any]) -> User:
     """The token's user as stored now: roles and permissions come from the
     store, never from the token's claims, and a token issued before the user's
     last password or access change (or before the name was re-created) is dead."""
@@ -91,20 +104,20 @@ def _token_user(claims):
     return user
 
 
-def _session_user():
+def _session_user() -> User | None:
     """The session's user, or None (and the session ended) when the user is
     gone or its password or access changed since the login."""
     user = _users().get(session["user"])
     if user is None or not constant_time_equal(session.get("epoch", ""), user.epoch):
-        session.destroy()
+        cast("RedisSession", session).destroy()
         return None
     return user
 
 
-def start_session(user):
+def start_session(user: User) -> str:
     """Log `user` in with a fresh session id (no fixation); returns the CSRF token."""
     session.clear()
-    session.regenerate()
+    cast("RedisSession", session).regenerate()
     session["user"] = user.name
     session["epoch"] = user.epoch
     session["csrf"] = secrets.token_urlsafe(32)
@@ -112,13 +125,13 @@ def start_session(user):
     return session["csrf"]
 
 
-def _unauthorized():
+def _unauthorized() -> NoReturn:
     abort_json(401, "login required", headers={"WWW-Authenticate": 'Bearer realm="api"'})
 
 
-def login_required(view):
+def login_required(view: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(view)
-    def wrapped(*args, **kwargs):
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
         if current_user() is None:
             _unauthorized()
         return view(*args, **kwargs)
@@ -126,9 +139,9 @@ def login_required(view):
     return wrapped
 
 
-def admin_required(view):
+def admin_required(view: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(view)
-    def wrapped(*args, **kwargs):
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
         user = current_user()
         if user is None:
             _unauthorized()
@@ -139,7 +152,7 @@ def admin_required(view):
     return wrapped
 
 
-def admin_page(static_file):
+def admin_page(static_file: str) -> Response | tuple[str, int]:
     """An administrators' page, or a page saying how to log in as one (401/403)."""
     user = current_user()
     if user is None or not user.is_admin:
@@ -148,7 +161,7 @@ def admin_page(static_file):
     return current_app.send_static_file(static_file)
 
 
-def channel_access_error(action, channel):
+def channel_access_error(action: str, channel: str) -> tuple[int, str] | None:
     """None when allowed, else (status, reason). Subscribing to a public
     channel needs nobody; private channels and publishing need permission."""
     if action == "subscribe" and not channel.startswith(PRIVATE_PREFIX):
@@ -161,7 +174,7 @@ def channel_access_error(action, channel):
     return None
 
 
-def require_channel_access(action, channel):
+def require_channel_access(action: str, channel: str) -> None:
     error = channel_access_error(action, channel)
     if error:
         status, reason = error
@@ -169,7 +182,7 @@ def require_channel_access(action, channel):
         abort_json(status, reason, headers=headers)
 
 
-def origin_allowed(origin):
+def origin_allowed(origin: str | None) -> bool:
     """Same-origin requests, configured ALLOWED_ORIGINS, and non-browser clients
     (which send no Origin) are allowed; any other web page is not."""
     if origin is None:
@@ -181,7 +194,7 @@ def origin_allowed(origin):
     return urlsplit(origin).netloc == request.host
 
 
-def csrf_protect():
+def csrf_protect() -> None:
     """before_request: refuse cross-site state changes that ride on cookies.
 
     Browsers send Origin on every cross-site POST; a foreign one is refused
@@ -214,7 +227,7 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
-def security_headers(response):
+def security_headers(response: Response) -> Response:
     headers = response.headers
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("X-Frame-Options", "DENY")
@@ -231,6 +244,6 @@ def security_headers(response):
     return response
 
 
-def init_app(app):
+def init_app(app: Flask) -> None:
     app.before_request(csrf_protect)
     app.after_request(security_headers)

@@ -6,8 +6,12 @@ new id and drops the old one; `session.destroy()` (logout, or a session that
 `core.security` found outdated) deletes it.
 """
 
+from __future__ import annotations
+
 import json
 import secrets
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from flask import request
 from flask.sessions import SessionInterface, SessionMixin
@@ -16,10 +20,14 @@ from werkzeug.datastructures import CallbackDict
 
 from core.keys import Keys
 
+if TYPE_CHECKING:
+    import redis
+    from flask import Flask, Request, Response
+
 
 class RedisSession(CallbackDict, SessionMixin):
-    def __init__(self, initial=None, sid=None):
-        def on_update(_):
+    def __init__(self, initial: Mapping[str, Any] | None = None, sid: str | None = None) -> None:
+        def on_update(_: object) -> None:
             self.modified = True
 
         super().__init__(initial, on_update)
@@ -28,26 +36,28 @@ class RedisSession(CallbackDict, SessionMixin):
         self._regenerate = False
         self._destroy = False
 
-    def regenerate(self):
+    def regenerate(self) -> None:
         self._regenerate = True
         self._destroy = False  # an outdated session ended earlier in this request: log in anew
         self.modified = True
 
-    def destroy(self):
+    def destroy(self) -> None:
         self.clear()
         self._destroy = True
 
 
 class RedisSessionInterface(SessionInterface):
-    def __init__(self, redis_client, prefix, idle_ttl):
+    def __init__(self, redis_client: redis.Redis, prefix: str, idle_ttl: float) -> None:
         self.redis_client = redis_client
         self.keys = Keys(prefix)
         self.idle_ttl = int(idle_ttl)
 
-    def _signer(self, app):
+    def _signer(self, app: Flask) -> Signer:
+        if app.secret_key is None:  # (load_settings always sets one)
+            raise RuntimeError("server-side sessions need a SECRET_KEY")
         return Signer(app.secret_key, salt="session-id")
 
-    def open_session(self, app, request):
+    def open_session(self, app: Flask, request: Request) -> RedisSession:
         raw = request.cookies.get(self.get_cookie_name(app))
         if raw:
             try:
@@ -59,7 +69,9 @@ class RedisSessionInterface(SessionInterface):
                 return RedisSession(json.loads(data), sid=sid)
         return RedisSession()
 
-    def save_session(self, app, session, response):
+    # `session` is always the RedisSession open_session made: narrower than the base's
+    def save_session(self, app: Flask, session: RedisSession,  # type: ignore[override]
+                     response: Response) -> None:
         name = self.get_cookie_name(app)
         domain, path = self.get_cookie_domain(app), self.get_cookie_path(app)
         if session._destroy or (not session and session.sid):

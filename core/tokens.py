@@ -17,17 +17,26 @@ types (a forged key, an old version, a bug) is a 401 with the reason, never a
 500 further on.
 """
 
+from __future__ import annotations
+
 import base64
 import hashlib
 import hmac
 import json
 import time
 import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import jwt
 from cryptography.fernet import Fernet, InvalidToken
 
 from core.keys import Keys
+
+if TYPE_CHECKING:
+    import redis
+
+    from core.users import User
 
 ALGORITHM = "HS256"
 REQUIRED = ["iss", "aud", "sub", "iat", "exp", "jti", "epoch"]
@@ -37,19 +46,20 @@ class TokenError(Exception):
     """Why a token was refused; the message is safe to return."""
 
 
-def _derive(secret_key, label):
+def _derive(secret_key: str, label: bytes) -> bytes:
     return hmac.new(secret_key.encode(), label, hashlib.sha256).digest()
 
 
-def signing_key(secret_key):
+def signing_key(secret_key: str) -> bytes:
     return _derive(secret_key, b"jwt-signing-key")
 
 
-def _fernet(secret_key):
+def _fernet(secret_key: str) -> Fernet:
     return Fernet(base64.urlsafe_b64encode(_derive(secret_key, b"jwt-session-data")))
 
 
-def issue(user, config, now=None, ttl=None):
+def issue(user: User, config: Mapping[str, Any], now: float | None = None,
+          ttl: float | None = None) -> tuple[str, dict[str, Any]]:
     """A signed token for `user`; returns (token, claims)."""
     now = int(now if now is not None else time.time())
     session_data = {"fullname": user.fullname, "roles": user.roles, "issuedAt": now}
@@ -66,7 +76,8 @@ def issue(user, config, now=None, ttl=None):
     return jwt.encode(claims, signing_key(config["SECRET_KEY"]), algorithm=ALGORITHM), claims
 
 
-def verify(token, config, redis_client):
+def verify(token: str, config: Mapping[str, Any],
+           redis_client: redis.Redis) -> dict[str, Any]:
     """The token's claims with `sessionData` decrypted, or TokenError."""
     try:
         claims = jwt.decode(
@@ -99,11 +110,11 @@ def verify(token, config, redis_client):
     return claims
 
 
-def _is_list_of_str(value):
+def _is_list_of_str(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
-def _check_types(claims):
+def _check_types(claims: dict[str, Any]) -> None:
     """TokenError naming the first claim whose type is not the one we issue.
     (PyJWT accepts an `exp` of "9999999999", and checks nothing of ours.)"""
     for name in ("iat", "exp"):
@@ -123,7 +134,7 @@ def _check_types(claims):
                          "('publish', 'subscribe')")
 
 
-def _check_session_data(data):
+def _check_session_data(data: object) -> None:
     if not isinstance(data, dict):
         raise TokenError("token sessionData must be an object")
     if not isinstance(data.get("fullname", ""), str) or \
@@ -131,11 +142,12 @@ def _check_session_data(data):
         raise TokenError("token sessionData has a 'fullname' or 'roles' of the wrong type")
 
 
-def revoke(claims, config, redis_client):
+def revoke(claims: Mapping[str, Any], config: Mapping[str, Any],
+           redis_client: redis.Redis) -> None:
     """Deny this token's jti until it would have expired anyway."""
     ttl = max(int(claims["exp"] - time.time()) + 10, 1)
     redis_client.set(_revoked_key(config, claims["jti"]), "1", ex=ttl)
 
 
-def _revoked_key(config, jti):
+def _revoked_key(config: Mapping[str, Any], jti: str) -> str:
     return Keys(config["REDIS_PREFIX"]).revoked_token(jti)

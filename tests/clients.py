@@ -201,6 +201,32 @@ class LongPoller(Collector):
         self._stop.set()
 
 
+def data_of(sub):
+    """The `data` of each item a client received (hellos and resets have none)."""
+    return [item["data"] for item in sub.items if "data" in item]
+
+
+# -- a websocket-client connection ---------------------------------------------------
+
+
+def close_of(ws):
+    """(code, reason) of the close frame the server sends next."""
+    while True:
+        opcode, data = ws.recv_data(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return int.from_bytes(data[:2], "big"), data[2:].decode()
+
+
+def next_of(ws, kind, timeout=10):
+    """The next JSON message of type `kind` (skipping the others)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = json.loads(ws.recv())
+        if message.get("type") == kind:
+            return message
+    raise AssertionError(f"no {kind} message")
+
+
 # -- asking the server ---------------------------------------------------------
 
 

@@ -15,8 +15,36 @@ import redis
 from core.config import SETTINGS
 from core.embedded_redis import EmbeddedRedis
 from tests.servers import GunicornServer
+from tests.settings import SECRET_KEY
 
-SECRET_KEY = "test-secret-key"
+# -- every test is `unit` or `integration` (markers in pyproject.toml) ----------------------
+
+# The fixtures below that start a process (redis-server, gunicorn, Chromium) or
+# need one: a unit test requests none of them, directly or through another fixture.
+PROCESS_FIXTURES = frozenset({"redis_server", "base_env", "admin_token", "alice_token", "rdb",
+                              "start_server", "server", "app", "client", "browser", "page"})
+
+
+@pytest.hookimpl(tryfirst=True)  # sees every test, before `-m` deselects any
+def pytest_collection_modifyitems(items):
+    """Collection fails when a test is marked neither or both of `unit` and
+    `integration`, when a unit test requests a process, or when a test that
+    drives Chromium is not marked `browser`: `make test-fast` (`-m unit`) and
+    `-m "not browser"` select what they say."""
+    wrong = []
+    for item in items:
+        kinds = sorted({m.name for m in item.iter_markers()} & {"unit", "integration"})
+        needs = sorted(PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+        if len(kinds) != 1:
+            wrong.append(f"{item.nodeid}: marked {'both' if kinds else 'neither'} unit "
+                         f"{'and' if kinds else 'nor'} integration")
+        elif kinds == ["unit"] and needs:
+            wrong.append(f"{item.nodeid}: a unit test requests {', '.join(needs)}")
+        if {"browser", "page"}.intersection(needs) and not item.get_closest_marker("browser"):
+            wrong.append(f"{item.nodeid}: drives Chromium but is not marked browser")
+    if wrong:
+        raise pytest.UsageError("\n  ".join(["tests/conftest.py: every test is `unit` (no process)"
+                                             " or `integration`:", *wrong]))
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +70,7 @@ def base_env(redis_server, tmp_path_factory):
         "CONNECTIONS_PER_ADDRESS": "1000000",
         "PYTHONUNBUFFERED": "1",
         "GRACEFUL_TIMEOUT": "3",  # tests leave streams open; do not wait 30 s at teardown
+        "JOB_WORKERS": "0",  # tests/test_jobs.py starts its own RQ workers
     }
 
 

@@ -25,6 +25,8 @@ from tests.clients import (
     ws_request,
 )
 
+pytestmark = pytest.mark.integration
+
 FREED_WITHIN = 2.0  # seconds: the requirement
 
 

@@ -16,6 +16,8 @@ import requests
 from core.embedded_redis import EmbeddedRedis
 from tests.clients import SSEClient, WSFrames, healthz_bodies, wait_until
 
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+
 ADMIN_PASSWORD = "reset-test-admin-password"
 
 

@@ -18,6 +18,8 @@ from core.users import UserStore
 from realtime_client import parse_sse
 from tests.servers import ROOT
 
+pytestmark = pytest.mark.integration
+
 PASSWORD = "correct horse battery"
 
 
@@ -379,6 +381,7 @@ def flask_cli(base_env, *args, input=None):
                           timeout=60)
 
 
+@pytest.mark.slow
 def test_users_cli_create_list_set_password_delete(base_env, client):
     name = f"cli{uuid.uuid4().hex[:6]}"
     created = flask_cli(base_env, "create", name, "--fullname", "Cli User", "--admin",

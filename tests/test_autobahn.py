@@ -193,6 +193,7 @@ def _describe(outcome):
     )
 
 
+@pytest.mark.integration
 def test_case(case, autobahn_results):
     outcome = autobahn_results["cases"].get(case)
     if outcome is None:
@@ -223,6 +224,7 @@ def _hint(outcome):
             f"case takes any event it did not ask for as the end of the exchange.")
 
 
+@pytest.mark.integration
 def test_echo_greeting_off_is_a_pure_echo(server):
     """What the cases rely on: no greeting, text back as text, binary as binary;
     the plain /ws/echo still greets."""
@@ -239,6 +241,7 @@ def test_echo_greeting_off_is_a_pure_echo(server):
     ws.close()
 
 
+@pytest.mark.unit
 def test_fast_subset_covers_every_section():
     """Each pattern of the fast subset names real cases, every section of the
     suite is in it, and so is the refusal of messages over the limit."""

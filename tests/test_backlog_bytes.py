@@ -7,6 +7,8 @@ them in the worker."""
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from tests.clients import (
     healthz_bodies,
     raw_request,
@@ -16,6 +18,8 @@ from tests.clients import (
     ws_frames,
     ws_request,
 )
+
+pytestmark = pytest.mark.integration
 
 QUEUE_BYTES = 256 * 1024
 MESSAGES = 100  # far below the 1,000-message bound

@@ -12,6 +12,7 @@ from tests.clients import LongPoller, SSEClient
 from tests.servers import ROOT
 
 
+@pytest.mark.integration
 def test_index_links_every_demo(client):
     page = client.get("/")
     assert page.status_code == 200
@@ -22,6 +23,7 @@ def test_index_links_every_demo(client):
         assert f'href="{link}"' in html
 
 
+@pytest.mark.integration
 def test_index_links_every_admin_page_marked_for_administrators(client, app):
     html = client.get("/").get_data(as_text=True)
     admin_pages = {rule.rule for rule in app.url_map.iter_rules()
@@ -35,6 +37,7 @@ def test_index_links_every_admin_page_marked_for_administrators(client, app):
         assert "(administrators)" in item, link
 
 
+@pytest.mark.integration
 def test_pages_carry_a_content_security_policy_and_every_response_the_basic_headers(client):
     page = client.get("/clock/")
     csp = page.headers["Content-Security-Policy"]
@@ -48,6 +51,7 @@ def test_pages_carry_a_content_security_policy_and_every_response_the_basic_head
     assert "Content-Security-Policy" not in client.get("/healthz").headers  # JSON
 
 
+@pytest.mark.integration
 def test_healthz_reports_redis_hub_and_pid(server):
     response = requests.get(server.url + "/healthz", timeout=5)
     assert response.status_code == 200
@@ -56,6 +60,7 @@ def test_healthz_reports_redis_hub_and_pid(server):
     assert isinstance(body["pid"], int)
 
 
+@pytest.mark.integration
 def test_whoami_shows_the_serving_worker_and_the_workers_share_the_port(server):
     pids = set()
     for _ in range(20):
@@ -69,6 +74,7 @@ def test_whoami_shows_the_serving_worker_and_the_workers_share_the_port(server):
     assert "Served by worker" in html.text
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path, cities", [
     ("/listCities/usa/ohio", ["Columbus", "Cleveland", "Cincinnati", "Toledo", "Akron", "Dayton"]),
     ("/listCities/Canada/British%20Columbia", ["Vancouver", "Surrey", "Burnaby", "Richmond",
@@ -80,6 +86,7 @@ def test_list_cities(client, path, cities):
     assert response.get_json() == cities
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path, status, error", [
     ("/listCities/atlantis/ohio", 404, "unknown country"),
     ("/listCities/usa/narnia", 404, "unknown state"),
@@ -94,6 +101,7 @@ def test_list_cities_errors_are_json(client, path, status, error):
     assert error in response.get_json()["error"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path", ["/listCities/usa/ohio", "/listCities/Canada/British%20Columbia",
                                   "/listCities/usa/narnia", "/listCities/atlantis/ohio",
                                   "/listCities/usa/<script>", "/listCities/usa", "/listCities"])
@@ -103,12 +111,14 @@ def test_list_cities_with_a_trailing_slash_answers_the_same(client, path):
     assert (slashed.status_code, slashed.get_json()) == (plain.status_code, plain.get_json())
 
 
+@pytest.mark.integration
 def test_cities_come_from_redis(client, rdb, app):
     client.get("/listCities/usa/ohio")
     key = f"{app.config['REDIS_PREFIX']}cities:country:usa"
     assert json.loads(rdb.hget(key, "ohio"))[0] == "Columbus"
 
 
+@pytest.mark.integration
 def test_cookie_round_trip(client):
     assert client.get("/mycookie").status_code == 404
     response = client.get("/cookie")
@@ -119,6 +129,7 @@ def test_cookie_round_trip(client):
     assert mine.status_code == 200 and mine.get_data(as_text=True).strip() == value
 
 
+@pytest.mark.integration
 def test_forged_cookie_is_rejected(client):
     client.set_cookie("demo_cookie", "<img src=x>")
     response = client.get("/mycookie")
@@ -126,6 +137,7 @@ def test_forged_cookie_is_rejected(client):
     assert "not a number" in response.get_json()["error"]
 
 
+@pytest.mark.integration
 def test_sse_clock_pads_sets_retry_and_ticks(server):
     clock = SSEClient(server.url + "/sse/clock")
     assert clock.status == 200
@@ -138,12 +150,14 @@ def test_sse_clock_pads_sets_retry_and_ticks(server):
     clock.close()
 
 
+@pytest.mark.integration
 def test_unknown_paths_get_json_404(server):
     response = requests.get(server.url + "/no/such/page", timeout=5)
     assert response.status_code == 404
     assert "error" in response.json()
 
 
+@pytest.mark.integration
 def test_broadcast_worker_publishes_each_stdin_line(server, base_env):
     marker, _ = server.publish("broadcast-test", "marker")
     poller = LongPoller(f"{server.url}/sub/broadcast-test", cursor=marker)
@@ -158,6 +172,7 @@ def test_broadcast_worker_publishes_each_stdin_line(server, base_env):
     poller.close()
 
 
+@pytest.mark.integration
 def test_broadcast_worker_rejects_a_bad_channel(base_env):
     result = subprocess.run(
         [sys.executable, "-m", "workers.broadcast", "--channel", "no spaces"],
@@ -166,6 +181,7 @@ def test_broadcast_worker_rejects_a_bad_channel(base_env):
     assert "invalid channel name" in result.stderr
 
 
+@pytest.mark.unit
 def test_the_security_review_cites_tests_that_exist():
     """docs/security.md names the test that proves each control: keep it true."""
     cited = set(re.findall(r"`(test_\w+)`", (ROOT / "docs" / "security.md").read_text()))

@@ -17,7 +17,7 @@ from tests.clients import worker_pids
 from tests.pages import wait_for
 from tests.servers import ROOT
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 def broadcast(base_env, lines):
     subprocess.run([sys.executable, "-m", "workers.broadcast"], input="\n".join(lines) + "\n",
@@ -160,6 +160,7 @@ def test_two_qa_pages_see_questions_but_answers_only_when_following(start_server
         page.context.close()
 
 
+@pytest.mark.slow
 def test_ticker_page_updates_at_the_pace_the_server_sets(start_server, browser):
     import uuid
 
@@ -325,6 +326,8 @@ def wait_status(page, text, timeout=30):
         page.wait_for_timeout(100)
 
 
+@pytest.mark.chaos
+@pytest.mark.slow
 def test_auto_falls_back_to_sse_then_long_poll_and_comes_back_losing_nothing(
         start_server, browser, redis_server, rdb, channel):
     server = start_server()
@@ -386,6 +389,7 @@ def test_auto_falls_back_to_sse_then_long_poll_and_comes_back_losing_nothing(
     assert errors == []
 
 
+@pytest.mark.chaos
 @pytest.mark.parametrize("transport", ["websocket", "sse", "longpoll"])
 def test_the_client_resumes_after_its_worker_is_killed_and_shows_a_reset(
         start_server, page, redis_server, rdb, channel, transport):

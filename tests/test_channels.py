@@ -10,7 +10,9 @@ import requests
 import websocket
 
 from realtime_client import parse_sse
-from tests.clients import LongPoller, SSEClient, WSClient, long_poll, wait_subscribed
+from tests.clients import LongPoller, SSEClient, WSClient, data_of, long_poll, wait_subscribed
+
+pytestmark = pytest.mark.integration
 
 TRANSPORTS = ["sse", "longpoll", "ws"]
 
@@ -27,10 +29,6 @@ def open_subscriber(server, transport, channel, last_id=None):
 
 def served_by(sub):
     return sub.served_by if isinstance(sub.served_by, str) else next(iter(sub.served_by), None)
-
-
-def data_of(sub):
-    return [item["data"] for item in sub.items if "data" in item]
 
 
 def ids_of(sub):

@@ -35,7 +35,7 @@ from tests.resumers import (
     wait_connected,
 )
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 
 class Publisher(threading.Thread):
@@ -67,6 +67,7 @@ def all_healthy(server):
 # -- (1) a worker killed with SIGKILL mid-stream -----------------------------------
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_stream_every_resuming_client_gets_every_message_once(
         start_server, redis_server, rdb, channel):
     server = start_server(STREAM_MAXLEN=5000, LONGPOLL_TIMEOUT_SECONDS=5)
@@ -99,6 +100,7 @@ def test_worker_killed_mid_stream_every_resuming_client_gets_every_message_once(
 # -- (3) graceful reload (HUP) under load ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_reload_under_load_loses_nothing_and_leaves_no_client_hanging(
         start_server, redis_server, rdb, channel):
     server = start_server(STREAM_MAXLEN=5000, LONGPOLL_TIMEOUT_SECONDS=5)
@@ -228,6 +230,7 @@ def test_redis_killed_with_aof_loses_nothing(start_server, own_redis, channel):
         server.stop()
 
 
+@pytest.mark.slow
 def test_redis_unreachable_for_10_s_healthz_503_workers_stay_up_and_recover(
         start_server, own_redis, channel):
     store = own_redis(appendonly=True, extra_args=["--appendfsync", "always"])
@@ -308,6 +311,7 @@ def _stalled_long_poll(server, channel, cursor):
                             "Host: 127.0.0.1\r\nAccept: application/json\r\n\r\n")
 
 
+@pytest.mark.slow
 def test_slow_consumers_are_cut_off_while_every_other_client_gets_everything(
         start_server, redis_server, rdb, channel):
     """A stalled SSE and WebSocket client and a long-poll that never reads its
@@ -350,6 +354,7 @@ def test_slow_consumers_are_cut_off_while_every_other_client_gets_everything(
         server.stop()
 
 
+@pytest.mark.slow
 def test_a_long_poll_that_stops_reading_its_response_is_cut_off(
         start_server, redis_server, rdb, channel):
     """An answer bigger than the socket buffers (the cap raised to 16 MB for

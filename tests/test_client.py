@@ -51,6 +51,7 @@ class Reader(threading.Thread):
         return [e.data for e in self.got if isinstance(e, Message)]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_catch_up_then_live_in_order(server, admin_token, channel, transport):
     first = [publish(server.url, channel, f"old {i}", token=admin_token) for i in range(3)]
@@ -66,6 +67,8 @@ def test_catch_up_then_live_in_order(server, admin_token, channel, transport):
     assert [e.id for e in reader.got[:3]] == first
 
 
+@pytest.mark.integration
+@pytest.mark.chaos
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_resumes_across_a_reload_with_nothing_lost_or_repeated(
         start_server, admin_token, channel, transport):
@@ -93,6 +96,7 @@ def test_resumes_across_a_reload_with_nothing_lost_or_repeated(
         "the reload replaced every worker"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_cursor_no_longer_retained_gives_a_reset_then_what_follows(
         server, admin_token, channel, transport):
@@ -104,6 +108,7 @@ def test_a_cursor_no_longer_retained_gives_a_reset_then_what_follows(
     assert next(events).data == "after"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_refused_subscription_raises_instead_of_retrying(server, transport):
     with pytest.raises(ClientError) as refused:
@@ -111,6 +116,7 @@ def test_a_refused_subscription_raises_instead_of_retrying(server, transport):
     assert refused.value.status in (401, 403, 1008)
 
 
+@pytest.mark.integration
 def test_login_and_publish_errors_carry_the_servers_reason(server, admin_token, channel):
     with pytest.raises(ClientError) as wrong:
         login(server.url, "test-admin", "not the password")
@@ -122,6 +128,7 @@ def test_login_and_publish_errors_carry_the_servers_reason(server, admin_token, 
     assert publish(server.url, channel, "with a fresh token", token=token)
 
 
+@pytest.mark.integration
 def test_the_stdin_broadcaster_publishes_over_http_with_a_token(server, admin_token, channel):
     def broadcast(*args, token):
         env = {**os.environ, "REALTIME_TOKEN": token} if token else {
@@ -189,6 +196,7 @@ def http_200(kind, body):
     return (f"HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\n\r\n").encode() + body
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("transport", "answer", "says"), [
     ("sse", http_200("text/event-stream", b"retry: 100\n\nevent: reset\ndata: {oops\n\n"),
      "a reset event is not JSON"),
@@ -210,6 +218,7 @@ def test_a_server_answer_the_client_cannot_read_raises_a_clear_error(transport, 
     assert says in str(reader.error)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("transport", "truncated", "whole"), [
     ("sse", http_200("text/event-stream", b"id: 4-0\ndata: half an ev"),
      http_200("text/event-stream", b"id: 5-0\ndata: whole\n\n")),

@@ -11,6 +11,7 @@ from core.config import SETTINGS, ConfigError, load_settings
 from tests.servers import ROOT
 
 
+@pytest.mark.unit
 def test_dev_generates_secrets_once_and_keeps_them(tmp_path):
     env = {"INSTANCE_DIR": str(tmp_path)}
     first = load_settings(env)
@@ -20,6 +21,7 @@ def test_dev_generates_secrets_once_and_keeps_them(tmp_path):
     assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("missing", ["SECRET_KEY", "REDIS_URL"])
 def test_production_refuses_to_start_without_secrets(tmp_path, missing):
     env = {"APP_ENV": "production", "INSTANCE_DIR": str(tmp_path), "SECRET_KEY": "s" * 40,
@@ -30,6 +32,7 @@ def test_production_refuses_to_start_without_secrets(tmp_path, missing):
     assert not (tmp_path / "secret_key").exists()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name, value", [("STREAM_MAXLEN", "lots"), ("STREAM_MAXLEN", "-5"),
                                          ("APP_ENV", "staging"), ("SERVED_BY_HEADER", "maybe")])
 def test_malformed_settings_name_the_culprit(tmp_path, name, value):
@@ -37,12 +40,14 @@ def test_malformed_settings_name_the_culprit(tmp_path, name, value):
         load_settings({"INSTANCE_DIR": str(tmp_path), name: value})
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("value", ["h1", "h1:26379,", "h1:port", "h1:0", ":26379", "h1:70000"])
 def test_malformed_sentinel_list_is_one_configuration_error(tmp_path, value):
     with pytest.raises(ConfigError, match=r"REDIS_SENTINELS=.*expected host:port"):
         load_settings({"INSTANCE_DIR": str(tmp_path), "REDIS_SENTINELS": value})
 
 
+@pytest.mark.unit
 def test_sentinel_settings_are_parsed_and_stand_in_for_redis_url(tmp_path):
     env = {"APP_ENV": "production", "SECRET_KEY": "s", "INSTANCE_DIR": str(tmp_path),
            "REDIS_SENTINELS": "s1.internal:26379, [::1]:26380", "REDIS_PASSWORD": "pw"}
@@ -55,6 +60,7 @@ def test_sentinel_settings_are_parsed_and_stand_in_for_redis_url(tmp_path):
     assert load_settings({**env, "APP_ENV": "dev"})["REDIS_URL"] is None
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("extra, culprit", [
     ({"REDIS_SENTINELS": "h:26379"}, "REDIS_URL and REDIS_SENTINELS are both set"),
     ({"REDIS_PASSWORD": "pw"}, "REDIS_PASSWORD: only with REDIS_SENTINELS"),
@@ -65,6 +71,7 @@ def test_redis_url_mixed_with_sentinel_settings_is_refused(tmp_path, extra, culp
         load_settings({"INSTANCE_DIR": str(tmp_path), "REDIS_URL": "redis://x", **extra})
 
 
+@pytest.mark.unit
 def test_production_defaults_hide_the_worker_and_never_seed_demo_users(tmp_path):
     env = {"APP_ENV": "production", "SECRET_KEY": "s", "DEMO_USERS": "1",
            "REDIS_URL": "redis://x", "INSTANCE_DIR": str(tmp_path)}
@@ -73,12 +80,14 @@ def test_production_defaults_hide_the_worker_and_never_seed_demo_users(tmp_path)
     assert load_settings({"INSTANCE_DIR": str(tmp_path)})["SERVED_BY_HEADER"] is True
 
 
+@pytest.mark.unit
 def test_readme_documents_every_setting():
     readme = (ROOT / "README.md").read_text()
     missing = [name for name in SETTINGS if f"| `{name}` |" not in readme]
     assert missing == []
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("env", [{"REDIS_SENTINELS": "sentinel-without-port"},
                                  {"REDIS_SENTINELS": "h:26379", "REDIS_URL": "redis://x"}])
 def test_gunicorn_stops_at_a_bad_redis_setting_with_one_line(tmp_path, env):
@@ -94,6 +103,7 @@ def test_gunicorn_stops_at_a_bad_redis_setting_with_one_line(tmp_path, env):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name, value", [("PORT", "http"), ("PORT", "70000"),
                                          ("KEEPALIVE", "-1"), ("REUSE_PORT", "maybe"),
                                          ("LOG_LEVEL", "loud"), ("WEB_CONCURRENCY", "auto!")])
@@ -123,6 +133,7 @@ def _gunicorn_config(env):
     return json.loads(out)
 
 
+@pytest.mark.unit
 def test_gunicorn_config_reads_booleans_by_the_one_rule():
     """`REUSE_PORT=off` used to mean on, and `RELOAD=on` off."""
     config = _gunicorn_config({"REUSE_PORT": "off", "RELOAD": "on", "BIND": ""})
@@ -133,6 +144,7 @@ def test_gunicorn_config_reads_booleans_by_the_one_rule():
                       "workers": 3, "keepalive": 15, "accesslog": "-"}
 
 
+@pytest.mark.unit
 def test_importing_the_app_module_does_nothing(tmp_path):
     """gunicorn calls the factory in each worker; the import reads no setting,
     writes no file and needs no Redis."""
@@ -143,6 +155,7 @@ def test_importing_the_app_module_does_nothing(tmp_path):
     assert not (tmp_path / "instance").exists()
 
 
+@pytest.mark.integration
 def test_redis_pool_size_bounds_each_workers_pool(app):
     from app import create_app
 

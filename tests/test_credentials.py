@@ -17,6 +17,8 @@ from core.config import load_settings
 from core.users import UserStore
 from tests.servers import ROOT
 
+pytestmark = pytest.mark.integration
+
 PASSWORD = "first password!"
 NEW_PASSWORD = "second password!"
 

@@ -13,10 +13,13 @@ import threading
 import time
 import uuid
 
+import pytest
 import redis
 import websocket
 
-from tests.test_ws_apps import close_of, next_of
+from tests.clients import close_of, next_of
+
+pytestmark = pytest.mark.integration
 
 
 def drawer(server, path="/draw/ws"):

@@ -11,6 +11,8 @@ import websocket
 
 from tests.editor_client import SimClient
 
+pytestmark = pytest.mark.integration
+
 
 def test_concurrent_clients_on_two_workers_converge(server):
     doc = f"conv-{uuid.uuid4().hex[:8]}"

@@ -91,6 +91,7 @@ unit = settings(max_examples=300, deadline=None)
 # -- core.hub.parse_id ---------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @unit
 @given(st.one_of(st.text(max_size=50), st.none(),
                  st.from_regex(r"\A[0-9]{1,22}(-[0-9]{1,22})?\Z"),
@@ -110,6 +111,7 @@ def test_parse_id_returns_a_key_or_raises_invalid_id(text):
 # -- core.transports.websocket -----------------------------------------------------------
 
 
+@pytest.mark.unit
 @unit
 @given(st.one_of(json_text, st.binary(max_size=40), st.none(), json_values))
 def test_json_object_returns_a_dict_or_refused(raw):
@@ -121,6 +123,7 @@ def test_json_object_returns_a_dict_or_refused(raw):
     assert isinstance(message, dict) and isinstance(raw, str)
 
 
+@pytest.mark.unit
 def test_json_object_refuses_deep_nesting():
     # Regression: json.loads raises RecursionError (not ValueError) past ~1000
     # levels, which escaped the draw/track/editor loops; a 64 KB frame holds 65,536.
@@ -129,6 +132,7 @@ def test_json_object_refuses_deep_nesting():
             json_object(raw)
 
 
+@pytest.mark.unit
 @unit
 @given(st.dictionaries(st.sampled_from(["x", "y", "drawing"]),
                        st.one_of(json_values, st.floats(), st.integers(-(2**70), 2**70)),
@@ -141,6 +145,7 @@ def test_fraction_returns_a_number_in_0_1_or_refused(message):
     assert type(value) in (int, float) and 0 <= value <= 1
 
 
+@pytest.mark.unit
 @unit
 @given(st.text(max_size=200))
 def test_close_reason_fits_a_close_frame(text):
@@ -157,6 +162,7 @@ frame_dicts = st.fixed_dictionaries(
 frames = st.one_of(json_text, frame_dicts.map(json.dumps), st.binary(max_size=20))
 
 
+@pytest.mark.unit
 @unit
 @given(frames)
 def test_draw_frame_decoder(raw):
@@ -169,6 +175,7 @@ def test_draw_frame_decoder(raw):
     assert 0 <= x <= 1 and 0 <= y <= 1 and isinstance(drawing, bool)
 
 
+@pytest.mark.unit
 @unit
 @given(frames)
 def test_track_frame_decoder(raw):
@@ -199,6 +206,7 @@ op_messages = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.unit
 @unit
 @given(op_messages, st.text(max_size=30))
 def test_editor_op_decoder_returns_a_valid_op_or_rejects(message, document):
@@ -225,6 +233,7 @@ def test_editor_op_decoder_returns_a_valid_op_or_rejects(message, document):
         assert isinstance(new, str)
 
 
+@pytest.mark.unit
 @unit
 @given(st.one_of(json_values, st.lists(st.one_of(st.integers(-2, 2**70), json_values), max_size=3)))
 def test_editor_caret_decoder(caret):
@@ -237,6 +246,7 @@ def test_editor_caret_decoder(caret):
     assert len(value) == 2 and all(0 <= c <= MAX_DOC for c in value)
 
 
+@pytest.mark.unit
 def test_editor_refuses_lone_surrogates():
     # Regression: {"insert": "\ud800"} (a JSON escape) parsed, then broke the
     # Redis commit with UnicodeEncodeError.
@@ -262,6 +272,7 @@ bodies = st.one_of(st.binary(max_size=200), json_text.map(str.encode),
                    .map(lambda d: json.dumps(d).encode()))
 
 
+@pytest.mark.unit
 @unit
 @given(bodies, content_types)
 def test_required_fields_returns_strings_or_a_400(body, content_type):
@@ -279,6 +290,7 @@ def test_required_fields_returns_strings_or_a_400(body, content_type):
     value.encode("utf-8")
 
 
+@pytest.mark.unit
 def test_required_fields_refuses_deep_json_and_lone_surrogates():
     # Regression: werkzeug's get_json(silent=True) swallows ValueError, not the
     # RecursionError of deep nesting (a 500); a "\ud800" escape became a 500 in Redis.
@@ -292,6 +304,7 @@ def test_required_fields_refuses_deep_json_and_lone_surrogates():
             assert excinfo.value.response.status_code == 400
 
 
+@pytest.mark.unit
 @unit
 @given(st.one_of(st.none(), st.text(max_size=80), st.text(string.ascii_letters + ".-_", max_size=80)))
 def test_qa_client_id_decoder(signed):
@@ -307,6 +320,7 @@ def test_qa_client_id_decoder(signed):
         assert signed and ("\n" in signed or "\r" in signed or "\x00" in signed)
 
 
+@pytest.mark.unit
 @unit
 @given(st.text(max_size=30))
 def test_qa_normalise_is_idempotent(text):
@@ -319,6 +333,7 @@ def test_qa_normalise_is_idempotent(text):
 # -- ticker symbols ------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @unit
 @given(st.one_of(st.text(max_size=14), st.text("ABCIMNOPQRSTUZabcz0129.- ", max_size=14)))
 def test_ticker_symbol_validation(raw):
@@ -354,6 +369,7 @@ jwt_like = st.one_of(
 )
 
 
+@pytest.mark.unit
 @settings(max_examples=200, deadline=None)
 @given(jwt_like)
 def test_token_verify_raises_only_token_error(token):
@@ -363,6 +379,7 @@ def test_token_verify_raises_only_token_error(token):
         verify(token, TOKEN_CONFIG, _NoRedis())
 
 
+@pytest.mark.unit
 def test_token_with_a_deeply_nested_header_is_malformed():
     # PyJWT turns the header's RecursionError into DecodeError: keep it so.
     from core.tokens import TokenError, verify
@@ -410,6 +427,7 @@ def normalised(data):
     return _BREAK.sub("\n", data)
 
 
+@pytest.mark.unit
 @settings(max_examples=500, deadline=None)
 @given(tricky_text)
 def test_sse_event_round_trips_any_text(data):
@@ -417,6 +435,7 @@ def test_sse_event_round_trips_any_text(data):
     assert events == [{"event": "message", "data": normalised(data), "id": ""}]
 
 
+@pytest.mark.unit
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(tricky_text, st.one_of(st.none(), tricky_text),
                           st.one_of(st.none(), tricky_text)), min_size=1, max_size=4),
@@ -436,6 +455,7 @@ def test_sse_stream_of_events_with_names_and_ids(items, retry_ms):
     assert events == expected and retry == retry_ms
 
 
+@pytest.mark.unit
 def test_sse_data_with_leading_spaces_and_empty_data():
     for data in ["", " ", "  two", " a\n b", "\r\n", "\n\n", "x\r", ":not a comment"]:
         events, _ = parse_event_stream(sse.event(data))
@@ -572,6 +592,8 @@ def _fill(rule, values):
     return re.sub(r"<(?:[^:>]+:)?[^>]+>", lambda m: quote(next(parts), safe=""), rule)
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_http_fuzz_never_5xx(fuzz_server, issue_admin_token, rules, data):
@@ -608,7 +630,7 @@ def test_http_fuzz_never_5xx(fuzz_server, issue_admin_token, rules, data):
 def _qa_client_id():
     from itsdangerous import URLSafeSerializer
 
-    from tests.conftest import SECRET_KEY
+    from tests.settings import SECRET_KEY
 
     return URLSafeSerializer(SECRET_KEY, salt="qa-client").dumps("fuzz-client")
 
@@ -626,6 +648,8 @@ targeted = st.one_of(
 )
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(targeted, st.one_of(content_types, header_text), http_bodies, queries, header_sets)
 def test_http_decoders_never_5xx(fuzz_server, fuzz_admin_token, target, content_type, body,
@@ -656,6 +680,7 @@ def test_http_decoders_never_5xx(fuzz_server, fuzz_admin_token, target, content_
         assert not LEAK.search(content), content[:500]
 
 
+@pytest.mark.integration
 def test_http_regressions(fuzz_server, fuzz_admin_token):
     """The inputs the fuzzer found answering 500, now 4xx with a JSON reason."""
     url = fuzz_server.url
@@ -744,6 +769,8 @@ _SEND_FAILED = (websocket.WebSocketConnectionClosedException, BrokenPipeError,
                 ConnectionResetError)
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ws_paths, st.lists(ws_frame, min_size=1, max_size=4))
 def test_websocket_fuzz_closes_with_a_reason(fuzz_server, path, sent):
@@ -793,6 +820,7 @@ def test_websocket_fuzz_closes_with_a_reason(fuzz_server, path, sent):
     assert "Traceback" not in reason and not LEAK.search(reason.encode())
 
 
+@pytest.mark.integration
 def test_websocket_regressions(fuzz_server):
     """Inputs that broke a WebSocket (a stack trace in the worker's log, or an
     HTTP response inside the WebSocket stream), now closed with 1008 and a reason."""
@@ -823,6 +851,7 @@ def test_websocket_regressions(fuzz_server):
     assert_workers_survived(fuzz_server)
 
 
+@pytest.mark.unit
 def test_a_client_that_is_gone_ends_the_connection_quietly():
     # Regression (seen in the fuzz server's log): with simple-websocket, a
     # connection closed before its reader greenlet started raised "fd must be
@@ -874,6 +903,7 @@ client_frames = st.one_of(
 )
 
 
+@pytest.mark.unit
 @settings(max_examples=300, deadline=None)
 @given(st.lists(client_frames, max_size=6))
 def test_websocket_reader_returns_messages_or_closes_with_a_code(chunks):
@@ -920,6 +950,7 @@ def test_websocket_reader_returns_messages_or_closes_with_a_code(chunks):
         b.close()
 
 
+@pytest.mark.integration
 def test_workers_survived_the_fuzzing(fuzz_server):
     """Last in this module: the same two workers answer, healthy, and nothing
     the fuzzer sent left a traceback in the server's log."""
@@ -928,6 +959,7 @@ def test_workers_survived_the_fuzzing(fuzz_server):
     assert WS_OUTCOMES["reset"] <= max(5, WS_OUTCOMES["close"] // 5), WS_OUTCOMES
 
 
+@pytest.mark.integration
 def test_a_client_reset_during_a_websocket_write_leaves_no_traceback(start_server):
     """A client that stops reading, then resets the connection while the server
     is blocked writing to it: the worker carries on and logs no traceback."""

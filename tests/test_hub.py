@@ -19,6 +19,7 @@ def hub(rdb, redis_server):
     hub.stop()
 
 
+@pytest.mark.integration
 def test_ids_are_stream_ids_and_increase(hub, channel):
     ids = [hub.publish(channel, f"m{i}") for i in range(5)]
     keys = [parse_id(i) for i in ids]
@@ -42,6 +43,7 @@ class RacingHub(Hub):
         return entries
 
 
+@pytest.mark.integration
 def test_catch_up_merges_live_messages_exactly_once_in_order(rdb, redis_server, channel):
     hub = RacingHub(rdb, redis_server.url, prefix="unit:")
     for i in range(3):
@@ -61,6 +63,7 @@ def test_catch_up_merges_live_messages_exactly_once_in_order(rdb, redis_server, 
     hub.stop()
 
 
+@pytest.mark.integration
 def test_subscription_without_cursor_starts_at_the_call(hub, channel):
     hub.publish(channel, "before")
     with hub.subscribe(channel) as sub:
@@ -68,6 +71,7 @@ def test_subscription_without_cursor_starts_at_the_call(hub, channel):
         assert [m.data for m in sub.wait(5)] == ["after"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("text, key", [("0", (0, 0)), ("5-3", (5, 3)), ("17", (17, 0)),
                                        ("18446744073709551615-0", (2**64 - 1, 0))])
 def test_parse_id_accepts_stream_ids(text, key):
@@ -75,6 +79,7 @@ def test_parse_id_accepts_stream_ids(text, key):
     assert parse_id(format_id(key)) == key
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("text", ["", "x", "1-", "-1", "1-2-3", "18446744073709551616-0",
                                   " 1-0", "1-0\n", "１-0"])
 def test_parse_id_rejects_everything_else(text):
@@ -82,6 +87,7 @@ def test_parse_id_rejects_everything_else(text):
         parse_id(text)
 
 
+@pytest.mark.unit
 def test_each_transport_encodes_text_and_json_payloads_once():
     text = Message("1-0", 'say "hi"\nbye', False)
     assert longpoll.encode(text) == b'{"id":"1-0","data":"say \\"hi\\"\\nbye"}'
@@ -96,6 +102,7 @@ def test_each_transport_encodes_text_and_json_payloads_once():
     assert sse.encode(reset) == b'event: reset\nid: 3-0\ndata: {"reset": true, "cursor": "3-0"}\n\n'
 
 
+@pytest.mark.integration
 def test_a_byte_bounded_page_stops_near_its_budget_and_says_there_is_more(hub, channel):
     ids = [hub.publish(channel, f"{i:03d}" + "x" * 997) for i in range(40)]  # 1,000 each
     page, more = hub.read_page(channel, "-", 500, max_bytes=5000)
@@ -115,6 +122,7 @@ def test_a_byte_bounded_page_stops_near_its_budget_and_says_there_is_more(hub, c
         assert [m.id for m in page] == ids[:30] and more
 
 
+@pytest.mark.integration
 def test_a_byte_bounded_catch_up_delivers_a_backlog_once_in_order(hub, channel):
     texts = [f"{i}:" + "y" * 3000 for i in range(60)]
     for text in texts:
@@ -147,6 +155,7 @@ class TrimmingHub(Hub):
         return entries
 
 
+@pytest.mark.integration
 def test_a_byte_bounded_catch_up_reports_a_gap_trimmed_between_its_reads(
         rdb, redis_server, channel):
     hub = TrimmingHub(rdb, redis_server.url, prefix="unit:")
@@ -167,6 +176,7 @@ def _reads(rdb):
     return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("xrange", "xrevrange"))
 
 
+@pytest.mark.integration
 def test_later_subscribers_start_from_the_known_newest_id_without_reading_redis(hub, rdb,
                                                                                 channel):
     hub.publish(channel, "before")
@@ -187,6 +197,7 @@ def test_later_subscribers_start_from_the_known_newest_id_without_reading_redis(
     assert _reads(rdb) > reads
 
 
+@pytest.mark.integration
 def test_known_newest_id_is_not_trusted_across_a_listener_reconnect(rdb, redis_server,
                                                                     channel):
     hub = Hub(rdb, redis_server.url, prefix="unit-reconnect:")
@@ -214,6 +225,7 @@ def _xrange_calls(rdb):
     return rdb.info("commandstats").get("cmdstat_xrange", {}).get("calls", 0)
 
 
+@pytest.mark.integration
 def test_a_subscriber_resuming_a_little_behind_is_served_from_memory(hub, rdb, channel):
     """A long-poll coming back after the next broadcast already went out: the
     worker's recent tail has what it missed, in order, with no Redis read."""
@@ -251,6 +263,7 @@ def _wait_for(predicate, timeout=10):
     return True
 
 
+@pytest.mark.integration
 def test_a_worker_hears_only_the_channels_it_serves_and_lets_go_after_the_last_leaves(
         hub, rdb, channel, monkeypatch):
     import core.hub
@@ -283,6 +296,7 @@ def test_a_worker_hears_only_the_channels_it_serves_and_lets_go_after_the_last_l
         assert [m.data for m in back.wait(5)] == ["live again"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("cursor", [START, None], ids=["from the start", "from now"])
 def test_subscribing_to_a_new_channel_loses_nothing_published_meanwhile(hub, channel, cursor):
     """Messages keep coming while 20 channels are first subscribed here, each

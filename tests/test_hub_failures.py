@@ -11,13 +11,16 @@ from tests.clients import (
     LongPoller,
     SSEClient,
     WSClient,
+    data_of,
     healthz_bodies,
     read_until_closed,
     wait_subscribed,
 )
-from tests.test_channels import data_of
+
+pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow
 def test_hub_reconnects_after_redis_drops_it_and_subscribers_lose_nothing(
         start_server, redis_server, rdb, channel):
     server = start_server()
@@ -91,6 +94,7 @@ def _stalled_sse_connection(server, channel):
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transport", ["sse", "ws"])
 def test_a_client_that_stops_reading_is_cut_off_without_holding_back_others(
         start_server, channel, transport):

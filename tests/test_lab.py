@@ -12,7 +12,7 @@ import pytest
 import requests
 import websocket
 
-from tests.clients import wait_until, worker_pids
+from tests.clients import close_of, wait_until, worker_pids
 from tests.pages import wait_for
 from tests.servers import ROOT
 
@@ -52,14 +52,6 @@ class Lab:
         self.ws.close()
 
 
-def close_of(ws):
-    """(code, reason) of the close frame the server sends next."""
-    while True:
-        opcode, data = ws.recv_data(control_frame=True)
-        if opcode == websocket.ABNF.OPCODE_CLOSE:
-            return int.from_bytes(data[:2], "big"), data[2:].decode()
-
-
 def children_of_workers(server):
     """{pid: command line} of every process whose parent is one of the server's workers."""
     found = {}
@@ -89,6 +81,7 @@ def lab(server, admin_token):
 # -- spawn ---------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_spawn_streams_lines_as_they_come_then_the_exit_status(lab):
     started = lab.start(type="spawn", command="count", arg=6)
     assert started["kind"] == "spawn" and started["argv"][-2:] == ["workers.lab_count", "6"]
@@ -102,6 +95,7 @@ def test_spawn_streams_lines_as_they_come_then_the_exit_status(lab):
     assert exit_["at"] - lines[0]["at"] > 0.6
 
 
+@pytest.mark.integration
 def test_spawn_runs_the_fixed_commands(lab):
     ls = lab.start(type="spawn", command="ls")
     assert lab.next("exit", ls["run"])["code"] == 0
@@ -113,6 +107,7 @@ def test_spawn_runs_the_fixed_commands(lab):
         ["uname", "-a"], capture_output=True, text=True).stdout.strip()
 
 
+@pytest.mark.integration
 def test_killing_a_spawned_command_shows_the_signal(lab, server):
     sleep = lab.start(type="spawn", command="sleep", arg=10)
     assert children_of_workers(server)[sleep["pid"]] == "sleep 10"
@@ -124,6 +119,7 @@ def test_killing_a_spawned_command_shows_the_signal(lab, server):
 # -- exec vs execFile -------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_exec_goes_through_a_shell_and_exec_file_does_not(lab):
     def whole(kind, line):
         run = lab.start(type=kind, line=line)["run"]
@@ -145,6 +141,7 @@ def test_exec_goes_through_a_shell_and_exec_file_does_not(lab):
 # -- fork ------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_a_forked_child_talks_both_ways_and_is_killed_with_sigterm(lab, server):
     started = lab.start(type="fork")
     run, pid = started["run"], started["pid"]
@@ -165,6 +162,7 @@ def test_a_forked_child_talks_both_ways_and_is_killed_with_sigterm(lab, server):
     assert lab.next("refused")["reason"] == f"run {run} has ended"
 
 
+@pytest.mark.integration
 def test_a_disconnected_child_exits_by_itself_with_code_0(lab, server):
     started = lab.start(type="fork")
     run = started["run"]
@@ -175,6 +173,7 @@ def test_a_disconnected_child_exits_by_itself_with_code_0(lab, server):
     assert started["pid"] not in children_of_workers(server)
 
 
+@pytest.mark.integration
 def test_disconnect_needs_a_channel(lab):
     sleep = lab.start(type="spawn", command="sleep", arg=3)
     lab.send(type="disconnect", run=sleep["run"])
@@ -183,6 +182,7 @@ def test_disconnect_needs_a_channel(lab):
     lab.next("exit", sleep["run"])
 
 
+@pytest.mark.integration
 def test_closing_the_connection_kills_its_children(server, admin_token):
     lab = Lab(server, admin_token)
     pids = [lab.start(type="fork")["pid"], lab.start(type="spawn", command="sleep", arg=10)["pid"]]
@@ -192,6 +192,7 @@ def test_closing_the_connection_kills_its_children(server, admin_token):
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)  # reaped: no zombies
 
 
+@pytest.mark.integration
 def test_a_page_runs_at_most_four_children(lab):
     pids = [lab.start(type="fork")["pid"] for _ in range(4)]
     lab.send(type="spawn", command="sleep", arg=1)
@@ -202,6 +203,7 @@ def test_a_page_runs_at_most_four_children(lab):
 # -- the allow-list and who may use it ------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("frame", "reason"), [
     ({"type": "spawn", "command": "rm", "arg": 1}, "command must be one of count, sleep, ls, uname"),
     ({"type": "spawn", "command": "sleep", "arg": 11}, "sleep needs arg, a whole number from 1 to 10"),
@@ -221,6 +223,7 @@ def test_anything_outside_the_allow_list_closes_1008_and_runs_nothing(
     assert not children_of_workers(server)
 
 
+@pytest.mark.integration
 def test_the_lab_is_for_administrators_only(server, alice_token, admin_token):
     assert requests.get(f"{server.url}/admin/lab", timeout=10).status_code == 401
     assert requests.get(f"{server.url}/admin/lab", timeout=10,
@@ -239,6 +242,8 @@ def test_the_lab_is_for_administrators_only(server, alice_token, admin_token):
     assert not children_of_workers(server)
 
 
+@pytest.mark.integration
+@pytest.mark.chaos
 def test_children_end_when_their_worker_stops_or_dies(start_server, admin_token):
     server = start_server(workers=1)
     lab = Lab(server, admin_token)
@@ -254,6 +259,7 @@ def test_children_end_when_their_worker_stops_or_dies(start_server, admin_token)
     assert wait_until(lambda: not Path(f"/proc/{fork['pid']}").exists(), timeout=5)
 
 
+@pytest.mark.unit
 def test_a_child_past_its_time_limit_is_killed(monkeypatch):
     """core.children on its own (threads, no server): the limit, shortened."""
     from core import children
@@ -278,6 +284,7 @@ def one_worker(start_server):
     return start_server(workers=1)
 
 
+@pytest.mark.integration
 def test_the_worker_answers_others_while_children_run(one_worker, admin_token):
     lab = Lab(one_worker, admin_token)
     sleep = lab.start(type="spawn", command="sleep", arg=5)
@@ -298,6 +305,8 @@ def test_the_worker_answers_others_while_children_run(one_worker, admin_token):
 # -- the page, in Chromium ----------------------------------------------------------------
 
 
+@pytest.mark.integration
+@pytest.mark.browser
 def test_the_page_spawns_and_forks(server, admin_token, page):
     page.goto(server.url + "/auth/")
     login = page.evaluate("""async () => (await fetch('/auth/login', {method: 'POST',

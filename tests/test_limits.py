@@ -20,6 +20,8 @@ from tests.clients import (
     ws_request,
 )
 
+pytestmark = pytest.mark.integration
+
 
 def _status_and_headers(received):
     head = received.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
@@ -236,6 +238,7 @@ def _flood(server, path, seconds):
         sock.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["/sub/flooded/ws", "/draw/ws"])
 def test_a_websocket_client_flooding_frames_does_not_take_the_worker(start_server, path):
     """One worker; a client floods frames the server drops (a subscriber

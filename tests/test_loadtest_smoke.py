@@ -18,8 +18,9 @@ import redis
 
 from tests.servers import ROOT
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("locust") is None,
-                                reason="locust is not installed (pip install -e '.[dev]')")
+pytestmark = [pytest.mark.integration, pytest.mark.slow,
+              pytest.mark.skipif(importlib.util.find_spec("locust") is None,
+                                 reason="locust is not installed (pip install -e '.[dev]')")]
 
 # How many of each user class: two drawers so that one sees the other's moves.
 USERS = {"Publisher": 1, "SSESubscriber": 2, "WebSocketSubscriber": 2, "LongPollClient": 2,

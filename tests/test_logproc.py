@@ -8,11 +8,14 @@ import subprocess
 import sys
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.servers import ROOT
 from workers import logproc
+
+pytestmark = pytest.mark.unit
 
 GOOD = ('{ip} - - [{d:02d}/Nov/2026:10:{m:02d}:07 +0000] "{method} {path} HTTP/1.1" {status} '
         '{size}{tail}')

@@ -42,10 +42,12 @@ def assert_head(html, where):
     assert FAVICON in html, f"{where}: no favicon link"
 
 
+@pytest.mark.unit
 def test_the_page_routes_are_found():
     assert {"/", "/whoami", "/editor/welcome", "/admin/monitor", "/admin/lab"} <= set(page_routes())
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path", page_routes())
 def test_every_page_has_the_viewport_and_the_favicon(server, admin_token, path):
     response = requests.get(server.url + path, timeout=10, headers={
@@ -59,12 +61,14 @@ def test_every_page_has_the_viewport_and_the_favicon(server, admin_token, path):
         assert_head(anonymous.text, f"{path} (anonymous)")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("html_file", sorted(
     [*ROOT.glob("static/*.html"), *ROOT.glob("templates/*.html")]), ids=lambda p: p.name)
 def test_every_html_file_has_the_viewport_and_the_favicon(html_file):
     assert_head(Path(html_file).read_text(encoding="utf-8"), html_file.name)
 
 
+@pytest.mark.integration
 def test_favicon_ico_redirects_to_the_svg(server):
     response = requests.get(server.url + "/favicon.ico", timeout=5, allow_redirects=False)
     assert response.status_code == 301
@@ -91,6 +95,7 @@ def errors_for(server, alice_token):
     ]
 
 
+@pytest.mark.integration
 def test_browsers_get_html_error_pages_with_the_status_and_the_security_headers(
         server, alice_token):
     for what, method, path, headers, status in errors_for(server, alice_token):
@@ -110,6 +115,7 @@ def test_browsers_get_html_error_pages_with_the_status_and_the_security_headers(
             assert page.headers["WWW-Authenticate"] == api.headers["WWW-Authenticate"], what
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("accept", [None, "*/*", "application/json",
                                     "application/json, text/plain, */*", "text/event-stream"])
 def test_api_clients_keep_the_json_bodies(server, alice_token, accept):
@@ -123,6 +129,7 @@ def test_api_clients_keep_the_json_bodies(server, alice_token, accept):
         assert "Content-Security-Policy" not in asked.headers, what
 
 
+@pytest.mark.integration
 def test_curl_gets_json_errors(server):
     """curl sends `Accept: */*`."""
     if shutil.which("curl") is None:
@@ -133,6 +140,7 @@ def test_curl_gets_json_errors(server):
     assert re.search(r'\{"error":\s*"The requested URL was not found', result.stdout)
 
 
+@pytest.mark.integration
 def test_the_html_error_page_escapes_the_message(app):
     """Reasons may quote what the client sent."""
     app.add_url_rule("/test-only/hostile", "hostile",
@@ -146,6 +154,7 @@ def test_the_html_error_page_escapes_the_message(app):
         "error": "bad name '<script>alert(1)</script>'"}
 
 
+@pytest.mark.integration
 def test_429_and_500_are_html_for_browsers_json_for_api_clients(app):
     def too_many():
         raise TooManyRequests("slow down")
@@ -166,6 +175,7 @@ def test_429_and_500_are_html_for_browsers_json_for_api_clients(app):
         assert api.status_code == status and api.get_json() == {"error": reason}
 
 
+@pytest.mark.integration
 def test_a_websocket_handshake_never_gets_html(client):
     """Its refusal's reason is read back from the JSON (core/transports/websocket.py)."""
     response = client.get("/ws/echo", headers={
@@ -185,6 +195,8 @@ def hint_lines(server):
             and "set-password" in line]
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_every_start_logs_once_where_the_admin_password_is_and_how_to_reset_it(
         start_server, base_env):
     prefix = f"hint{uuid.uuid4().hex[:6]}:"
@@ -213,6 +225,7 @@ def test_every_start_logs_once_where_the_admin_password_is_and_how_to_reset_it(
     assert "Demo users: jack" not in again.log()
 
 
+@pytest.mark.integration
 def test_without_demo_users_the_log_says_how_to_create_an_administrator(start_server):
     server = start_server(workers=1)  # the tests' servers: DEMO_USERS unset
     lines = [line for line in server.log().splitlines() if "Administrators:" in line]

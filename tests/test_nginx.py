@@ -125,6 +125,7 @@ def cluster(start_server, tmp_path_factory):
         b.stop()
 
 
+@pytest.mark.integration
 def test_round_robin_without_stickiness(cluster):
     served = [cluster.instance(requests.get(cluster.url + "/healthz", timeout=5)
                                .headers["X-Served-By"]) for _ in range(6)]
@@ -132,6 +133,7 @@ def test_round_robin_without_stickiness(cluster):
     assert all(x != y for x, y in itertools.pairwise(served)), served
 
 
+@pytest.mark.integration
 def test_published_on_one_instance_reaches_every_transport_through_nginx(cluster, channel):
     path = f"/sub/{channel}"
     sse = SSEClient(f"{cluster.url}{path}?last_event_id=0")
@@ -173,6 +175,7 @@ def test_published_on_one_instance_reaches_every_transport_through_nginx(cluster
         ws_no_origin.close()
 
 
+@pytest.mark.integration
 def test_origin_checks_see_the_public_host_through_nginx(cluster, channel):
     with pytest.raises(websocket.WebSocketBadStatusException) as excinfo:
         websocket.create_connection(f"{cluster.ws_url}/sub/{channel}/ws",
@@ -208,6 +211,7 @@ def _trickled_post(url, channel, token, pieces, pause, missing=0):
         return read_until_closed(sock, 30, ended=lambda r: b"\r\n\r\n" in r)
 
 
+@pytest.mark.integration
 def test_nginx_hands_the_instances_a_slow_body_whole(cluster, channel, admin_token):
     # 2.5 s for 5 bytes: the instances (body deadline 1 s) would answer 408
     # themselves (tests/test_limits.py); nginx passes the body on once whole.
@@ -215,6 +219,8 @@ def test_nginx_hands_the_instances_a_slow_body_whole(cluster, channel, admin_tok
     assert received.startswith(b"HTTP/1.1 201"), received[:300]
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_nginx_times_out_a_stalled_body_itself(cluster, channel, admin_token, rdb):
     began = time.monotonic()
     received, closed = _trickled_post(cluster.url, channel, admin_token, [b"x"], 0, missing=1)
@@ -224,6 +230,7 @@ def test_nginx_times_out_a_stalled_body_itself(cluster, channel, admin_token, rd
     assert rdb.xlen(f"rt:stream:{channel}") == 0
 
 
+@pytest.mark.integration
 def test_long_poll_cursor_continues_on_the_other_instance(cluster, channel):
     url = f"{cluster.url}/sub/{channel}"
     cursor = cluster.a.publish(channel, "first")[0]
@@ -251,6 +258,7 @@ def test_long_poll_cursor_continues_on_the_other_instance(cluster, channel):
     assert all(x != y for x, y in itertools.pairwise(served)), served
 
 
+@pytest.mark.integration
 def test_sse_resume_on_the_other_instance_gets_exactly_the_missed_messages(cluster, channel):
     url = f"{cluster.url}/sub/{channel}"
     before = [(cluster.a.publish(channel, f"b{i}")[0], f"b{i}") for i in range(3)]
@@ -285,6 +293,7 @@ def test_sse_resume_on_the_other_instance_gets_exactly_the_missed_messages(clust
 # -- TRUSTED_PROXIES (no nginx needed) ----------------------------------------------------
 
 
+@pytest.mark.unit
 def test_trusted_proxies_is_zero_or_more(tmp_path):
     assert load_settings({"INSTANCE_DIR": str(tmp_path)})["TRUSTED_PROXIES"] == 0
     assert load_settings({"INSTANCE_DIR": str(tmp_path), "TRUSTED_PROXIES": "0"})[
@@ -312,6 +321,7 @@ def _attempts(client, forwarded_for):
                         environ_base=PROXY).status_code for _ in range(3)]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("trusted", [0, 1])
 def test_rate_limit_counts_forwarded_clients_only_behind_a_trusted_proxy(
         base_env, monkeypatch, trusted):
@@ -323,6 +333,7 @@ def test_rate_limit_counts_forwarded_clients_only_behind_a_trusted_proxy(
     assert other == ([401, 401, 429] if trusted else [429, 429, 429])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("trusted", [0, 1])
 def test_origin_check_sees_the_public_host_behind_a_trusted_proxy(
         base_env, monkeypatch, trusted):

@@ -2,9 +2,12 @@
 
 import threading
 
+import pytest
 from flask import Flask
 
 from core import offload
+
+pytestmark = pytest.mark.unit
 
 
 def test_run_blocking_uses_the_thread_pool_only_with_cpu_offload_on(monkeypatch):

@@ -31,7 +31,7 @@ from core import stream_log as core_hub
 from core.config import SETTINGS, load_settings
 from core.tokens import issue
 from core.users import UserStore
-from tests.conftest import SECRET_KEY
+from tests.settings import SECRET_KEY
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 SPEC = yaml.safe_load(SPEC_PATH.read_text(encoding="utf-8"))
@@ -100,6 +100,7 @@ def app_routes(app):
 # --- the document -----------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_document_is_valid_openapi():
     schema = schemathesis.openapi.from_path(SPEC_PATH)
     schema.validate()  # the OpenAPI 3.0 meta-schema; raises jsonschema_rs.ValidationError
@@ -110,16 +111,19 @@ def test_document_is_valid_openapi():
         assert schema[path][method].definition.raw["responses"], (path, method)
 
 
+@pytest.mark.integration
 def test_document_lists_exactly_the_app_routes(app):
     routes, documented = app_routes(app), set(DOCUMENTED)
     assert not routes - documented, f"routes missing from docs/openapi.yaml: {routes - documented}"
     assert not documented - routes, f"documented routes the app lacks: {documented - routes}"
 
 
+@pytest.mark.unit
 def test_flask_to_openapi():
     assert flask_to_openapi("/a/<x>/<int:y>/<path:z>") == "/a/{x}/{y}/{z}"
 
 
+@pytest.mark.unit
 def test_document_limits_match_the_code():
     schemas, paths = SPEC["components"]["schemas"], SPEC["paths"]
     publish = paths["/pub/{channel}"]["post"]["requestBody"]["content"]
@@ -193,6 +197,7 @@ def api(start_server, redis_server):
     return api
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("path", "method", "mode"), CASES,
                          ids=[f"{m} {p} {mode.value}" for p, m, mode in CASES])
 def test_schemathesis(api, path, method, mode):
@@ -210,6 +215,7 @@ def test_schemathesis(api, path, method, mode):
     check()
 
 
+@pytest.mark.integration
 def test_success_paths(api):
     """Answers random inputs rarely reach, checked against the document too."""
     admin = {"Authorization": f"Bearer {api.admin_token}"}
@@ -276,6 +282,7 @@ def test_success_paths(api):
     api.call("/editor/{doc}", "GET", 400, path_parameters={"doc": "a.b"})
 
 
+@pytest.mark.integration
 def test_published_json_stays_json(api):
     channel = f"nan-{secrets.token_hex(4)}"
     admin = {"Authorization": f"Bearer {api.admin_token}", "Content-Type": "application/json"}

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from core import ot
 from tests.servers import ROOT
 
+pytestmark = pytest.mark.unit
+
 # Letters, newlines, an emoji (astral: 2 UTF-16 units) and a combining accent.
 ALPHABET = "ab \n😀\u0301é"
 VECTORS = ROOT / "tests" / "ot_vectors.json"

@@ -8,6 +8,7 @@ import json
 import select
 import time
 
+import pytest
 import requests
 
 from tests.clients import (
@@ -20,6 +21,8 @@ from tests.clients import (
     ws_frames,
     ws_request,
 )
+
+pytestmark = pytest.mark.integration
 
 
 def _healthz(server):

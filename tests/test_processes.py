@@ -6,10 +6,13 @@ import os
 import signal
 import time
 
+import pytest
 import requests
 
 from core.hub import Hub
 from tests.clients import LongPoller, SSEClient, WSClient, wait_until, worker_pids
+
+pytestmark = pytest.mark.integration
 
 
 def test_reload_hands_every_stream_over_without_loss(start_server, redis_server, rdb, channel):
@@ -111,14 +114,14 @@ def test_processes_and_metrics_are_for_administrators(server, admin_token, alice
         plain = requests.get(server.url + path, timeout=5,
                              headers={"Authorization": f"Bearer {alice_token}"})
         assert plain.status_code == 403
-    def scrape():
+    def scrape():  # this server's workers (tests/test_metrics.py has the rest)
         body = requests.get(server.url + "/metrics", timeout=5,
                             headers={"Authorization": f"Bearer {admin_token}"}).text
-        return body if "realtime_worker_requests_total{" in body else None
+        pids = {int(line.split('pid="')[1].split('"')[0]) for line in body.splitlines()
+                if line.startswith("realtime_worker_resident_memory_bytes{")}
+        return body if worker_pids(server) <= pids else None
 
     text = wait_until(scrape)
-    assert "# TYPE realtime_process_resident_memory_bytes gauge" in text
-    assert 'transport="websocket"' in text
-    pids = {int(line.split('pid="')[1].split('"')[0]) for line in text.splitlines()
-            if line.startswith("realtime_worker_uptime_seconds{")}
-    assert worker_pids(server) <= pids
+    assert text, "every worker's memory, from the workers' shared metrics"
+    assert "# TYPE realtime_worker_resident_memory_bytes gauge" in text
+    assert 'realtime_open_connections{transport="websocket"}' in text

@@ -10,6 +10,8 @@ import requests
 
 from tests.clients import SSEClient
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def board(start_server):
@@ -159,6 +161,7 @@ def test_client_ids_cannot_be_missing_or_forged(board):
     visitor.close()
 
 
+@pytest.mark.slow
 def test_questions_render_as_text_and_pings_keep_the_stream_alive(board):
     visitor = Visitor(board)
     question = unique("<script>alert(1)</script>")
@@ -238,6 +241,7 @@ def test_a_full_board_takes_new_questions_and_the_oldest_roll_off(start_server):
         follower.close()
 
 
+@pytest.mark.slow
 def test_questions_expire_and_may_then_be_asked_again(start_server):
     with own_board(start_server, QA_QUESTION_TTL_SECONDS=1) as server:
         visitor = Visitor(server)
@@ -251,6 +255,7 @@ def test_questions_expire_and_may_then_be_asked_again(start_server):
         visitor.close()
 
 
+@pytest.mark.slow
 def test_answers_are_bounded_per_question_in_count(start_server):
     with own_board(start_server, QA_MAX_ANSWERS=3) as server:
         visitor = Visitor(server)
@@ -289,6 +294,7 @@ def board_bytes(rdb, server):
     return sum(rdb.memory_usage(key, samples=0) or 0 for key in rdb.scan_iter(prefix + "*"))
 
 
+@pytest.mark.slow
 def test_answers_and_selections_cannot_flood_redis(start_server, rdb):
     """The review's attack: 600 answers and 300 selections put 140 MB into
     Redis. The answers stop at their per-question bound and a selection
@@ -398,6 +404,7 @@ def test_clearing_with_a_session_needs_the_csrf_token(board, board_users):
     assert with_token.status_code == 200
 
 
+@pytest.mark.browser
 def test_an_administrator_clears_the_board_from_the_page(board, board_users, browser):
     """In Chromium: the button shows for an administrator only, and clicking
     it empties every open page's board."""

@@ -31,7 +31,7 @@ from tests.redis_topologies import SentinelSetup
 from tests.resumers import describe, finish, start_clients, wait_all, wait_connected
 from tests.servers import ROOT
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.slow]
 
 ADMIN_PASSWORD = "sentinel-admin-password"
 

@@ -5,6 +5,8 @@ import pytest
 from core.transports import sse
 from realtime_client import SSEEvent, parse_sse
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("text", ["plain", "two\nlines", "crlf\r\nbreaks", "lone\rcr",
                                   "", "trailing\n", "ünïcødé ✓ 🎉", ": looks like a comment"])

@@ -19,6 +19,8 @@ from core.embedded_redis import free_port
 from tests.clients import wait_until, worker_pids
 from tests.servers import ROOT, GunicornServer
 
+pytestmark = pytest.mark.integration
+
 
 def run_to_exit(env, timeout=30):
     """Start a server that is expected to refuse to start; its exit."""
@@ -91,6 +93,7 @@ def test_a_port_held_by_another_program_stops_the_server_with_one_line(dev_env):
     assert not (os.path.exists(os.path.join(dev_env["INSTANCE_DIR"], "redis.url")))
 
 
+@pytest.mark.slow
 def test_a_second_server_on_the_same_instance_directory_refuses_its_embedded_redis(
         first, tmp_path):
     other_port = {**first.env, "BIND": f"127.0.0.1:{free_port()}"}
@@ -108,6 +111,7 @@ def test_a_second_server_on_the_same_instance_directory_refuses_its_embedded_red
     assert requests.get(f"{first.url}/healthz", timeout=5).status_code == 200
 
 
+@pytest.mark.slow
 def test_after_a_reload_and_a_stop_the_redis_url_file_and_redis_are_gone(dev_env, tmp_path):
     server = GunicornServer(dev_env, tmp_path / "server.log").start()
     url_file = tmp_path / "instance" / "redis.url"
@@ -125,6 +129,7 @@ def test_after_a_reload_and_a_stop_the_redis_url_file_and_redis_are_gone(dev_env
     assert wait_until(lambda: not redis_alive(redis_url), timeout=10)
 
 
+@pytest.mark.slow
 def test_web_concurrency_0_starts_one_worker_per_core(base_env, tmp_path):
     server = GunicornServer(base_env, tmp_path / "server.log", workers=0).start()
     try:

@@ -10,6 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
+pytestmark = pytest.mark.integration
+
 
 def quote(server, symbol="IBM"):
     return requests.get(f"{server.url}/ticker/quote", params={"symbol": symbol}, timeout=15)
@@ -110,6 +112,7 @@ def wave(server, symbol, clients=50):
         return list(pool.map(lambda _: quote(server, symbol), range(clients)))
 
 
+@pytest.mark.slow
 def test_fifty_pollers_cause_one_upstream_call_per_interval(start_server, provider):
     server = start_server(TICKER_UPSTREAM_URL=provider.url, TICKER_UPSTREAM_INTERVAL=2,
                           REDIS_PREFIX=f"tk{uuid.uuid4().hex[:6]}:")
@@ -125,6 +128,7 @@ def test_fifty_pollers_cause_one_upstream_call_per_interval(start_server, provid
     assert provider.calls == 2
 
 
+@pytest.mark.slow
 def test_upstream_failures_back_off(start_server, provider):
     server = start_server(TICKER_UPSTREAM_URL=provider.url, TICKER_UPSTREAM_INTERVAL=1,
                           REDIS_PREFIX=f"tk{uuid.uuid4().hex[:6]}:")

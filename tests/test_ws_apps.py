@@ -10,19 +10,13 @@ import pytest
 import requests
 import websocket
 
-from tests.clients import SSEClient, healthz_bodies, wait_until, ws_request
+from tests.clients import SSEClient, close_of, healthz_bodies, next_of, wait_until, ws_request
+
+pytestmark = pytest.mark.integration
 
 
 def connect(server, path, **options):
     return websocket.create_connection(f"{server.ws_url}{path}", timeout=10, **options)
-
-
-def close_of(ws):
-    """(code, reason) of the close frame the server sends next."""
-    while True:
-        opcode, data = ws.recv_data(control_frame=True)
-        if opcode == websocket.ABNF.OPCODE_CLOSE:
-            return int.from_bytes(data[:2], "big"), data[2:].decode()
 
 
 # -- echo ------------------------------------------------------------------------------
@@ -101,6 +95,7 @@ def test_a_malformed_handshake_is_an_http_error(server):
         sock.close()
 
 
+@pytest.mark.slow
 def test_a_peer_that_stops_answering_pings_is_dropped(start_server):
     """Keepalive pings every WS_PING_SECONDS: a client that answers them stays
     (websocket-client pongs as it reads), one that does not is dropped at the
@@ -154,15 +149,6 @@ def drawer(server):
     welcome = json.loads(ws.recv())
     assert welcome["type"] == "welcome"
     return ws, welcome
-
-
-def next_of(ws, kind, timeout=10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        message = json.loads(ws.recv())
-        if message.get("type") == kind:
-            return message
-    raise AssertionError(f"no {kind} message")
 
 
 def test_strokes_and_pointers_cross_workers_and_newcomers_see_the_drawing(server):
@@ -265,6 +251,8 @@ def test_visitors_on_any_worker_show_up_on_the_dashboard(server, admin_token):
     board.close()
 
 
+@pytest.mark.chaos
+@pytest.mark.slow
 def test_a_killed_workers_visitors_expire(start_server, admin_token):
     server = start_server()
     _socket, hello = visitor(server)
