@@ -61,19 +61,19 @@ def create_app(config=None):
     connections = app.extensions["redis_connections"] = RedisConnections.from_settings(app.config)
     # A bounded pool: 10,000 clients of a worker share at most REDIS_POOL_SIZE
     # connections (waiting up to 5 s for a free one) instead of opening one each.
-    client = app.extensions["redis"] = connections.client(
+    redis_client = app.extensions["redis"] = connections.client(
         max_connections=app.config["REDIS_POOL_SIZE"], timeout=5)
     app.extensions["hub"] = Hub(
-        client, connections, prefix=app.config["REDIS_PREFIX"],
+        redis_client, connections, prefix=app.config["REDIS_PREFIX"],
         queue_size=app.config["SUBSCRIBER_QUEUE_SIZE"],
         queue_bytes=app.config["SUBSCRIBER_QUEUE_BYTES"], maxlen=app.config["STREAM_MAXLEN"],
         ttl_seconds=app.config["STREAM_TTL_SECONDS"],
         min_replicas=app.config["PUBLISH_MIN_REPLICAS"],
         replica_timeout_ms=app.config["PUBLISH_REPLICA_TIMEOUT_MS"],
     )
-    app.extensions["users"] = UserStore(client, app.config["REDIS_PREFIX"])
+    app.extensions["users"] = UserStore(redis_client, app.config["REDIS_PREFIX"])
     app.session_interface = RedisSessionInterface(
-        client, app.config["REDIS_PREFIX"], app.config["SESSION_IDLE_SECONDS"])
+        redis_client, app.config["REDIS_PREFIX"], app.config["SESSION_IDLE_SECONDS"])
     app.cli.add_command(users_cli)
 
     offload.warm_up_imports()

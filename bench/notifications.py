@@ -128,7 +128,7 @@ def counters(url, token, redis_client, prefix, pids, since):
     else:
         raise RuntimeError("the workers' monitor reports are not refreshing")
     # per worker: the reports (/metrics adds the workers up)
-    return {pid: json.loads(report).get("notifications") for pid, report in zip(pids, reports)}
+    return {pid: json.loads(report).get("notifications") for pid, report in zip(pids, reports, strict=False)}
 
 
 def measure(args):

@@ -505,7 +505,7 @@ def chart(data, path):
                       if r["class"] == cls and r["transport"] == kind and keep(r)
                       and r.get(key) is not None and r[key] > 0]
             if points:
-                ax.plot(*zip(*points), style[kind], marker=marker[kind], color=colour,
+                ax.plot(*zip(*points, strict=False), style[kind], marker=marker[kind], color=colour,
                         label=label(kind))
 
     for ax, key, title, keep in panels:
@@ -549,7 +549,7 @@ def chart(data, path):
                     xs.append(g + (b - 1.5) * width)
                     ys.append(match[0][key])
             ax.bar(xs, ys, width, label=label, color=colour)
-            for x, y in zip(xs, ys):
+            for x, y in zip(xs, ys, strict=False):
                 ax.text(x, y, f"{y:.0f}", ha="center", va="bottom", fontsize=7)
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels(["nobody logging in" if n == 0 else f"{n} clients logging in"

@@ -119,7 +119,7 @@ class EmbeddedRedis:
                 args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 start_new_session=True,
                 # the gunicorn master and pytest start this before any thread exists
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
             if self._wait_ready(timeout):
                 return self

@@ -207,7 +207,7 @@ class Hub(StreamLog):
             self._wake_sent = True
             control = self._control
         try:
-            self.redis.publish(control, "subscribe")
+            self.redis_client.publish(control, "subscribe")
         except redis.RedisError as exc:
             log.debug("hub: could not wake the listener (%s); it subscribes on reconnect", exc)
             with self._lock:
@@ -299,7 +299,7 @@ class Hub(StreamLog):
 
     def _run(self):
         # named in CLIENT LIST: which worker's listener it is
-        client = self.connections.listener_client(
+        listener_client = self.connections.listener_client(
             self.keys.hub_control(socket.gethostname(), os.getpid()))
         delay = 0.0
         while not self._stopped:
@@ -307,7 +307,7 @@ class Hub(StreamLog):
                 time.sleep(delay)
             began = time.monotonic()
             try:
-                self._listen(client)
+                self._listen(listener_client)
             except (redis.RedisError, OSError) as exc:
                 log.warning("hub: lost Redis (%s: %s); reconnecting", type(exc).__name__, exc)
             except Exception:
@@ -318,8 +318,8 @@ class Hub(StreamLog):
             delay = 0.1 if stable else min(max(delay * 2, 0.1), 5.0)
             delay *= random.uniform(0.8, 1.2)
 
-    def _listen(self, client):
-        pubsub = client.pubsub()
+    def _listen(self, listener_client):
+        pubsub = listener_client.pubsub()
         try:
             with self._lock:
                 self._control = self.keys.hub_control(socket.gethostname(), os.getpid())

@@ -63,7 +63,7 @@ def scram_client_proof(password: str, salt_b64: str | bytes, iterations: int,
     salted = salted_password(password, base64.b64decode(salt_b64), iterations)
     client_key = _hmac(salted, b"Client Key")
     signature = _hmac(hashlib.sha256(client_key).digest(), auth_message.encode())
-    return base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature))).decode()
+    return base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature, strict=True))).decode()
 
 
 def scram_verify(stored_key_b64: str, server_key_b64: str, auth_message: str,
@@ -77,7 +77,7 @@ def scram_verify(stored_key_b64: str, server_key_b64: str, auth_message: str,
     if len(proof) != len(stored_key):
         return None
     signature = _hmac(stored_key, auth_message.encode())
-    client_key = bytes(a ^ b for a, b in zip(proof, signature))
+    client_key = bytes(a ^ b for a, b in zip(proof, signature, strict=True))
     if not hmac.compare_digest(hashlib.sha256(client_key).digest(), stored_key):
         return None
     return base64.b64encode(_hmac(base64.b64decode(server_key_b64), auth_message.encode())).decode()

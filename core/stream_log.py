@@ -114,7 +114,7 @@ class StreamLog:
 
     def __init__(self, redis_client, prefix="rt:", maxlen=1000, ttl_seconds=7 * 24 * 3600,
                  min_replicas=0, replica_timeout_ms=500):
-        self.redis = redis_client  # pooled client for commands (shared with the app)
+        self.redis_client = redis_client  # pooled client for commands (shared with the app)
         self.keys = Keys(prefix)  # (checks the prefix)
         self.maxlen = maxlen
         self.ttl_ms = int(ttl_seconds * 1000)
@@ -152,7 +152,7 @@ class StreamLog:
             return self.publish(channel, data, is_json)
         # One pipeline is one connection: WAIT counts the replicas that have
         # every write made on its own connection, so it must share it.
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.redis_client.pipeline(transaction=False)
         self._publish(**self._publish_call(channel, data, is_json), client=pipe)
         pipe.wait(self.min_replicas, self.replica_timeout_ms)
         msg_id, confirmed = pipe.execute()
@@ -163,7 +163,7 @@ class StreamLog:
 
     def publish_many(self, channel, texts, is_json=False):
         """Publish several messages in one round trip; returns their ids."""
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.redis_client.pipeline(transaction=False)
         for text in texts:
             self._publish(**self._publish_call(channel, text, is_json), client=pipe)
         ids = pipe.execute()
@@ -185,7 +185,7 @@ class StreamLog:
         """Up to `count` messages from id `start` (inclusive; "-" = oldest)."""
         return [
             Message(entry_id, fields.get("d", ""), fields.get("t") == "j")
-            for entry_id, fields in self.redis.xrange(self.stream_key(channel), start, "+", count)
+            for entry_id, fields in self.redis_client.xrange(self.stream_key(channel), start, "+", count)
         ]
 
     def read_page(self, channel, start, count, max_bytes=None, at_least=1):
@@ -226,7 +226,7 @@ class StreamLog:
 
     def newest_key(self, channel):
         """Id of the channel's newest message as a tuple; START when empty."""
-        newest = self.redis.xrevrange(self.stream_key(channel), "+", "-", count=1)
+        newest = self.redis_client.xrevrange(self.stream_key(channel), "+", "-", count=1)
         return parse_id(newest[0][0]) if newest else START
 
     def newest_id(self, channel):

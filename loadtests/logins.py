@@ -62,7 +62,7 @@ class LoginVisitor(BrowserLikeUser):
         client_key = _hmac(salted, b"Client Key")
         auth_message = f"{USERNAME}:{c['nonce']}".encode()
         signature = _hmac(hashlib.sha256(client_key).digest(), auth_message)
-        proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature))).decode()
+        proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature, strict=False))).decode()
         with self.client.post("/auth/respond", json={"nonce": c["nonce"], "proof": proof},
                               catch_response=True) as response:
             if expect_status(response, 200):

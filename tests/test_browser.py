@@ -89,12 +89,12 @@ def test_challenge_response_login_in_the_browser(server, page, browser_user):
 
     _fill(page, browser_user.name, "browser-password")
     page.click("#scram-go")
-    wait_for(page, 
+    wait_for(page,
              "document.getElementById('scram-log').textContent.includes('server proved')",
              timeout=30_000)
     log = page.locator("#scram-log").inner_text()
     assert "browser-password" not in log  # the password never went over the wire
-    wait_for(page, 
+    wait_for(page,
              "document.getElementById('whoami').textContent.includes('(session)')", timeout=10_000)
 
 
@@ -111,7 +111,7 @@ def test_token_flow_in_the_browser(server, page, browser_user):
     wait_for(page, "document.getElementById('token-log').textContent.includes('revoked')",
              timeout=15_000)
     page.click("#tokendata-go")
-    wait_for(page, 
+    wait_for(page,
              "document.getElementById('token-log').textContent.includes('token was revoked')",
              timeout=15_000)
 
@@ -120,16 +120,16 @@ def test_password_session_and_basic_in_the_browser(server, page, browser_user):
     page.goto(server.url + "/auth/")
     _fill(page, browser_user.name, "browser-password")
     page.click("#basic-go")
-    wait_for(page, 
+    wait_for(page,
              "document.getElementById('basic-log').textContent.includes('Welcome, Web Surfer!')",
              timeout=15_000)
     page.click("#login-go")
-    wait_for(page, 
+    wait_for(page,
              "document.getElementById('whoami').textContent.includes('(session)')", timeout=15_000)
     cookies = {c["name"]: c for c in page.context.cookies()}
     assert cookies["session"]["httpOnly"] is True and cookies["session"]["sameSite"] == "Lax"
     page.click("#logout-go")
-    wait_for(page, 
+    wait_for(page,
              "document.getElementById('whoami').textContent === 'not logged in'", timeout=15_000)
 
 
@@ -179,7 +179,7 @@ def test_ticker_page_updates_at_the_pace_the_server_sets(start_server, browser):
     assert min(gaps) > 0.8  # it waited for callIn between polls
     page.fill("#symbol", "ZZZZ")
     page.click("#symbol-form button")
-    wait_for(page, 
+    wait_for(page,
              "document.getElementById('callin').textContent === 'never (stopped)'", timeout=10_000)
     stopped_at = len(requested)
     page.wait_for_timeout(2500)
@@ -210,7 +210,7 @@ def test_two_editor_pages_typing_at_once_converge_and_show_carets(server, browse
         page.click("#text")
         pages.append(page)
     ada, grace = pages
-    for a_char, g_char in zip("abc😀d", "xyz\tw"):  # interleaved: ops cross in flight
+    for a_char, g_char in zip("abc😀d", "xyz\tw", strict=False):  # interleaved: ops cross in flight
         ada.keyboard.type(a_char)
         grace.keyboard.press("Tab") if g_char == "\t" else grace.keyboard.type(g_char)
     converged = ("document.getElementById('text').value.length >= 14 && "
@@ -244,7 +244,7 @@ def test_two_drawing_pages_see_each_others_strokes_and_pointers(server, browser)
     artist.mouse.up()
     watcher.locator(".pointer").first.wait_for(timeout=15_000)  # the artist's labelled cursor
     # the stroke reached the other canvas: a dark pixel in the middle of the line
-    wait_for(watcher, 
+    wait_for(watcher,
              "document.getElementById('board').getContext('2d')"
              ".getImageData(400, 300, 1, 1).data[3] > 0", timeout=15_000)
     artist.context.close()
@@ -288,7 +288,7 @@ def test_monitor_page_charts_the_workers(server, browser):
     page = admin.new_page()
     page.goto(server.url + "/admin/monitor")
     page.wait_for_selector("#status.ok", timeout=15_000)
-    wait_for(page, 
+    wait_for(page,
              "[...document.querySelectorAll('#table tr')].filter(r => r.textContent.startsWith('worker'))"
              ".length >= 2", timeout=15_000)
     rows = page.locator("#table tr").all_inner_texts()

@@ -85,14 +85,14 @@ json_text = st.one_of(
                      Big("1" * 5000), '{"a":1,"a":2}', "\ufeff{}", "{}\x00"]),
 )
 
-unit = settings(max_examples=300, deadline=None)
+many_examples = settings(max_examples=300, deadline=None)
 
 
 # -- core.hub.parse_id ---------------------------------------------------------------------
 
 
 @pytest.mark.unit
-@unit
+@many_examples
 @given(st.one_of(st.text(max_size=50), st.none(),
                  st.from_regex(r"\A[0-9]{1,22}(-[0-9]{1,22})?\Z"),
                  st.tuples(st.integers(0, 2**66), st.integers(0, 2**66)).map(
@@ -112,7 +112,7 @@ def test_parse_id_returns_a_key_or_raises_invalid_id(text):
 
 
 @pytest.mark.unit
-@unit
+@many_examples
 @given(st.one_of(json_text, st.binary(max_size=40), st.none(), json_values))
 def test_json_object_returns_a_dict_or_refused(raw):
     try:
@@ -133,7 +133,7 @@ def test_json_object_refuses_deep_nesting():
 
 
 @pytest.mark.unit
-@unit
+@many_examples
 @given(st.dictionaries(st.sampled_from(["x", "y", "drawing"]),
                        st.one_of(json_values, st.floats(), st.integers(-(2**70), 2**70)),
                        max_size=3))
@@ -146,7 +146,7 @@ def test_fraction_returns_a_number_in_0_1_or_refused(message):
 
 
 @pytest.mark.unit
-@unit
+@many_examples
 @given(st.text(max_size=200))
 def test_close_reason_fits_a_close_frame(text):
     reason = close_reason(text)
@@ -163,7 +163,7 @@ frames = st.one_of(json_text, frame_dicts.map(json.dumps), st.binary(max_size=20
 
 
 @pytest.mark.unit
-@unit
+@many_examples
 @given(frames)
 def test_draw_frame_decoder(raw):
     from blueprints.draw import _point
@@ -176,7 +176,7 @@ def test_draw_frame_decoder(raw):
 
 
 @pytest.mark.unit
-@unit
+@many_examples
 @given(frames)
 def test_track_frame_decoder(raw):
     from blueprints.track import _position
@@ -207,7 +207,7 @@ op_messages = st.fixed_dictionaries(
 
 
 @pytest.mark.unit
-@unit
+@many_examples
 @given(op_messages, st.text(max_size=30))
 def test_editor_op_decoder_returns_a_valid_op_or_rejects(message, document):
     from blueprints.editor import _parse_op_message
@@ -234,7 +234,7 @@ def test_editor_op_decoder_returns_a_valid_op_or_rejects(message, document):
 
 
 @pytest.mark.unit
-@unit
+@many_examples
 @given(st.one_of(json_values, st.lists(st.one_of(st.integers(-2, 2**70), json_values), max_size=3)))
 def test_editor_caret_decoder(caret):
     from blueprints.editor import MAX_DOC, _caret
@@ -273,7 +273,7 @@ bodies = st.one_of(st.binary(max_size=200), json_text.map(str.encode),
 
 
 @pytest.mark.unit
-@unit
+@many_examples
 @given(bodies, content_types)
 def test_required_fields_returns_strings_or_a_400(body, content_type):
     from core.web import required_fields
@@ -305,7 +305,7 @@ def test_required_fields_refuses_deep_json_and_lone_surrogates():
 
 
 @pytest.mark.unit
-@unit
+@many_examples
 @given(st.one_of(st.none(), st.text(max_size=80), st.text(string.ascii_letters + ".-_", max_size=80)))
 def test_qa_client_id_decoder(signed):
     from blueprints.qa import _client_id
@@ -321,7 +321,7 @@ def test_qa_client_id_decoder(signed):
 
 
 @pytest.mark.unit
-@unit
+@many_examples
 @given(st.text(max_size=30))
 def test_qa_normalise_is_idempotent(text):
     from blueprints.qa import _normalise
@@ -334,7 +334,7 @@ def test_qa_normalise_is_idempotent(text):
 
 
 @pytest.mark.unit
-@unit
+@many_examples
 @given(st.one_of(st.text(max_size=14), st.text("ABCIMNOPQRSTUZabcz0129.- ", max_size=14)))
 def test_ticker_symbol_validation(raw):
     from blueprints.ticker import SYMBOL

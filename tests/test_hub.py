@@ -151,7 +151,7 @@ class TrimmingHub(Hub):
             self.trim_after_read = False
             for i in range(5):
                 self.publish(channel, f"new {i}")
-            self.redis.xtrim(self.stream_key(channel), maxlen=5, approximate=False)
+            self.redis_client.xtrim(self.stream_key(channel), maxlen=5, approximate=False)
         return entries
 
 

@@ -5,10 +5,10 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 
 import pytest
 import requests
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 

@@ -68,7 +68,7 @@ class JobStore:
     `scripts` are the hub's (core/scripts.py: job_update)."""
 
     def __init__(self, redis_client, scripts, prefix, ttl_seconds):
-        self.redis = redis_client
+        self.redis_client = redis_client
         self.keys = Keys(prefix)
         self.ttl = int(ttl_seconds)
         self._update = scripts["job_update"]
@@ -76,7 +76,7 @@ class JobStore:
     def create(self, job_id, **fields):
         now = time.time()
         recent = self.keys.jobs_recent()
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = self.redis_client.pipeline(transaction=True)
         pipe.hset(self.keys.job(job_id), mapping={
             "id": job_id, "state": "queued", "progress": 0, "created": now, **fields})
         pipe.expire(self.keys.job(job_id), self.ttl)
@@ -96,16 +96,16 @@ class JobStore:
                                        self.keys.stream(Keys.job_channel(job_id))], args=args))
 
     def raw(self, job_id):
-        return self.redis.hgetall(self.keys.job(job_id))
+        return self.redis_client.hgetall(self.keys.job(job_id))
 
     def heartbeat(self, job_id):
-        self.redis.set(self.keys.job_alive(job_id), os.getpid(), ex=ALIVE_TTL)
+        self.redis_client.set(self.keys.job_alive(job_id), os.getpid(), ex=ALIVE_TTL)
 
     def stop_heartbeat(self, job_id):
-        self.redis.delete(self.keys.job_alive(job_id))
+        self.redis_client.delete(self.keys.job_alive(job_id))
 
     def recent(self, count=50):
-        return self.redis.zrevrange(self.keys.jobs_recent(), 0, count - 1)
+        return self.redis_client.zrevrange(self.keys.jobs_recent(), 0, count - 1)
 
     def fail(self, job_id, reason, from_states=("queued", "running")):
         return self.update(job_id, {"type": "failed", "state": "failed", "reason": reason},
@@ -122,7 +122,7 @@ class JobStore:
         if not raw:
             return None
         state = raw.get("state")
-        if state == "running" and not self.redis.exists(self.keys.job_alive(job_id)):
+        if state == "running" and not self.redis_client.exists(self.keys.job_alive(job_id)):
             why = _rq_failure(job_id, rq_connection)
             self.fail(job_id, f"the job's process died: {why}" if why else
                       f"the job's process stopped reporting (no heartbeat for {ALIVE_TTL} s): "

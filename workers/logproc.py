@@ -342,7 +342,7 @@ def generate(path, size, seed):
         while written < size:
             batch = []
             for ip, target in zip(rng.choices(ips, ip_weights, k=2000),
-                                  rng.choices(PATHS, k=2000)):
+                                  rng.choices(PATHS, k=2000), strict=True):
                 when += timedelta(milliseconds=rng.randint(0, 60))
                 if rng.random() < 0.001:
                     batch.append(f"garbage line {rng.random()}\n")  # logs are never clean
