@@ -47,9 +47,12 @@ def create_app(config=None):
             "start the server with `make run`, or set REDIS_URL (or REDIS_SENTINELS)"
         )
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_MESSAGE_BYTES"]
-    app.wsgi_app = BodyReader(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"],
-                              app.config["BODY_TIMEOUT_SECONDS"],
-                              app.config["BODY_MIN_BYTES_PER_SECOND"])
+    app.wsgi_app = BodyReader(
+        app.wsgi_app,
+        app.config["MAX_CONTENT_LENGTH"],
+        app.config["BODY_TIMEOUT_SECONDS"],
+        app.config["BODY_MIN_BYTES_PER_SECOND"],
+    )
     if app.config["TRUSTED_PROXIES"]:
         # Behind nginx: the client's address (rate limits), scheme (Secure
         # cookies) and Host (Origin checks) come from the X-Forwarded-* headers
@@ -62,18 +65,23 @@ def create_app(config=None):
     # A bounded pool: 10,000 clients of a worker share at most REDIS_POOL_SIZE
     # connections (waiting up to 5 s for a free one) instead of opening one each.
     redis_client = app.extensions["redis"] = connections.client(
-        max_connections=app.config["REDIS_POOL_SIZE"], timeout=5)
+        max_connections=app.config["REDIS_POOL_SIZE"], timeout=5
+    )
     app.extensions["hub"] = Hub(
-        redis_client, connections, prefix=app.config["REDIS_PREFIX"],
+        redis_client,
+        connections,
+        prefix=app.config["REDIS_PREFIX"],
         queue_size=app.config["SUBSCRIBER_QUEUE_SIZE"],
-        queue_bytes=app.config["SUBSCRIBER_QUEUE_BYTES"], maxlen=app.config["STREAM_MAXLEN"],
+        queue_bytes=app.config["SUBSCRIBER_QUEUE_BYTES"],
+        maxlen=app.config["STREAM_MAXLEN"],
         ttl_seconds=app.config["STREAM_TTL_SECONDS"],
         min_replicas=app.config["PUBLISH_MIN_REPLICAS"],
         replica_timeout_ms=app.config["PUBLISH_REPLICA_TIMEOUT_MS"],
     )
     app.extensions["users"] = UserStore(redis_client, app.config["REDIS_PREFIX"])
     app.session_interface = RedisSessionInterface(
-        redis_client, app.config["REDIS_PREFIX"], app.config["SESSION_IDLE_SECONDS"])
+        redis_client, app.config["REDIS_PREFIX"], app.config["SESSION_IDLE_SECONDS"]
+    )
     app.cli.add_command(users_cli)
 
     offload.warm_up_imports()
@@ -103,8 +111,24 @@ def create_app(config=None):
         track,
     )
 
-    for module in (home, auth, channels, cities, cookies, longpoll, clock, qa, ticker, editor,
-                   echo, draw, track, processes, lab, jobs):
+    for module in (
+        home,
+        auth,
+        channels,
+        cities,
+        cookies,
+        longpoll,
+        clock,
+        qa,
+        ticker,
+        editor,
+        echo,
+        draw,
+        track,
+        processes,
+        lab,
+        jobs,
+    ):
         app.register_blueprint(module.bp)
 
     from core import lifecycle
@@ -123,4 +147,3 @@ def create_app(config=None):
             return response
 
     return app
-

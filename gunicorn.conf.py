@@ -50,8 +50,9 @@ reload = settings["RELOAD"]
 # (gunicorn's default, ~/.gunicorn/gunicorn.ctl, is shared by every server of the
 # user; gunicorn removes whatever is at the path when it starts and stops, so
 # servers sharing an instance directory get one each, named by their address)
-control_socket = os.path.join(os.path.abspath(instance_dir()),
-                              "gunicorn-" + bind.replace("/", "_").replace(":", "-") + ".ctl")
+control_socket = os.path.join(
+    os.path.abspath(instance_dir()), "gunicorn-" + bind.replace("/", "_").replace(":", "-") + ".ctl"
+)
 
 # -- logging ---------------------------------------------------------------------
 loglevel = settings["LOG_LEVEL"]
@@ -96,8 +97,9 @@ def on_starting(server):
     except embedded_redis.EmbeddedRedisError as exc:
         raise SystemExit(f"cannot start the embedded Redis: {exc}") from None
     os.environ["REDIS_URL"] = redis_server.url
-    server.log.info("Started embedded redis-server at %s (data in %s/redis)",
-                    redis_server.url, instance)
+    server.log.info(
+        "Started embedded redis-server at %s (data in %s/redis)", redis_server.url, instance
+    )
 
 
 def _refuse_taken_addresses(server):
@@ -118,7 +120,8 @@ def _refuse_taken_addresses(server):
             continue  # a unix socket path
         host, port = address
         for family, kind, proto, _, sockaddr in socket.getaddrinfo(
-                host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
             with socket.socket(family, kind, proto) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
@@ -126,7 +129,8 @@ def _refuse_taken_addresses(server):
                 except OSError as exc:
                     raise SystemExit(
                         f"cannot listen on {host}:{port}: {exc.strerror} (another server "
-                        f"there? stop it, or choose another PORT)") from None
+                        f"there? stop it, or choose another PORT)"
+                    ) from None
 
 
 def child_exit(server, worker):
@@ -163,18 +167,26 @@ def _log_where_the_admin_password_is(server):
 
     settings = load_settings()  # already checked in on_starting
     if not settings["DEMO_USERS"]:
-        server.log.info("Administrators: no demo users (DEMO_USERS off); create one with "
-                        "`.venv/bin/flask --app app users create NAME --admin`, reset a "
-                        "password with `%s NAME`", RESET_PASSWORD)
+        server.log.info(
+            "Administrators: no demo users (DEMO_USERS off); create one with "
+            "`.venv/bin/flask --app app users create NAME --admin`, reset a "
+            "password with `%s NAME`",
+            RESET_PASSWORD,
+        )
     elif settings["DEMO_ADMIN_PASSWORD"]:
-        server.log.info("Administrator: user admin, password DEMO_ADMIN_PASSWORD (as it was "
-                        "when the account was created); reset it with `%s admin`",
-                        RESET_PASSWORD)
+        server.log.info(
+            "Administrator: user admin, password DEMO_ADMIN_PASSWORD (as it was "
+            "when the account was created); reset it with `%s admin`",
+            RESET_PASSWORD,
+        )
     else:
-        server.log.info("Administrator: user admin; its random password was printed in this "
-                        "log (\"Demo users: ...\") when the account was created, at the first "
-                        "start on this Redis, and is kept nowhere else; reset it with "
-                        "`%s admin`", RESET_PASSWORD)
+        server.log.info(
+            "Administrator: user admin; its random password was printed in this "
+            'log ("Demo users: ...") when the account was created, at the first '
+            "start on this Redis, and is kept nowhere else; reset it with "
+            "`%s admin`",
+            RESET_PASSWORD,
+        )
 
 
 def post_fork(server, worker):
@@ -207,8 +219,7 @@ def post_worker_init(worker):
         from core.users import UserError, seed_demo_users
 
         try:
-            seed_demo_users(app.extensions["users"], app.config["DEMO_ADMIN_PASSWORD"],
-                            worker.log)
+            seed_demo_users(app.extensions["users"], app.config["DEMO_ADMIN_PASSWORD"], worker.log)
         except UserError as exc:  # a DEMO_ADMIN_PASSWORD our password rules refuse
             worker.log.error("DEMO_ADMIN_PASSWORD: %s", exc)
             raise SystemExit(3) from None  # gunicorn's "worker failed to boot": stop

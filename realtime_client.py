@@ -107,9 +107,13 @@ class _Retry(Exception):
 
 def login(base_url, username, password):
     """A bearer token for `username` (POST /auth/token)."""
-    status, body = _request(base_url, "POST", "/auth/token",
-                            json.dumps({"username": username, "password": password}),
-                            {"Content-Type": "application/json"})
+    status, body = _request(
+        base_url,
+        "POST",
+        "/auth/token",
+        json.dumps({"username": username, "password": password}),
+        {"Content-Type": "application/json"},
+    )
     if status != 200:
         raise ClientError(status, _error(body))
     return json.loads(body)["token"]
@@ -122,9 +126,15 @@ def publish(base_url, channel, data, *, token, is_json=False):
     if is_json and not isinstance(data, str):
         data = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
     status, body = _request(
-        base_url, "POST", f"/pub/{quote(channel, safe='')}", data,
-        {"Authorization": f"Bearer {token}",
-         "Content-Type": "application/json" if is_json else "text/plain; charset=utf-8"})
+        base_url,
+        "POST",
+        f"/pub/{quote(channel, safe='')}",
+        data,
+        {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json" if is_json else "text/plain; charset=utf-8",
+        },
+    )
     if status != 201:
         raise ClientError(status, _error(body))
     return json.loads(body)["id"]
@@ -350,8 +360,11 @@ def _decode(text, what, *fields):
 
 def _text(value):
     """A delivered value as the message's text (JSON messages: their JSON)."""
-    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"),
-                                                         ensure_ascii=False)
+    return (
+        value
+        if isinstance(value, str)
+        else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    )
 
 
 def _refuse_or_retry(status, reason):
@@ -369,15 +382,17 @@ def _error(body):
 
 def _connection(url, timeout):
     if url.scheme == "https":
-        return http.client.HTTPSConnection(url.hostname, url.port, timeout=timeout,
-                                           context=ssl.create_default_context())
+        return http.client.HTTPSConnection(
+            url.hostname, url.port, timeout=timeout, context=ssl.create_default_context()
+        )
     return http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
 
 
 def _socket(url, timeout):
     tls = url.scheme == "https"
-    sock = socket.create_connection((url.hostname, url.port or (443 if tls else 80)),
-                                    timeout=timeout)
+    sock = socket.create_connection(
+        (url.hostname, url.port or (443 if tls else 80)), timeout=timeout
+    )
     if tls:
         sock = ssl.create_default_context().wrap_socket(sock, server_hostname=url.hostname)
     return sock
@@ -386,8 +401,9 @@ def _socket(url, timeout):
 def _request(base_url, method, path, body, headers):
     conn = _connection(urlsplit(base_url), 30)
     try:
-        conn.request(method, path, body=body.encode() if isinstance(body, str) else body,
-                     headers=headers)
+        conn.request(
+            method, path, body=body.encode() if isinstance(body, str) else body, headers=headers
+        )
         response = conn.getresponse()
         return response.status, response.read()
     finally:

@@ -17,9 +17,10 @@ from tests.servers import GunicornServer
 
 # A load generator is one client address with thousands of clients: the
 # per-address quotas (core/quotas.py) would refuse it, so benchmarks lift them.
-UNLIMITED = {"CONNECTIONS_PER_ADDRESS": "100000000",
-             **{name: "100000000 per minute" for name in SETTINGS
-                if name.endswith("_RATE_LIMIT")}}
+UNLIMITED = {
+    "CONNECTIONS_PER_ADDRESS": "100000000",
+    **{name: "100000000 per minute" for name in SETTINGS if name.endswith("_RATE_LIMIT")},
+}
 
 
 @contextlib.contextmanager
@@ -34,10 +35,16 @@ def gunicorn_server(redis_url, workers=2, **env_overrides):
     the quotas lifted and a private instance directory); yields (url, master
     pid, its environment)."""
     with tempfile.TemporaryDirectory() as instance:
-        env = {**os.environ, "REDIS_URL": redis_url, "INSTANCE_DIR": instance,
-               "LOG_LEVEL": "warning", **UNLIMITED}
-        server = GunicornServer(env, Path(instance) / "gunicorn.log", workers=workers,
-                                **env_overrides).start(timeout=60)
+        env = {
+            **os.environ,
+            "REDIS_URL": redis_url,
+            "INSTANCE_DIR": instance,
+            "LOG_LEVEL": "warning",
+            **UNLIMITED,
+        }
+        server = GunicornServer(
+            env, Path(instance) / "gunicorn.log", workers=workers, **env_overrides
+        ).start(timeout=60)
         try:
             yield server.url, server.process.pid, server.env
         finally:
@@ -51,8 +58,9 @@ def rss_kb(pid):
 
 def worker_pids(master_pid):
     """The gunicorn master's worker processes."""
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master_pid)],
-                         capture_output=True, text=True).stdout.split()
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(master_pid)], capture_output=True, text=True
+    ).stdout.split()
     return [int(p) for p in out]
 
 
@@ -132,10 +140,16 @@ def node_peer_server(redis_url, workers=2, **env_overrides):
     import select
 
     port = free_port()
-    env = {**os.environ, "REDIS_URL": redis_url, "PORT": str(port), "WORKERS": str(workers),
-           **{k: str(v) for k, v in env_overrides.items()}}
-    server = subprocess.Popen(["node", "server.js"], cwd=NODE_PEER, env=env,
-                              stdout=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "PORT": str(port),
+        "WORKERS": str(workers),
+        **{k: str(v) for k, v in env_overrides.items()},
+    }
+    server = subprocess.Popen(
+        ["node", "server.js"], cwd=NODE_PEER, env=env, stdout=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.time() + 30
         while True:

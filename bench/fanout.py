@@ -57,6 +57,7 @@ def marker_text(k):
 
 # -- load generator (a child process) ---------------------------------------------
 
+
 def generator(port, spec, sse_path, rate=0):
     """Open the clients of `spec` ("sse:5000,ws:5000"): one greenlet and socket
     each, all at once or `rate` per second. Prints a hello line once all are
@@ -109,8 +110,10 @@ def generator(port, spec, sse_path, rate=0):
 
     def sse(i):
         sock = connect()
-        sock.sendall(f"GET {sse_path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     "Accept: text/event-stream\r\n\r\n".encode())
+        sock.sendall(
+            f"GET {sse_path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
         read_until(sock, b"", b"retry:")
         joined(i)
         sock.settimeout(None)
@@ -123,9 +126,11 @@ def generator(port, spec, sse_path, rate=0):
     def ws(i):
         sock = connect()
         key = base64.b64encode(os.urandom(16)).decode()
-        sock.sendall(f"GET {PATHS['ws']} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                     f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                     f"Sec-WebSocket-Version: 13\r\nOrigin: {ORIGIN}\r\n\r\n".encode())
+        sock.sendall(
+            f"GET {PATHS['ws']} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\nOrigin: {ORIGIN}\r\n\r\n".encode()
+        )
         buf = read_until(sock, b"", b"\r\n\r\n")
         head, _, buf = buf.partition(b"\r\n\r\n")
         if b" 101 " not in head.split(b"\r\n", 1)[0]:
@@ -142,7 +147,7 @@ def generator(port, spec, sse_path, rate=0):
                 buf = fill(sock, buf, 10)
                 length, offset = int.from_bytes(buf[2:10], "big"), 10
             buf = fill(sock, buf, offset + length)
-            payload, buf = buf[offset:offset + length], buf[offset + length:]
+            payload, buf = buf[offset : offset + length], buf[offset + length :]
             if opcode == 0x9:  # ping: answer with a masked pong (mask 0 keeps the payload)
                 sock.sendall(bytes([0x8A, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
             elif opcode == 0x8:
@@ -159,8 +164,10 @@ def generator(port, spec, sse_path, rate=0):
         sock = connect()
         cursor, buf, first = "0", b"", True
         while True:
-            sock.sendall(f"GET {PATHS['longpoll']}?cursor={cursor} HTTP/1.1\r\n"
-                         "Host: 127.0.0.1\r\n\r\n".encode())
+            sock.sendall(
+                f"GET {PATHS['longpoll']}?cursor={cursor} HTTP/1.1\r\n"
+                "Host: 127.0.0.1\r\n\r\n".encode()
+            )
             buf = read_until(sock, buf, b"\r\n\r\n")
             head, _, buf = buf.partition(b"\r\n\r\n")
             length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])
@@ -195,19 +202,38 @@ def generator(port, spec, sse_path, rate=0):
             gevent.sleep(200 / rate if rate else 0)
     while len(connected) + len(unconnected) < len(kinds) and time.time() < started + 90:
         gevent.sleep(0.01)
-    stuck = Counter(kinds[i] for i in range(len(kinds))
-                    if i not in connected_ids and i not in unconnected)
-    print(json.dumps({"started": started, "connected": max(connected, default=started),
-                      "ok": len(connected), "failures": failures[:5],
-                      "not_in_after_90_s": stuck}), flush=True)
+    stuck = Counter(
+        kinds[i] for i in range(len(kinds)) if i not in connected_ids and i not in unconnected
+    )
+    print(
+        json.dumps(
+            {
+                "started": started,
+                "connected": max(connected, default=started),
+                "ok": len(connected),
+                "failures": failures[:5],
+                "not_in_after_90_s": stuck,
+            }
+        ),
+        flush=True,
+    )
     # Wait for "report" in a thread: a plain read would block every greenlet.
     gevent.get_hub().threadpool.apply(sys.stdin.readline)
     gevent.sleep(1)
-    print(json.dumps({"receipts": [{str(k): v for k, v in r.items()} for r in receipts],
-                      "failures": failures[:5], "failed": len(failures)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "receipts": [{str(k): v for k, v in r.items()} for r in receipts],
+                "failures": failures[:5],
+                "failed": len(failures),
+            }
+        ),
+        flush=True,
+    )
 
 
 # -- profiling ---------------------------------------------------------------------------
+
 
 class Profile:
     """py-spy sampling one worker while a phase runs; prints the hot spots."""
@@ -215,9 +241,22 @@ class Profile:
     def __init__(self, pid, phase):
         self.out = Path(tempfile.gettempdir()) / f"fanout-{phase}-{pid}.txt"
         self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
-             "--format", "raw", "--rate", "200", "--output", str(self.out), "--nonblocking"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "--pid",
+                str(pid),
+                "--format",
+                "raw",
+                "--rate",
+                "200",
+                "--output",
+                str(self.out),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(1)  # py-spy attaches
 
     def stop(self, top=25):
@@ -227,8 +266,9 @@ class Profile:
         samples = 0
         for line in self.out.read_text().splitlines():
             stack, _, count = line.rpartition(" ")
-            frames = [f.split(" (")[0] + " " + f.split("/")[-1].rstrip(")")
-                      for f in stack.split(";")]
+            frames = [
+                f.split(" (")[0] + " " + f.split("/")[-1].rstrip(")") for f in stack.split(";")
+            ]
             samples += int(count)
             own[frames[-1]] += int(count)
             for frame in set(frames):
@@ -244,6 +284,7 @@ class Profile:
 
 # -- coordinator -------------------------------------------------------------------
 
+
 def split(mix):
     """{"sse": 5000, ...} -> one spec string per generator process."""
     specs = [[] for _ in range(GENERATORS)]
@@ -255,8 +296,9 @@ def split(mix):
     return [",".join(s) for s in specs if s]
 
 
-def run_level(port, master_pid, publish, mix, broadcasts, sse_path, profile=None,
-              gap=1.5, settle=0.0, rate=0):
+def run_level(
+    port, master_pid, publish, mix, broadcasts, sse_path, profile=None, gap=1.5, settle=0.0, rate=0
+):
     from bench.common import cpu_seconds, rss_kb, worker_pids
 
     pids = worker_pids(master_pid)
@@ -264,15 +306,31 @@ def run_level(port, master_pid, publish, mix, broadcasts, sse_path, profile=None
     profiler = Profile(pids[0], "connect") if profile == "connect" else None
     cpu_at_start = cpu_seconds(pids)
     master_at_start = cpu_seconds([master_pid])
-    procs = [subprocess.Popen([sys.executable, __file__, "--generator", str(port), spec,
-                               sse_path, str(rate // GENERATORS)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-             for spec in split(mix)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--generator",
+                str(port),
+                spec,
+                sse_path,
+                str(rate // GENERATORS),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for spec in split(mix)
+    ]
     hello = [json.loads(p.stdout.readline()) for p in procs]
     for h in hello:
         if h["failures"] or h["not_in_after_90_s"]:
-            print("generator:", {k: h[k] for k in ("ok", "failures", "not_in_after_90_s")},
-                  file=sys.stderr)
+            print(
+                "generator:",
+                {k: h[k] for k in ("ok", "failures", "not_in_after_90_s")},
+                file=sys.stderr,
+            )
     connect_cpu = cpu_seconds(pids) - cpu_at_start
     generator_cpu = cpu_seconds([p.pid for p in procs])
     if profiler:
@@ -315,14 +373,20 @@ def run_level(port, master_pid, publish, mix, broadcasts, sse_path, profile=None
             latencies += [(t - t0) * 1000 for t in times]
     latencies.sort()
     return {
-        "mix": mix, "clients": sum(mix.values()), "held": ok, "failed": failed,
-        "connect_s": connect_s, "connect_cpu_us": connect_cpu / max(ok, 1) * 1e6,
+        "mix": mix,
+        "clients": sum(mix.values()),
+        "held": ok,
+        "failed": failed,
+        "connect_s": connect_s,
+        "connect_cpu_us": connect_cpu / max(ok, 1) * 1e6,
         "generator_cpu_s": generator_cpu,
-        "rss_mb": held_rss / 1024, "kb_per_conn": (held_rss - base_rss) / max(ok, 1),
+        "rss_mb": held_rss / 1024,
+        "kb_per_conn": (held_rss - base_rss) / max(ok, 1),
         "broadcast_ms_median": statistics.median(completions) if completions else float("nan"),
         "p50_ms": latencies[len(latencies) // 2] if latencies else float("nan"),
         "p99_ms": latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
-        "lost": lost, "cpu_s_per_broadcast": cpu_used / broadcasts,
+        "lost": lost,
+        "cpu_s_per_broadcast": cpu_used / broadcasts,
         "master_cpu_s": master_cpu,
     }
 
@@ -333,15 +397,22 @@ def qa_publisher(url):
 
     from realtime_client import parse_sse
 
-    with requests.get(url + "/qa/stream", stream=True, timeout=10,
-                      headers={"Accept": "text/event-stream"}) as stream:
-        client_id = next(json.loads(event.data)["id"]
-                         for event in parse_sse(stream.iter_content(chunk_size=None))
-                         if event.event == "login")
+    with requests.get(
+        url + "/qa/stream", stream=True, timeout=10, headers={"Accept": "text/event-stream"}
+    ) as stream:
+        client_id = next(
+            json.loads(event.data)["id"]
+            for event in parse_sse(stream.iter_content(chunk_size=None))
+            if event.event == "login"
+        )
 
     def publish(k):
-        response = requests.post(url + "/qa/questions", json={"question": marker_text(k)},
-                                 headers={"X-Client-Id": client_id}, timeout=10)
+        response = requests.post(
+            url + "/qa/questions",
+            json={"question": marker_text(k)},
+            headers={"X-Client-Id": client_id},
+            timeout=10,
+        )
         response.raise_for_status()
 
     return publish
@@ -357,12 +428,14 @@ SERVERS = {"ours": "ours", "node": "Node.js peer"}
 
 
 def table(rows):
-    lines = ["| server | transport | subscribers | held | connect all (s) "
-             "| worker CPU per connect (µs) "
-             "| load generator CPU (s) | server RSS (MB) "
-             "| KB per connection | broadcast to all, median (ms) | delivery p50 (ms) "
-             "| delivery p99 (ms) | lost | worker CPU per broadcast (s) | master CPU (s) |",
-             "|" + "---|" * 15]
+    lines = [
+        "| server | transport | subscribers | held | connect all (s) "
+        "| worker CPU per connect (µs) "
+        "| load generator CPU (s) | server RSS (MB) "
+        "| KB per connection | broadcast to all, median (ms) | delivery p50 (ms) "
+        "| delivery p99 (ms) | lost | worker CPU per broadcast (s) | master CPU (s) |",
+        "|" + "---|" * 15,
+    ]
     for r in rows:
         lines.append(
             f"| {SERVERS[r['server']]} | {describe(r['mix'])} | {r['clients']:,} | {r['held']:,} "
@@ -370,22 +443,27 @@ def table(rows):
             f"| {r['connect_cpu_us']:.0f} | {r['generator_cpu_s']:.1f} "
             f"| {r['rss_mb']:.0f} | {r['kb_per_conn']:.1f} | {r['broadcast_ms_median']:.0f} "
             f"| {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['lost']} "
-            f"| {r['cpu_s_per_broadcast']:.2f} | {r['master_cpu_s']:.2f} |")
+            f"| {r['cpu_s_per_broadcast']:.2f} | {r['master_cpu_s']:.2f} |"
+        )
     return "\n".join(lines)
 
 
-COMPARED = [("all connected after (s)", "connect_s", "{:.2f}"),
-            ("broadcast to all, median (ms)", "broadcast_ms_median", "{:.0f}"),
-            ("delivery p99 (ms)", "p99_ms", "{:.0f}"),
-            ("server RSS growth per connection (KB)", "kb_per_conn", "{:.1f}"),
-            ("lost", "lost", "{}")]
+COMPARED = [
+    ("all connected after (s)", "connect_s", "{:.2f}"),
+    ("broadcast to all, median (ms)", "broadcast_ms_median", "{:.0f}"),
+    ("delivery p99 (ms)", "p99_ms", "{:.0f}"),
+    ("server RSS growth per connection (KB)", "kb_per_conn", "{:.1f}"),
+    ("lost", "lost", "{}"),
+]
 
 
 def comparison(rows):
     """Ours and the Node.js peer per transport level, with the ratio ours/Node."""
     ours = {(describe(r["mix"]), r["clients"]): r for r in rows if r["server"] == "ours"}
-    lines = ["| transport | subscribers | measure | ours | Node.js | ours/Node |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| transport | subscribers | measure | ours | Node.js | ours/Node |",
+        "|---|---|---|---|---|---|",
+    ]
     for node in (r for r in rows if r["server"] == "node"):
         key = (describe(node["mix"]), node["clients"])
         mine = ours.get(key)
@@ -395,41 +473,52 @@ def comparison(rows):
             a, b = mine[field], node[field]
             ratio = f"{a / b:.2f}" if field != "lost" and b else "–"
             where = f"{key[0]} | {key[1]:,}" if n == 0 else " | "
-            lines.append(f"| {where} | {label} | {form.format(a)} | {form.format(b)} "
-                         f"| {ratio} |")
+            lines.append(f"| {where} | {label} | {form.format(a)} | {form.format(b)} | {ratio} |")
     return "\n".join(lines)
 
 
 def pacing(mix):
     """(gap between broadcasts, settle after them, connects per second) for a level."""
-    return (5.0 if "longpoll" in mix else 1.5,  # a broadcast to 10,000 long-polls takes seconds
-            5.0 if "longpoll" in mix else 0.0,  # slow transports are still delivering
-            # 20,000 at once overflow the kernel's listen queues (somaxconn
-            # 4,096 per worker): arrive at a pace
-            MIXED_RATE if len(mix) > 1 else 0)
+    return (
+        5.0 if "longpoll" in mix else 1.5,  # a broadcast to 10,000 long-polls takes seconds
+        5.0 if "longpoll" in mix else 0.0,  # slow transports are still delivering
+        # 20,000 at once overflow the kernel's listen queues (somaxconn
+        # 4,096 per worker): arrive at a pace
+        MIXED_RATE if len(mix) > 1 else 0,
+    )
 
 
 def main():
     parser = argparse.ArgumentParser(description="fan-out benchmark")
-    parser.add_argument("--transports", nargs="+", choices=sorted(PATHS),
-                        default=["sse", "ws", "longpoll"])
+    parser.add_argument(
+        "--transports", nargs="+", choices=sorted(PATHS), default=["sse", "ws", "longpoll"]
+    )
     parser.add_argument("--clients", type=int, nargs="+", default=[10000])
-    parser.add_argument("--mixed", type=int, default=20000,
-                        help="connections held at once, a third per transport (0: skip)")
+    parser.add_argument(
+        "--mixed",
+        type=int,
+        default=20000,
+        help="connections held at once, a third per transport (0: skip)",
+    )
     parser.add_argument("--broadcasts", type=int, default=5)
     parser.add_argument("--app", choices=["channels", "qa"], default="channels")
     parser.add_argument("--profile", choices=["connect", "broadcast"])
-    parser.add_argument("--no-peer", action="store_true",
-                        help="skip the Node.js peer (bench/peers/node)")
-    parser.add_argument("--no-floor", action="store_true",
-                        help="skip bench/request_floor.py (worker CPU per request)")
+    parser.add_argument(
+        "--no-peer", action="store_true", help="skip the Node.js peer (bench/peers/node)"
+    )
+    parser.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="skip bench/request_floor.py (worker CPU per request)",
+    )
     parser.add_argument("--report", help="default: docs/fanout.md (docs/bench-qa-fanout.md)")
     args = parser.parse_args()
     if args.app == "qa":
         args.transports, args.mixed = ["sse"], 0
     sse_path = "/qa/stream" if args.app == "qa" else PATHS["sse"]
-    report = args.report or str(ROOT / "docs" / (
-        "bench-qa-fanout.md" if args.app == "qa" else "fanout.md"))
+    report = args.report or str(
+        ROOT / "docs" / ("bench-qa-fanout.md" if args.app == "qa" else "fanout.md")
+    )
 
     import redis
 
@@ -466,14 +555,25 @@ def main():
         for n, (server, mix) in enumerate(levels):
             gap, settle, rate = pacing(mix)
             if server == "node":
+
                 def publish(k):
-                    client.publish(PEER_PREFIX + CHANNEL,
-                                   json.dumps({"id": str(k), "data": marker_text(k)}))
+                    client.publish(
+                        PEER_PREFIX + CHANNEL, json.dumps({"id": str(k), "data": marker_text(k)})
+                    )
 
                 with node_peer_server(rs.url) as (url, pid):
-                    row = run_level(int(url.rsplit(":", 1)[1]), pid, publish, mix,
-                                    args.broadcasts, PATHS["sse"], None,
-                                    gap=gap, settle=settle, rate=rate)
+                    row = run_level(
+                        int(url.rsplit(":", 1)[1]),
+                        pid,
+                        publish,
+                        mix,
+                        args.broadcasts,
+                        PATHS["sse"],
+                        None,
+                        gap=gap,
+                        settle=settle,
+                        rate=rate,
+                    )
             else:
                 prefix = f"bench{n}:"  # each level starts from an empty channel
                 hub = Hub(client, rs.url, prefix=prefix)
@@ -481,13 +581,26 @@ def main():
                 # 20,000 on 2 workers: the kernel's SO_REUSEPORT hash does not split
                 # them exactly evenly, so allow each worker more than half.
                 capacity = max(10_000, sum(mix.values()) * 3 // 4)
-                with gunicorn_server(rs.url, REDIS_PREFIX=prefix, ALLOWED_ORIGINS=ORIGIN,
-                                     WORKER_CONNECTIONS=capacity) as (url, pid, _env):
-                    publish = (qa_publisher(url) if args.app == "qa" else
-                               lambda k, hub=hub: hub.publish(CHANNEL, marker_text(k)))
-                    row = run_level(int(url.rsplit(":", 1)[1]), pid, publish, mix,
-                                    args.broadcasts, sse_path, args.profile,
-                                    gap=gap, settle=settle, rate=rate)
+                with gunicorn_server(
+                    rs.url, REDIS_PREFIX=prefix, ALLOWED_ORIGINS=ORIGIN, WORKER_CONNECTIONS=capacity
+                ) as (url, pid, _env):
+                    publish = (
+                        qa_publisher(url)
+                        if args.app == "qa"
+                        else lambda k, hub=hub: hub.publish(CHANNEL, marker_text(k))
+                    )
+                    row = run_level(
+                        int(url.rsplit(":", 1)[1]),
+                        pid,
+                        publish,
+                        mix,
+                        args.broadcasts,
+                        sse_path,
+                        args.profile,
+                        gap=gap,
+                        settle=settle,
+                        rate=rate,
+                    )
             row["server"] = server
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -504,9 +617,12 @@ def main():
         if part:
             print(part, end="\n\n")
     command = " ".join(["bench/fanout.py", *sys.argv[1:]])
-    what = ("Q&A board streams (GET /qa/stream; each broadcast is a new question, "
-            "POST /qa/questions, delivered as the whole question list)"
-            if args.app == "qa" else "channel subscribers (each broadcast is one publish)")
+    what = (
+        "Q&A board streams (GET /qa/stream; each broadcast is a new question, "
+        "POST /qa/questions, delivered as the whole question list)"
+        if args.app == "qa"
+        else "channel subscribers (each broadcast is one publish)"
+    )
     if args.app == "qa":
         peer_text = ""
     elif peer_skipped:
@@ -554,7 +670,10 @@ longer or grew more.
   column below.
 
 """
-    floor_text = "" if not floor else f"""## The floor: worker CPU per request
+    floor_text = (
+        ""
+        if not floor
+        else f"""## The floor: worker CPU per request
 
 bench/request_floor.py: one gunicorn gevent worker, 50 keep-alive clients (one
 load-generator process, gevent, raw sockets), 5 s measured after 2 s of
@@ -570,9 +689,11 @@ included.
 {floor}
 
 """
-    Path(report).write_text(f"""# Fan-out on 2 gevent workers: {what}
+    )
+    Path(report).write_text(
+        f"""# Fan-out on 2 gevent workers: {what}
 
-Measured {time.strftime('%Y-%m-%d')} on {machine()}, with the load generator
+Measured {time.strftime("%Y-%m-%d")} on {machine()}, with the load generator
 (2 processes, gevent, raw sockets) on the same machine. Command:
 
     .venv/bin/python {command}
@@ -605,14 +726,21 @@ Measured {time.strftime('%Y-%m-%d')} on {machine()}, with the load generator
   over every (subscriber, broadcast) pair.
 - The machine is shared and noisy: compare rows of one run, not runs.
 
-{floor_text}""".rstrip() + "\n")
+{floor_text}""".rstrip()
+        + "\n"
+    )
     print(f"wrote {report}")
-    return 0 if all(r["lost"] == 0 and r["held"] == r["clients"]
-                    for r in rows if r["server"] == "ours") else 1
+    return (
+        0
+        if all(r["lost"] == 0 and r["held"] == r["clients"] for r in rows if r["server"] == "ours")
+        else 1
+    )
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--generator":
-        generator(int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]) if len(sys.argv) > 5 else 0)
+        generator(
+            int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]) if len(sys.argv) > 5 else 0
+        )
     else:
         sys.exit(main())

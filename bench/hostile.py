@@ -114,6 +114,7 @@ def every(seconds, stop, action):
 def probe_thread(name, seconds, run, stop, action):
     """A thread calling action() every `seconds`; a probe that fails is
     reported under `name`, not fatal."""
+
     def guarded():
         try:
             action()
@@ -124,6 +125,7 @@ def probe_thread(name, seconds, run, stop, action):
 
 
 # -- honest probes -------------------------------------------------------------------
+
 
 def honest_probes(url, token, run, stop):
     ws_url = url.replace("http://", "ws://")
@@ -142,15 +144,17 @@ def honest_probes(url, token, run, stop):
 
     def quote():
         began = time.monotonic()
-        r = requests.get(url + "/ticker/quote", params={"symbol": "IBM"},
-                         headers=headers("ticker"), timeout=30)
+        r = requests.get(
+            url + "/ticker/quote", params={"symbol": "IBM"}, headers=headers("ticker"), timeout=30
+        )
         run.status("ticker", r.status_code)
         run.took("ticker quote", time.monotonic() - began)
 
     probe("ticker", 1.0, quote)
 
-    echo = websocket.create_connection(ws_url + "/ws/echo?greeting=off", timeout=30,
-                                       header=[f"X-Forwarded-For: {address('echo')}"])
+    echo = websocket.create_connection(
+        ws_url + "/ws/echo?greeting=off", timeout=30, header=[f"X-Forwarded-For: {address('echo')}"]
+    )
 
     def echo_round_trip():
         began = time.monotonic()
@@ -184,8 +188,7 @@ def honest_probes(url, token, run, stop):
     def editor_op():
         began = time.monotonic()
         op = ot.to_json(ot.normalize([state["length"], "a"]))
-        editor.send(json.dumps({"type": "op", "v": state["v"], "op": op,
-                                "id": uuid.uuid4().hex}))
+        editor.send(json.dumps({"type": "op", "v": state["v"], "op": op, "id": uuid.uuid4().hex}))
         state["v"] = _first(editor, "ack")["v"]
         state["length"] += 1
         run.took("editor op acknowledged", time.monotonic() - began)
@@ -199,8 +202,9 @@ def honest_probes(url, token, run, stop):
 
 
 def _ws(url, name):
-    return websocket.create_connection(url, timeout=30,
-                                       header=[f"X-Forwarded-For: {address(name)}"])
+    return websocket.create_connection(
+        url, timeout=30, header=[f"X-Forwarded-For: {address(name)}"]
+    )
 
 
 class Closed(Exception):
@@ -232,8 +236,12 @@ def _qa_probe(url, run, stop):
     ready = threading.Event()
 
     def stream():
-        with requests.get(f"{url}/qa/stream", stream=True, timeout=60,
-                          headers=headers("qa", Accept="text/event-stream")) as r:
+        with requests.get(
+            f"{url}/qa/stream",
+            stream=True,
+            timeout=60,
+            headers=headers("qa", Accept="text/event-stream"),
+        ) as r:
             for event in parse_sse(r.iter_content(chunk_size=None)):
                 if event.event == "login":
                     login["id"] = json.loads(event.data)["id"]
@@ -241,16 +249,21 @@ def _qa_probe(url, run, stop):
                 elif event.event == "questions":
                     for question in json.loads(event.data)["questions"]:
                         if question in asked:
-                            run.took("Q&A question to the board", time.monotonic()
-                                     - asked.pop(question))
+                            run.took(
+                                "Q&A question to the board", time.monotonic() - asked.pop(question)
+                            )
                 if stop.is_set():
                     return
 
     def ask():
         question = f"honest question {uuid.uuid4().hex[:8]}?"
         asked[question] = time.monotonic()
-        r = requests.post(f"{url}/qa/questions", json={"question": question}, timeout=30,
-                          headers=headers("qa", **{"X-Client-Id": login["id"]}))
+        r = requests.post(
+            f"{url}/qa/questions",
+            json={"question": question},
+            timeout=30,
+            headers=headers("qa", **{"X-Client-Id": login["id"]}),
+        )
         run.status("qa", r.status_code)
 
     threading.Thread(target=stream, daemon=True).start()
@@ -265,8 +278,12 @@ def _delivery_probe(url, token, run, stop):
     ready = threading.Event()
 
     def subscribe():
-        with requests.get(f"{url}/sub/{channel}", stream=True, timeout=60,
-                          headers=headers("sse", Accept="text/event-stream")) as r:
+        with requests.get(
+            f"{url}/sub/{channel}",
+            stream=True,
+            timeout=60,
+            headers=headers("sse", Accept="text/event-stream"),
+        ) as r:
             ready.set()
             for event in parse_sse(r.iter_content(chunk_size=None)):
                 if event.event == "message" and event.data in sent:
@@ -277,8 +294,9 @@ def _delivery_probe(url, token, run, stop):
     def publish():
         text = uuid.uuid4().hex
         sent[text] = time.monotonic()
-        r = requests.post(f"{url}/pub/{channel}", data=text, timeout=30,
-                          headers=headers("publisher", token))
+        r = requests.post(
+            f"{url}/pub/{channel}", data=text, timeout=30, headers=headers("publisher", token)
+        )
         run.status("publish", r.status_code)
 
     threading.Thread(target=subscribe, daemon=True).start()
@@ -288,11 +306,13 @@ def _delivery_probe(url, token, run, stop):
 
 # -- hostile clients -------------------------------------------------------------------
 
+
 def _raw(url, name, request):
     host, port = url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=30)
-    sock.sendall(request.replace("\r\n\r\n", f"\r\nX-Forwarded-For: {address(name)}\r\n\r\n",
-                                 1).encode())
+    sock.sendall(
+        request.replace("\r\n\r\n", f"\r\nX-Forwarded-For: {address(name)}\r\n\r\n", 1).encode()
+    )
     return sock
 
 
@@ -306,10 +326,15 @@ def _status_of(sock):
 
 def slow_bodies(url, token, run, stop, count=50):
     """Bodies trickled at a byte every 2 s."""
+
     def one(i):
         name = f"hostile slow body {i % 5}"
-        sock = _raw(url, name, f"POST /pub/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
-                               f"Authorization: Bearer {token}\r\n\r\n")
+        sock = _raw(
+            url,
+            name,
+            f"POST /pub/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n",
+        )
         try:
             while not stop.is_set():
                 sock.sendall(b"x")
@@ -332,13 +357,22 @@ def slow_bodies(url, token, run, stop, count=50):
 
 def chunked_oversize(url, token, run, stop):
     body = b"a" * 70_000
-    chunks = b"".join(b"%X\r\n%s\r\n" % (len(body[i:i + 8192]), body[i:i + 8192])
-                      for i in range(0, len(body), 8192)) + b"0\r\n\r\n"
+    chunks = (
+        b"".join(
+            b"%X\r\n%s\r\n" % (len(body[i : i + 8192]), body[i : i + 8192])
+            for i in range(0, len(body), 8192)
+        )
+        + b"0\r\n\r\n"
+    )
 
     def go():
         while not stop.is_set():
-            sock = _raw(url, "hostile chunked", "POST /pub/big HTTP/1.1\r\nHost: x\r\n"
-                        f"Authorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\n")
+            sock = _raw(
+                url,
+                "hostile chunked",
+                "POST /pub/big HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\n",
+            )
             with sock:
                 try:
                     sock.sendall(chunks)
@@ -354,13 +388,17 @@ def chunked_oversize(url, token, run, stop):
 
 def stream_flood(url, run, stop, count=600):
     """One address opening SSE streams past its share, and holding them."""
+
     def go():
         held = []
         for _ in range(count):
             if stop.is_set():
                 break
-            sock = _raw(url, "hostile streams", "GET /sub/flood HTTP/1.1\r\nHost: x\r\n"
-                                                "Accept: text/event-stream\r\n\r\n")
+            sock = _raw(
+                url,
+                "hostile streams",
+                "GET /sub/flood HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n",
+            )
             status = _status_of(sock)
             run.outcome("streams from one address", status)
             run.status("streams", int(status) if status.isdigit() else 0)
@@ -374,11 +412,15 @@ def stream_flood(url, run, stop, count=600):
 
 def abandoned_polls(url, run, stop):
     """Long-polls opened and dropped at once, 100 at a time."""
+
     def go():
         while not stop.is_set():
             for i in range(100):
-                sock = _raw(url, f"hostile abandoned {i % 10}",
-                            "GET /sub/abandoned HTTP/1.1\r\nHost: x\r\n\r\n")
+                sock = _raw(
+                    url,
+                    f"hostile abandoned {i % 10}",
+                    "GET /sub/abandoned HTTP/1.1\r\nHost: x\r\n\r\n",
+                )
                 sock.close()
             run.outcome("abandoned long-polls", "100 opened and dropped")
             stop.wait(0.5)
@@ -390,8 +432,12 @@ def publish_flood(url, token, run, stop):
     def go():
         session = requests.Session()
         while not stop.is_set():
-            r = session.post(f"{url}/pub/flood", data="x" * 1000, timeout=30,
-                             headers=headers("hostile publisher", token))
+            r = session.post(
+                f"{url}/pub/flood",
+                data="x" * 1000,
+                timeout=30,
+                headers=headers("hostile publisher", token),
+            )
             run.outcome("publishes as fast as possible", r.status_code)
             run.status("publish flood", r.status_code)
 
@@ -402,8 +448,12 @@ def unknown_symbols(url, run, stop):
     def go():
         session = requests.Session()
         while not stop.is_set():
-            r = session.get(f"{url}/ticker/quote", params={"symbol": "ZZZZ"}, timeout=30,
-                            headers=headers("hostile ticker"))
+            r = session.get(
+                f"{url}/ticker/quote",
+                params={"symbol": "ZZZZ"},
+                timeout=30,
+                headers=headers("hostile ticker"),
+            )
             run.outcome("unknown ticker symbols", r.status_code)
             run.status("ticker flood", r.status_code)
 
@@ -412,14 +462,18 @@ def unknown_symbols(url, run, stop):
 
 def password_guesses(url, run, stop):
     """One account's password guessed from many addresses."""
+
     def go():
         session = requests.Session()
         i = 0
         while not stop.is_set():
             i += 1
-            r = session.post(f"{url}/auth/token", timeout=30,
-                             json={"username": "bench-honest", "password": f"guess{i}"},
-                             headers={"X-Forwarded-For": f"192.0.2.{i % 250 + 1}"})
+            r = session.post(
+                f"{url}/auth/token",
+                timeout=30,
+                json={"username": "bench-honest", "password": f"guess{i}"},
+                headers={"X-Forwarded-For": f"192.0.2.{i % 250 + 1}"},
+            )
             run.outcome("password guesses from many addresses", r.status_code)
             run.status("guesses", r.status_code)
 
@@ -453,8 +507,7 @@ def editor_flood(url, run, stop):
     ws_url = url.replace("http://", "ws://")
 
     def open_one():
-        ws = _ws(f"{ws_url}/editor/flood-{uuid.uuid4().hex[:10]}/ws",
-                 "hostile editor documents")
+        ws = _ws(f"{ws_url}/editor/flood-{uuid.uuid4().hex[:10]}/ws", "hostile editor documents")
         try:
             _first(ws, "ready")
         finally:
@@ -474,14 +527,25 @@ def editor_flood(url, run, stop):
                 _first(ws, "ready")
                 while not stop.is_set():
                     # 60 KB of emoji as UTF-8: just under the 64 KB frame limit
-                    ws.send(json.dumps({"type": "op", "v": version, "id": uuid.uuid4().hex,
-                                        "op": ot.to_json(["😀" * 15_000])},
-                                       ensure_ascii=False))
+                    ws.send(
+                        json.dumps(
+                            {
+                                "type": "op",
+                                "v": version,
+                                "id": uuid.uuid4().hex,
+                                "op": ot.to_json(["😀" * 15_000]),
+                            },
+                            ensure_ascii=False,
+                        )
+                    )
                     version = _first(ws, "ack")["v"]
                     run.outcome("64 KB editor ops", "acknowledged")
                     # and one against the oldest version, for the most transform work
-                    ws.send(json.dumps({"type": "op", "v": 0, "id": uuid.uuid4().hex,
-                                        "op": ot.to_json(["x"])}))
+                    ws.send(
+                        json.dumps(
+                            {"type": "op", "v": 0, "id": uuid.uuid4().hex, "op": ot.to_json(["x"])}
+                        )
+                    )
                     answer = _first(ws, "ack", "snapshot")["type"]  # snapshot: too far behind
                     run.outcome("ops against version 0", answer)
                     if answer == "snapshot":
@@ -492,30 +556,42 @@ def editor_flood(url, run, stop):
                 run.outcome("64 KB editor ops", type(exc).__name__)
             ws.close()
 
-    return [threading.Thread(target=new_documents, daemon=True),
-            threading.Thread(target=big_ops, daemon=True)]
+    return [
+        threading.Thread(target=new_documents, daemon=True),
+        threading.Thread(target=big_ops, daemon=True),
+    ]
 
 
 def qa_flood(url, run, stop):
     """Questions, answers and selections as fast as allowed."""
+
     def go():
         session = requests.Session()
-        with session.get(f"{url}/qa/stream", stream=True, timeout=60,
-                         headers=headers("hostile qa", Accept="text/event-stream")) as r:
-            client = next(json.loads(event.data)["id"]
-                          for event in parse_sse(r.iter_content(chunk_size=None))
-                          if event.event == "login")
+        with session.get(
+            f"{url}/qa/stream",
+            stream=True,
+            timeout=60,
+            headers=headers("hostile qa", Accept="text/event-stream"),
+        ) as r:
+            client = next(
+                json.loads(event.data)["id"]
+                for event in parse_sse(r.iter_content(chunk_size=None))
+                if event.event == "login"
+            )
         sent = headers("hostile qa", **{"X-Client-Id": client})
         while not stop.is_set():
             question = f"{uuid.uuid4().hex} " + "q" * 200
-            r = session.post(f"{url}/qa/questions", json={"question": question},
-                             headers=sent, timeout=30)
+            r = session.post(
+                f"{url}/qa/questions", json={"question": question}, headers=sent, timeout=30
+            )
             run.outcome("Q&A questions", r.status_code)
-            r = session.post(f"{url}/qa/select", json={"question": question},
-                             headers=sent, timeout=30)
+            r = session.post(
+                f"{url}/qa/select", json={"question": question}, headers=sent, timeout=30
+            )
             run.outcome("Q&A selections", r.status_code)
-            r = session.post(f"{url}/qa/answers", json={"answer": "a" * 1000},
-                             headers=sent, timeout=30)
+            r = session.post(
+                f"{url}/qa/answers", json={"answer": "a" * 1000}, headers=sent, timeout=30
+            )
             run.outcome("Q&A answers", r.status_code)
             run.status("qa flood", r.status_code)
 
@@ -532,8 +608,9 @@ def draw_flood(url, run, stop):
             _first(ws, "welcome")
             try:
                 while not stop.is_set():
-                    ws.send(json.dumps({"x": random.random(), "y": random.random(),
-                                        "drawing": True}))
+                    ws.send(
+                        json.dumps({"x": random.random(), "y": random.random(), "drawing": True})
+                    )
             except (websocket.WebSocketException, OSError):
                 pass
             run.outcome("moves as fast as possible", _close_code(ws))
@@ -552,19 +629,31 @@ def draw_flood(url, run, stop):
                 run.outcome("drawing newcomers", _closed_how(join, i))
             stop.wait(1)
 
-    return [threading.Thread(target=fill, daemon=True),
-            threading.Thread(target=newcomers, daemon=True)]
+    return [
+        threading.Thread(target=fill, daemon=True),
+        threading.Thread(target=newcomers, daemon=True),
+    ]
 
 
-HOSTILE = [slow_bodies, chunked_oversize, stream_flood, abandoned_polls, publish_flood,
-           unknown_symbols, password_guesses, editor_flood, qa_flood, draw_flood]
+HOSTILE = [
+    slow_bodies,
+    chunked_oversize,
+    stream_flood,
+    abandoned_polls,
+    publish_flood,
+    unknown_symbols,
+    password_guesses,
+    editor_flood,
+    qa_flood,
+    draw_flood,
+]
 
 
 def hostile_clients(url, token, run, stop, attacks):
     """The attacks at once; `token` is the hostile side's own account."""
     threads = []
     for attack in attacks:
-        params = attack.__code__.co_varnames[:attack.__code__.co_argcount]
+        params = attack.__code__.co_varnames[: attack.__code__.co_argcount]
         kwargs = {"url": url, "run": run, "stop": stop}
         if "token" in params:
             kwargs["token"] = token
@@ -576,6 +665,7 @@ def hostile_clients(url, token, run, stop, attacks):
 
 # -- the run -------------------------------------------------------------------------
 
+
 def phase(url, tokens, rdb, seconds, attacks, workers):
     """The honest probes for `seconds`, with `attacks` (names) in a child
     process beside them: the probes' timings are not the attackers' GIL."""
@@ -586,9 +676,21 @@ def phase(url, tokens, rdb, seconds, attacks, workers):
     attackers = None
     if attacks:
         attackers = subprocess.Popen(
-            [sys.executable, __file__, "--attack", ",".join(attacks), "--url", url,
-             "--token", tokens["hostile"], "--seconds", str(seconds)],
-            stdout=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                __file__,
+                "--attack",
+                ",".join(attacks),
+                "--url",
+                url,
+                "--token",
+                tokens["hostile"],
+                "--seconds",
+                str(seconds),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
     threads, sockets = honest_probes(url, tokens["honest"], run, stop)
     time.sleep(seconds)
     stop.set()
@@ -619,9 +721,14 @@ def attack(names, url, token, seconds):
     stop.set()
     for thread in threads:
         thread.join(40)
-    print(json.dumps({"outcomes": {k: {str(s): n for s, n in v.items()}
-                                   for k, v in run.outcomes.items()},
-                      "server_errors": dict(run.server_errors)}))
+    print(
+        json.dumps(
+            {
+                "outcomes": {k: {str(s): n for s, n in v.items()} for k, v in run.outcomes.items()},
+                "server_errors": dict(run.server_errors),
+            }
+        )
+    )
 
 
 def percentile(values, q):
@@ -646,9 +753,11 @@ def report(calm, hostile, restarted, seconds):
     for probe in sorted(calm.latencies):
         a, b = calm.latencies[probe], hostile.latencies.get(probe, [])
         ratio = percentile(b, 0.99) / percentile(a, 0.99) if a and b else float("nan")
-        lines.append(f"| {probe} | {percentile(a, .5):.1f} / {percentile(a, .99):.1f} "
-                     f"({len(a)}) | {percentile(b, .5):.1f} / {percentile(b, .99):.1f} "
-                     f"({len(b)}) | {ratio:.2f} |")
+        lines.append(
+            f"| {probe} | {percentile(a, 0.5):.1f} / {percentile(a, 0.99):.1f} "
+            f"({len(a)}) | {percentile(b, 0.5):.1f} / {percentile(b, 0.99):.1f} "
+            f"({len(b)}) | {ratio:.2f} |"
+        )
     lines += [
         "",
         f"Redis memory growth: {calm.redis_growth_mb:.1f} MB alone, "
@@ -671,8 +780,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--report", default=str(REPORT))
-    parser.add_argument("--only", help="comma-separated attacks (default: all): "
-                        + ", ".join(a.__name__ for a in HOSTILE))
+    parser.add_argument(
+        "--only",
+        help="comma-separated attacks (default: all): " + ", ".join(a.__name__ for a in HOSTILE),
+    )
     parser.add_argument("--attack", help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--token", help=argparse.SUPPRESS)
@@ -681,10 +792,15 @@ def main():
         return attack(args.attack.split(","), args.url, args.token, args.seconds)
     attacks = args.only.split(",") if args.only else [a.__name__ for a in HOSTILE]
     # The shipped defaults for every quota (bench.common lifts them otherwise).
-    defaults = {name: str(SETTINGS[name][1]) for name in SETTINGS
-                if name.endswith("_RATE_LIMIT") or name == "CONNECTIONS_PER_ADDRESS"}
-    with redis_server() as rs, gunicorn_server(rs.url, TRUSTED_PROXIES=1,
-                                               **defaults) as (url, master, env):
+    defaults = {
+        name: str(SETTINGS[name][1])
+        for name in SETTINGS
+        if name.endswith("_RATE_LIMIT") or name == "CONNECTIONS_PER_ADDRESS"
+    }
+    with (
+        redis_server() as rs,
+        gunicorn_server(rs.url, TRUSTED_PROXIES=1, **defaults) as (url, master, env),
+    ):
         rdb = redis.Redis.from_url(rs.url)
         tokens = {side: bench_token(rs.url, env, f"bench-{side}") for side in ("honest", "hostile")}
         pids = set(worker_pids(master))
@@ -703,8 +819,9 @@ def bench_token(redis_url, env, name):
     from core.users import UserStore
 
     settings = load_settings(env)
-    store = UserStore(redis.Redis.from_url(redis_url, decode_responses=True),
-                      settings["REDIS_PREFIX"])
+    store = UserStore(
+        redis.Redis.from_url(redis_url, decode_responses=True), settings["REDIS_PREFIX"]
+    )
     admin = store.get(name) or store.create(name, f"{name}-password-1", admin=True)
     return issue(admin, settings, ttl=3600)[0]
 

@@ -44,8 +44,9 @@ def probe(url, stop, samples):
 
 def log_in_repeatedly(url, user, stop, counts, failures):
     while not stop.is_set():
-        response = requests.post(url + "/auth/login", timeout=30,
-                                 json={"username": user, "password": PASSWORD})
+        response = requests.post(
+            url + "/auth/login", timeout=30, json={"username": user, "password": PASSWORD}
+        )
         if response.status_code == 200:
             counts.append(1)
         else:
@@ -86,29 +87,40 @@ def main():
 
             loaded, counts, failures, stop = [], [], [], threading.Event()
             threads = [threading.Thread(target=probe, args=(url, stop, loaded))]
-            threads += [threading.Thread(target=log_in_repeatedly,
-                                         args=(url, "bench", stop, counts, failures))
-                        for _ in range(args.concurrency)]
+            threads += [
+                threading.Thread(
+                    target=log_in_repeatedly, args=(url, "bench", stop, counts, failures)
+                )
+                for _ in range(args.concurrency)
+            ]
             run_for(args.seconds, threads, stop)
 
     rows = [
         ("Argon2id verify (m=19 MiB, t=2, p=1), one core", f"{argon2_ms:.0f} ms"),
         ("SCRAM credentials (PBKDF2-SHA-256 × 600,000), one core", f"{pbkdf2_ms:.0f} ms"),
-        (f"logins per second, {args.concurrency} clients, 2 workers",
-         f"{len(counts) / args.seconds:.1f}"),
+        (
+            f"logins per second, {args.concurrency} clients, 2 workers",
+            f"{len(counts) / args.seconds:.1f}",
+        ),
         ("failed logins", str(len(failures))),
-        ("/whoami p50 / p99, nobody logging in",
-         f"{percentile(quiet, 0.5):.1f} / {percentile(quiet, 0.99):.1f} ms"),
-        ("/whoami p50 / p99, during the login load",
-         f"{percentile(loaded, 0.5):.1f} / {percentile(loaded, 0.99):.1f} ms"),
-        ("/whoami median slowdown under login load",
-         f"× {statistics.median(loaded) / statistics.median(quiet):.1f}"),
+        (
+            "/whoami p50 / p99, nobody logging in",
+            f"{percentile(quiet, 0.5):.1f} / {percentile(quiet, 0.99):.1f} ms",
+        ),
+        (
+            "/whoami p50 / p99, during the login load",
+            f"{percentile(loaded, 0.5):.1f} / {percentile(loaded, 0.99):.1f} ms",
+        ),
+        (
+            "/whoami median slowdown under login load",
+            f"× {statistics.median(loaded) / statistics.median(quiet):.1f}",
+        ),
     ]
     table = "\n".join(["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
     print(table)
     Path(args.report).write_text(f"""# What a login costs
 
-Measured {time.strftime('%Y-%m-%d')} on {machine()}; server and clients on the same
+Measured {time.strftime("%Y-%m-%d")} on {machine()}; server and clients on the same
 machine. Command:
 
     .venv/bin/python bench/login_cost.py --seconds {args.seconds:g} --concurrency {args.concurrency}

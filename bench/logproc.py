@@ -23,9 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import ROOT, machine
 
-AWK = ('{ if ($9 ~ /^[0-9][0-9][0-9]$/) { s[$9]++; split($7, p, "?"); paths[p[1]]++ } } '
-       'END { for (k in s) print "status", k, s[k]; n = 0; for (k in paths) n++; '
-       'print "distinct-paths", n }')
+AWK = (
+    '{ if ($9 ~ /^[0-9][0-9][0-9]$/) { s[$9]++; split($7, p, "?"); paths[p[1]]++ } } '
+    'END { for (k in s) print "status", k, s[k]; n = 0; for (k in paths) n++; '
+    'print "distinct-paths", n }'
+)
 
 
 def timed(command):
@@ -44,8 +46,19 @@ def main():
         log = Path(args.keep or Path(tmp) / "access.log")
         if not log.exists():
             began = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "workers.logproc", "generate", str(log),
-                            "--size", args.size], check=True, cwd=ROOT)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "workers.logproc",
+                    "generate",
+                    str(log),
+                    "--size",
+                    args.size,
+                ],
+                check=True,
+                cwd=ROOT,
+            )
             print(f"generated in {time.perf_counter() - began:.1f} s", file=sys.stderr)
         mb = log.stat().st_size / 2**20
         subprocess.run(["cat", str(log)], stdout=subprocess.DEVNULL, check=True)  # warm cache
@@ -53,8 +66,8 @@ def main():
         programs = {
             "workers.logproc --procs 1 (full report)": logproc + ["--procs", "1"],
             "workers.logproc --procs 2 (full report)": logproc + ["--procs", "2"],
-            "workers.logproc --procs 2 --only status,paths": logproc + [
-                "--procs", "2", "--only", "status,paths"],
+            "workers.logproc --procs 2 --only status,paths": logproc
+            + ["--procs", "2", "--only", "status,paths"],
             "awk (status and path counts)": ["awk", AWK, str(log)],
         }
         times, statuses = {name: [] for name in programs}, {}
@@ -62,9 +75,15 @@ def main():
             for name, command in programs.items():
                 seconds, out = timed(command)
                 times[name].append(seconds)
-                statuses[name] = (json.loads(out)["status"] if "logproc" in name else
-                                  {line.split()[1]: int(line.split()[2])
-                                   for line in out.splitlines() if line.startswith("status")})
+                statuses[name] = (
+                    json.loads(out)["status"]
+                    if "logproc" in name
+                    else {
+                        line.split()[1]: int(line.split()[2])
+                        for line in out.splitlines()
+                        if line.startswith("status")
+                    }
+                )
     agree = len({json.dumps(s, sort_keys=True) for s in statuses.values()}) == 1
     median = {name: statistics.median(runs) for name, runs in times.items()}
     awk = median["awk (status and path counts)"]
@@ -73,13 +92,15 @@ def main():
     table = "\n".join(lines)
     full = median["workers.logproc --procs 2 (full report)"] / awk
     only = median["workers.logproc --procs 2 --only status,paths"] / awk
-    verdict = (f"Against the targets of issue 16: `--only status,paths` took {only:.2f}x awk's "
-               f"time (target: at most 1), the full report {full:.2f}x (target: at most 1.5).")
+    verdict = (
+        f"Against the targets of issue 16: `--only status,paths` took {only:.2f}x awk's "
+        f"time (target: at most 1), the full report {full:.2f}x (target: at most 1.5)."
+    )
     print(table)
     print(f"status counts agree: {agree}\n{verdict}")
     (ROOT / "docs" / "bench-logproc.md").write_text(f"""# Parallel log processing
 
-Measured {time.strftime('%Y-%m-%d')} on {machine()}, on a {mb:,.0f} MB log made by
+Measured {time.strftime("%Y-%m-%d")} on {machine()}, on a {mb:,.0f} MB log made by
 `python -m workers.logproc generate` (combined format, 0.1% malformed lines),
 read from the page cache. Command:
 
@@ -100,7 +121,7 @@ of the line pattern over the whole block; that regex pass (Python's `re`
 stepping through every byte of every line) is most of it, then one new bytes
 object per captured field per line and counting them (`Counter` over the
 column). The full report captures four fields per line, `--only status,paths`
-one. `awk` is {os.path.basename(subprocess.run(['sh', '-c', 'readlink -f $(command -v awk)'], capture_output=True, text=True).stdout.strip())}.
+one. `awk` is {os.path.basename(subprocess.run(["sh", "-c", "readlink -f $(command -v awk)"], capture_output=True, text=True).stdout.strip())}.
 """)
     return 0 if agree else 1
 

@@ -73,8 +73,10 @@ class Subscriber:
             self.sock.close()
             return
         self.channel = mine.pop()
-        self.sock.sendall(f"GET /sub/{self.channel} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                          "Accept: text/event-stream\r\n\r\n".encode())
+        self.sock.sendall(
+            f"GET /sub/{self.channel} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
         head, buf = read_head(self.sock, rest[length:])
         if not head.startswith("HTTP/1.1 200"):
             raise ConnectionError(head.split("\r\n", 1)[0])
@@ -98,15 +100,13 @@ class Subscriber:
 def subscribe_all(port, pids, channels):
     """A subscriber for every channel, each on the worker that owns it."""
     index_of = {pid: i for i, pid in enumerate(sorted(pids))}
-    uncovered = [[f"n{k}" for k in range(channels) if k % len(pids) == i]
-                 for i in range(len(pids))]
+    uncovered = [[f"n{k}" for k in range(channels) if k % len(pids) == i] for i in range(len(pids))]
     subscribers, opened = [], 0
     for _ in range(50):
         missing = sum(map(len, uncovered))
         if not missing:
             break
-        jobs = [gevent.spawn(Subscriber, port, uncovered, index_of)
-                for _ in range(max(missing, 8))]
+        jobs = [gevent.spawn(Subscriber, port, uncovered, index_of) for _ in range(max(missing, 8))]
         gevent.joinall(jobs, raise_error=True)
         opened += len(jobs)
         subscribers += [job.value for job in jobs if job.value.channel]
@@ -128,7 +128,10 @@ def counters(url, token, redis_client, prefix, pids, since):
     else:
         raise RuntimeError("the workers' monitor reports are not refreshing")
     # per worker: the reports (/metrics adds the workers up)
-    return {pid: json.loads(report).get("notifications") for pid, report in zip(pids, reports, strict=False)}
+    return {
+        pid: json.loads(report).get("notifications")
+        for pid, report in zip(pids, reports, strict=False)
+    }
 
 
 def measure(args):
@@ -140,14 +143,19 @@ def measure(args):
     from core.tokens import issue
     from core.users import UserStore
 
-    with redis_server() as rs, gunicorn_server(rs.url, workers=args.workers, SERVED_BY_HEADER=1,
-                                               SECRET_KEY=SECRET_KEY) as (url, master, env):
+    with (
+        redis_server() as rs,
+        gunicorn_server(
+            rs.url, workers=args.workers, SERVED_BY_HEADER=1, SECRET_KEY=SECRET_KEY
+        ) as (url, master, env),
+    ):
         settings = load_settings(env)
         prefix = settings["REDIS_PREFIX"]
         client = redis.Redis.from_url(rs.url, decode_responses=True)
         store = UserStore(client, prefix)
         admin = store.get("bench-admin") or store.create(
-            "bench-admin", "bench-admin-password", admin=True)
+            "bench-admin", "bench-admin-password", admin=True
+        )
         token, _ = issue(admin, settings, ttl=3600)
         pids = worker_pids(master)
         for _ in range(100):  # wait for every worker to be up
@@ -157,13 +165,16 @@ def measure(args):
             pids = worker_pids(master)
         started = time.time()
         subscribers, opened = subscribe_all(int(url.rsplit(":", 1)[1]), pids, args.channels)
-        print(f"{len(subscribers)} subscribers ({opened} connections opened) "
-              f"in {time.time() - started:.1f} s", flush=True)
+        print(
+            f"{len(subscribers)} subscribers ({opened} connections opened) "
+            f"in {time.time() - started:.1f} s",
+            flush=True,
+        )
         before = counters(url, token, client, prefix, pids, time.time())
         # Redis's own view, for old and new code alike: each publish reaches the
         # connections subscribed to its channel's notification channel (this
         # version) or to the one shared notification channel (before it).
-        (_, shared), = client.pubsub_numsub(f"{prefix}notify")
+        ((_, shared),) = client.pubsub_numsub(f"{prefix}notify")
         per_channel = client.pubsub_numsub(*[f"{prefix}n:n{k}" for k in range(args.channels)])
         deliveries = args.messages * sum(n + shared for _, n in per_channel)
         log = StreamLog(client, prefix)
@@ -179,27 +190,41 @@ def measure(args):
         gevent.killall([s.reader for s in subscribers])
         for s in subscribers:
             s.sock.close()
-    got = ([after[p] - before[p] for p in sorted(pids)]
-           if all(v is not None for v in (*before.values(), *after.values())) else None)
-    return {"label": args.label, "workers": args.workers, "channels": args.channels,
-            "subscribers": len(subscribers), "published": published, "lost": lost,
-            "redis_deliveries": deliveries,
-            "per_worker": got, "command": " ".join(["bench/notifications.py", *sys.argv[1:]])}
+    got = (
+        [after[p] - before[p] for p in sorted(pids)]
+        if all(v is not None for v in (*before.values(), *after.values()))
+        else None
+    )
+    return {
+        "label": args.label,
+        "workers": args.workers,
+        "channels": args.channels,
+        "subscribers": len(subscribers),
+        "published": published,
+        "lost": lost,
+        "redis_deliveries": deliveries,
+        "per_worker": got,
+        "command": " ".join(["bench/notifications.py", *sys.argv[1:]]),
+    }
 
 
 def table(rows):
-    lines = ["| label | workers | channels | subscribers | messages published "
-             "| notifications per worker, min / median / max | total across workers "
-             "| total / published | Redis deliveries / published | lost |", "|" + "---|" * 10]
+    lines = [
+        "| label | workers | channels | subscribers | messages published "
+        "| notifications per worker, min / median / max | total across workers "
+        "| total / published | Redis deliveries / published | lost |",
+        "|" + "---|" * 10,
+    ]
     for r in rows:
         n = r["per_worker"]
-        spread = (f"{min(n):,.0f} / {statistics.median(n):,.0f} / {max(n):,.0f}"
-                  if n else "n/a")
+        spread = f"{min(n):,.0f} / {statistics.median(n):,.0f} / {max(n):,.0f}" if n else "n/a"
         total = f"{sum(n):,.0f}" if n else "n/a"
         ratio = f"{sum(n) / r['published']:.2f}" if n else "n/a"
-        lines.append(f"| {r['label']} | {r['workers']} | {r['channels']:,} "
-                     f"| {r['subscribers']:,} | {r['published']:,} | {spread} | {total} "
-                     f"| {ratio} | {r['redis_deliveries'] / r['published']:.2f} | {r['lost']} |")
+        lines.append(
+            f"| {r['label']} | {r['workers']} | {r['channels']:,} "
+            f"| {r['subscribers']:,} | {r['published']:,} | {spread} | {total} "
+            f"| {ratio} | {r['redis_deliveries'] / r['published']:.2f} | {r['lost']} |"
+        )
     return "\n".join(lines)
 
 
@@ -228,11 +253,13 @@ def main():
     path.write_text(json.dumps(rows, indent=1) + "\n")
     text = table(rows)
     print(text)
-    commands = "\n".join(f"    .venv/bin/python {r['command']}    # {r['label']}, {r['date']}, "
-                         f"{r['machine']}" for r in rows)
+    commands = "\n".join(
+        f"    .venv/bin/python {r['command']}    # {r['label']}, {r['date']}, {r['machine']}"
+        for r in rows
+    )
     Path(args.report).write_text(f"""# Pub/sub notifications per worker
 
-Each of {row['workers']} gunicorn gevent workers holds SSE subscribers for only its
+Each of {row["workers"]} gunicorn gevent workers holds SSE subscribers for only its
 own share of the channels (worker i: channels n<k> with k % workers == i, one
 subscriber each at least); messages are then published to every channel
 through Redis. Commands (each run is a row, merged from {Path(args.json).name}):

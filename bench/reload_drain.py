@@ -33,9 +33,19 @@ def main():
     args = parser.parse_args()
     with redis_server() as rs, gunicorn_server(rs.url) as (url, master, _env):
         port = url.rsplit(":", 1)[1]
-        gen = subprocess.Popen([sys.executable, str(ROOT / "bench" / "fanout.py"),
-                                "--generator", port, f"sse:{args.clients}", "/sub/bench"],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        gen = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "fanout.py"),
+                "--generator",
+                port,
+                f"sse:{args.clients}",
+                "/sub/bench",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         held = json.loads(gen.stdout.readline())["ok"]
         old = children(master)
         began = time.perf_counter()
@@ -49,7 +59,7 @@ def main():
     print(table)
     (ROOT / "docs" / "bench-reload.md").write_text(f"""# Graceful reload with open streams
 
-Measured {time.strftime('%Y-%m-%d')} on {machine()}; 2 gevent workers. Command:
+Measured {time.strftime("%Y-%m-%d")} on {machine()}; 2 gevent workers. Command:
 
     .venv/bin/python bench/reload_drain.py --clients {args.clients}
 

@@ -31,9 +31,9 @@ BODY = b"hello, world\n"
 
 # -- the two apps under the floor (gunicorn imports them from here) ------------------
 
+
 def trivial_app(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain"),
-                              ("Content-Length", str(len(BODY)))])
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(BODY)))])
     return [BODY]
 
 
@@ -78,8 +78,9 @@ def plain_gunicorn(app_spec, path):
     with tempfile.TemporaryDirectory() as tmp:
         conf = Path(tmp) / "gunicorn.conf.py"
         conf.write_text(PLAIN_CONF.format(port=port))
-        server = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(conf), app_spec],
-                                  cwd=ROOT)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(conf), app_spec], cwd=ROOT
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             for _ in range(300):
@@ -95,6 +96,7 @@ def plain_gunicorn(app_spec, path):
 
 
 # -- the load generator (a child process) ------------------------------------------
+
 
 def client(port, path, n, t0, t1):
     """`n` keep-alive clients GET `path` over and over until t1 (a long-poll path
@@ -144,15 +146,18 @@ def client(port, path, n, t0, t1):
 
 # -- coordinator ---------------------------------------------------------------------
 
+
 def measure_one(port, master_pid, path, clients, seconds, warmup=2.0):
     from bench.common import cpu_seconds, worker_pids
 
     (worker,) = worker_pids(master_pid)
     t0 = time.time() + warmup
     t1 = t0 + seconds
-    proc = subprocess.Popen([sys.executable, __file__, "--client", str(port), path,
-                             str(clients), repr(t0), repr(t1)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--client", str(port), path, str(clients), repr(t0), repr(t1)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(max(0.0, t0 - time.time()))
     cpu0 = cpu_seconds([worker])
     time.sleep(max(0.0, t1 - time.time()))
@@ -162,9 +167,15 @@ def measure_one(port, master_pid, path, clients, seconds, warmup=2.0):
     if counts["failures"]:
         print("floor client failures:", counts["failures"], file=sys.stderr)
     requests = counts["requests"]
-    return {"clients": clients, "requests": requests, "per_s": requests / seconds, "cpu_s": cpu,
-            "us_per_request": cpu / requests * 1e6 if requests else float("nan"),
-            "events": counts["events"], "failures": len(counts["failures"])}
+    return {
+        "clients": clients,
+        "requests": requests,
+        "per_s": requests / seconds,
+        "cpu_s": cpu,
+        "us_per_request": cpu / requests * 1e6 if requests else float("nan"),
+        "events": counts["events"],
+        "failures": len(counts["failures"]),
+    }
 
 
 def measure(clients=50, seconds=5.0, rate=10):
@@ -176,11 +187,19 @@ def measure(clients=50, seconds=5.0, rate=10):
 
     rows = []
     with plain_gunicorn("bench.request_floor:trivial_app", "/") as (url, pid):
-        rows.append({"what": "trivial WSGI app, fixed body",
-                     **measure_one(int(url.rsplit(":", 1)[1]), pid, "/", clients, seconds)})
+        rows.append(
+            {
+                "what": "trivial WSGI app, fixed body",
+                **measure_one(int(url.rsplit(":", 1)[1]), pid, "/", clients, seconds),
+            }
+        )
     with plain_gunicorn("bench.request_floor:flask_app()", "/json") as (url, pid):
-        rows.append({"what": "bare Flask route returning JSON",
-                     **measure_one(int(url.rsplit(":", 1)[1]), pid, "/json", clients, seconds)})
+        rows.append(
+            {
+                "what": "bare Flask route returning JSON",
+                **measure_one(int(url.rsplit(":", 1)[1]), pid, "/json", clients, seconds),
+            }
+        )
     with redis_server() as rs:
         hub = Hub(redis.Redis.from_url(rs.url, decode_responses=True), rs.url, prefix="floor:")
         first = hub.publish(CHANNEL, "primer")
@@ -197,8 +216,13 @@ def measure(clients=50, seconds=5.0, rate=10):
             thread = threading.Thread(target=publisher, daemon=True)
             thread.start()
             try:
-                row = measure_one(int(url.rsplit(":", 1)[1]), pid,
-                                  f"/sub/{CHANNEL}?cursor={first}", clients, seconds)
+                row = measure_one(
+                    int(url.rsplit(":", 1)[1]),
+                    pid,
+                    f"/sub/{CHANNEL}?cursor={first}",
+                    clients,
+                    seconds,
+                )
             finally:
                 stop.set()
                 thread.join()
@@ -207,14 +231,21 @@ def measure(clients=50, seconds=5.0, rate=10):
 
 
 def table(rows):
-    lines = [f"| one gevent worker, {rows[0]['clients']} keep-alive clients | requests/s | worker CPU (s) "
-             "| worker CPU per request (µs) |",
-             "|---|---|---|---|"]
+    lines = [
+        f"| one gevent worker, {rows[0]['clients']} keep-alive clients | requests/s | worker CPU (s) "
+        "| worker CPU per request (µs) |",
+        "|---|---|---|---|",
+    ]
     for r in rows:
-        note = (f" ({r['events'] / r['requests']:.2f} messages per answer)"
-                if r["events"] and r["requests"] else "")
-        lines.append(f"| {r['what']}{note} | {r['per_s']:,.0f} | {r['cpu_s']:.2f} "
-                     f"| {r['us_per_request']:.0f} |")
+        note = (
+            f" ({r['events'] / r['requests']:.2f} messages per answer)"
+            if r["events"] and r["requests"]
+            else ""
+        )
+        lines.append(
+            f"| {r['what']}{note} | {r['per_s']:,.0f} | {r['cpu_s']:.2f} "
+            f"| {r['us_per_request']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -231,7 +262,8 @@ def main():
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
-        client(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]),
-               float(sys.argv[5]), float(sys.argv[6]))
+        client(
+            int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
+        )
     else:
         sys.exit(main())

@@ -34,10 +34,10 @@ def stall(port, transport, count):
     """`count` subscribers that send their request and then never read."""
     requests = {
         "sse": f"GET {PATHS['sse']} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-               "Accept: text/event-stream\r\n\r\n",
+        "Accept: text/event-stream\r\n\r\n",
         "ws": f"GET {PATHS['ws']} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-              "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-              f"Sec-WebSocket-Version: 13\r\nOrigin: {ORIGIN}\r\n\r\n",
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Sec-WebSocket-Version: 13\r\nOrigin: {ORIGIN}\r\n\r\n",
         # A long-poll that never reads its answer (the next 60 KB message).
         "longpoll": f"GET {PATHS['longpoll']} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     }
@@ -86,20 +86,31 @@ def main():
     with redis_server() as rs:
         client = redis.Redis.from_url(rs.url, decode_responses=True)
         for n, (transport, stalled) in enumerate(
-                (t, s) for t in ("sse", "ws", "longpoll") for s in (0, args.stalled)):
+            (t, s) for t in ("sse", "ws", "longpoll") for s in (0, args.stalled)
+        ):
             prefix = f"slow{n}:"
             hub = Hub(client, rs.url, prefix=prefix)
             hub.publish(CHANNEL, "primer")
-            with gunicorn_server(rs.url, REDIS_PREFIX=prefix, ALLOWED_ORIGINS=ORIGIN,
-                                 SUBSCRIBER_QUEUE_SIZE=QUEUE_SIZE,
-                                 LONGPOLL_WRITE_SECONDS=WRITE_SECONDS) as (url, pid, _env):
+            with gunicorn_server(
+                rs.url,
+                REDIS_PREFIX=prefix,
+                ALLOWED_ORIGINS=ORIGIN,
+                SUBSCRIBER_QUEUE_SIZE=QUEUE_SIZE,
+                LONGPOLL_WRITE_SECONDS=WRITE_SECONDS,
+            ) as (url, pid, _env):
                 port = int(url.rsplit(":", 1)[1])
                 socks = stall(port, transport, stalled)
                 time.sleep(1)
-                row = run_level(port, pid,
-                                lambda k, hub=hub: hub.publish(CHANNEL, marker_text(k) + PAYLOAD),
-                                {transport: args.clients}, args.broadcasts, PATHS["sse"],
-                                gap=0.05, settle=5.0 if transport == "longpoll" else 2.0)
+                row = run_level(
+                    port,
+                    pid,
+                    lambda k, hub=hub: hub.publish(CHANNEL, marker_text(k) + PAYLOAD),
+                    {transport: args.clients},
+                    args.broadcasts,
+                    PATHS["sse"],
+                    gap=0.05,
+                    settle=5.0 if transport == "longpoll" else 2.0,
+                )
                 # Past the 2 s after which a dropped or stuck socket is shut; a
                 # long-poll answer that fit in the socket buffers is closed
                 # by gunicorn's KEEPALIVE (15 s) instead.
@@ -108,17 +119,21 @@ def main():
             rows.append(row)
             print(row, flush=True)
 
-    lines = ["| transport | healthy clients | stalled clients | stalled ones cut off "
-             "| healthy delivery p50 (ms) | healthy delivery p99 (ms) | lost |",
-             "|" + "---|" * 7]
+    lines = [
+        "| transport | healthy clients | stalled clients | stalled ones cut off "
+        "| healthy delivery p50 (ms) | healthy delivery p99 (ms) | lost |",
+        "|" + "---|" * 7,
+    ]
     for r in rows:
-        lines.append(f"| {r['transport']} | {r['held']:,} | {r['stalled']} | {r['cut_off']} "
-                     f"| {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['lost']} |")
+        lines.append(
+            f"| {r['transport']} | {r['held']:,} | {r['stalled']} | {r['cut_off']} "
+            f"| {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['lost']} |"
+        )
     table = "\n".join(lines)
     print(table)
     (ROOT / "docs" / "bench-slow-consumers.md").write_text(f"""# Slow consumers
 
-Measured {time.strftime('%Y-%m-%d')} on {machine()}; 2 gevent workers, the load
+Measured {time.strftime("%Y-%m-%d")} on {machine()}; 2 gevent workers, the load
 generator and the stalled clients on the same machine. Command:
 
     .venv/bin/python bench/slow_consumers.py --clients {args.clients} --stalled {args.stalled} --broadcasts {args.broadcasts}

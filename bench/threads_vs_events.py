@@ -64,6 +64,7 @@ def marker_text(k):
 
 # -- load generator (a child process) ---------------------------------------------
 
+
 def generator(port, kind, count, window):
     """Open `count` clients of `kind` (sse or longpoll), one greenlet and socket
     each. Prints a hello line once all have been answered or `window` seconds
@@ -99,8 +100,11 @@ def generator(port, kind, count, window):
         while b"\r\n\r\n" not in buf:
             chunk = sock.recv(65536)
             if not chunk:
-                raise Closed("closed by the server") if not buf else ConnectionError(
-                    "closed mid-response")
+                raise (
+                    Closed("closed by the server")
+                    if not buf
+                    else ConnectionError("closed mid-response")
+                )
             buf += chunk
         head, _, rest = buf.partition(b"\r\n\r\n")
         status = head.split(b"\r\n", 1)[0]
@@ -115,8 +119,10 @@ def generator(port, kind, count, window):
 
     def sse(i):
         sock = connect()
-        sock.sendall(f"GET /sub/{CHANNEL} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     "Accept: text/event-stream\r\n\r\n".encode())
+        sock.sendall(
+            f"GET /sub/{CHANNEL} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
         _head, buf = read_head(sock)
         while b"retry:" not in buf:
             chunk = sock.recv(65536)
@@ -146,8 +152,10 @@ def generator(port, kind, count, window):
             try:
                 if sock is None:
                     sock, reused = connect(), False
-                sock.sendall(f"GET /sub/{CHANNEL}?cursor={cursor} HTTP/1.1\r\n"
-                             "Host: 127.0.0.1\r\n\r\n".encode())
+                sock.sendall(
+                    f"GET /sub/{CHANNEL}?cursor={cursor} HTTP/1.1\r\n"
+                    "Host: 127.0.0.1\r\n\r\n".encode()
+                )
                 head, buf = read_head(sock)
                 length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)[1])
                 while len(buf) < length:
@@ -190,31 +198,52 @@ def generator(port, kind, count, window):
             break
         gevent.sleep(0.05)
     times = [t for t in answered if t is not None]
-    print(json.dumps({"started": started, "answered": len(times),
-                      "last_answer": max(times, default=None)}), flush=True)
+    print(
+        json.dumps(
+            {"started": started, "answered": len(times), "last_answer": max(times, default=None)}
+        ),
+        flush=True,
+    )
     while True:
         # Read stdin in a thread: a plain read would block every greenlet.
         command = gevent.get_hub().threadpool.apply(sys.stdin.readline).split()
         if not command or command[0] == "report":
             break
         wanted = int(command[1])
-        print(json.dumps({"complete": sum(1 for r in receipts if len(r) >= wanted),
-                          "receipts": sum(len(r) for r in receipts),
-                          "open": len(open_streams)}), flush=True)
-    print(json.dumps({"receipts": [{str(k): v for k, v in r.items()} for r in receipts],
-                      "errors": len(errors),
-                      "error_kinds": Counter(errors).most_common(4)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "complete": sum(1 for r in receipts if len(r) >= wanted),
+                    "receipts": sum(len(r) for r in receipts),
+                    "open": len(open_streams),
+                }
+            ),
+            flush=True,
+        )
+    print(
+        json.dumps(
+            {
+                "receipts": [{str(k): v for k, v in r.items()} for r in receipts],
+                "errors": len(errors),
+                "error_kinds": Counter(errors).most_common(4),
+            }
+        ),
+        flush=True,
+    )
 
 
 # -- coordinator: part 1 --------------------------------------------------------------
+
 
 def worker_stats(pids):
     from bench.common import proc_status
 
     stats = [proc_status(p) for p in pids]
-    return {"rss_kb": sum(s.get("VmRSS", 0) for s in stats),
-            "vm_kb": sum(s.get("VmSize", 0) for s in stats),
-            "threads": sum(s.get("Threads", 0) for s in stats)}
+    return {
+        "rss_kb": sum(s.get("VmRSS", 0) for s in stats),
+        "vm_kb": sum(s.get("VmSize", 0) for s in stats),
+        "threads": sum(s.get("Threads", 0) for s in stats),
+    }
 
 
 def kernel_stack_kb():
@@ -260,11 +289,20 @@ class Generators:
     """The load-generator processes of one level."""
 
     def __init__(self, port, kind, clients, window):
-        shares = [clients // GENERATORS + (1 if g < clients % GENERATORS else 0)
-                  for g in range(GENERATORS)]
-        self.procs = [subprocess.Popen(
-            [sys.executable, __file__, "--generator", str(port), kind, str(n), str(window)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for n in shares if n]
+        shares = [
+            clients // GENERATORS + (1 if g < clients % GENERATORS else 0)
+            for g in range(GENERATORS)
+        ]
+        self.procs = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--generator", str(port), kind, str(n), str(window)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for n in shares
+            if n
+        ]
 
     def read(self):
         return [json.loads(p.stdout.readline()) for p in self.procs]
@@ -287,8 +325,11 @@ class Generators:
         errors = Counter()
         for r in reports:
             errors.update(dict(r["error_kinds"]))
-        return ([rec for r in reports for rec in r["receipts"]],
-                sum(r["errors"] for r in reports), errors.most_common(3))
+        return (
+            [rec for r in reports for rec in r["receipts"]],
+            sum(r["errors"] for r in reports),
+            errors.most_common(3),
+        )
 
 
 def run_level(rs_url, worker_class, kind, clients, args):
@@ -300,9 +341,15 @@ def run_level(rs_url, worker_class, kind, clients, args):
     prefix = f"tve-{worker_class}-{kind}-{clients}:"
     hub = Hub(redis.Redis.from_url(rs_url, decode_responses=True), rs_url, prefix=prefix)
     env = server_env(worker_class, clients, args.max_threads)
-    with gunicorn_server(rs_url, workers=args.workers, WORKER_CLASS=worker_class,
-                         REDIS_PREFIX=prefix, TIMEOUT=TIMEOUT,
-                         LONGPOLL_TIMEOUT_SECONDS=LONGPOLL_TIMEOUT, **env) as (url, master, _):
+    with gunicorn_server(
+        rs_url,
+        workers=args.workers,
+        WORKER_CLASS=worker_class,
+        REDIS_PREFIX=prefix,
+        TIMEOUT=TIMEOUT,
+        LONGPOLL_TIMEOUT_SECONDS=LONGPOLL_TIMEOUT,
+        **env,
+    ) as (url, master, _):
         pids = worker_pids(master)
         hub.publish(CHANNEL, "primer")  # what a long-poll client's first poll gets
         warm_up(url)
@@ -352,26 +399,36 @@ def run_level(rs_url, worker_class, kind, clients, args):
     latencies.sort()
     connected = max(answered, 1)
     row = {
-        "class": worker_class, "transport": kind, "clients": clients,
+        "class": worker_class,
+        "transport": kind,
+        "clients": clients,
         "threads_setting": env.get("THREADS"),
-        "answered": answered, "connect_s": connect_s, "served": served,
+        "answered": answered,
+        "connect_s": connect_s,
+        "served": served,
         "p50_ms": latencies[len(latencies) // 2] if latencies else None,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-        if latencies else None,
+        if latencies
+        else None,
         "rss_mb": held["rss_kb"] / 1024,
         "kb_per_conn": (held["rss_kb"] - base["rss_kb"]) / connected,
         "vm_mb_per_conn": (held["vm_kb"] - base["vm_kb"]) / 1024 / connected,
         "kernel_stack_kb_per_conn": kstack / connected,
-        "threads": held["threads"], "base_threads": base["threads"],
-        "cpu_connect_s": cpu_connect, "cpu_per_broadcast_s": cpu_broadcast,
-        "open_after_timeout": open_after_timeout, "worker_restarts": restarts,
-        "client_errors": errors, "error_kinds": error_kinds,
+        "threads": held["threads"],
+        "base_threads": base["threads"],
+        "cpu_connect_s": cpu_connect,
+        "cpu_per_broadcast_s": cpu_broadcast,
+        "open_after_timeout": open_after_timeout,
+        "worker_restarts": restarts,
+        "client_errors": errors,
+        "error_kinds": error_kinds,
     }
     print(json.dumps(row), flush=True)
     return row
 
 
 # -- coordinator: part 2 --------------------------------------------------------------
+
 
 def cpu_bound(rs_url, args):
     """/whoami latency while clients log in, with hashing off the hub and on it."""
@@ -384,14 +441,20 @@ def cpu_bound(rs_url, args):
     def measure(url, seconds, login_clients):
         samples, counts, failures, stop = [], [], [], threading.Event()
         threads = [threading.Thread(target=probe, args=(url, stop, samples))]
-        threads += [threading.Thread(target=log_in_repeatedly,
-                                     args=(url, "bench", stop, counts, failures))
-                    for _ in range(login_clients)]
+        threads += [
+            threading.Thread(target=log_in_repeatedly, args=(url, "bench", stop, counts, failures))
+            for _ in range(login_clients)
+        ]
         run_for(seconds, threads, stop)
-        row = {"login_clients": login_clients, "logins_per_s": len(counts) / seconds,
-               "failed": len(failures), "p50_ms": percentile(samples, 0.5),
-               "p99_ms": percentile(samples, 0.99), "max_ms": max(samples) * 1000,
-               "samples": len(samples)}
+        row = {
+            "login_clients": login_clients,
+            "logins_per_s": len(counts) / seconds,
+            "failed": len(failures),
+            "p50_ms": percentile(samples, 0.5),
+            "p99_ms": percentile(samples, 0.99),
+            "max_ms": max(samples) * 1000,
+            "samples": len(samples),
+        }
         print(json.dumps(row), flush=True)
         return row
 
@@ -399,17 +462,24 @@ def cpu_bound(rs_url, args):
     for offload in (True, False):
         prefix = f"tve-login-{int(offload)}:"
         UserStore(redis.Redis.from_url(rs_url, decode_responses=True), prefix).create(
-            "bench", PASSWORD)
-        with gunicorn_server(rs_url, workers=args.workers, REDIS_PREFIX=prefix,
-                             CPU_OFFLOAD=int(offload),
-                             LOGIN_RATE_LIMIT="1000000 per minute") as (url, _, _env):
+            "bench", PASSWORD
+        )
+        with gunicorn_server(
+            rs_url,
+            workers=args.workers,
+            REDIS_PREFIX=prefix,
+            CPU_OFFLOAD=int(offload),
+            LOGIN_RATE_LIMIT="1000000 per minute",
+        ) as (url, _, _env):
             for n in [0, *args.login_clients]:
-                rows.append({"offload": offload,
-                             **measure(url, args.login_seconds / (1 if n else 2), n)})
+                rows.append(
+                    {"offload": offload, **measure(url, args.login_seconds / (1 if n else 2), n)}
+                )
     return rows
 
 
 # -- the report -----------------------------------------------------------------------
+
 
 def fmt(value, spec=".0f", none="—"):
     return none if value is None else format(value, spec)
@@ -422,25 +492,32 @@ def per_conn(row, key, spec):
 
 
 def connections_table(rows, kind):
-    lines = ["| worker | clients | answered in window | connect all (s) | served "
-             "| delivery p50 (ms) | delivery p99 (ms) | worker RSS (MB) | RSS KB / conn "
-             "| virtual MB / conn | kernel stack KB / conn | OS threads | CPU connect (s) "
-             "| CPU / broadcast (s) "
-             + ("| streams open after TIMEOUT | worker restarts " if kind == "sse" else "")
-             + "| client errors |"]
+    lines = [
+        "| worker | clients | answered in window | connect all (s) | served "
+        "| delivery p50 (ms) | delivery p99 (ms) | worker RSS (MB) | RSS KB / conn "
+        "| virtual MB / conn | kernel stack KB / conn | OS threads | CPU connect (s) "
+        "| CPU / broadcast (s) "
+        + ("| streams open after TIMEOUT | worker restarts " if kind == "sse" else "")
+        + "| client errors |"
+    ]
     lines.append("|" + "---|" * (lines[0].count("|") - 1))
     for r in (r for r in rows if r["transport"] == kind):
-        worker = r["class"] + (f" ({r['threads_setting']:,} threads)"
-                               if r["class"] == "gthread" else "")
+        worker = r["class"] + (
+            f" ({r['threads_setting']:,} threads)" if r["class"] == "gthread" else ""
+        )
         lines.append(
             f"| {worker} | {r['clients']:,} | {r['answered']:,} | {fmt(r['connect_s'], '.1f')} "
             f"| {r['served']:,} | {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} "
             f"| {r['rss_mb']:.0f} | {per_conn(r, 'kb_per_conn', '.0f')} "
             f"| {per_conn(r, 'vm_mb_per_conn', '.2f')} "
             f"| {per_conn(r, 'kernel_stack_kb_per_conn', '.1f')} | {r['threads']:,} | {r['cpu_connect_s']:.2f} | {r['cpu_per_broadcast_s']:.2f} "
-            + (f"| {fmt(r['open_after_timeout'], ',')} | {r['worker_restarts']} "
-               if kind == "sse" else "")
-            + f"| {r['client_errors']:,} |")
+            + (
+                f"| {fmt(r['open_after_timeout'], ',')} | {r['worker_restarts']} "
+                if kind == "sse"
+                else ""
+            )
+            + f"| {r['client_errors']:,} |"
+        )
     return "\n".join(lines)
 
 
@@ -448,9 +525,11 @@ def summary_table(rows, levels=None):
     """One line per worker class and number of clients, both transports."""
     found = {(r["class"], r["transport"], r["clients"]): r for r in rows}
     levels = levels or sorted({r["clients"] for r in rows})
-    lines = ["| clients | worker | SSE served | SSE p99 (ms) | RSS KB / conn | virtual MB / conn "
-             "| CPU / broadcast (s) | long-poll served | long-poll p99 (ms) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| clients | worker | SSE served | SSE p99 (ms) | RSS KB / conn | virtual MB / conn "
+        "| CPU / broadcast (s) | long-poll served | long-poll p99 (ms) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for clients in levels:
         for cls in CLASSES:
             sse, poll = found.get((cls, "sse", clients)), found.get((cls, "longpoll", clients))
@@ -458,22 +537,31 @@ def summary_table(rows, levels=None):
                 continue
             lines.append(
                 f"| {clients:,} | {cls} "
-                + (f"| {sse['served']:,} | {fmt(sse['p99_ms'], ',.0f')} "
-                   f"| {per_conn(sse, 'kb_per_conn', '.0f')} "
-                   f"| {per_conn(sse, 'vm_mb_per_conn', '.2f')} "
-                   f"| {sse['cpu_per_broadcast_s']:.2f} " if sse else "| | | | | ")
-                + (f"| {poll['served']:,} | {fmt(poll['p99_ms'], ',.0f')} |" if poll else "| | |"))
+                + (
+                    f"| {sse['served']:,} | {fmt(sse['p99_ms'], ',.0f')} "
+                    f"| {per_conn(sse, 'kb_per_conn', '.0f')} "
+                    f"| {per_conn(sse, 'vm_mb_per_conn', '.2f')} "
+                    f"| {sse['cpu_per_broadcast_s']:.2f} "
+                    if sse
+                    else "| | | | | "
+                )
+                + (f"| {poll['served']:,} | {fmt(poll['p99_ms'], ',.0f')} |" if poll else "| | |")
+            )
     return "\n".join(lines)
 
 
 def login_table(rows):
-    lines = ["| clients logging in | password hashing | logins per second "
-             "| /whoami p50 (ms) | /whoami p99 (ms) | /whoami max (ms) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| clients logging in | password hashing | logins per second "
+        "| /whoami p50 (ms) | /whoami p99 (ms) | /whoami max (ms) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in sorted(rows, key=lambda r: (r["login_clients"], not r["offload"])):
         where = "thread pool (`CPU_OFFLOAD=1`)" if r["offload"] else "hub (`CPU_OFFLOAD=0`)"
-        lines.append(f"| {r['login_clients']} | {where} | {r['logins_per_s']:.0f} "
-                     f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.0f} |")
+        lines.append(
+            f"| {r['login_clients']} | {where} | {r['logins_per_s']:.0f} "
+            f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -492,27 +580,53 @@ def chart(data, path):
     # the others wait in the kernel's backlog, not in the workers).
     panels = [
         (axes[0][0], "served", "clients served (got every broadcast)", lambda r: True),
-        (axes[0][1], "p99_ms", "delivery latency p99 (ms), where most were served",
-         lambda r: r["served"] >= r["clients"] / 2),
-        (axes[1][0], "kb_per_conn", "memory per connection (KB): worker RSS",
-         lambda r: r["class"] != "sync"),
+        (
+            axes[0][1],
+            "p99_ms",
+            "delivery latency p99 (ms), where most were served",
+            lambda r: r["served"] >= r["clients"] / 2,
+        ),
+        (
+            axes[1][0],
+            "kb_per_conn",
+            "memory per connection (KB): worker RSS",
+            lambda r: r["class"] != "sync",
+        ),
     ]
     offered = sorted({r["clients"] for r in rows})
 
     def plot(ax, key, keep, label, style, marker, colour, scale=1.0, kinds=TRANSPORTS, cls=None):
         for kind in kinds:
-            points = [(r["clients"], r[key] * scale) for r in rows
-                      if r["class"] == cls and r["transport"] == kind and keep(r)
-                      and r.get(key) is not None and r[key] > 0]
+            points = [
+                (r["clients"], r[key] * scale)
+                for r in rows
+                if r["class"] == cls
+                and r["transport"] == kind
+                and keep(r)
+                and r.get(key) is not None
+                and r[key] > 0
+            ]
             if points:
-                ax.plot(*zip(*points, strict=False), style[kind], marker=marker[kind], color=colour,
-                        label=label(kind))
+                ax.plot(
+                    *zip(*points, strict=False),
+                    style[kind],
+                    marker=marker[kind],
+                    color=colour,
+                    label=label(kind),
+                )
 
     for ax, key, title, keep in panels:
         for cls in CLASSES:
-            plot(ax, key, keep, lambda kind, cls=cls: f"{cls}, "
-                 + ("SSE" if kind == "sse" else "long-poll"),
-                 styles, markers, COLOURS[cls], cls=cls)
+            plot(
+                ax,
+                key,
+                keep,
+                lambda kind, cls=cls: f"{cls}, " + ("SSE" if kind == "sse" else "long-poll"),
+                styles,
+                markers,
+                COLOURS[cls],
+                cls=cls,
+            )
         if key == "served":
             ax.plot(offered, offered, ":", color="grey", label="all of them")
         ax.set_xscale("log")
@@ -522,24 +636,46 @@ def chart(data, path):
         ax.grid(True, which="both", alpha=0.3)
     # What a thread costs beyond its RSS: its stack's address space, its kernel stack.
     ax = axes[1][0]
-    plot(ax, "vm_mb_per_conn", lambda r: True, lambda kind: "gthread SSE: virtual (stack)",
-         {"sse": ":"}, {"sse": "^"}, COLOURS["gthread"], scale=1024, kinds=("sse",),
-         cls="gthread")
-    plot(ax, "kernel_stack_kb_per_conn", lambda r: True,
-         lambda kind: "gthread SSE: kernel stack", {"sse": "-."}, {"sse": "v"},
-         COLOURS["gthread"], kinds=("sse",), cls="gthread")
-    ax.set_title("memory per connection (KB): worker RSS; for gthread also\n"
-                 "its stack's address space and its kernel stack (not in RSS)", fontsize=10)
+    plot(
+        ax,
+        "vm_mb_per_conn",
+        lambda r: True,
+        lambda kind: "gthread SSE: virtual (stack)",
+        {"sse": ":"},
+        {"sse": "^"},
+        COLOURS["gthread"],
+        scale=1024,
+        kinds=("sse",),
+        cls="gthread",
+    )
+    plot(
+        ax,
+        "kernel_stack_kb_per_conn",
+        lambda r: True,
+        lambda kind: "gthread SSE: kernel stack",
+        {"sse": "-."},
+        {"sse": "v"},
+        COLOURS["gthread"],
+        kinds=("sse",),
+        cls="gthread",
+    )
+    ax.set_title(
+        "memory per connection (KB): worker RSS; for gthread also\n"
+        "its stack's address space and its kernel stack (not in RSS)",
+        fontsize=10,
+    )
     ax.legend(fontsize=7)
     axes[0][0].legend(fontsize=8)
     ax = axes[1][1]
     login = data.get("login") or []
     if login:
         groups = sorted({r["login_clients"] for r in login})
-        bars = [(True, "p50_ms", "thread pool, p50", "#9ecae1"),
-                (True, "p99_ms", "thread pool, p99", "tab:blue"),
-                (False, "p50_ms", "on the hub, p50", "#fcae91"),
-                (False, "p99_ms", "on the hub, p99", "tab:red")]
+        bars = [
+            (True, "p50_ms", "thread pool, p50", "#9ecae1"),
+            (True, "p99_ms", "thread pool, p99", "tab:blue"),
+            (False, "p50_ms", "on the hub, p50", "#fcae91"),
+            (False, "p99_ms", "on the hub, p99", "tab:red"),
+        ]
         width = 0.2
         for b, (offload, key, label, colour) in enumerate(bars):
             xs, ys = [], []
@@ -552,13 +688,16 @@ def chart(data, path):
             for x, y in zip(xs, ys, strict=False):
                 ax.text(x, y, f"{y:.0f}", ha="center", va="bottom", fontsize=7)
         ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels(["nobody logging in" if n == 0 else f"{n} clients logging in"
-                            for n in groups])
+        ax.set_xticklabels(
+            ["nobody logging in" if n == 0 else f"{n} clients logging in" for n in groups]
+        )
         ax.set_ylabel("/whoami latency (ms)")
         ax.set_title("gevent: others' latency while passwords are hashed (Argon2id)")
         ax.legend(fontsize=8)
-    fig.suptitle(f"The same app on {data['workers']} gunicorn workers: sync, gthread "
-                 "(a thread per connection), gevent (a greenlet per connection)")
+    fig.suptitle(
+        f"The same app on {data['workers']} gunicorn workers: sync, gthread "
+        "(a thread per connection), gevent (a greenlet per connection)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -568,55 +707,62 @@ def write_report(data):
     rows = data["connections"]
     sse_rows = [r for r in rows if r["transport"] == "sse"]
     lp_rows = [r for r in rows if r["transport"] == "longpoll"]
-    parts = [f"""# Threads vs events, measured
+    parts = [
+        f"""# Threads vs events, measured
 
-Measured {data['date']} on {data['machine']}, with the load generator (2
+Measured {data["date"]} on {data["machine"]}, with the load generator (2
 processes, gevent, raw sockets) on the same machine, a shared VM: compare
 rows of one run. Command:
 
-    {data['command']}
+    {data["command"]}
 
-The same app, {data['workers']} worker processes for every class, the shipped
+The same app, {data["workers"]} worker processes for every class, the shipped
 gunicorn.conf.py with TIMEOUT={TIMEOUT} s and LONGPOLL_TIMEOUT_SECONDS={LONGPOLL_TIMEOUT} s
-(the deployed values). A fresh server per row. Clients get {data['connect_window']:g} s to be
-answered; then {data['broadcasts']} messages are published {SPACING:g} s apart.
+(the deployed values). A fresh server per row. Clients get {data["connect_window"]:g} s to be
+answered; then {data["broadcasts"]} messages are published {SPACING:g} s apart.
 sync runs with THREADS=1; gthread with THREADS = the number of clients (a
 thread per connection: each worker starts one per concurrent request), capped
-at {data['max_threads']:,}; gevent with WORKER_CONNECTIONS=10,000 per worker. (A
+at {data["max_threads"]:,}; gevent with WORKER_CONNECTIONS=10,000 per worker. (A
 fixed pool, `--max-threads 100`, would cap each gthread worker at 100 streams
 and queue the rest, as sync does at 1; a thread per connection measures what
 threads cost instead.)
 
 ![chart](threads-vs-events.png)
-"""]
+"""
+    ]
     if sse_rows and lp_rows:
         parts.append("## Summary\n\n" + summary_table(rows) + "\n")
     if sse_rows:
-        parts.append("## SSE (`GET /sub/bench`, `Accept: text/event-stream`)\n\n"
-                     + connections_table(rows, "sse") + "\n")
+        parts.append(
+            "## SSE (`GET /sub/bench`, `Accept: text/event-stream`)\n\n"
+            + connections_table(rows, "sse")
+            + "\n"
+        )
     if lp_rows:
-        parts.append("## Long-poll (`GET /sub/bench?cursor=...`, re-polled after every answer)"
-                     "\n\n" + connections_table(rows, "longpoll") + "\n")
+        parts.append(
+            "## Long-poll (`GET /sub/bench?cursor=...`, re-polled after every answer)"
+            "\n\n" + connections_table(rows, "longpoll") + "\n"
+        )
     if data.get("login"):
         parts.append(f"""## CPU-bound work on the event loop
 
-gevent, {data['workers']} workers, one server per placement of the hashing: a prober
+gevent, {data["workers"]} workers, one server per placement of the hashing: a prober
 requests `/whoami` every 20 ms over one keep-alive connection (so always from
-the same worker) for {data['login_seconds']:g} s while N clients log in back to back
+the same worker) for {data["login_seconds"]:g} s while N clients log in back to back
 (`POST /auth/login`, each an Argon2id verification of about 20 ms of CPU, on
-whichever worker the kernel hands the connection to); N = 0 for {data['login_seconds'] / 2:g} s.
+whichever worker the kernel hands the connection to); N = 0 for {data["login_seconds"] / 2:g} s.
 
-{login_table(data['login'])}
+{login_table(data["login"])}
 """)
     parts.append(f"""## Columns
 
 - *answered in window*: SSE streams whose first bytes (`retry:`) arrived, or
-  long-poll clients whose first poll was answered, within {data['connect_window']:g} s. The
+  long-poll clients whose first poll was answered, within {data["connect_window"]:g} s. The
   others keep waiting in the listen backlog; they may be taken later.
 - *connect all*: from the first connect to the last client's first answer,
   when all were answered in the window.
-- *served*: clients that received all {data['broadcasts']} broadcasts before the drain ended
-  (everyone had everything, nothing had moved for 3 s, or {data['drain']:g} s after the
+- *served*: clients that received all {data["broadcasts"]} broadcasts before the drain ended
+  (everyone had everything, nothing had moved for 3 s, or {data["drain"]:g} s after the
   last publish). *Delivery p50/p99*: publish to receipt, over every delivered
   (client, broadcast) pair; a long-poll client gets a message on its next poll.
 - *worker RSS*: resident memory of all workers with the clients connected;
@@ -648,18 +794,27 @@ def main():
     parser.add_argument("--classes", nargs="+", choices=CLASSES, default=list(CLASSES))
     parser.add_argument("--transports", nargs="+", choices=TRANSPORTS, default=list(TRANSPORTS))
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--max-threads", type=int, default=10000,
-                        help="gthread: cap on THREADS per worker")
+    parser.add_argument(
+        "--max-threads", type=int, default=10000, help="gthread: cap on THREADS per worker"
+    )
     parser.add_argument("--connect-window", type=float, default=15)
     parser.add_argument("--broadcasts", type=int, default=3)
-    parser.add_argument("--drain", type=float, default=15,
-                        help="seconds after the last publish to wait for deliveries")
+    parser.add_argument(
+        "--drain",
+        type=float,
+        default=15,
+        help="seconds after the last publish to wait for deliveries",
+    )
     parser.add_argument("--login-clients", type=int, nargs="+", default=[2, 8])
     parser.add_argument("--login-seconds", type=float, default=20)
-    parser.add_argument("--parts", nargs="+", choices=("connections", "login"),
-                        default=["connections", "login"])
-    parser.add_argument("--replot", action="store_true",
-                        help="only redraw the report and chart from docs/threads-vs-events.json")
+    parser.add_argument(
+        "--parts", nargs="+", choices=("connections", "login"), default=["connections", "login"]
+    )
+    parser.add_argument(
+        "--replot",
+        action="store_true",
+        help="only redraw the report and chart from docs/threads-vs-events.json",
+    )
     args = parser.parse_args()
 
     if args.replot:
@@ -668,17 +823,26 @@ def main():
         from bench.common import machine, redis_server
 
         command = ".venv/bin/python bench/threads_vs_events.py " + " ".join(sys.argv[1:])
-        data = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
-                "command": command.strip(), "workers": args.workers,
-                "connect_window": args.connect_window, "broadcasts": args.broadcasts,
-                "drain": args.drain, "max_threads": args.max_threads,
-                "login_seconds": args.login_seconds, "connections": [], "login": []}
+        data = {
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": machine(),
+            "command": command.strip(),
+            "workers": args.workers,
+            "connect_window": args.connect_window,
+            "broadcasts": args.broadcasts,
+            "drain": args.drain,
+            "max_threads": args.max_threads,
+            "login_seconds": args.login_seconds,
+            "connections": [],
+            "login": [],
+        }
         with redis_server() as rs:
             for kind in args.transports if "connections" in args.parts else ():
                 for worker_class in args.classes:
                     for clients in args.clients:
-                        data["connections"].append(run_level(rs.url, worker_class, kind,
-                                                             clients, args))
+                        data["connections"].append(
+                            run_level(rs.url, worker_class, kind, clients, args)
+                        )
             if "login" in args.parts:
                 data["login"] = cpu_bound(rs.url, args)
         RAW.write_text(json.dumps(data, indent=1) + "\n")

@@ -53,6 +53,7 @@ def channel_name(k):
 # Each yields (REDIS_URL for gunicorn and the publisher, [URLs of the nodes whose
 # INFO cpu adds up to "Redis CPU"]). A 3-master cluster is one more entry.
 
+
 @contextlib.contextmanager
 def single_redis():
     from bench.common import redis_server
@@ -78,6 +79,7 @@ def redis_cpu(nodes):
 
 # -- latency histogram: log buckets, 1 % wide, cheap to merge across processes -------
 
+
 def bucket(ms):
     return int(math.log1p(max(ms, 0.0)) * 100)
 
@@ -96,6 +98,7 @@ def percentile(histogram, q):
 
 
 # -- the publisher (its own process, no gevent) -------------------------------------
+
 
 def publisher(conn, redis_url, prefix, channels):
     """Runs steps asked for on `conn`: (step, rate, seconds) -> publish_step()'s dict."""
@@ -152,6 +155,7 @@ def publish_step(send, step, rate, seconds, seq, channels):
 
 # -- the load generator (its own processes, gevent, raw sockets) ----------------------
 
+
 class Tally:
     """What one generator's subscribers received: per step, the deliveries and
     their latency histogram; per 10 ms of arrival time, the deliveries."""
@@ -184,10 +188,12 @@ class Tally:
 
     def step(self, step, start, end):
         first, last = int(start * 100), int(end * 100)
-        return {"received": self.received[step],
-                "latency": dict(self.latency.get(step, {})),
-                "in_window": sum(n for t, n in self.arrivals.items() if first <= t < last),
-                "open": self.open}
+        return {
+            "received": self.received[step],
+            "latency": dict(self.latency.get(step, {})),
+            "in_window": sum(n for t, n in self.arrivals.items() if first <= t < last),
+            "open": self.open,
+        }
 
 
 def generator(conn, port, channels):
@@ -210,8 +216,10 @@ def generator(conn, port, channels):
         sock = socket.socket()
         sock.settimeout(60)
         sock.connect(("127.0.0.1", port))
-        sock.sendall(f"GET /sub/{channel_name(k)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     "Accept: text/event-stream\r\n\r\n".encode())
+        sock.sendall(
+            f"GET /sub/{channel_name(k)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
         buf = b""
         while b"retry:" not in buf:  # the stream's first bytes: subscribed
             chunk = sock.recv(65536)
@@ -248,14 +256,24 @@ def generator(conn, port, channels):
         gevent.sleep(0.01)
     # Pipe reads block: wait in a thread so the subscribers' greenlets run on.
     pool = gevent.get_hub().threadpool
-    pool.apply(conn.send, ({"held": dict(held), "failures": failures[:5],
-                            "failed": len(failures), "connect_s": time.time() - started},))
+    pool.apply(
+        conn.send,
+        (
+            {
+                "held": dict(held),
+                "failures": failures[:5],
+                "failed": len(failures),
+                "connect_s": time.time() - started,
+            },
+        ),
+    )
     while (command := pool.apply(conn.recv)) is not None:
         _, step, start, end = command
         pool.apply(conn.send, (tally.step(step, start, end),))
 
 
 # -- the coordinator ----------------------------------------------------------------
+
 
 def start_generators(ctx, port, channels, per_channel):
     """GENERATORS processes sharing the channels x per_channel connections;
@@ -264,8 +282,7 @@ def start_generators(ctx, port, channels, per_channel):
     pipes, procs = [], []
     for g in range(GENERATORS):
         ours, theirs = ctx.Pipe()
-        proc = ctx.Process(target=generator, args=(theirs, port, plan[g::GENERATORS]),
-                           daemon=True)
+        proc = ctx.Process(target=generator, args=(theirs, port, plan[g::GENERATORS]), daemon=True)
         proc.start()
         pipes.append(ours)
         procs.append(proc)
@@ -274,10 +291,14 @@ def start_generators(ctx, port, channels, per_channel):
         hello = pipe.recv()
         held.update({int(k): n for k, n in hello["held"].items()})
         if hello["failed"]:
-            print(f"generator: {hello['failed']} connections failed, e.g. {hello['failures']}",
-                  file=sys.stderr)
-        print(f"generator: {sum(hello['held'].values())} subscribers in "
-              f"{hello['connect_s']:.1f} s", flush=True)
+            print(
+                f"generator: {hello['failed']} connections failed, e.g. {hello['failures']}",
+                file=sys.stderr,
+            )
+        print(
+            f"generator: {sum(hello['held'].values())} subscribers in {hello['connect_s']:.1f} s",
+            flush=True,
+        )
     return pipes, procs, held
 
 
@@ -300,9 +321,12 @@ def cpu_now(pids, redis_nodes):
     """CPU seconds used so far, per kind of process."""
     from bench.common import cpu_seconds
 
-    return {"workers": cpu_seconds(pids["workers"]), "redis": redis_cpu(redis_nodes),
-            "publisher": cpu_seconds(pids["publisher"]),
-            "generators": cpu_seconds(pids["generators"])}
+    return {
+        "workers": cpu_seconds(pids["workers"]),
+        "redis": redis_cpu(redis_nodes),
+        "publisher": cpu_seconds(pids["publisher"]),
+        "generators": cpu_seconds(pids["generators"]),
+    }
 
 
 def run_step(step, rate, seconds, publisher_pipe, generator_pipes, pids, redis_nodes, held):
@@ -325,15 +349,21 @@ def run_step(step, rate, seconds, publisher_pipe, generator_pipes, pids, redis_n
     received = sum(g["received"] for g in got)
     worker_cpu = after["workers"] - before["workers"]  # over the step and its drain
     return {
-        "offered": rate, "elapsed_s": round(elapsed, 2), "published": done["published"],
+        "offered": rate,
+        "elapsed_s": round(elapsed, 2),
+        "published": done["published"],
         "published_per_s": done["published"] / elapsed,
         "deliveries_per_s": sum(g["in_window"] for g in got) / elapsed,
-        "p50_ms": percentile(histogram, 0.50), "p99_ms": percentile(histogram, 0.99),
-        "expected": expected, "received": received, "lost": expected - received,
+        "p50_ms": percentile(histogram, 0.50),
+        "p99_ms": percentile(histogram, 0.99),
+        "expected": expected,
+        "received": received,
+        "lost": expected - received,
         "subscribers_open": sum(g["open"] for g in got),
         "worker_cpu_s_per_1k_deliveries": worker_cpu / max(received, 1) * 1000,
         "redis_cpu_s_per_1k_messages": (after["redis"] - before["redis"])
-        / max(done["published"], 1) * 1000,
+        / max(done["published"], 1)
+        * 1000,
         # cores each kind kept busy while publishing: where the machine went
         "busy_cores": {kind: (during[kind] - before[kind]) / elapsed for kind in before},
     }
@@ -346,26 +376,38 @@ def measure(args):
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: gevent patches cleanly
     rates = [int(r) for r in args.rates.split(",")]
     rows = []
-    with REDIS[args.redis]() as (redis_url, redis_nodes), \
-            gunicorn_server(redis_url, workers=args.workers) as (url, master, env):
+    with (
+        REDIS[args.redis]() as (redis_url, redis_nodes),
+        gunicorn_server(redis_url, workers=args.workers) as (url, master, env),
+    ):
         prefix = load_settings(env)["REDIS_PREFIX"]
         workers = wait_for_workers(master, args.workers, worker_pids)
         pipes, generators, held = start_generators(
-            ctx, int(url.rsplit(":", 1)[1]), args.channels, args.per_channel)
+            ctx, int(url.rsplit(":", 1)[1]), args.channels, args.per_channel
+        )
         wait_for_listeners(redis_url, prefix, args.channels)
         ours, theirs = ctx.Pipe()
-        pub = ctx.Process(target=publisher, args=(theirs, redis_url, prefix, args.channels),
-                          daemon=True)
+        pub = ctx.Process(
+            target=publisher, args=(theirs, redis_url, prefix, args.channels), daemon=True
+        )
         pub.start()
         ours.recv()  # "ready"
-        pids = {"workers": workers, "publisher": [pub.pid],
-                "generators": [p.pid for p in generators]}
+        pids = {
+            "workers": workers,
+            "publisher": [pub.pid],
+            "generators": [p.pid for p in generators],
+        }
         try:
             for step, rate in enumerate(rates):
                 row = run_step(step, rate, args.seconds, ours, pipes, pids, redis_nodes, held)
-                row.update(redis=args.redis, seconds=args.seconds, workers=args.workers,
-                           channels=args.channels,
-                           per_channel=args.per_channel, subscribers=sum(held.values()))
+                row.update(
+                    redis=args.redis,
+                    seconds=args.seconds,
+                    workers=args.workers,
+                    channels=args.channels,
+                    per_channel=args.per_channel,
+                    subscribers=sum(held.values()),
+                )
                 rows.append(row)
                 print(table([row], header=not step), flush=True)
         finally:
@@ -391,11 +433,18 @@ def wait_for_workers(master, count, worker_pids):
 
 # -- the report -------------------------------------------------------------------
 
+
 def table(rows, header=True):
-    lines = ["| Redis | offered msg/s | published msg/s | deliveries/s | latency p50 (ms) "
-             "| latency p99 (ms) | missing | worker CPU s / 1k deliveries "
-             "| Redis CPU s / 1k messages | cores busy: workers / Redis / publisher / load gen |",
-             "|" + "---|" * 10] if header else []
+    lines = (
+        [
+            "| Redis | offered msg/s | published msg/s | deliveries/s | latency p50 (ms) "
+            "| latency p99 (ms) | missing | worker CPU s / 1k deliveries "
+            "| Redis CPU s / 1k messages | cores busy: workers / Redis / publisher / load gen |",
+            "|" + "---|" * 10,
+        ]
+        if header
+        else []
+    )
     for r in rows:
         busy = r["busy_cores"]
         lines.append(
@@ -404,7 +453,8 @@ def table(rows, header=True):
             f"| {r['lost']:,} | {r['worker_cpu_s_per_1k_deliveries']:.3f} "
             f"| {r['redis_cpu_s_per_1k_messages']:.3f} "
             f"| {busy['workers']:.2f} / {busy['redis']:.2f} / {busy['publisher']:.2f} "
-            f"/ {busy['generators']:.2f} |")
+            f"/ {busy['generators']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -416,81 +466,100 @@ def keeps_up(r):
     """Published the offered rate, delivered it to every subscriber during the
     step, and lost nothing."""
     wanted = r["published_per_s"] * r["subscribers"] / r["channels"]
-    return (r["published_per_s"] >= KEEPS_UP * r["offered"]
-            and r["deliveries_per_s"] >= KEEPS_UP * wanted and r["lost"] == 0)
+    return (
+        r["published_per_s"] >= KEEPS_UP * r["offered"]
+        and r["deliveries_per_s"] >= KEEPS_UP * wanted
+        and r["lost"] == 0
+    )
 
 
 def bottleneck(r):
     """(kind, cores busy, its ceiling) of the kind of process nearest its own
     ceiling: a gevent worker, Redis and the publisher use one core each at
     most, and every process shares the machine's cores."""
-    ceilings = {"workers": r["workers"], "redis": 1, "publisher": 1,
-                "generators": GENERATORS}
+    ceilings = {"workers": r["workers"], "redis": 1, "publisher": 1, "generators": GENERATORS}
     ceilings = {kind: min(n, os.cpu_count()) for kind, n in ceilings.items()}
     busy = r["busy_cores"]
     kind = max(busy, key=lambda k: busy[k] / ceilings[k])
     return kind, busy[kind], ceilings[kind]
 
 
-NAMES = {"workers": "the gunicorn workers", "redis": "Redis", "publisher": "the publisher",
-         "generators": "the load generator"}
+NAMES = {
+    "workers": "the gunicorn workers",
+    "redis": "Redis",
+    "publisher": "the publisher",
+    "generators": "the load generator",
+}
 
 
 def reading(rows):
     """A few plain sentences drawn from the numbers (check them against the table)."""
     bad = [r for r in rows if not keeps_up(r)]
-    good = rows[:rows.index(bad[0])] if bad else rows
+    good = rows[: rows.index(bad[0])] if bad else rows
     lines = []
     if good:
         r = good[-1]
-        lines.append(f"- Kept up to {r['offered']:,} msg/s offered"
-                     f"{'' if bad else ' (the highest rate asked for: no saturation yet)'}: "
-                     f"{r['deliveries_per_s']:,.0f} deliveries/s, p99 {ms(r['p99_ms'])} ms, "
-                     "nothing lost.")
+        lines.append(
+            f"- Kept up to {r['offered']:,} msg/s offered"
+            f"{'' if bad else ' (the highest rate asked for: no saturation yet)'}: "
+            f"{r['deliveries_per_s']:,.0f} deliveries/s, p99 {ms(r['p99_ms'])} ms, "
+            "nothing lost."
+        )
     else:
         lines.append("- It did not keep up at any offered rate.")
     r = bad[0] if bad else rows[-1]
     if bad:
         wanted = r["published_per_s"] * r["subscribers"] / r["channels"]
-        lines.append(f"- At {r['offered']:,} msg/s it falls behind: published "
-                     f"{r['published_per_s']:,.0f} msg/s, delivered {r['deliveries_per_s']:,.0f} "
-                     f"of {wanted:,.0f} deliveries/s during the step, p99 {ms(r['p99_ms'])} ms, "
-                     f"{r['lost']:,} deliveries missing {DRAIN:.0f} s after the step, with "
-                     f"{r['subscribers_open']:,} of {r['subscribers']:,} subscribers still "
-                     "connected (late, not dropped, when all are).")
+        lines.append(
+            f"- At {r['offered']:,} msg/s it falls behind: published "
+            f"{r['published_per_s']:,.0f} msg/s, delivered {r['deliveries_per_s']:,.0f} "
+            f"of {wanted:,.0f} deliveries/s during the step, p99 {ms(r['p99_ms'])} ms, "
+            f"{r['lost']:,} deliveries missing {DRAIN:.0f} s after the step, with "
+            f"{r['subscribers_open']:,} of {r['subscribers']:,} subscribers still "
+            "connected (late, not dropped, when all are)."
+        )
     kind, busy, ceiling = bottleneck(r)
     total, cores = sum(r["busy_cores"].values()), os.cpu_count()
-    lines.append(f"- At {r['offered']:,} msg/s the nearest to its ceiling was {NAMES[kind]}: "
-                 f"{busy:.2f} of {ceiling} core{'s' if ceiling > 1 else ''} "
-                 f"({busy / ceiling:.0%}); all processes together kept {total:.1f} of the "
-                 f"machine's {cores} cores busy"
-                 + (": the machine is full, and the server, Redis, the publisher and the load "
-                    "generator compete for the same cores." if total >= 0.9 * cores else "."))
+    lines.append(
+        f"- At {r['offered']:,} msg/s the nearest to its ceiling was {NAMES[kind]}: "
+        f"{busy:.2f} of {ceiling} core{'s' if ceiling > 1 else ''} "
+        f"({busy / ceiling:.0%}); all processes together kept {total:.1f} of the "
+        f"machine's {cores} cores busy"
+        + (
+            ": the machine is full, and the server, Redis, the publisher and the load "
+            "generator compete for the same cores."
+            if total >= 0.9 * cores
+            else "."
+        )
+    )
     first, last = rows[0], rows[-1]
-    lines.append(f"- Worker CPU per 1,000 deliveries went from "
-                 f"{first['worker_cpu_s_per_1k_deliveries']:.3f} s to "
-                 f"{last['worker_cpu_s_per_1k_deliveries']:.3f} s, Redis CPU per 1,000 messages "
-                 f"from {first['redis_cpu_s_per_1k_messages']:.3f} s to "
-                 f"{last['redis_cpu_s_per_1k_messages']:.3f} s, from the lowest rate to the "
-                 "highest.")
+    lines.append(
+        f"- Worker CPU per 1,000 deliveries went from "
+        f"{first['worker_cpu_s_per_1k_deliveries']:.3f} s to "
+        f"{last['worker_cpu_s_per_1k_deliveries']:.3f} s, Redis CPU per 1,000 messages "
+        f"from {first['redis_cpu_s_per_1k_messages']:.3f} s to "
+        f"{last['redis_cpu_s_per_1k_messages']:.3f} s, from the lowest rate to the "
+        "highest."
+    )
     return "\n".join(lines)
 
 
 def wrapped(bullets):
     """Markdown bullets wrapped like the rest of the docs."""
-    return "\n".join(textwrap.fill(line, 80, subsequent_indent="  ")
-                     for line in bullets.splitlines())
+    return "\n".join(
+        textwrap.fill(line, 80, subsequent_indent="  ") for line in bullets.splitlines()
+    )
 
 
 def write_report(path, rows, command, machine):
     r = rows[0]
-    Path(path).write_text(f"""# Publish-to-delivery throughput on {r['workers']} gevent workers
+    Path(path).write_text(f"""# Publish-to-delivery throughput on {r["workers"]} gevent workers
 
-How many messages per second {r['workers']} gunicorn gevent workers and one Redis carry
-from publish to SSE subscriber: {r['channels']:,} channels with {r['per_channel']} subscribers
-each ({r['subscribers']:,} connections, opened before publishing), messages published straight
-into Redis round-robin over the channels at each offered rate for {r['seconds']:.0f} s.
-Measured {time.strftime('%Y-%m-%d')} on {machine}, with the load generator (2
+How many messages per second {r["workers"]} gunicorn gevent workers and one Redis carry
+from publish to SSE subscriber: {r["channels"]:,} channels with {r["per_channel"]} subscribers
+each ({r["subscribers"]:,} connections, opened before publishing), messages published straight
+into Redis round-robin over the channels at each offered rate for {r["seconds"]:.0f} s.
+Measured {time.strftime("%Y-%m-%d")} on {machine}, with the load generator (2
 processes, gevent, raw sockets) and the publisher on the same machine. Command:
 
     .venv/bin/python {command}
@@ -525,8 +594,9 @@ def options():
     parser.add_argument("--redis", choices=sorted(REDIS), default="single")
     parser.add_argument("--report", help="default: docs/bench-throughput.md (none with --quick)")
     parser.add_argument("--json", help="default: docs/bench-throughput.json (none with --quick)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 500,1000 msg/s, 3 s each, 20 channels x 5")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 500,1000 msg/s, 3 s each, 20 channels x 5"
+    )
     args = parser.parse_args()
     for name, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, name) is None:

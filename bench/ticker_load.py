@@ -33,19 +33,23 @@ def hammer(url, seconds, clients):
         session = requests.Session()
         while not stop.is_set():
             began = time.perf_counter()
-            response = session.get(url + "/ticker/quote", timeout=30,
-                                   params={"symbol": SYMBOLS[i % len(SYMBOLS)]})
-            samples.append((time.perf_counter() - began, response.status_code,
-                            response.json().get("callIn")))
+            response = session.get(
+                url + "/ticker/quote", timeout=30, params={"symbol": SYMBOLS[i % len(SYMBOLS)]}
+            )
+            samples.append(
+                (time.perf_counter() - began, response.status_code, response.json().get("callIn"))
+            )
 
     threads = [threading.Thread(target=poll, args=(i,)) for i in range(clients)]
     run_for(seconds, threads, stop)
     latencies = sorted(s[0] * 1000 for s in samples)
     call_ins = [s[2] for s in samples if s[2] is not None]
     return {
-        "requests": len(samples), "rps": len(samples) / seconds,
+        "requests": len(samples),
+        "rps": len(samples) / seconds,
         "ok": sum(1 for s in samples if s[1] == 200),
-        "p50": latencies[len(latencies) // 2], "p99": latencies[int(len(latencies) * 0.99)],
+        "p50": latencies[len(latencies) // 2],
+        "p99": latencies[int(len(latencies) * 0.99)],
         "callIn": (min(call_ins), statistics.median(call_ins), max(call_ins)),
     }
 
@@ -78,29 +82,37 @@ def main():
         provider = ThreadingHTTPServer(("127.0.0.1", 0), Provider)
         threading.Thread(target=provider.serve_forever, daemon=True).start()
         upstream = f"http://127.0.0.1:{provider.server_address[1]}/q?s={{symbol}}"
-        with gunicorn_server(rs.url, REDIS_PREFIX="up:", TICKER_UPSTREAM_URL=upstream,
-                             TICKER_UPSTREAM_INTERVAL=5) as (url, _, _env):
-            rows.append(("upstream provider, 5 s interval", hammer(url, args.seconds,
-                                                                    args.clients)))
+        with gunicorn_server(
+            rs.url, REDIS_PREFIX="up:", TICKER_UPSTREAM_URL=upstream, TICKER_UPSTREAM_INTERVAL=5
+        ) as (url, _, _env):
+            rows.append(
+                ("upstream provider, 5 s interval", hammer(url, args.seconds, args.clients))
+            )
         provider.shutdown()
 
-    lines = ["| source | requests/s | ok | latency p50 / p99 (ms) | callIn min / median / max (ms) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| source | requests/s | ok | latency p50 / p99 (ms) | callIn min / median / max (ms) |",
+        "|---|---|---|---|---|",
+    ]
     for name, r in rows:
         lo, mid, hi = r["callIn"]
-        lines.append(f"| {name} | {r['rps']:.0f} | {r['ok']}/{r['requests']} "
-                     f"| {r['p50']:.1f} / {r['p99']:.1f} | {lo} / {mid:.0f} / {hi} |")
+        lines.append(
+            f"| {name} | {r['rps']:.0f} | {r['ok']}/{r['requests']} "
+            f"| {r['p50']:.1f} / {r['p99']:.1f} | {lo} / {mid:.0f} / {hi} |"
+        )
     table = "\n".join(lines)
     ceiling = args.seconds / 5 + 1
-    note = (f"Provider calls: {Provider.calls} for {rows[1][1]['requests']} quote requests on "
-            f"{len(SYMBOLS)} symbols in {args.seconds:g} s (at most {len(SYMBOLS)} x "
-            f"{ceiling:.0f} = {len(SYMBOLS) * ceiling:.0f} allowed by the 5 s interval).")
+    note = (
+        f"Provider calls: {Provider.calls} for {rows[1][1]['requests']} quote requests on "
+        f"{len(SYMBOLS)} symbols in {args.seconds:g} s (at most {len(SYMBOLS)} x "
+        f"{ceiling:.0f} = {len(SYMBOLS) * ceiling:.0f} allowed by the 5 s interval)."
+    )
     print(table)
     print(note)
     report = ROOT / "docs" / "bench-ticker.md"
     report.write_text(f"""# The ticker under load
 
-Measured {time.strftime('%Y-%m-%d')} on {machine()}; 2 gevent workers; {args.clients} client
+Measured {time.strftime("%Y-%m-%d")} on {machine()}; 2 gevent workers; {args.clients} client
 threads on the same machine polling back to back (ignoring callIn, as an overload
 would). Command:
 

@@ -60,8 +60,13 @@ def run(url, token, visitors, hz, seconds):
     batches, stop = [], threading.Event()
 
     def watch():
-        with requests.get(f"{url}/admin/track/stream", params={"access_token": token},
-                          headers={"Accept": "text/event-stream"}, stream=True, timeout=60) as r:
+        with requests.get(
+            f"{url}/admin/track/stream",
+            params={"access_token": token},
+            headers={"Accept": "text/event-stream"},
+            stream=True,
+            timeout=60,
+        ) as r:
             for event in parse_sse(r.iter_content(chunk_size=None)):
                 if stop.is_set():
                     return
@@ -73,9 +78,22 @@ def run(url, token, visitors, hz, seconds):
     time.sleep(1)
     probe = websocket.create_connection(ws_url, timeout=10)
     probe_id = json.loads(probe.recv())["id"]
-    procs = [subprocess.Popen([sys.executable, __file__, "--generator", ws_url,
-                               str(visitors // 2), str(hz), str(seconds)],
-                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--generator",
+                ws_url,
+                str(visitors // 2),
+                str(hz),
+                str(seconds),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     probes, began = [], time.time()
     while time.time() - began < seconds:
         mark = round(0.5 + len(probes) % 400 / 1000, 4)
@@ -91,17 +109,22 @@ def run(url, token, visitors, hz, seconds):
     ingested = sum(b["events"] for t, b in batches if began <= t <= began + seconds + 0.5)
     latencies = []
     for sent_at, mark in probes:
-        seen = [t for t, b in batches if b["positions"].get(probe_id) == [0.9999, mark]
-                and t >= sent_at]
+        seen = [
+            t for t, b in batches if b["positions"].get(probe_id) == [0.9999, mark] and t >= sent_at
+        ]
         if seen:
             latencies.append((seen[0] - sent_at) * 1000)
     latencies.sort()
-    return {"visitors": visitors, "offered": visitors * hz, "sent_per_s": sent / seconds,
-            "ingested_per_s": ingested / seconds,
-            "batches_per_s": len(batches) / (seconds + 2),
-            "latency_p50": statistics.median(latencies) if latencies else float("nan"),
-            "latency_p99": latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
-            "probes_seen": f"{len(latencies)}/{len(probes)}"}
+    return {
+        "visitors": visitors,
+        "offered": visitors * hz,
+        "sent_per_s": sent / seconds,
+        "ingested_per_s": ingested / seconds,
+        "batches_per_s": len(batches) / (seconds + 2),
+        "latency_p50": statistics.median(latencies) if latencies else float("nan"),
+        "latency_p99": latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
+        "probes_seen": f"{len(latencies)}/{len(probes)}",
+    }
 
 
 def main():
@@ -120,8 +143,9 @@ def main():
 
     rows = []
     with redis_server() as rs:
-        settings = load_settings({"SECRET_KEY": SECRET, "REDIS_URL": rs.url,
-                                  "INSTANCE_DIR": "/tmp"})
+        settings = load_settings(
+            {"SECRET_KEY": SECRET, "REDIS_URL": rs.url, "INSTANCE_DIR": "/tmp"}
+        )
         store = UserStore(redis.Redis.from_url(rs.url, decode_responses=True), "rt:")
         token = issue(store.create("bench-admin", "bench-admin-pw", admin=True), settings)[0]
         with gunicorn_server(rs.url, SECRET_KEY=SECRET) as (url, _, _env):
@@ -129,22 +153,26 @@ def main():
                 rows.append(run(url, token, visitors, args.hz, args.seconds))
                 print(json.dumps(rows[-1]), flush=True)
 
-    lines = ["| visitors | offered (events/s) | sent (events/s) | ingested (events/s) "
-             "| batches/s on the dashboard | dashboard latency p50 / p99 (ms) | probes seen |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| visitors | offered (events/s) | sent (events/s) | ingested (events/s) "
+        "| batches/s on the dashboard | dashboard latency p50 / p99 (ms) | probes seen |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['visitors']} | {r['offered']:,} | {r['sent_per_s']:,.0f} "
-                     f"| {r['ingested_per_s']:,.0f} | {r['batches_per_s']:.1f} "
-                     f"| {r['latency_p50']:.0f} / {r['latency_p99']:.0f} | {r['probes_seen']} |")
+        lines.append(
+            f"| {r['visitors']} | {r['offered']:,} | {r['sent_per_s']:,.0f} "
+            f"| {r['ingested_per_s']:,.0f} | {r['batches_per_s']:.1f} "
+            f"| {r['latency_p50']:.0f} / {r['latency_p99']:.0f} | {r['probes_seen']} |"
+        )
     table = "\n".join(lines)
     print(table)
     (ROOT / "docs" / "bench-track.md").write_text(f"""# Mouse tracking: ingest and dashboard latency
 
-Measured {time.strftime('%Y-%m-%d')} on {machine()}; 2 gevent workers; visitors
+Measured {time.strftime("%Y-%m-%d")} on {machine()}; 2 gevent workers; visitors
 from 2 load-generator processes on the same machine, {args.hz} positions a second
 each, for {args.seconds:g} s, with one admin dashboard (SSE) open. Command:
 
-    .venv/bin/python bench/track_ingest.py --visitors {' '.join(map(str, args.visitors))} --hz {args.hz} --seconds {args.seconds:g}
+    .venv/bin/python bench/track_ingest.py --visitors {" ".join(map(str, args.visitors))} --hz {args.hz} --seconds {args.seconds:g}
 
 {table}
 

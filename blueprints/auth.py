@@ -50,8 +50,9 @@ def spend_login_attempt(username):
     guesses cannot slip past, and a correct guess over the limit is refused too.
     Names that cannot be accounts are not counted: nothing to protect."""
     if isinstance(username, str) and USERNAME.match(username):
-        quotas.spend_on("LOGIN_ACCOUNT_RATE_LIMIT", "login attempts for this account",
-                        "account", username)
+        quotas.spend_on(
+            "LOGIN_ACCOUNT_RATE_LIMIT", "login attempts for this account", "account", username
+        )
 
 
 def _check_password(username, password):
@@ -113,8 +114,11 @@ def challenge():
         salt, iterations = user.secrets["scram_salt"], int(user.secrets["scram_iterations"])
     else:
         # A stable fake salt: asking twice about a stranger looks like asking about a user.
-        fake = hmac.new(current_app.config["SECRET_KEY"].encode(),
-                        f"fake-scram-salt:{username}".encode(), hashlib.sha256).digest()[:16]
+        fake = hmac.new(
+            current_app.config["SECRET_KEY"].encode(),
+            f"fake-scram-salt:{username}".encode(),
+            hashlib.sha256,
+        ).digest()[:16]
         salt, iterations = base64.b64encode(fake).decode(), passwords.SCRAM_ITERATIONS
     nonce = secrets.token_urlsafe(32)
     get_redis().set(get_keys().challenge(nonce), username, ex=CHALLENGE_TTL)
@@ -131,12 +135,17 @@ def respond():
     user = _users().get(username)
     auth_message = f"{username}:{nonce}"
     server_signature = user and passwords.scram_verify(
-        user.secrets["scram_stored_key"], user.secrets["scram_server_key"], auth_message, proof)
+        user.secrets["scram_stored_key"], user.secrets["scram_server_key"], auth_message, proof
+    )
     if not server_signature:
         abort_json(401, "authentication failed")
     csrf = start_session(user)
-    return {"ok": True, "user": user.public(), "serverSignature": server_signature,
-            "csrfToken": csrf}
+    return {
+        "ok": True,
+        "user": user.public(),
+        "serverSignature": server_signature,
+        "csrfToken": csrf,
+    }
 
 
 @bp.post("/login")
@@ -158,8 +167,11 @@ def token():
 @bp.post("/tokendata")
 def tokendata():
     if current_user() is None or g.auth != "token":
-        abort_json(401, "send the token as Authorization: Bearer <token>",
-                   headers={"WWW-Authenticate": 'Bearer realm="api"'})
+        abort_json(
+            401,
+            "send the token as Authorization: Bearer <token>",
+            headers={"WWW-Authenticate": 'Bearer realm="api"'},
+        )
     return jsonify(g.claims)
 
 

@@ -29,6 +29,7 @@ from core.web import get_hub, is_unicode
 
 bp = Blueprint("channels", __name__)
 
+
 def _check_channel(name):
     if not PUBLIC_CHANNEL.match(name):
         abort_json(400, f"invalid channel name: {CHANNEL_RULE}")
@@ -77,8 +78,9 @@ def publish(channel):
         try:
             # allow_nan=False: NaN and Infinity (and 1e999) are not JSON, and
             # browsers' JSON.parse would choke on every copy delivered
-            text = json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=False,
-                              allow_nan=False)
+            text = json.dumps(
+                json.loads(text), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            )
         except (ValueError, RecursionError):  # RecursionError: nested too deeply
             abort_json(400, "Content-Type is application/json but the body is not valid JSON")
         if not is_unicode(text):
@@ -99,14 +101,22 @@ def subscribe(channel):
         cursor = _cursor(raw, "Last-Event-ID")
         subscription = get_hub().subscribe(channel, cursor, on_abort=aborter(request.environ))
         retry, greet = sse.retry(config["SSE_RETRY_MS"]), greeting(channel)
-        return sse.response(sse.stream(
-            subscription, request.environ,
-            first=lambda: retry + sse.subscribed(greet(cursor or subscription.cursor)),
-            heartbeat=config["HEARTBEAT_SECONDS"]))
+        return sse.response(
+            sse.stream(
+                subscription,
+                request.environ,
+                first=lambda: retry + sse.subscribed(greet(cursor or subscription.cursor)),
+                heartbeat=config["HEARTBEAT_SECONDS"],
+            )
+        )
     return longpoll.answer(
-        get_hub(), channel, _cursor(request.args.get("cursor"), "cursor"),
-        timeout=config["LONGPOLL_TIMEOUT_SECONDS"], max_bytes=config["LONGPOLL_MAX_BYTES"],
-        write_seconds=config["LONGPOLL_WRITE_SECONDS"])
+        get_hub(),
+        channel,
+        _cursor(request.args.get("cursor"), "cursor"),
+        timeout=config["LONGPOLL_TIMEOUT_SECONDS"],
+        max_bytes=config["LONGPOLL_MAX_BYTES"],
+        write_seconds=config["LONGPOLL_WRITE_SECONDS"],
+    )
 
 
 @route("/sub/<channel>/ws", bp)
@@ -117,12 +127,14 @@ def subscribe_ws(ws, channel):
     if denied:
         raise Refused(denied[1])
     try:
-        cursor = parse_id(request.args["last_event_id"]) if request.args.get(
-            "last_event_id") else None
+        cursor = (
+            parse_id(request.args["last_event_id"]) if request.args.get("last_event_id") else None
+        )
     except InvalidId as exc:
         raise Refused(str(exc)) from None
     greet = greeting(channel)
     return ws.subscribed(
         get_hub().subscribe(channel, cursor, on_abort=ws.abort),
         hello=lambda sub: json.dumps(greet(cursor or sub.cursor)),
-        heartbeat=current_app.config["HEARTBEAT_SECONDS"])
+        heartbeat=current_app.config["HEARTBEAT_SECONDS"],
+    )

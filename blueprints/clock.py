@@ -19,16 +19,25 @@ def page():
 
 @bp.get("/sse/clock")
 def clock_stream():
-    return sse.response(sse.every(
-        request.environ, first=sse.PADDING + sse.retry(current_app.config["SSE_RETRY_MS"]),
-        frame=_tick, seconds=lambda: 1 - time.time() % 1,  # tick on the second
-        heartbeat=current_app.config["HEARTBEAT_SECONDS"]))
+    return sse.response(
+        sse.every(
+            request.environ,
+            first=sse.PADDING + sse.retry(current_app.config["SSE_RETRY_MS"]),
+            frame=_tick,
+            seconds=lambda: 1 - time.time() % 1,  # tick on the second
+            heartbeat=current_app.config["HEARTBEAT_SECONDS"],
+        )
+    )
 
 
 def _tick():
     stamp = datetime.now(timezone.utc)
-    return sse.event(json.dumps({
-        "time": stamp.isoformat(timespec="seconds"),
-        "epoch_ms": int(stamp.timestamp() * 1000),
-        "pid": os.getpid(),
-    }))
+    return sse.event(
+        json.dumps(
+            {
+                "time": stamp.isoformat(timespec="seconds"),
+                "epoch_ms": int(stamp.timestamp() * 1000),
+                "pid": os.getpid(),
+            }
+        )
+    )

@@ -17,9 +17,14 @@ _VALUE = re.compile(r"\d{1,12}\Z")
 def set_cookie():
     value = str(secrets.randbelow(10**11))
     response = current_app.response_class(
-        f"Cookie set: {COOKIE}={value}. Now visit /mycookie\n", mimetype="text/plain")
+        f"Cookie set: {COOKIE}={value}. Now visit /mycookie\n", mimetype="text/plain"
+    )
     response.set_cookie(
-        COOKIE, value, max_age=30 * 24 * 3600, httponly=True, samesite="Lax",
+        COOKIE,
+        value,
+        max_age=30 * 24 * 3600,
+        httponly=True,
+        samesite="Lax",
         secure=request.is_secure or current_app.config["APP_ENV"] == "production",
     )
     return response

@@ -39,6 +39,7 @@ bp = Blueprint("draw", __name__, url_prefix="/draw")
 CHANNEL = "draw:moves"
 MAX_SEGMENTS = 20_000
 
+
 def _point(message):
     if not isinstance(message.get("drawing"), bool):
         raise Refused("drawing must be true or false")
@@ -106,8 +107,7 @@ def draw_ws(ws):
         last = None
         try:
             # Moves are ephemeral: after a reset (missed messages) carry on live.
-            for raw in ws.relay(sub, encode=from_others, on_reset=_carry_on,
-                                heartbeat=heartbeat):
+            for raw in ws.relay(sub, encode=from_others, on_reset=_carry_on, heartbeat=heartbeat):
                 # Counted before decoding: every frame costs the worker. Over
                 # the quota: a 429, which route() turns into close 1008.
                 quotas.spend("DRAW_MOVE_RATE_LIMIT", "drawing moves", per_worker=True)
@@ -117,12 +117,19 @@ def draw_ws(ws):
                     continue
                 x, y, drawing = _point(message)
                 if drawing and last is not None and last[2]:
-                    append(keys=keys, args=[json.dumps([last[0], last[1], x, y]),
-                                            history_bytes, MAX_SEGMENTS,
-                                            secrets.token_hex(8)])
+                    append(
+                        keys=keys,
+                        args=[
+                            json.dumps([last[0], last[1], x, y]),
+                            history_bytes,
+                            MAX_SEGMENTS,
+                            secrets.token_hex(8),
+                        ],
+                    )
                 last = (x, y, drawing)
-                hub.publish_json(CHANNEL, {"type": "moving", "id": me, "x": x, "y": y,
-                                           "drawing": drawing})
+                hub.publish_json(
+                    CHANNEL, {"type": "moving", "id": me, "x": x, "y": y, "drawing": drawing}
+                )
         finally:
             hub.publish_json(CHANNEL, {"type": "clientdisconnect", "id": me})
 

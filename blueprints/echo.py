@@ -1,9 +1,9 @@
 """The native WebSocket demo: greet, then echo (chapter 6).
 
-    WS /ws/echo      offer the `json` subprotocol to speak JSON;
-                     `?greeting=off` skips the greeting (a pure echo, as the
-                     Autobahn|Testsuite cases in tests/test_autobahn.py expect)
-    GET /ws/         a page to try it
+WS /ws/echo      offer the `json` subprotocol to speak JSON;
+                 `?greeting=off` skips the greeting (a pure echo, as the
+                 Autobahn|Testsuite cases in tests/test_autobahn.py expect)
+GET /ws/         a page to try it
 """
 
 import json
@@ -32,8 +32,9 @@ def echo(ws):
             try:
                 value = json.loads(message)
             except (TypeError, ValueError, RecursionError):  # Recursion: nested too deeply
-                raise Refused("the json subprotocol needs JSON text frames",
-                              code=INVALID_PAYLOAD) from None
+                raise Refused(
+                    "the json subprotocol needs JSON text frames", code=INVALID_PAYLOAD
+                ) from None
             ws.send(json.dumps({"type": "echo", "data": value}))
         elif isinstance(message, str):
             ws.send(message)

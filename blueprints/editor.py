@@ -67,6 +67,7 @@ CATCH_UP_ALL = 2**40  # `most` for reads that want every entry the log has
 OFFLOAD_CHARS = 32_000
 OFFLOAD_STEPS = 2_000
 
+
 def dumps(obj):
     """Compact JSON with non-ASCII as UTF-8: what is stored, published and sent."""
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
@@ -122,13 +123,16 @@ class Document:
         if self._open_call(create=False) == 2:
             quotas.spend("EDITOR_DOCS_RATE_LIMIT", "new editor documents")
             if self._open_call(create=True) == 0:
-                raise Refused(f"too many documents: at most {self.max_docs} are kept; "
-                              "reopen one in use, or retry once an unused one expires")
+                raise Refused(
+                    f"too many documents: at most {self.max_docs} are kept; "
+                    "reopen one in use, or retry once an unused one expires"
+                )
 
     def _open_call(self, create):
-        return self._open(keys=[*self.keys, self.docs_key],
-                          args=[self.doc_id, int(time.time() * 1000), self.ttl_ms,
-                                self.max_docs, int(create)])
+        return self._open(
+            keys=[*self.keys, self.docs_key],
+            args=[self.doc_id, int(time.time() * 1000), self.ttl_ms, self.max_docs, int(create)],
+        )
 
     def read(self, since=0, most=CATCH_UP_ALL):
         """(v, text, base, [entry JSON texts after version `since`]); no entries
@@ -156,9 +160,20 @@ class Document:
             new_text, entry_head = result
             status, version = self._commit(
                 keys=[*self.keys, self.docs_key, self.hub.stream_key(self.channel)],
-                args=[v, new_text, entry_head, op_id, LOG_LENGTH, self.channel,
-                      self.log_bytes, self.doc_id, int(time.time() * 1000), self.ttl_ms,
-                      self.max_docs])
+                args=[
+                    v,
+                    new_text,
+                    entry_head,
+                    op_id,
+                    LOG_LENGTH,
+                    self.channel,
+                    self.log_bytes,
+                    self.doc_id,
+                    int(time.time() * 1000),
+                    self.ttl_ms,
+                    self.max_docs,
+                ],
+            )
             if status in (1, 2):
                 return int(version)
             if status == 3:
@@ -169,9 +184,11 @@ class Document:
         if base_v > v:
             raise Refused(f"version {base_v} is in the future (document is at {v})")
         if base_v < base or v - base_v > self.max_lag:
-            raise Behind(f"your version {base_v} is {v - base_v} ops behind (at most "
-                         f"{min(self.max_lag, v - base)} can be merged): your unsent edits "
-                         f"were dropped; here is the document as it is now")
+            raise Behind(
+                f"your version {base_v} is {v - base_v} ops behind (at most "
+                f"{min(self.max_lag, v - base)} can be merged): your unsent edits "
+                f"were dropped; here is the document as it is now"
+            )
 
 
 def _call(function, *args):
@@ -180,8 +197,7 @@ def _call(function, *args):
 
 def _heavy(op, entries):
     """Whether rebasing `op` over `entries` is worth taking off the event loop."""
-    return (sum(map(len, entries)) > OFFLOAD_CHARS
-            or (len(op) + 1) * len(entries) > OFFLOAD_STEPS)
+    return sum(map(len, entries)) > OFFLOAD_CHARS or (len(op) + 1) * len(entries) > OFFLOAD_STEPS
 
 
 def _rebase(text, entries, op, walks, op_id, src):
@@ -244,9 +260,13 @@ def _parse_op_message(message):
 
 def _caret(message):
     caret = message.get("caret")
-    if (not isinstance(caret, list) or len(caret) != 2
-            or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= MAX_DOC
-                       for c in caret)):
+    if (
+        not isinstance(caret, list)
+        or len(caret) != 2
+        or not all(
+            isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= MAX_DOC for c in caret
+        )
+    ):
         raise Refused("presence.caret must be [anchor, head] code point indexes")
     return caret
 
@@ -275,15 +295,17 @@ def editor_ws(ws, doc):
         try:
             # One greenlet writes every frame, in the order the hub delivered
             # them: acks come in version order among the others' ops.
-            for raw in ws.relay(sub, encode=relayed.encode, on_reset=relayed.reset,
-                                heartbeat=heartbeat):
+            for raw in ws.relay(
+                sub, encode=relayed.encode, on_reset=relayed.reset, heartbeat=heartbeat
+            ):
                 try:
                     _handle(document, src, name, json_object(raw))
                 except Behind as behind:
                     relayed.resync(str(behind))
         finally:
-            document.hub.publish(document.channel, dumps({"kind": "leave", "src": src}),
-                                 is_json=True)
+            document.hub.publish(
+                document.channel, dumps({"kind": "leave", "src": src}), is_json=True
+            )
 
 
 def _handle(document, src, name, message):
@@ -294,9 +316,19 @@ def _handle(document, src, name, message):
         document.submit(*_parse_op_message(message), src)
     elif message.get("type") == "presence":
         version = message.get("v")
-        document.hub.publish(document.channel, dumps({
-            "kind": "presence", "src": src, "name": name, "caret": _caret(message),
-            "v": version if isinstance(version, int) else None}), is_json=True)
+        document.hub.publish(
+            document.channel,
+            dumps(
+                {
+                    "kind": "presence",
+                    "src": src,
+                    "name": name,
+                    "caret": _caret(message),
+                    "v": version if isinstance(version, int) else None,
+                }
+            ),
+            is_json=True,
+        )
     else:
         raise Refused("unknown message type")
 
@@ -315,8 +347,11 @@ class _Relayed:
             if entry["v"] <= self.seen:
                 return None
             self.seen = entry["v"]
-            out = ({"type": "ack", "v": entry["v"]} if entry["src"] == self.src
-                   else {"type": "op", **entry})
+            out = (
+                {"type": "ack", "v": entry["v"]}
+                if entry["src"] == self.src
+                else {"type": "op", **entry}
+            )
         elif entry["src"] != self.src:
             out = {"type": entry["kind"], **entry}
         else:

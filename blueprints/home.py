@@ -47,14 +47,16 @@ def healthz():
     ok = redis_ok and hub_stats["connected"]
     body = {"status": "ok" if ok else "unavailable"}
     if _details_allowed():
-        body.update({
-            "redis": redis_ok,
-            "hub": hub_stats["connected"],
-            "pid": os.getpid(),
-            "subscribers": hub_stats["subscribers"],
-            "hub_reconnects": hub_stats["reconnects"],
-            "connections": lifecycle.open_connections(),
-        })
+        body.update(
+            {
+                "redis": redis_ok,
+                "hub": hub_stats["connected"],
+                "pid": os.getpid(),
+                "subscribers": hub_stats["subscribers"],
+                "hub_reconnects": hub_stats["reconnects"],
+                "connections": lifecycle.open_connections(),
+            }
+        )
     return no_store(jsonify(body)), 200 if ok else 503
 
 

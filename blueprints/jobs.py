@@ -70,8 +70,12 @@ def _rq():
 
 def _store():
     hub = get_hub()
-    return jobs.JobStore(get_redis(), hub.scripts, current_app.config["REDIS_PREFIX"],
-                         current_app.config["JOBS_TTL_SECONDS"])
+    return jobs.JobStore(
+        get_redis(),
+        hub.scripts,
+        current_app.config["REDIS_PREFIX"],
+        current_app.config["JOBS_TTL_SECONDS"],
+    )
 
 
 def _queue():
@@ -111,13 +115,18 @@ def _listing():
     from rq import Worker
 
     config = current_app.config
-    return jsonify({
-        "jobs": listed, "files": _files(),
-        "workers": Worker.count(connection=_rq(), queue=_queue()),
-        "limits": {"procs": config["JOBS_MAX_PROCS"],
-                   "upload_bytes": config["JOBS_UPLOAD_MAX_BYTES"],
-                   "ttl_seconds": config["JOBS_TTL_SECONDS"]},
-    })
+    return jsonify(
+        {
+            "jobs": listed,
+            "files": _files(),
+            "workers": Worker.count(connection=_rq(), queue=_queue()),
+            "limits": {
+                "procs": config["JOBS_MAX_PROCS"],
+                "upload_bytes": config["JOBS_UPLOAD_MAX_BYTES"],
+                "ttl_seconds": config["JOBS_TTL_SECONDS"],
+            },
+        }
+    )
 
 
 def _files():
@@ -125,8 +134,11 @@ def _files():
         entries = sorted(os.scandir(log_dir()), key=lambda e: e.name)
     except FileNotFoundError:
         return []
-    return [{"name": e.name, "size": e.stat().st_size} for e in entries
-            if NAME.match(e.name) and _inside(Path(e.path)) and e.is_file()]
+    return [
+        {"name": e.name, "size": e.stat().st_size}
+        for e in entries
+        if NAME.match(e.name) and _inside(Path(e.path)) and e.is_file()
+    ]
 
 
 def _inside(path):
@@ -184,8 +196,11 @@ def _log_file(name):
     if name.startswith("/") or Path(name).is_absolute():
         abort_json(400, '"file" must be a name in the log directory, not an absolute path')
     if "/" in name or "\\" in name or name in (".", "..") or not NAME.match(name):
-        abort_json(400, '"file" must be a plain file name in the log directory (letters, '
-                   'digits, . _ -; no directories, no "..")')
+        abort_json(
+            400,
+            '"file" must be a plain file name in the log directory (letters, '
+            'digits, . _ -; no directories, no "..")',
+        )
     folder = log_dir().resolve()
     candidate = folder / name
     try:
@@ -202,8 +217,9 @@ def _log_file(name):
 def _procs(value):
     top = current_app.config["JOBS_MAX_PROCS"]
     try:
-        procs = int(value) if isinstance(value, (int, str)) and not isinstance(value, bool) \
-            else None
+        procs = (
+            int(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else None
+        )
     except ValueError:
         procs = None
     if procs is None or not 1 <= procs <= top:
@@ -219,14 +235,29 @@ def _enqueue(path, shown, procs, source, job_id=None):
     ttl = config["JOBS_TTL_SECONDS"]
     store = _store()
     store.create(job_id, file=shown, source=source, procs=procs, by=current_user().name)
-    options = {"prefix": config["REDIS_PREFIX"], "ttl": ttl, "grace": config[
-        "JOBS_CANCEL_GRACE_SECONDS"], "stream_maxlen": config["STREAM_MAXLEN"],
+    options = {
+        "prefix": config["REDIS_PREFIX"],
+        "ttl": ttl,
+        "grace": config["JOBS_CANCEL_GRACE_SECONDS"],
+        "stream_maxlen": config["STREAM_MAXLEN"],
         "stream_ttl": config["STREAM_TTL_SECONDS"],
-        "read_rate": config["JOBS_READ_BYTES_PER_SECOND"], "upload": source == "upload"}
+        "read_rate": config["JOBS_READ_BYTES_PER_SECOND"],
+        "upload": source == "upload",
+    }
     _queue().enqueue(
-        "workers.jobs.analyse", job_id, str(path), procs, options, job_id=job_id,
-        ttl=ttl, result_ttl=ttl, failure_ttl=ttl, job_timeout=config["JOBS_TIMEOUT_SECONDS"],
-        on_failure=Callback("workers.jobs.on_failure"), description=f"log analysis of {shown}")
+        "workers.jobs.analyse",
+        job_id,
+        str(path),
+        procs,
+        options,
+        job_id=job_id,
+        ttl=ttl,
+        result_ttl=ttl,
+        failure_ttl=ttl,
+        job_timeout=config["JOBS_TIMEOUT_SECONDS"],
+        on_failure=Callback("workers.jobs.on_failure"),
+        description=f"log analysis of {shown}",
+    )
     response = jsonify({"id": job_id, "state": "queued"})
     response.status_code = 202
     response.headers["Location"] = f"/admin/jobs/{job_id}"
@@ -289,18 +320,28 @@ def stream(job_id):
 
     def snapshot(_reset=None):  # what the job is now (first, and after missed messages)
         job = store.refresh(job_id, rq_connection)
-        return sse.event(json.dumps(job), event="job", id=_reset.id if _reset else
-                         format_id(cursor or subscription.cursor))
+        return sse.event(
+            json.dumps(job),
+            event="job",
+            id=_reset.id if _reset else format_id(cursor or subscription.cursor),
+        )
 
     def check():  # a quiet stream: is the job's process still there? (a failure is published)
         store.refresh(job_id, rq_connection)
         return sse.comment("keepalive")
 
     retry = sse.retry(config["SSE_RETRY_MS"])
-    return sse.response(sse.stream(
-        subscription, request.environ, first=lambda: retry + snapshot(),
-        heartbeat=min(config["HEARTBEAT_SECONDS"], STREAM_CHECK_SECONDS),
-        encode=_job_event, on_reset=snapshot, keepalive=check))
+    return sse.response(
+        sse.stream(
+            subscription,
+            request.environ,
+            first=lambda: retry + snapshot(),
+            heartbeat=min(config["HEARTBEAT_SECONDS"], STREAM_CHECK_SECONDS),
+            encode=_job_event,
+            on_reset=snapshot,
+            keepalive=check,
+        )
+    )
 
 
 def _job_event(msg):

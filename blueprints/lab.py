@@ -97,11 +97,19 @@ class Bench:
         self.next_id = 1
 
     def hello(self):
-        return {"type": "hello", "lines": list(EXEC_LINES),
-                "commands": {name: [allowed.start, allowed.stop - 1] if allowed else None
-                             for name, (allowed, _) in SPAWN_COMMANDS.items()},
-                "limits": {"per_admin": children.PER_OWNER, "per_worker": children.PER_WORKER,
-                           "seconds": children.TIME_LIMIT}}
+        return {
+            "type": "hello",
+            "lines": list(EXEC_LINES),
+            "commands": {
+                name: [allowed.start, allowed.stop - 1] if allowed else None
+                for name, (allowed, _) in SPAWN_COMMANDS.items()
+            },
+            "limits": {
+                "per_admin": children.PER_OWNER,
+                "per_worker": children.PER_WORKER,
+                "seconds": children.TIME_LIMIT,
+            },
+        }
 
     def take(self):
         event = self.outbox.popleft()
@@ -138,8 +146,9 @@ class Bench:
             return
         self.runs[run] = child
         # before any of its output: the children's greenlets run when this one waits
-        self.outbox.appendleft({"type": "started", "run": run, "kind": kind,
-                                "pid": child.pid, "argv": argv})
+        self.outbox.appendleft(
+            {"type": "started", "run": run, "kind": kind, "pid": child.pid, "argv": argv}
+        )
 
     def command(self, kind, message):
         run = message.get("run")
@@ -177,8 +186,9 @@ def _spawn_argv(message):
         if arg is not None:
             raise Refused(f"{name} takes no argument")
     elif not isinstance(arg, int) or isinstance(arg, bool) or arg not in allowed:
-        raise Refused(f"{name} needs arg, a whole number from {allowed.start} to "
-                      f"{allowed.stop - 1}")
+        raise Refused(
+            f"{name} needs arg, a whole number from {allowed.start} to {allowed.stop - 1}"
+        )
     return argv(arg)
 
 

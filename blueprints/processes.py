@@ -29,13 +29,20 @@ bp.after_request(no_store)
 
 
 def snapshot(redis_client, keys):
-    names = [k for k in redis_client.scan_iter(keys.process_pattern(), count=500)
-             if keys.is_process_report(k)]
+    names = [
+        k
+        for k in redis_client.scan_iter(keys.process_pattern(), count=500)
+        if keys.is_process_report(k)
+    ]
     reports = [json.loads(v) for v in redis_client.mget(names) if v] if names else []
     restarts = [json.loads(e) for e in redis_client.lrange(keys.process_restarts(), 0, 49)]
     reports.sort(key=lambda r: (r["host"], r["role"] != "master", r["pid"]))
-    return {"processes": reports, "restarts": restarts,
-            "restart_count": redis_client.llen(keys.process_restarts()), "at": time.time()}
+    return {
+        "processes": reports,
+        "restarts": restarts,
+        "restart_count": redis_client.llen(keys.process_restarts()),
+        "at": time.time(),
+    }
 
 
 @bp.get("/admin/processes")
@@ -57,9 +64,14 @@ def monitor_stream():
     def processes():
         return sse.event(json.dumps(snapshot(redis_client, keys)), event="processes")
 
-    return sse.response(sse.every(
-        request.environ, first=sse.retry(current_app.config["SSE_RETRY_MS"]) + processes(),
-        frame=processes, seconds=lambda: REPORT_SECONDS))
+    return sse.response(
+        sse.every(
+            request.environ,
+            first=sse.retry(current_app.config["SSE_RETRY_MS"]) + processes(),
+            frame=processes,
+            seconds=lambda: REPORT_SECONDS,
+        )
+    )
 
 
 @bp.get("/metrics")

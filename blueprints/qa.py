@@ -56,6 +56,7 @@ MAX_QUESTION, MAX_ANSWER = 280, 1000
 PING_SECONDS = 10
 SELECTION_TTL = 24 * 3600
 
+
 def _normalise(text):
     return " ".join(text.split()).casefold()
 
@@ -108,8 +109,18 @@ def ask():
     question = " ".join(question.split())
     config = current_app.config
     ttl = config["QA_QUESTION_TTL_SECONDS"]
-    result = _change("qa_ask", [question, _normalise(question), _now_ms(), _cutoff_ms(ttl),
-                                config["QA_MAX_QUESTIONS"], ttl * 1000, CHANNEL])
+    result = _change(
+        "qa_ask",
+        [
+            question,
+            _normalise(question),
+            _now_ms(),
+            _cutoff_ms(ttl),
+            config["QA_MAX_QUESTIONS"],
+            ttl * 1000,
+            CHANNEL,
+        ],
+    )
     if result[0] == 1:
         abort_json(409, "that question was already asked")
     return {"ok": True, "question": question, "count": result[1]}, 201
@@ -153,16 +164,26 @@ def answer():
     if question is None:
         abort_json(400, "select a question before answering")
     config = current_app.config
-    result = _change("qa_answer", [
-        text.strip(), _normalise(question), _cutoff_ms(config["QA_QUESTION_TTL_SECONDS"]),
-        config["QA_MAX_ANSWERS"], config["QA_ANSWER_BYTES"], CHANNEL])
+    result = _change(
+        "qa_answer",
+        [
+            text.strip(),
+            _normalise(question),
+            _cutoff_ms(config["QA_QUESTION_TTL_SECONDS"]),
+            config["QA_MAX_ANSWERS"],
+            config["QA_ANSWER_BYTES"],
+            CHANNEL,
+        ],
+    )
     if result[0] == 2:
         abort_json(409, f"that question has its {config['QA_MAX_ANSWERS']} answers")
     if result[0] == 3:
         abort_json(409, "that question is no longer on the board: select another")
     if result[0] == 4:
-        abort_json(409, f"that question's answers are full (at most "
-                        f"{config['QA_ANSWER_BYTES']} bytes of them)")
+        abort_json(
+            409,
+            f"that question's answers are full (at most {config['QA_ANSWER_BYTES']} bytes of them)",
+        )
     return {"ok": True, "question": question, "count": result[1]}, 201
 
 
@@ -177,17 +198,24 @@ def stream():
     if client is None:
         client = secrets.token_hex(16)
         signed = _signer().dumps(client)
-    state = _BoardState(get_redis(), get_keys(), client,
-                        current_app.config["QA_QUESTION_TTL_SECONDS"])
+    state = _BoardState(
+        get_redis(), get_keys(), client, current_app.config["QA_QUESTION_TTL_SECONDS"]
+    )
     signed_login = sse.event(json.dumps({"id": signed}), event="login")
     retry_ms = current_app.config["SSE_RETRY_MS"]
     # Subscribe first, then read the state: nothing published in between is
     # missed. A reset (the log moved on without us) shows the whole board afresh.
-    return sse.response(sse.stream(
-        get_hub().subscribe(CHANNEL), request.environ,
-        first=lambda: sse.PADDING + sse.retry(retry_ms) + signed_login + state.reload(),
-        heartbeat=PING_SECONDS, encode=state.frame, on_reset=lambda _reset: state.reload(),
-        keepalive=_ping))
+    return sse.response(
+        sse.stream(
+            get_hub().subscribe(CHANNEL),
+            request.environ,
+            first=lambda: sse.PADDING + sse.retry(retry_ms) + signed_login + state.reload(),
+            heartbeat=PING_SECONDS,
+            encode=state.frame,
+            on_reset=lambda _reset: state.reload(),
+            keepalive=_ping,
+        )
+    )
 
 
 class _BoardState:
@@ -247,8 +275,11 @@ class _BoardState:
                 self.selected = None  # rolled off or expired
                 return frame + _unselected_frame()
             return frame
-        if kind == "answers" and event["question"] == self.selected and (
-                version > self.shown["answers"]):
+        if (
+            kind == "answers"
+            and event["question"] == self.selected
+            and (version > self.shown["answers"])
+        ):
             self.shown["answers"] = version
             return msg.encoded(_answers_event)
         if kind == "clear" and version > self.shown["questions"]:

@@ -33,12 +33,21 @@ from core.web import get_hub, get_keys, get_redis
 
 bp = Blueprint("ticker", __name__, url_prefix="/ticker")
 
-LISTED = {"IBM": 140.0, "AAPL": 190.0, "MSFT": 410.0, "GOOG": 150.0, "AMZN": 180.0,
-          "NVDA": 120.0, "TSLA": 250.0, "META": 480.0}
+LISTED = {
+    "IBM": 140.0,
+    "AAPL": 190.0,
+    "MSFT": 410.0,
+    "GOOG": 150.0,
+    "AMZN": 180.0,
+    "NVDA": 120.0,
+    "TSLA": 250.0,
+    "META": 480.0,
+}
 SYMBOL = re.compile(r"[A-Z][A-Z0-9.]{0,9}\Z")
 MAX_CALL_IN, MAX_ERROR_CALL_IN, ERROR_CALL_IN = 60_000, 120_000, 10_000
 RATE_WINDOW = 5
 FIELDS = ("price", "change", "changePercent", "open", "high", "low", "volume")
+
 
 def _key(*parts):
     return get_keys().ticker(*parts)
@@ -60,21 +69,31 @@ def quote():
             return {"error": error_call_in[0], "callIn": error_call_in[1]}, 502
         return {"quote": result, "callIn": _call_in_for_load()}
     if symbol not in LISTED:
-        return {"error": f"unknown symbol {symbol!r}", "listed": sorted(LISTED),
-                "callIn": None}, 404
+        return {
+            "error": f"unknown symbol {symbol!r}",
+            "listed": sorted(LISTED),
+            "callIn": None,
+        }, 404
     return {"quote": _simulated_quote(symbol), "callIn": _call_in_for_load()}
 
 
 def _simulated_quote(symbol):
     script = get_hub().scripts["ticker_market"]
     price, open_, high, low, volume, t = script(
-        keys=[_key("market", symbol)], args=[symbol, int(time.time()), LISTED[symbol]])
+        keys=[_key("market", symbol)], args=[symbol, int(time.time()), LISTED[symbol]]
+    )
     price, open_ = float(price), float(open_)
     return {
-        "symbol": symbol, "price": round(price, 2), "change": round(price - open_, 2),
-        "changePercent": round((price - open_) / open_ * 100, 3), "open": round(open_, 2),
-        "high": round(float(high), 2), "low": round(float(low), 2),
-        "volume": int(float(volume)), "time": int(t) * 1000, "source": "simulated",
+        "symbol": symbol,
+        "price": round(price, 2),
+        "change": round(price - open_, 2),
+        "changePercent": round((price - open_) / open_ * 100, 3),
+        "open": round(open_, 2),
+        "high": round(float(high), 2),
+        "low": round(float(low), 2),
+        "volume": int(float(volume)),
+        "time": int(t) * 1000,
+        "source": "simulated",
     }
 
 
@@ -111,8 +130,11 @@ def _upstream_quote(symbol):
             redis_client.set(_key("last-error", symbol), str(exc)[:200], ex=3600)
             return None, _upstream_error(failures)
         redis_client.delete(failures_key)
-        redis_client.set(cache_key, json.dumps({"quote": quote, "fetchedAt": time.time()}),
-              ex=int(interval * 10) + 1)
+        redis_client.set(
+            cache_key,
+            json.dumps({"quote": quote, "fetchedAt": time.time()}),
+            ex=int(interval * 10) + 1,
+        )
         return quote, None
     # Another request is fetching: serve the previous value, or wait briefly for the new one.
     deadline = time.monotonic() + 3

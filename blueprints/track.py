@@ -94,9 +94,15 @@ class Tracker:
             latest, events = self.latest, self.events
             self.latest, self.events = {}, 0
         if latest or events:
-            self.hub.publish_json(CHANNEL, {
-                "type": "batch", "positions": {k: list(v) for k, v in latest.items()},
-                "events": events, "at": int(time.time() * 1000)})
+            self.hub.publish_json(
+                CHANNEL,
+                {
+                    "type": "batch",
+                    "positions": {k: list(v) for k, v in latest.items()},
+                    "events": events,
+                    "at": int(time.time() * 1000),
+                },
+            )
 
     def _refresh_and_reap(self):
         now = time.time()
@@ -157,10 +163,16 @@ def dashboard_stream():
         return sse.event(json.dumps({"users": users}), event="snapshot")
 
     # subscribe, then read: no join slips between
-    return sse.response(sse.stream(
-        get_hub().subscribe(CHANNEL), request.environ, first=lambda: retry + snapshot(),
-        heartbeat=current_app.config["HEARTBEAT_SECONDS"], encode=_dashboard_event,
-        on_reset=snapshot))
+    return sse.response(
+        sse.stream(
+            get_hub().subscribe(CHANNEL),
+            request.environ,
+            first=lambda: retry + snapshot(),
+            heartbeat=current_app.config["HEARTBEAT_SECONDS"],
+            encode=_dashboard_event,
+            on_reset=snapshot,
+        )
+    )
 
 
 def _dashboard_event(msg):

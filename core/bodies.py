@@ -58,8 +58,9 @@ class _CutShort(Exception):
 
 
 class BodyReader:
-    def __init__(self, app: WSGIApplication, max_bytes: int, grace_seconds: float,
-                 min_rate: float) -> None:
+    def __init__(
+        self, app: WSGIApplication, max_bytes: int, grace_seconds: float, min_rate: float
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.grace_seconds = grace_seconds
@@ -67,8 +68,7 @@ class BodyReader:
         # (method, path) -> its own limit (allow_larger)
         self.larger: dict[tuple[str, str], int] = {}
 
-    def __call__(self, environ: WSGIEnvironment,
-                 start_response: StartResponse) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -76,24 +76,30 @@ class BodyReader:
             length = 0  # gunicorn refuses a malformed Content-Length before us
         if not chunked and length <= 0:
             return self.app(environ, start_response)
-        max_bytes = self.larger.get((environ.get("REQUEST_METHOD", ""),
-                                     environ.get("PATH_INFO", "")))
+        max_bytes = self.larger.get(
+            (environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""))
+        )
         spool = max_bytes is not None
         max_bytes = self.max_bytes if max_bytes is None else max_bytes
         try:
             if length > max_bytes:
                 raise _TooLarge
-            body = self._read(environ["wsgi.input"], None if chunked else length, max_bytes,
-                              spool)
+            body = self._read(environ["wsgi.input"], None if chunked else length, max_bytes, spool)
         except _TooLarge:
-            return _refuse(environ, start_response, "413 Request Entity Too Large",
-                           f"request body larger than {max_bytes} bytes")
+            return _refuse(
+                environ,
+                start_response,
+                "413 Request Entity Too Large",
+                f"request body larger than {max_bytes} bytes",
+            )
         except _TooSlow:
-            return _refuse(environ, start_response, "408 Request Timeout",
-                           "request body arrived too slowly")
+            return _refuse(
+                environ, start_response, "408 Request Timeout", "request body arrived too slowly"
+            )
         except _CutShort:  # the app must not act on part of a body
-            return _refuse(environ, start_response, "400 Bad Request",
-                           "request body cut short or malformed")
+            return _refuse(
+                environ, start_response, "400 Bad Request", "request body cut short or malformed"
+            )
         if spool:
             size = body.tell()
             body.seek(0)
@@ -154,8 +160,9 @@ def _read_by(stream: Any, size: int, seconds: float) -> bytes:
         raise _CutShort from None
 
 
-def _refuse(environ: WSGIEnvironment, start_response: StartResponse, status: str,
-            reason: str) -> list[bytes]:
+def _refuse(
+    environ: WSGIEnvironment, start_response: StartResponse, status: str, reason: str
+) -> list[bytes]:
     """Answer without the app, and close: the rest of the body is unread."""
     server_response: Any = getattr(start_response, "__self__", None)
     if hasattr(server_response, "force_close"):  # gunicorn's response
@@ -168,6 +175,12 @@ def _refuse(environ: WSGIEnvironment, start_response: StartResponse, status: str
             except OSError:
                 pass
     body = json.dumps({"error": reason}).encode()
-    start_response(status, [("Content-Type", "application/json"),
-                            ("Content-Length", str(len(body))), ("Connection", "close")])
+    start_response(
+        status,
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Connection", "close"),
+        ],
+    )
     return [body]

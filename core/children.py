@@ -68,31 +68,42 @@ class ChannelClosed(Exception):
 def _environment() -> dict[str, str]:
     """What a child sees: enough to run, not the worker's secrets (SECRET_KEY,
     REDIS_URL and the like are in the worker's environment)."""
-    return {"PATH": os.environ.get("PATH", os.defpath), "HOME": os.environ.get("HOME", "/"),
-            "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
+    return {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "HOME": os.environ.get("HOME", "/"),
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
 
 
-def start(argv: Sequence[str], *, owner: str, emit: Callable[[Event], object],
-          mode: str = STREAM) -> Child:
+def start(
+    argv: Sequence[str], *, owner: str, emit: Callable[[Event], object], mode: str = STREAM
+) -> Child:
     """Start `argv` for `owner`, reporting through `emit`; the Child, or
     LimitReached (nothing started). OSError when it cannot be run."""
     child = Child(argv, emit, mode)
     with _lock:
         if len(_live) >= PER_WORKER:
-            raise LimitReached(f"this worker runs {PER_WORKER} children already: "
-                               "wait for one to end, or kill one")
+            raise LimitReached(
+                f"this worker runs {PER_WORKER} children already: wait for one to end, or kill one"
+            )
         if sum(1 for name in _live.values() if name == owner) >= PER_OWNER:
             raise LimitReached(f"you run {PER_OWNER} children already: kill or disconnect one")
         _live[child] = owner  # held before Popen: two starts at once cannot both pass
     try:
         child.proc = subprocess.Popen(
-            argv, cwd=ROOT, env=_environment(), start_new_session=True,
+            argv,
+            cwd=ROOT,
+            env=_environment(),
+            start_new_session=True,
             stdin=subprocess.PIPE if mode == CHANNEL else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
     except OSError:
         with _lock:
             _live.pop(child, None)
@@ -171,13 +182,20 @@ class Child:
         except subprocess.TimeoutExpired:
             self._time_is_up()
             out, err = self.proc.communicate()
-        self.emit({"type": "result", "stdout": _decode(out[:MAX_OUTPUT]),
-                   "stderr": _decode(err[:MAX_OUTPUT])})
+        self.emit(
+            {
+                "type": "result",
+                "stdout": _decode(out[:MAX_OUTPUT]),
+                "stderr": _decode(err[:MAX_OUTPUT]),
+            }
+        )
 
     def _stream(self) -> None:
         stdout = self._read_messages if self.mode == CHANNEL else self._read_lines
-        readers = [spawn(lambda: stdout(self.proc.stdout)),
-                   spawn(lambda: self._read_lines(self.proc.stderr, "stderr"))]
+        readers = [
+            spawn(lambda: stdout(self.proc.stdout)),
+            spawn(lambda: self._read_lines(self.proc.stderr, "stderr")),
+        ]
         try:
             self.proc.wait(timeout=TIME_LIMIT)
         except subprocess.TimeoutExpired:
@@ -217,7 +235,10 @@ class Child:
         code = self.proc.returncode
         reason = f"time limit ({TIME_LIMIT:g} s)" if self.timed_out else None
         if code is not None and code < 0:
-            return {"type": "exit", "code": None, "signal": signal.Signals(-code).name,
-                    "reason": reason}
+            return {
+                "type": "exit",
+                "code": None,
+                "signal": signal.Signals(-code).name,
+                "reason": reason,
+            }
         return {"type": "exit", "code": code, "signal": None, "reason": reason}
-

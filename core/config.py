@@ -19,168 +19,384 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # name: (type, default, description)
 SETTINGS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
-    "APP_ENV": (str, "dev", "`dev` or `production`; production refuses to start without "
-                "SECRET_KEY and REDIS_URL (or REDIS_SENTINELS)"),
-    "REDIS_URL": (str, None, "Redis to use; unset in dev: `make run` starts an embedded "
-                  "redis-server and writes its URL to `instance/redis.url`"),
-    "REDIS_SENTINELS": (lambda raw: sentinel_addresses(raw), None,
-                        "instead of REDIS_URL: `host:port,host:port,...` of the Redis "
-                        "Sentinels that know the master; every part of the app follows a "
-                        "failover by itself"),
-    "REDIS_SENTINEL_SERVICE": (str, "mymaster", "with REDIS_SENTINELS: the name the "
-                               "Sentinels monitor the master under"),
-    "REDIS_USERNAME": (str, None, "with REDIS_SENTINELS: ACL user of the master and replicas "
-                       "(with REDIS_URL it goes in the URL)"),
-    "REDIS_PASSWORD": (str, None, "with REDIS_SENTINELS: password of the master and replicas "
-                       "(with REDIS_URL it goes in the URL)"),
-    "REDIS_SENTINEL_PASSWORD": (str, None, "with REDIS_SENTINELS: the Sentinels' own password, "
-                                "when they require one"),
-    "REDIS_TLS": (bool, False, "with REDIS_SENTINELS: TLS to the Sentinels and the servers, "
-                  "certificates and host names checked (as `rediss://` does)"),
-    "REDIS_TLS_CA_FILE": (str, None, "with REDIS_TLS: the CA bundle to check certificates "
-                          "against (unset: the system's)"),
-    "PUBLISH_MIN_REPLICAS": (int, 0, "replicas that must confirm a message (Redis WAIT) "
-                             "before `POST /pub` answers 201; fewer in time: 503. 0: no wait"),
-    "PUBLISH_REPLICA_TIMEOUT_MS": (int, 500, "with PUBLISH_MIN_REPLICAS: how long to wait "
-                                   "for the replicas' confirmation"),
-    "REDIS_POOL_SIZE": (int, 64, "Redis connections one worker opens at most for requests "
-                        "(a request waits up to 5 s for a free one); plus its listener's "
-                        "and the rate limiter's"),
+    "APP_ENV": (
+        str,
+        "dev",
+        "`dev` or `production`; production refuses to start without "
+        "SECRET_KEY and REDIS_URL (or REDIS_SENTINELS)",
+    ),
+    "REDIS_URL": (
+        str,
+        None,
+        "Redis to use; unset in dev: `make run` starts an embedded "
+        "redis-server and writes its URL to `instance/redis.url`",
+    ),
+    "REDIS_SENTINELS": (
+        lambda raw: sentinel_addresses(raw),
+        None,
+        "instead of REDIS_URL: `host:port,host:port,...` of the Redis "
+        "Sentinels that know the master; every part of the app follows a "
+        "failover by itself",
+    ),
+    "REDIS_SENTINEL_SERVICE": (
+        str,
+        "mymaster",
+        "with REDIS_SENTINELS: the name the Sentinels monitor the master under",
+    ),
+    "REDIS_USERNAME": (
+        str,
+        None,
+        "with REDIS_SENTINELS: ACL user of the master and replicas "
+        "(with REDIS_URL it goes in the URL)",
+    ),
+    "REDIS_PASSWORD": (
+        str,
+        None,
+        "with REDIS_SENTINELS: password of the master and replicas "
+        "(with REDIS_URL it goes in the URL)",
+    ),
+    "REDIS_SENTINEL_PASSWORD": (
+        str,
+        None,
+        "with REDIS_SENTINELS: the Sentinels' own password, when they require one",
+    ),
+    "REDIS_TLS": (
+        bool,
+        False,
+        "with REDIS_SENTINELS: TLS to the Sentinels and the servers, "
+        "certificates and host names checked (as `rediss://` does)",
+    ),
+    "REDIS_TLS_CA_FILE": (
+        str,
+        None,
+        "with REDIS_TLS: the CA bundle to check certificates against (unset: the system's)",
+    ),
+    "PUBLISH_MIN_REPLICAS": (
+        int,
+        0,
+        "replicas that must confirm a message (Redis WAIT) "
+        "before `POST /pub` answers 201; fewer in time: 503. 0: no wait",
+    ),
+    "PUBLISH_REPLICA_TIMEOUT_MS": (
+        int,
+        500,
+        "with PUBLISH_MIN_REPLICAS: how long to wait for the replicas' confirmation",
+    ),
+    "REDIS_POOL_SIZE": (
+        int,
+        64,
+        "Redis connections one worker opens at most for requests "
+        "(a request waits up to 5 s for a free one); plus its listener's "
+        "and the rate limiter's",
+    ),
     "REDIS_PREFIX": (str, "rt:", "prefix of every Redis key and pub/sub channel of this app"),
     "SECRET_KEY": (str, None, "signs cookies; dev: generated once into `instance/secret_key`"),
-    "INSTANCE_DIR": (str, str(PROJECT_ROOT / "instance"), "where dev secrets, the embedded "
-                     "Redis' data and its URL are kept"),
+    "INSTANCE_DIR": (
+        str,
+        str(PROJECT_ROOT / "instance"),
+        "where dev secrets, the embedded Redis' data and its URL are kept",
+    ),
     "STREAM_MAXLEN": (int, 1000, "messages retained per channel for resume (approximate trim)"),
     "STREAM_TTL_SECONDS": (int, 7 * 24 * 3600, "a channel idle this long is forgotten"),
-    "SUBSCRIBER_QUEUE_SIZE": (int, 1000, "messages buffered per client before it is cut off "
-                              "as a slow consumer"),
-    "SUBSCRIBER_QUEUE_BYTES": (int, 1024 * 1024, "bytes of messages buffered per client "
-                               "before it is cut off as a slow consumer"),
+    "SUBSCRIBER_QUEUE_SIZE": (
+        int,
+        1000,
+        "messages buffered per client before it is cut off as a slow consumer",
+    ),
+    "SUBSCRIBER_QUEUE_BYTES": (
+        int,
+        1024 * 1024,
+        "bytes of messages buffered per client before it is cut off as a slow consumer",
+    ),
     "HEARTBEAT_SECONDS": (float, 15.0, "SSE comment / WebSocket check interval on idle streams"),
     "LONGPOLL_TIMEOUT_SECONDS": (float, 25.0, "how long a long-poll request is held"),
-    "LONGPOLL_MAX_BYTES": (int, 256 * 1024, "a long-poll answer takes no more messages past "
-                           "this size (always one); the rest follow on the next poll"),
-    "LONGPOLL_WRITE_SECONDS": (float, 10.0, "a long-poll answer the client has not read "
-                               "whole within this time is cut off (gevent workers)"),
+    "LONGPOLL_MAX_BYTES": (
+        int,
+        256 * 1024,
+        "a long-poll answer takes no more messages past "
+        "this size (always one); the rest follow on the next poll",
+    ),
+    "LONGPOLL_WRITE_SECONDS": (
+        float,
+        10.0,
+        "a long-poll answer the client has not read "
+        "whole within this time is cut off (gevent workers)",
+    ),
     "SSE_RETRY_MS": (int, 2000, "`retry:` sent to EventSource clients"),
-    "MAX_MESSAGE_BYTES": (int, 64 * 1024, "largest request body, and so message accepted by "
-                          "`POST /pub/<channel>` (413 beyond, chunked or not)"),
-    "BODY_TIMEOUT_SECONDS": (float, 10.0, "a request body gets this long, plus its size at "
-                             "BODY_MIN_BYTES_PER_SECOND, to arrive; 408 and closed after"),
-    "BODY_MIN_BYTES_PER_SECOND": (int, 4096, "slowest request body accepted (after "
-                                  "BODY_TIMEOUT_SECONDS)"),
+    "MAX_MESSAGE_BYTES": (
+        int,
+        64 * 1024,
+        "largest request body, and so message accepted by "
+        "`POST /pub/<channel>` (413 beyond, chunked or not)",
+    ),
+    "BODY_TIMEOUT_SECONDS": (
+        float,
+        10.0,
+        "a request body gets this long, plus its size at "
+        "BODY_MIN_BYTES_PER_SECOND, to arrive; 408 and closed after",
+    ),
+    "BODY_MIN_BYTES_PER_SECOND": (
+        int,
+        4096,
+        "slowest request body accepted (after BODY_TIMEOUT_SECONDS)",
+    ),
     "WS_PING_SECONDS": (float, 25.0, "WebSocket ping interval (dead peers are dropped)"),
-    "ALLOWED_ORIGINS": (str, "", "extra Origins trusted, comma-separated: to open WebSockets, "
-                        "and to make cookie-authenticated state changes without an "
-                        "X-CSRF-Token (CSRF); the server's own origin always is"),
-    "DEMO_USERS": (bool, False, "seed the demo users jack/beanstalk and admin (never in "
-                   "production); `make run` turns it on"),
-    "DEMO_ADMIN_PASSWORD": (str, None, "the demo admin's password; unset: a random one, "
-                            "printed in the log when the admin is created"),
+    "ALLOWED_ORIGINS": (
+        str,
+        "",
+        "extra Origins trusted, comma-separated: to open WebSockets, "
+        "and to make cookie-authenticated state changes without an "
+        "X-CSRF-Token (CSRF); the server's own origin always is",
+    ),
+    "DEMO_USERS": (
+        bool,
+        False,
+        "seed the demo users jack/beanstalk and admin (never in "
+        "production); `make run` turns it on",
+    ),
+    "DEMO_ADMIN_PASSWORD": (
+        str,
+        None,
+        "the demo admin's password; unset: a random one, "
+        "printed in the log when the admin is created",
+    ),
     "SESSION_IDLE_SECONDS": (int, 2 * 3600, "a session unused this long expires"),
     "JWT_TTL_SECONDS": (int, 3600, "lifetime of tokens from `POST /auth/token`"),
     "JWT_ISSUER": (str, "realtime-flask", "`iss` of issued tokens (checked on use)"),
     "JWT_AUDIENCE": (str, "realtime-flask-api", "`aud` of issued tokens (checked on use)"),
-    "LOGIN_RATE_LIMIT": (str, "20 per minute", "attempts per client address, shared by every "
-                         "login endpoint (Basic, challenge, respond, login, token)"),
+    "LOGIN_RATE_LIMIT": (
+        str,
+        "20 per minute",
+        "attempts per client address, shared by every "
+        "login endpoint (Basic, challenge, respond, login, token)",
+    ),
     # -- quotas (core/quotas.py): what one client may do ------------------------
-    "CONNECTIONS_PER_ADDRESS": (int, 200, "open streams (SSE, long-poll, WebSocket) one client "
-                                "address may hold on one worker; more get 429 (load "
-                                "generators on one address need it raised)"),
-    "WORKER_CONNECTIONS": (int, 10000, "connections one worker holds: requests in progress "
-                           "(gunicorn's pool) and, separately, open streams, idle ones "
-                           "included; a stream beyond it gets 503"),
-    "PUBLISH_RATE_LIMIT": (str, "120 per minute", "`POST /pub/<channel>` per client address "
-                           "and per account"),
+    "CONNECTIONS_PER_ADDRESS": (
+        int,
+        200,
+        "open streams (SSE, long-poll, WebSocket) one client "
+        "address may hold on one worker; more get 429 (load "
+        "generators on one address need it raised)",
+    ),
+    "WORKER_CONNECTIONS": (
+        int,
+        10000,
+        "connections one worker holds: requests in progress "
+        "(gunicorn's pool) and, separately, open streams, idle ones "
+        "included; a stream beyond it gets 503",
+    ),
+    "PUBLISH_RATE_LIMIT": (
+        str,
+        "120 per minute",
+        "`POST /pub/<channel>` per client address and per account",
+    ),
     # -- editor --
-    "EDITOR_DOC_TTL_DAYS": (int, 7, "an editor document unused this long is forgotten "
-                            "(every Redis key of it expires; refreshed on use)"),
-    "EDITOR_MAX_DOCS": (int, 1000, "live editor documents kept at once; opening a new one "
-                        "beyond this is refused (close 1008)"),
-    "EDITOR_OPLOG_BYTES": (int, 1024 * 1024, "bytes of an editor document's op log (and of "
-                           "its channel's stream) kept for catch-up; the newest op always stays"),
-    "EDITOR_MAX_OP_LAG": (int, 100, "an editor op made against a version more than this many "
-                          "ops old is not merged: the client gets a fresh snapshot instead"),
-    "EDITOR_DOCS_RATE_LIMIT": (str, "30 per minute", "editor documents created per client "
-                               "address and per account"),
-    "EDITOR_OP_RATE_LIMIT": (str, "2400 per minute", "editor WebSocket frames (ops and "
-                             "presence) per client address, counted per worker"),
+    "EDITOR_DOC_TTL_DAYS": (
+        int,
+        7,
+        "an editor document unused this long is forgotten "
+        "(every Redis key of it expires; refreshed on use)",
+    ),
+    "EDITOR_MAX_DOCS": (
+        int,
+        1000,
+        "live editor documents kept at once; opening a new one beyond this is refused (close 1008)",
+    ),
+    "EDITOR_OPLOG_BYTES": (
+        int,
+        1024 * 1024,
+        "bytes of an editor document's op log (and of "
+        "its channel's stream) kept for catch-up; the newest op always stays",
+    ),
+    "EDITOR_MAX_OP_LAG": (
+        int,
+        100,
+        "an editor op made against a version more than this many "
+        "ops old is not merged: the client gets a fresh snapshot instead",
+    ),
+    "EDITOR_DOCS_RATE_LIMIT": (
+        str,
+        "30 per minute",
+        "editor documents created per client address and per account",
+    ),
+    "EDITOR_OP_RATE_LIMIT": (
+        str,
+        "2400 per minute",
+        "editor WebSocket frames (ops and presence) per client address, counted per worker",
+    ),
     # -- accounts --
-    "LOGIN_ACCOUNT_RATE_LIMIT": (str, "10 per minute", "login attempts per user name, from "
-                                 "any number of addresses, shared by every login endpoint"),
-    "TRUSTED_HOSTS": (lambda raw: [h.strip() for h in raw.split(",") if h.strip()], None,
-                      "host names this server answers to, comma-separated (`.example.com`: "
-                      "and its subdomains); another Host gets 400. Unset: any Host"),
+    "LOGIN_ACCOUNT_RATE_LIMIT": (
+        str,
+        "10 per minute",
+        "login attempts per user name, from "
+        "any number of addresses, shared by every login endpoint",
+    ),
+    "TRUSTED_HOSTS": (
+        lambda raw: [h.strip() for h in raw.split(",") if h.strip()],
+        None,
+        "host names this server answers to, comma-separated (`.example.com`: "
+        "and its subdomains); another Host gets 400. Unset: any Host",
+    ),
     # -- Q&A and drawing --
-    "QA_POST_RATE_LIMIT": (str, "30 per minute", "Q&A questions and answers together, per "
-                           "client address and per account"),
-    "QA_SELECT_RATE_LIMIT": (str, "120 per minute", "`POST /qa/select` per client address and "
-                             "per account"),
-    "QA_QUESTION_TTL_SECONDS": (int, 24 * 3600, "a Q&A question (with its answers) is removed "
-                                "this long after it was asked"),
-    "QA_MAX_QUESTIONS": (int, 100, "questions on the Q&A board; past it the oldest rolls off "
-                         "(with its answers)"),
+    "QA_POST_RATE_LIMIT": (
+        str,
+        "30 per minute",
+        "Q&A questions and answers together, per client address and per account",
+    ),
+    "QA_SELECT_RATE_LIMIT": (
+        str,
+        "120 per minute",
+        "`POST /qa/select` per client address and per account",
+    ),
+    "QA_QUESTION_TTL_SECONDS": (
+        int,
+        24 * 3600,
+        "a Q&A question (with its answers) is removed this long after it was asked",
+    ),
+    "QA_MAX_QUESTIONS": (
+        int,
+        100,
+        "questions on the Q&A board; past it the oldest rolls off (with its answers)",
+    ),
     "QA_MAX_ANSWERS": (int, 100, "answers one Q&A question takes; more get 409"),
-    "QA_ANSWER_BYTES": (int, 32 * 1024, "bytes (as stored JSON) of one Q&A question's answers; "
-                        "an answer past it gets 409"),
-    "DRAW_HISTORY_BYTES": (int, 256 * 1024, "bytes of drawing segments kept for newcomers "
-                           "(at most 20,000 segments); the oldest roll off"),
-    "DRAW_MOVE_RATE_LIMIT": (str, "120 per second", "drawing frames (moves, clears) per client "
-                             "address on one worker; past it the socket is closed 1008"),
+    "QA_ANSWER_BYTES": (
+        int,
+        32 * 1024,
+        "bytes (as stored JSON) of one Q&A question's answers; an answer past it gets 409",
+    ),
+    "DRAW_HISTORY_BYTES": (
+        int,
+        256 * 1024,
+        "bytes of drawing segments kept for newcomers "
+        "(at most 20,000 segments); the oldest roll off",
+    ),
+    "DRAW_MOVE_RATE_LIMIT": (
+        str,
+        "120 per second",
+        "drawing frames (moves, clears) per client "
+        "address on one worker; past it the socket is closed 1008",
+    ),
     "TICKER_CALL_IN_MS": (int, 5000, "the ticker's normal poll interval, told to clients"),
-    "TICKER_TARGET_RPS": (float, 200.0, "quote requests per second above which callIn grows "
-                          "in proportion"),
-    "TICKER_UPSTREAM_URL": (str, None, "quote provider URL template with `{symbol}`, answering "
-                            "JSON with a numeric `price` (unset: the simulated market)"),
-    "TICKER_UPSTREAM_INTERVAL": (float, 5.0, "at most one provider call per symbol this often "
-                                 "(seconds), whatever the number of pollers"),
-    "MAX_WORKER_MEMORY_MB": (int, None, "a worker whose RSS exceeds this stops accepting, "
-                             "hands its clients over and is replaced (unset: no limit)"),
-    "CPU_OFFLOAD": (bool, True, "under gevent, run password hashing in gevent's thread pool; "
-                    "off: on the hub, stalling every other connection of the worker "
-                    "(only to measure that, bench/threads_vs_events.py)"),
-    "SERVED_BY_HEADER": (bool, None, "add `X-Served-By: host/pid` to responses; default on in "
-                         "dev, off in production"),
-    "TRUSTED_PROXIES": (int, 0, "reverse proxies in front of gunicorn whose X-Forwarded-For/"
-                        "-Proto/-Host to believe (nginx alone: 1); 0 trusts none"),
-    "METRICS_TOKEN": (str, None, "a bearer token that may read `/metrics` (Prometheus' "
-                      "scrapes); unset: only administrators and METRICS_ALLOW_NETWORKS"),
-    "METRICS_ALLOW_NETWORKS": (str, "", "client networks that may read `/metrics` without "
-                               "credentials, comma-separated CIDRs (`10.0.0.0/8`); empty: none"),
+    "TICKER_TARGET_RPS": (
+        float,
+        200.0,
+        "quote requests per second above which callIn grows in proportion",
+    ),
+    "TICKER_UPSTREAM_URL": (
+        str,
+        None,
+        "quote provider URL template with `{symbol}`, answering "
+        "JSON with a numeric `price` (unset: the simulated market)",
+    ),
+    "TICKER_UPSTREAM_INTERVAL": (
+        float,
+        5.0,
+        "at most one provider call per symbol this often (seconds), whatever the number of pollers",
+    ),
+    "MAX_WORKER_MEMORY_MB": (
+        int,
+        None,
+        "a worker whose RSS exceeds this stops accepting, "
+        "hands its clients over and is replaced (unset: no limit)",
+    ),
+    "CPU_OFFLOAD": (
+        bool,
+        True,
+        "under gevent, run password hashing in gevent's thread pool; "
+        "off: on the hub, stalling every other connection of the worker "
+        "(only to measure that, bench/threads_vs_events.py)",
+    ),
+    "SERVED_BY_HEADER": (
+        bool,
+        None,
+        "add `X-Served-By: host/pid` to responses; default on in dev, off in production",
+    ),
+    "TRUSTED_PROXIES": (
+        int,
+        0,
+        "reverse proxies in front of gunicorn whose X-Forwarded-For/"
+        "-Proto/-Host to believe (nginx alone: 1); 0 trusts none",
+    ),
+    "METRICS_TOKEN": (
+        str,
+        None,
+        "a bearer token that may read `/metrics` (Prometheus' "
+        "scrapes); unset: only administrators and METRICS_ALLOW_NETWORKS",
+    ),
+    "METRICS_ALLOW_NETWORKS": (
+        str,
+        "",
+        "client networks that may read `/metrics` without "
+        "credentials, comma-separated CIDRs (`10.0.0.0/8`); empty: none",
+    ),
     # -- background jobs (blueprints/jobs.py, workers/jobs.py) --
-    "JOBS_LOG_DIR": (str, None, "the directory whose log files administrators may analyse "
-                     "at /admin/jobs (unset: `<INSTANCE_DIR>/logs`)"),
+    "JOBS_LOG_DIR": (
+        str,
+        None,
+        "the directory whose log files administrators may analyse "
+        "at /admin/jobs (unset: `<INSTANCE_DIR>/logs`)",
+    ),
     "JOBS_MAX_PROCS": (int, 4, "child processes one log-analysis job may ask for"),
-    "JOBS_UPLOAD_MAX_BYTES": (int, 64 * 1024 * 1024, "largest log upload to /admin/jobs/upload "
-                              "(413 beyond)"),
-    "JOBS_TTL_SECONDS": (int, 24 * 3600, "a job, its result, its progress stream and its "
-                        "upload are forgotten this long after its last change"),
-    "JOBS_CANCEL_GRACE_SECONDS": (float, 3.0, "a cancelled job's children get SIGTERM, then "
-                                  "SIGKILL after this long"),
+    "JOBS_UPLOAD_MAX_BYTES": (
+        int,
+        64 * 1024 * 1024,
+        "largest log upload to /admin/jobs/upload (413 beyond)",
+    ),
+    "JOBS_TTL_SECONDS": (
+        int,
+        24 * 3600,
+        "a job, its result, its progress stream and its "
+        "upload are forgotten this long after its last change",
+    ),
+    "JOBS_CANCEL_GRACE_SECONDS": (
+        float,
+        3.0,
+        "a cancelled job's children get SIGTERM, then SIGKILL after this long",
+    ),
     "JOBS_TIMEOUT_SECONDS": (int, 3600, "a job running longer is stopped by RQ and fails"),
-    "JOBS_READ_BYTES_PER_SECOND": (int, None, "cap on each job child's reading rate, to spare "
-                                   "the disk (unset: no cap)"),
-    "JOB_WORKERS": (int, 1, "RQ worker processes the gunicorn master starts for the jobs "
-                    "(0: none here; run `python -m workers.job_workers` elsewhere)"),
+    "JOBS_READ_BYTES_PER_SECOND": (
+        int,
+        None,
+        "cap on each job child's reading rate, to spare the disk (unset: no cap)",
+    ),
+    "JOB_WORKERS": (
+        int,
+        1,
+        "RQ worker processes the gunicorn master starts for the jobs "
+        "(0: none here; run `python -m workers.job_workers` elsewhere)",
+    ),
     # -- the server (gunicorn.conf.py reads these from this table) ----------------
     "HOST": (str, "127.0.0.1", "address to listen on (with PORT, unless BIND is set)"),
     "PORT": (lambda raw: port_number("PORT", raw), 8000, "port to listen on"),
-    "BIND": (str, None, "listen address instead of HOST and PORT (`host:port`, "
-             "`unix:/path`)"),
+    "BIND": (str, None, "listen address instead of HOST and PORT (`host:port`, `unix:/path`)"),
     "WEB_CONCURRENCY": (int, 2, "worker processes; 0: one per CPU core"),
-    "WORKER_CLASS": (str, "gevent", "`gevent` in production; `gthread`/`sync` exist for the "
-                     "threads-vs-events benchmarks"),
+    "WORKER_CLASS": (
+        str,
+        "gevent",
+        "`gevent` in production; `gthread`/`sync` exist for the threads-vs-events benchmarks",
+    ),
     "THREADS": (int, 1, "threads per worker, only for the gthread worker (benchmarks)"),
-    "REUSE_PORT": (bool, True, "one `SO_REUSEPORT` socket per worker so the kernel spreads "
-                   "connections evenly (with one shared socket, the first idle gevent worker "
-                   "accepts nearly all of them)"),
+    "REUSE_PORT": (
+        bool,
+        True,
+        "one `SO_REUSEPORT` socket per worker so the kernel spreads "
+        "connections evenly (with one shared socket, the first idle gevent worker "
+        "accepts nearly all of them)",
+    ),
     "BACKLOG": (int, 4096, "listen backlog, for bursts of connects"),
-    "TIMEOUT": (int, 30, "gunicorn's worker timeout (gevent workers heartbeat from their own "
-                "greenlet, so hour-long streams are fine)"),
+    "TIMEOUT": (
+        int,
+        30,
+        "gunicorn's worker timeout (gevent workers heartbeat from their own "
+        "greenlet, so hour-long streams are fine)",
+    ),
     "GRACEFUL_TIMEOUT": (int, 30, "how long a stopping or reloading worker drains its clients"),
     "KEEPALIVE": (int, 15, "HTTP keep-alive, above the ticker's 5 s poll interval"),
-    "LOG_LEVEL": (lambda raw: one_of("LOG_LEVEL", raw, LOG_LEVELS), "info",
-                  "gunicorn's and the app's log level: debug, info, warning, error, critical"),
+    "LOG_LEVEL": (
+        lambda raw: one_of("LOG_LEVEL", raw, LOG_LEVELS),
+        "info",
+        "gunicorn's and the app's log level: debug, info, warning, error, critical",
+    ),
     "ACCESS_LOG": (str, None, "where gunicorn logs each request (`-`: stdout); unset: off"),
     "RELOAD": (bool, False, "restart workers when the code changes (development)"),
 }
@@ -233,8 +449,10 @@ def sentinel_addresses(raw: str) -> list[tuple[str, int]]:
         host, sep, port = item.rpartition(":")
         host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
-            raise ConfigError(f"REDIS_SENTINELS={raw!r}: expected host:port,host:port,... "
-                              f"({item!r} is not host:port)")
+            raise ConfigError(
+                f"REDIS_SENTINELS={raw!r}: expected host:port,host:port,... "
+                f"({item!r} is not host:port)"
+            )
         addresses.append((host, int(port)))
     return addresses
 
@@ -243,11 +461,15 @@ def redis_location(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Where Redis is, as keyword arguments for core.redis_connections'
     RedisConnections (the workers' clients and the master's): a URL, or Sentinels."""
     if settings["REDIS_SENTINELS"]:
-        return {"sentinels": settings["REDIS_SENTINELS"],
-                "service": settings["REDIS_SENTINEL_SERVICE"],
-                "username": settings["REDIS_USERNAME"], "password": settings["REDIS_PASSWORD"],
-                "sentinel_password": settings["REDIS_SENTINEL_PASSWORD"],
-                "tls": settings["REDIS_TLS"], "tls_ca_file": settings["REDIS_TLS_CA_FILE"]}
+        return {
+            "sentinels": settings["REDIS_SENTINELS"],
+            "service": settings["REDIS_SENTINEL_SERVICE"],
+            "username": settings["REDIS_USERNAME"],
+            "password": settings["REDIS_PASSWORD"],
+            "sentinel_password": settings["REDIS_SENTINEL_PASSWORD"],
+            "tls": settings["REDIS_TLS"],
+            "tls_ca_file": settings["REDIS_TLS_CA_FILE"],
+        }
     return {"url": settings["REDIS_URL"]}
 
 
@@ -314,24 +536,35 @@ def load_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         settings["DEMO_USERS"] = False  # never seed known passwords in production
     demo_password = settings["DEMO_ADMIN_PASSWORD"]
     if settings["DEMO_USERS"] and demo_password and len(demo_password) < MIN_PASSWORD_LENGTH:
-        raise ConfigError(f"DEMO_ADMIN_PASSWORD: passwords have at least "
-                          f"{MIN_PASSWORD_LENGTH} characters")
+        raise ConfigError(
+            f"DEMO_ADMIN_PASSWORD: passwords have at least {MIN_PASSWORD_LENGTH} characters"
+        )
 
     if settings["REDIS_SENTINELS"]:
         if settings["REDIS_URL"]:
-            raise ConfigError("REDIS_URL and REDIS_SENTINELS are both set: use one "
-                              "(with Sentinel, the master's address comes from them)")
+            raise ConfigError(
+                "REDIS_URL and REDIS_SENTINELS are both set: use one "
+                "(with Sentinel, the master's address comes from them)"
+            )
     else:
-        server_only = [name for name in ("REDIS_USERNAME", "REDIS_PASSWORD",
-                                         "REDIS_SENTINEL_PASSWORD", "REDIS_TLS_CA_FILE")
-                       if settings[name]] + (["REDIS_TLS"] if settings["REDIS_TLS"] else [])
+        server_only = [
+            name
+            for name in (
+                "REDIS_USERNAME",
+                "REDIS_PASSWORD",
+                "REDIS_SENTINEL_PASSWORD",
+                "REDIS_TLS_CA_FILE",
+            )
+            if settings[name]
+        ] + (["REDIS_TLS"] if settings["REDIS_TLS"] else [])
         if server_only:
-            raise ConfigError(f"{', '.join(server_only)}: only with REDIS_SENTINELS "
-                              "(with REDIS_URL, credentials and rediss:// go in the URL)")
+            raise ConfigError(
+                f"{', '.join(server_only)}: only with REDIS_SENTINELS "
+                "(with REDIS_URL, credentials and rediss:// go in the URL)"
+            )
     if not settings["REDIS_URL"] and not settings["REDIS_SENTINELS"]:
         if production:
-            raise ConfigError("REDIS_URL (or REDIS_SENTINELS) must be set when "
-                              "APP_ENV=production")
+            raise ConfigError("REDIS_URL (or REDIS_SENTINELS) must be set when APP_ENV=production")
         # The embedded redis-server started by `make run` leaves its URL here,
         # so `python -m workers.broadcast` and `flask` commands find it.
         try:

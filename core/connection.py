@@ -140,8 +140,12 @@ class DirectWriter:
 
     one_shot = False  # a stream's writer goes on; a long-poll's answers once
 
-    def __init__(self, sock: Any, frame: Callable[[Message], bytes],
-                 is_open: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        sock: Any,
+        frame: Callable[[Message], bytes],
+        is_open: Callable[[], bool] | None = None,
+    ) -> None:
         self._sock = sock  # gunicorn's socket (or core.transports.websocket's locked wrapper)
         self._real = getattr(sock, "_raw", sock)._sock  # gevent's non-blocking socket
         self._busy = getattr(sock, "busy", None)
@@ -168,15 +172,22 @@ class DirectWriter:
 direct_writes_allowed = True
 
 
-def direct_writer(environ: WSGIEnvironment, frame: Callable[[Message], bytes],
-                  is_open: Callable[[], bool] | None = None) -> DirectWriter | None:
+def direct_writer(
+    environ: WSGIEnvironment,
+    frame: Callable[[Message], bytes],
+    is_open: Callable[[], bool] | None = None,
+) -> DirectWriter | None:
     """A DirectWriter for this request's socket, or None where it cannot work
     (not gevent, not gunicorn's gevent socket, not gunicorn's HTTP protocol)."""
     from gevent import monkey
 
     sock = environ.get("gunicorn.socket")
     raw = getattr(sock, "_raw", sock)
-    if (not direct_writes_allowed or not monkey.is_module_patched("socket")
-            or not hasattr(raw, "_sock") or hasattr(raw, "do_handshake")):  # TLS: never raw
+    if (
+        not direct_writes_allowed
+        or not monkey.is_module_patched("socket")
+        or not hasattr(raw, "_sock")
+        or hasattr(raw, "do_handshake")
+    ):  # TLS: never raw
         return None
     return DirectWriter(sock, frame, is_open)

@@ -79,9 +79,14 @@ class EmbeddedRedis:
     no persistence at all.
     """
 
-    def __init__(self, data_dir: str | os.PathLike[str], port: int | None = None,
-                 appendonly: bool = False, extra_args: Iterable[str] = (),
-                 config_file: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        port: int | None = None,
+        appendonly: bool = False,
+        extra_args: Iterable[str] = (),
+        config_file: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port
         self.appendonly = appendonly
@@ -103,20 +108,30 @@ class EmbeddedRedis:
             args = [
                 binary,
                 *([str(self.config_file)] if self.config_file else []),
-                "--bind", "127.0.0.1",
-                "--port", str(self.port),
-                "--dir", str(self.data_dir),
-                "--save", "",
-                "--appendonly", "yes" if self.appendonly else "no",
-                "--daemonize", "no",
-                "--logfile", str(self.data_dir / "redis.log"),
-                "--maxclients", "10000",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.data_dir),
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(self.data_dir / "redis.log"),
+                "--maxclients",
+                "10000",
                 *self.extra_args,
             ]
             # Own session: Ctrl-C in the terminal reaches gunicorn, which drains
             # its workers and then stops us (Redis must outlive the workers).
             self.process = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
                 start_new_session=True,
                 # the gunicorn master and pytest start this before any thread exists
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,

@@ -55,16 +55,21 @@ def _html_error(status: int, message: str) -> Response | None:
     """The HTML page, or None (then JSON) if rendering fails: an error page
     must not fail in turn. Jinja escapes `message`, which may hold user input."""
     try:
-        page = render_template("error.html", status=status, message=message,
-                               title=HTTP_STATUS_CODES.get(status, "Error"))
+        page = render_template(
+            "error.html",
+            status=status,
+            message=message,
+            title=HTTP_STATUS_CODES.get(status, "Error"),
+        )
     except Exception:
         log.exception("cannot render the HTML error page")
         return None
     return current_app.response_class(page, status=status, mimetype="text/html")
 
 
-def abort_json(status: int, message: str, headers: Mapping[str, str] | None = None,
-               **extra: Any) -> NoReturn:
+def abort_json(
+    status: int, message: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> NoReturn:
     response = json_response(status, message, **extra)
     if headers:
         response.headers.update(headers)
@@ -91,9 +96,12 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(NotReplicated)
     def not_replicated(exc):
         # Written to the master, not confirmed by PUBLISH_MIN_REPLICAS in time.
-        return json_response(503, f"not confirmed by enough replicas: {exc}; the message may "
-                             "still be delivered, and publishing it again sends it twice",
-                             id=exc.id)
+        return json_response(
+            503,
+            f"not confirmed by enough replicas: {exc}; the message may "
+            "still be delivered, and publishing it again sends it twice",
+            id=exc.id,
+        )
 
     @app.errorhandler(Exception)
     def unexpected(exc):

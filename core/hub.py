@@ -94,21 +94,32 @@ class _Local:
             return list(self.tail)
         for i, msg in enumerate(self.tail):
             if msg.key == cursor:
-                return list(self.tail)[i + 1:]
+                return list(self.tail)[i + 1 :]
         return None
 
 
 class Hub(StreamLog):
     """The log (publish, read), plus this worker's listener and subscribers."""
 
-    def __init__(self, redis_client, connections, prefix="rt:", queue_size=1000,
-                 queue_bytes=1024 * 1024, maxlen=1000, ttl_seconds=7 * 24 * 3600,
-                 min_replicas=0, replica_timeout_ms=500):
-        super().__init__(redis_client, prefix, maxlen, ttl_seconds, min_replicas,
-                         replica_timeout_ms)
+    def __init__(
+        self,
+        redis_client,
+        connections,
+        prefix="rt:",
+        queue_size=1000,
+        queue_bytes=1024 * 1024,
+        maxlen=1000,
+        ttl_seconds=7 * 24 * 3600,
+        min_replicas=0,
+        replica_timeout_ms=500,
+    ):
+        super().__init__(
+            redis_client, prefix, maxlen, ttl_seconds, min_replicas, replica_timeout_ms
+        )
         # where the listener connects (core/redis_connections.py); a URL will do
-        self.connections = (RedisConnections.from_url(connections)
-                            if isinstance(connections, str) else connections)
+        self.connections = (
+            RedisConnections.from_url(connections) if isinstance(connections, str) else connections
+        )
         self.queue_size = queue_size  # a subscriber's mailbox, in messages...
         self.queue_bytes = queue_bytes  # ...and in bytes of message data
         self._channels = {}
@@ -178,8 +189,11 @@ class Hub(StreamLog):
             if known is not None and sub.cursor in (None, known):
                 # Nothing to read: the listener offers everything after `known`.
                 sub.go_live_at(known)
-            elif known is not None and sub.cursor is not None and (
-                    backlog := local.since(sub.cursor)) is not None:
+            elif (
+                known is not None
+                and sub.cursor is not None
+                and (backlog := local.since(sub.cursor)) is not None
+            ):
                 sub.go_live_at(known, backlog)  # a little behind: from memory
             elif sub.cursor is None:
                 return False, False
@@ -192,8 +206,7 @@ class Hub(StreamLog):
 
     def _is_live(self, local):
         """The listener hears `local`'s channel and knows its newest id (under the lock)."""
-        return (self._connected and local.confirmed == self._epoch
-                and local.epoch == self._epoch)
+        return self._connected and local.confirmed == self._epoch and local.epoch == self._epoch
 
     def _ask_to_subscribe(self, channel):
         """Have the listener subscribe to `channel`'s notifications: it owns its
@@ -226,8 +239,12 @@ class Hub(StreamLog):
         """A subscription of `channel` caught up to `key` during `epoch`."""
         with self._lock:
             local = self._channels.get(channel)
-            if (local is None or epoch != self._epoch or not self._connected
-                    or local.confirmed != epoch):
+            if (
+                local is None
+                or epoch != self._epoch
+                or not self._connected
+                or local.confirmed != epoch
+            ):
                 return
             if local.epoch != epoch or local.newest is None or key > local.newest:
                 local.known(key, epoch)
@@ -238,9 +255,13 @@ class Hub(StreamLog):
         confirmed yet stays until it is: so a confirmation always belongs to
         the channel's current entry."""
         with self._lock:
-            idle = [name for name, local in self._channels.items()
-                    if local.idle_since is not None and now - local.idle_since > IDLE_KEEP
-                    and (local.confirmed == self._epoch or not self._connected)]
+            idle = [
+                name
+                for name, local in self._channels.items()
+                if local.idle_since is not None
+                and now - local.idle_since > IDLE_KEEP
+                and (local.confirmed == self._epoch or not self._connected)
+            ]
             for name in idle:
                 del self._channels[name]
                 self._to_subscribe.discard(name)
@@ -300,7 +321,8 @@ class Hub(StreamLog):
     def _run(self):
         # named in CLIENT LIST: which worker's listener it is
         listener_client = self.connections.listener_client(
-            self.keys.hub_control(socket.gethostname(), os.getpid()))
+            self.keys.hub_control(socket.gethostname(), os.getpid())
+        )
         delay = 0.0
         while not self._stopped:
             if delay:
@@ -349,12 +371,12 @@ class Hub(StreamLog):
                 kind, name = msg["type"], msg["channel"]
                 if kind == "message" and name != self._control:
                     self.notifications += 1
-                    self._dispatch(name[len(self.keys.notifications_prefix):], msg["data"])
+                    self._dispatch(name[len(self.keys.notifications_prefix) :], msg["data"])
                 elif kind == "subscribe":
                     if name == self._control:
                         self._set_connected(True)
                     else:
-                        self._confirm(name[len(self.keys.notifications_prefix):])
+                        self._confirm(name[len(self.keys.notifications_prefix) :])
         finally:
             pubsub.close()
 
@@ -362,8 +384,11 @@ class Hub(StreamLog):
         """Subscribe to the channels asked for since the last turn (a wake-up
         message on the control channel brought the listener here at once)."""
         with self._lock:
-            asked = [name for name in self._to_subscribe
-                     if name in self._channels or name in self._watchers]
+            asked = [
+                name
+                for name in self._to_subscribe
+                if name in self._channels or name in self._watchers
+            ]
             self._to_subscribe.clear()
             self._wake_sent = False
         if asked:

@@ -53,8 +53,9 @@ class connection:  # lower case: used like a function, in a `with`
 
     __slots__ = ("address", "close", "kind", "owner")
 
-    def __init__(self, kind: str, close: Close | None = None,
-                 environ: WSGIEnvironment | None = None) -> None:
+    def __init__(
+        self, kind: str, close: Close | None = None, environ: WSGIEnvironment | None = None
+    ) -> None:
         environ = environ if environ is not None else {}
         self.kind, self.close = kind, close
         self.address, self.owner = environ.get("REMOTE_ADDR"), environ.get(OWNER)

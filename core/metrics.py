@@ -68,8 +68,10 @@ def allowed_networks(text: str | None) -> list[Network]:
         try:
             networks.append(ipaddress.ip_network(part))
         except ValueError as exc:
-            raise ConfigError(f"METRICS_ALLOW_NETWORKS={text!r}: {exc} (expected CIDRs such "
-                              "as 10.0.0.0/8, comma-separated)") from None
+            raise ConfigError(
+                f"METRICS_ALLOW_NETWORKS={text!r}: {exc} (expected CIDRs such "
+                "as 10.0.0.0/8, comma-separated)"
+            ) from None
     return networks
 
 
@@ -98,8 +100,10 @@ def prepare_master(server: Any) -> None:  # gunicorn's Arbiter
     except ConfigError as exc:
         raise SystemExit(f"configuration error: {exc}") from None
     if "prometheus_client" in sys.modules:  # it would keep its values in memory
-        raise SystemExit("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR "
-                         "was set: /metrics would show only the worker that answers")
+        raise SystemExit(
+            "prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR "
+            "was set: /metrics would show only the worker that answers"
+        )
     path = directory_for(server.cfg.bind)
     if not server.master_pid:
         # A fresh start: the files of a previous run are stale. (A USR2
@@ -112,9 +116,12 @@ def prepare_master(server: Any) -> None:  # gunicorn's Arbiter
     from prometheus_client import Counter
 
     # Created now, so the scrape shows 0 before the first exit.
-    _restarts = Counter("realtime_worker_restarts", "Workers that exited (crashed, killed, "
-                        "over the memory limit, or reloaded); gunicorn replaces each.",
-                        registry=None)
+    _restarts = Counter(
+        "realtime_worker_restarts",
+        "Workers that exited (crashed, killed, "
+        "over the memory limit, or reloaded); gunicorn replaces each.",
+        registry=None,
+    )
 
 
 def worker_exited(pid: int) -> None:
@@ -139,8 +146,10 @@ def init_app(app: Flask) -> None:
     from flask import request
 
     metrics = app.extensions["metrics"] = Metrics(
-        app.extensions["hub"], app.config["METRICS_TOKEN"],
-        allowed_networks(app.config["METRICS_ALLOW_NETWORKS"]))
+        app.extensions["hub"],
+        app.config["METRICS_TOKEN"],
+        allowed_networks(app.config["METRICS_ALLOW_NETWORKS"]),
+    )
 
     @app.before_request
     def start_timer() -> None:
@@ -149,8 +158,12 @@ def init_app(app: Flask) -> None:
     @app.after_request
     def count_request(response: Any) -> Any:
         started = request.environ.get(_STARTED)
-        metrics.count(request.url_rule, request.method, response.status_code,
-                      None if started is None else time.perf_counter() - started)
+        metrics.count(
+            request.url_rule,
+            request.method,
+            response.status_code,
+            None if started is None else time.perf_counter() - started,
+        )
         return response
 
 
@@ -159,8 +172,9 @@ class Metrics:
     the scrape. No Flask in here: init_app's hooks and the /metrics view pass
     what they read from the request."""
 
-    def __init__(self, hub: Hub, token: str | None = None,
-                 networks: Iterable[Network] = ()) -> None:
+    def __init__(
+        self, hub: Hub, token: str | None = None, networks: Iterable[Network] = ()
+    ) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.hub, self.token, self.networks = hub, token, list(networks)
@@ -168,45 +182,106 @@ class Metrics:
         # prometheus_client's global one: a process may create several apps (tests).
         self.registry = registry = CollectorRegistry()
         self.requests = Counter(
-            "realtime_http_requests", "HTTP requests answered, by route rule, method and "
+            "realtime_http_requests",
+            "HTTP requests answered, by route rule, method and "
             "status class; WebSocket upgrades and SSE or long-poll streams included.",
-            ["route", "method", "status"], registry=registry)
+            ["route", "method", "status"],
+            registry=registry,
+        )
         self.latency = Histogram(
-            "realtime_http_request_duration_seconds", "Time from the request to its response "
+            "realtime_http_request_duration_seconds",
+            "Time from the request to its response "
             "(for an SSE stream or a long-poll: until it is opened or held, not its life; "
-            "WebSocket sessions are left out).", ["route", "method"],
-            buckets=LATENCY_BUCKETS, registry=registry)
+            "WebSocket sessions are left out).",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         # livesum: the workers alive now, added up (a dead worker's files are
         # marked dead by the master).
         self.open_connections = Gauge(
-            "realtime_open_connections", "Open long-lived connections, by transport.",
-            ["transport"], multiprocess_mode="livesum", registry=registry)
+            "realtime_open_connections",
+            "Open long-lived connections, by transport.",
+            ["transport"],
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
         self.rss = Gauge(
-            "realtime_worker_resident_memory_bytes", "Resident memory of each worker (its "
-            "pid as a label).", multiprocess_mode="liveall", registry=registry)
-        self.cpu = Counter("realtime_worker_cpu_seconds", "CPU time the workers used "
-                           "(user and system).", registry=registry)
+            "realtime_worker_resident_memory_bytes",
+            "Resident memory of each worker (its pid as a label).",
+            multiprocess_mode="liveall",
+            registry=registry,
+        )
+        self.cpu = Counter(
+            "realtime_worker_cpu_seconds",
+            "CPU time the workers used (user and system).",
+            registry=registry,
+        )
         # each Counter beside the name of the plain counter it copies (see flush)
         self._copies = [
-            (Counter("realtime_messages_published", "Messages published through this "
-                     "host's workers (POST /pub and the apps' hub publishes).",
-                     registry=registry), "published"),
-            (Counter("realtime_messages_delivered", "Messages handed to subscribers' "
-                     "connections (written, queued for writing, or read in a catch-up), "
-                     "one per subscriber.", registry=registry), "delivered"),
-            (Counter("realtime_messages_dropped", "Messages thrown away from the mailboxes "
-                     "of subscribers cut off as slow consumers (they may resume from "
-                     "their cursor).", registry=registry), "dropped"),
-            (Counter("realtime_slow_consumer_cuts", "Subscribers cut off as slow consumers "
-                     "(SUBSCRIBER_QUEUE_SIZE or SUBSCRIBER_QUEUE_BYTES exceeded).",
-                     registry=registry), "slow_consumer_cuts"),
-            (Counter("realtime_resets", "Resets sent: a subscriber's cursor was gone "
-                     "(trimmed, expired, never issued).", registry=registry), "resets"),
-            (Counter("realtime_hub_reconnects", "Times a worker's hub listener connected "
-                     "to Redis again after losing it.", registry=registry), "reconnects"),
-            (Counter("realtime_hub_notifications", "Channel notifications the workers' hub "
-                     "listeners heard (each worker only those of channels it serves).",
-                     registry=registry), "notifications"),
+            (
+                Counter(
+                    "realtime_messages_published",
+                    "Messages published through this "
+                    "host's workers (POST /pub and the apps' hub publishes).",
+                    registry=registry,
+                ),
+                "published",
+            ),
+            (
+                Counter(
+                    "realtime_messages_delivered",
+                    "Messages handed to subscribers' "
+                    "connections (written, queued for writing, or read in a catch-up), "
+                    "one per subscriber.",
+                    registry=registry,
+                ),
+                "delivered",
+            ),
+            (
+                Counter(
+                    "realtime_messages_dropped",
+                    "Messages thrown away from the mailboxes "
+                    "of subscribers cut off as slow consumers (they may resume from "
+                    "their cursor).",
+                    registry=registry,
+                ),
+                "dropped",
+            ),
+            (
+                Counter(
+                    "realtime_slow_consumer_cuts",
+                    "Subscribers cut off as slow consumers "
+                    "(SUBSCRIBER_QUEUE_SIZE or SUBSCRIBER_QUEUE_BYTES exceeded).",
+                    registry=registry,
+                ),
+                "slow_consumer_cuts",
+            ),
+            (
+                Counter(
+                    "realtime_resets",
+                    "Resets sent: a subscriber's cursor was gone (trimmed, expired, never issued).",
+                    registry=registry,
+                ),
+                "resets",
+            ),
+            (
+                Counter(
+                    "realtime_hub_reconnects",
+                    "Times a worker's hub listener connected to Redis again after losing it.",
+                    registry=registry,
+                ),
+                "reconnects",
+            ),
+            (
+                Counter(
+                    "realtime_hub_notifications",
+                    "Channel notifications the workers' hub "
+                    "listeners heard (each worker only those of channels it serves).",
+                    registry=registry,
+                ),
+                "notifications",
+            ),
         ]
         self._copied: dict[Counter, float] = {}  # Counter -> the plain value last copied
         self._flush_lock = threading.Lock()  # the monitor's loop and a scrape may both flush
@@ -215,8 +290,9 @@ class Metrics:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def count(self, rule: Rule | None, method: str, status: int,
-              seconds: float | None = None) -> None:
+    def count(
+        self, rule: Rule | None, method: str, status: int, seconds: float | None = None
+    ) -> None:
         """One request answered: its url_rule (None: no route matched), its
         method, its status code and how long it took. The children of each
         label set are looked up once (prometheus_client's labels() checks
@@ -232,7 +308,8 @@ class Metrics:
             # would be the session's life, so it is only counted.
             series = self._series[key] = (
                 self.requests.labels(route, method, f"{key[3]}xx"),
-                None if websocket else self.latency.labels(route, method))
+                None if websocket else self.latency.labels(route, method),
+            )
         counter, histogram = series
         counter.inc()
         if histogram is not None and seconds is not None:

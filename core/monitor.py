@@ -90,17 +90,25 @@ def _watch(worker, app):
         if metrics is not None:
             metrics.flush(rss=rss, connections=connections)
         report = {
-            "role": "worker", "pid": pid, "ppid": os.getppid(), "host": host,
-            "worker": os.environ.get("WORKER_NUMBER"), "started": started,
-            "uptime": round(time.time() - started, 1), "rss": rss, "cpu": round(cpu, 1),
+            "role": "worker",
+            "pid": pid,
+            "ppid": os.getppid(),
+            "host": host,
+            "worker": os.environ.get("WORKER_NUMBER"),
+            "started": started,
+            "uptime": round(time.time() - started, 1),
+            "rss": rss,
+            "cpu": round(cpu, 1),
             "connections": connections,
             "requests": lifecycle.requests_served[0],
-            "subscribers": hub.stats()["subscribers"], "notifications": hub.notifications,
+            "subscribers": hub.stats()["subscribers"],
+            "notifications": hub.notifications,
             "at": time.time(),
         }
         try:
-            redis_client.set(keys.process(host, pid), json.dumps(report),
-                             ex=int(REPORT_SECONDS * 3))
+            redis_client.set(
+                keys.process(host, pid), json.dumps(report), ex=int(REPORT_SECONDS * 3)
+            )
         except Exception:  # Redis away: report again next time
             log.debug("could not report to Redis", exc_info=True)
         time.sleep(CHECK_SECONDS)
@@ -161,8 +169,11 @@ def _note_cause(redis_client, keys, host, pid, cause):
 #   holds ssl.SSLContext itself: each gevent worker then warns that this one
 #   module keeps the unpatched class. That warning alone is silenced (the
 #   filter is inherited by the workers); any other module named in it still shows.
-warnings.filterwarnings("ignore", message=r"Monkey-patching ssl after ssl has already been "
-                        r"imported .*\(NOT patched\): \['redis\.asyncio\.connection \([^)]*\)'\]\. *$")
+warnings.filterwarnings(
+    "ignore",
+    message=r"Monkey-patching ssl after ssl has already been "
+    r"imported .*\(NOT patched\): \['redis\.asyncio\.connection \([^)]*\)'\]\. *$",
+)
 
 _master_redis = None  # the master's client, made on first use (in its main thread)
 
@@ -173,7 +184,8 @@ def _master_client(settings):
     if _master_redis is None:
         # blocking calls with short timeouts: the master must not hang on Redis
         _master_redis = RedisConnections.from_settings(settings).client(
-            max_connections=2, timeout=2, socket_timeout=2)
+            max_connections=2, timeout=2, socket_timeout=2
+        )
     return _master_redis
 
 
@@ -184,8 +196,14 @@ def record_exit(pid):
     try:
         client = _master_client(settings)
         cause = client.get(keys.process_cause(host, pid))
-        entry = json.dumps({"pid": pid, "host": host, "at": time.time(),
-                            "cause": cause or "died (crash or killed)"})
+        entry = json.dumps(
+            {
+                "pid": pid,
+                "host": host,
+                "at": time.time(),
+                "cause": cause or "died (crash or killed)",
+            }
+        )
         pipe = client.pipeline(transaction=False)
         pipe.lpush(keys.process_restarts(), entry)
         pipe.ltrim(keys.process_restarts(), 0, 199)
@@ -198,8 +216,12 @@ def record_exit(pid):
 def report_master(server):
     """when_ready: a thread in the master, its own report every REPORT_SECONDS."""
     settings = load_settings()
-    keys, host, pid, started = (Keys(settings["REDIS_PREFIX"]), socket.gethostname(),
-                                os.getpid(), time.time())
+    keys, host, pid, started = (
+        Keys(settings["REDIS_PREFIX"]),
+        socket.gethostname(),
+        os.getpid(),
+        time.time(),
+    )
     try:
         client = _master_client(settings)  # here, in the main thread: see above
     except ValueError as exc:
@@ -209,18 +231,27 @@ def report_master(server):
     # rediss:// URL): a child forked then inherits OpenSSL's locks held and
     # hangs at its first hash. So a fork waits for the report in progress.
     talking = threading.Lock()
-    os.register_at_fork(before=talking.acquire, after_in_parent=talking.release,
-                        after_in_child=talking.release)
+    os.register_at_fork(
+        before=talking.acquire, after_in_parent=talking.release, after_in_child=talking.release
+    )
 
     def loop():
         while True:
-            report = {"role": "master", "pid": pid, "host": host, "started": started,
-                      "uptime": round(time.time() - started, 1), "rss": rss_bytes(),
-                      "workers": sorted(server.WORKERS), "at": time.time()}
+            report = {
+                "role": "master",
+                "pid": pid,
+                "host": host,
+                "started": started,
+                "uptime": round(time.time() - started, 1),
+                "rss": rss_bytes(),
+                "workers": sorted(server.WORKERS),
+                "at": time.time(),
+            }
             try:
                 with talking:
-                    client.set(keys.process(host, pid), json.dumps(report),
-                               ex=int(REPORT_SECONDS * 3))
+                    client.set(
+                        keys.process(host, pid), json.dumps(report), ex=int(REPORT_SECONDS * 3)
+                    )
             except (redis.RedisError, OSError) as exc:  # Redis away: report again next time
                 log.debug("master: could not report to Redis (%s)", exc)
             time.sleep(REPORT_SECONDS)

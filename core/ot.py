@@ -43,7 +43,7 @@ def from_json(components: object) -> Op:
     for c in components:
         if not isinstance(c, dict) or len(c) != 1:
             raise OTError("each component is one of {retain: n}, {insert: text}, {delete: n}")
-        (kind, value), = c.items()
+        ((kind, value),) = c.items()
         if kind in ("retain", "delete"):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise OTError(f"{kind} takes a positive integer")
@@ -67,8 +67,10 @@ def walks(components: list[dict[str, Any]]) -> int:
 
 
 def to_json(op: Op) -> list[dict[str, int | str]]:
-    return [{"insert": c} if isinstance(c, str) else {"retain": c} if c > 0 else {"delete": -c}
-            for c in op]
+    return [
+        {"insert": c} if isinstance(c, str) else {"retain": c} if c > 0 else {"delete": -c}
+        for c in op
+    ]
 
 
 # -- basics ----------------------------------------------------------------------------
@@ -131,7 +133,7 @@ def apply(text: str, op: Op) -> str:
         if isinstance(c, str):
             out.append(c)
         elif c > 0:
-            out.append(text[i:i + c])
+            out.append(text[i : i + c])
             i += c
         else:
             i -= c

@@ -51,8 +51,7 @@ class Idle:
 
     __slots__ = ("hand_back", "seconds", "subscription", "taken_over")
 
-    def __init__(self, subscription: Subscription, seconds: float,
-                 hand_back: bool = False) -> None:
+    def __init__(self, subscription: Subscription, seconds: float, hand_back: bool = False) -> None:
         self.subscription, self.seconds, self.hand_back = subscription, seconds, hand_back
         self.taken_over = False
 
@@ -61,18 +60,21 @@ class Idle:
 Loop = Generator[bytes | Idle, None, None]
 
 
-def serve(loop: Loop, environ: WSGIEnvironment,
-          start_response: StartResponse) -> Iterator[bytes]:
+def serve(loop: Loop, environ: WSGIEnvironment, start_response: StartResponse) -> Iterator[bytes]:
     """The response body gunicorn iterates: `loop`'s bytes as they come. At an
     `Idle` with nothing to do, the connection is taken over: gunicorn ends
     the request as if the body had ended, but writes nothing more (no last
     chunk) and reads no next request on it."""
     server_response: Any = getattr(start_response, "__self__", None)  # gunicorn's
-    takeover = (getattr(server_response, "sock", None) is environ.get("gunicorn.socket")
-                and hasattr(server_response, "default_headers"))
+    takeover = getattr(server_response, "sock", None) is environ.get("gunicorn.socket") and hasattr(
+        server_response, "default_headers"
+    )
     # each later piece as gunicorn would have written it
-    parked = (_Parked(loop, server_response.sock, http_chunk if server_response.chunked else None)
-              if takeover else None)
+    parked = (
+        _Parked(loop, server_response.sock, http_chunk if server_response.chunked else None)
+        if takeover
+        else None
+    )
     for out in loop:
         if isinstance(out, Idle):
             if parked is not None and parked.park(out):
@@ -111,8 +113,9 @@ def can_hand_back(server_response: Any) -> bool:
     """A long-poll may be parked: its connection can go back to gunicorn
     afterwards, and gunicorn holds nothing more of it (no bytes the client
     sent after its request, which a new parser would not see)."""
-    read_ahead = getattr(getattr(getattr(server_response, "req", None), "unreader", None),
-                         "buf", None)  # gunicorn's parser's buffer (a BytesIO)
+    read_ahead = getattr(
+        getattr(getattr(server_response, "req", None), "unreader", None), "buf", None
+    )  # gunicorn's parser's buffer (a BytesIO)
     return _worker is not None and read_ahead is not None and not read_ahead.getvalue()
 
 
@@ -125,8 +128,9 @@ class _Parked:
     _timer: Any  # gevent's timer
     _idle: Idle | None
 
-    def __init__(self, loop: Loop, sock: Any,
-                 frame: Callable[[bytes], bytes] | None = None) -> None:
+    def __init__(
+        self, loop: Loop, sock: Any, frame: Callable[[bytes], bytes] | None = None
+    ) -> None:
         self._sock, self._loop = sock, loop
         self._frame = frame or _as_is
         self._file = self._timer = self._idle = None  # _idle: where it last parked
@@ -182,8 +186,11 @@ class _Parked:
         except OSError:
             return
         listeners = _worker.sockets
-        listener = listeners[0] if len(listeners) == 1 else next(
-            (s for s in listeners if _port(s) == _port(sock)), listeners[0])
+        listener = (
+            listeners[0]
+            if len(listeners) == 1
+            else next((s for s in listeners if _port(s) == _port(sock)), listeners[0])
+        )
         gevent.spawn_raw(_worker.handle, listener, sock, address)
 
 

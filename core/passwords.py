@@ -57,17 +57,21 @@ def scram_credentials(password: str, iterations: int = SCRAM_ITERATIONS) -> dict
     }
 
 
-def scram_client_proof(password: str, salt_b64: str | bytes, iterations: int,
-                       auth_message: str) -> str:
+def scram_client_proof(
+    password: str, salt_b64: str | bytes, iterations: int, auth_message: str
+) -> str:
     """The client's side (used by tests and tools; the browser does it with WebCrypto)."""
     salted = salted_password(password, base64.b64decode(salt_b64), iterations)
     client_key = _hmac(salted, b"Client Key")
     signature = _hmac(hashlib.sha256(client_key).digest(), auth_message.encode())
-    return base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature, strict=True))).decode()
+    return base64.b64encode(
+        bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+    ).decode()
 
 
-def scram_verify(stored_key_b64: str, server_key_b64: str, auth_message: str,
-                 proof_b64: str | bytes) -> str | None:
+def scram_verify(
+    stored_key_b64: str, server_key_b64: str, auth_message: str, proof_b64: str | bytes
+) -> str | None:
     """Check a proof; returns the base64 ServerSignature on success, else None."""
     try:
         proof = base64.b64decode(proof_b64, validate=True)

@@ -59,7 +59,8 @@ def init_app(app: Flask) -> None:
     pool = app.extensions["redis_connections"].pool(max_connections=16)
     prefix = app.config.get("QUOTA_KEY_PREFIX") or app.extensions["hub"].keys.rate_limits()
     app.extensions["quotas"] = FixedWindowRateLimiter(
-        RedisStorage("redis://", connection_pool=pool, key_prefix=prefix))
+        RedisStorage("redis://", connection_pool=pool, key_prefix=prefix)
+    )
 
 
 def _limits(text: str) -> list[RateLimitItem]:
@@ -80,15 +81,17 @@ def spend(setting: str, what: str, *, per_worker: bool = False, cost: int = 1) -
     """Count `cost` uses of quota `setting` (its value in app.config) by this
     client; abort 429 (`what` names the thing counted) once it is spent."""
     if per_worker:
-        spend_on(setting, what, "address", request.remote_addr or "unknown",
-                 per_worker=True, cost=cost)
+        spend_on(
+            setting, what, "address", request.remote_addr or "unknown", per_worker=True, cost=cost
+        )
         return
     for scope, who in _identities():
         spend_on(setting, what, scope, who, cost=cost)
 
 
-def spend_on(setting: str, what: str, scope: str, who: str, *, per_worker: bool = False,
-             cost: int = 1) -> None:
+def spend_on(
+    setting: str, what: str, scope: str, who: str, *, per_worker: bool = False, cost: int = 1
+) -> None:
     """Count `cost` uses of quota `setting` by `who`, a `scope` ("address",
     "account"); e.g. login attempts on a named account, whoever asks."""
     strategy = _worker_limiter if per_worker else current_app.extensions["quotas"]
@@ -96,20 +99,26 @@ def spend_on(setting: str, what: str, scope: str, who: str, *, per_worker: bool 
         if not strategy.hit(item, setting, scope, who, cost=cost):
             reset_at, _ = strategy.get_window_stats(item, setting, scope, who)
             retry = max(1, math.ceil(reset_at - time.time()))
-            abort_json(429, f"too many {what}: at most {item} per {scope}; "
-                            f"retry in {retry} s",
-                       headers={"Retry-After": str(retry)}, retry_after=retry)
+            abort_json(
+                429,
+                f"too many {what}: at most {item} per {scope}; retry in {retry} s",
+                headers={"Retry-After": str(retry)},
+                retry_after=retry,
+            )
 
 
 def per_address(setting: str, what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """A view decorator: each request spends one use of quota `setting` from
     the client's address before the view runs."""
+
     def decorate(view: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(view)
         def limited(*args: P.args, **kwargs: P.kwargs) -> R:
             spend_on(setting, what, "address", request.remote_addr or "unknown")
             return view(*args, **kwargs)
+
         return limited
+
     return decorate
 
 
@@ -118,11 +127,19 @@ def admit_connection(environ: WSGIEnvironment) -> None:
     (429), or when the worker holds all it may (503)."""
     worker_cap = current_app.config["WORKER_CONNECTIONS"]
     if lifecycle.held_by_all() >= worker_cap:
-        abort_json(503, f"this worker holds all the streams it may ({worker_cap}); retry shortly",
-                   headers={"Retry-After": "5"}, retry_after=5)
+        abort_json(
+            503,
+            f"this worker holds all the streams it may ({worker_cap}); retry shortly",
+            headers={"Retry-After": "5"},
+            retry_after=5,
+        )
     address = environ.get("REMOTE_ADDR") or "unknown"
     cap = current_app.config["CONNECTIONS_PER_ADDRESS"]
     if lifecycle.held_by(address) >= cap:
-        abort_json(429, f"too many open connections from your address: at most {cap} "
-                        "per worker; close some and retry",
-                   headers={"Retry-After": "5"}, retry_after=5)
+        abort_json(
+            429,
+            f"too many open connections from your address: at most {cap} "
+            "per worker; close some and retry",
+            headers={"Retry-After": "5"},
+            retry_after=5,
+        )

@@ -38,10 +38,17 @@ class _SentinelBlockingPool(SentinelConnectionPool, redis.BlockingConnectionPool
 class RedisConnections:
     """Makes the clients of one process, for one Redis deployment."""
 
-    def __init__(self, url: str | None = None, sentinels: Iterable[tuple[str, int]] | None = None,
-                 service: str = "mymaster", username: str | None = None,
-                 password: str | None = None, sentinel_password: str | None = None,
-                 tls: bool = False, tls_ca_file: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        sentinels: Iterable[tuple[str, int]] | None = None,
+        service: str = "mymaster",
+        username: str | None = None,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+        tls: bool = False,
+        tls_ca_file: str | None = None,
+    ) -> None:
         if bool(url) == bool(sentinels):
             raise ValueError("give either a Redis URL or Sentinel addresses")
         self.url = url
@@ -54,12 +61,16 @@ class RedisConnections:
         # ...and of the Sentinels themselves: no retries (redis-py's default
         # retries a Sentinel that is down for seconds before asking the next)
         sentinel_options: dict[str, Any] = {
-            "password": sentinel_password, "socket_connect_timeout": 2, "socket_timeout": 2,
-            "retry": Retry(NoBackoff(), 0)}
+            "password": sentinel_password,
+            "socket_connect_timeout": 2,
+            "socket_timeout": 2,
+            "retry": Retry(NoBackoff(), 0),
+        }
         if tls:
             sentinel_options.update(ssl=True, ssl_ca_certs=tls_ca_file)
-        self._sentinel = Sentinel(self.sentinels, sentinel_kwargs=sentinel_options) \
-            if sentinels else None
+        self._sentinel = (
+            Sentinel(self.sentinels, sentinel_kwargs=sentinel_options) if sentinels else None
+        )
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> RedisConnections:
@@ -69,19 +80,31 @@ class RedisConnections:
     def from_url(cls, url: str) -> RedisConnections:
         return cls(url=url)
 
-    def pool(self, max_connections: int = 64, timeout: float = 5,
-             **options: Any) -> redis.ConnectionPool:
+    def pool(
+        self, max_connections: int = 64, timeout: float = 5, **options: Any
+    ) -> redis.ConnectionPool:
         """A bounded pool: at most `max_connections`, a caller waits up to
         `timeout` seconds for a free one."""
-        options = {"socket_connect_timeout": 2, "socket_timeout": 5,
-                   "health_check_interval": 30, **options}
+        options = {
+            "socket_connect_timeout": 2,
+            "socket_timeout": 5,
+            "health_check_interval": 30,
+            **options,
+        }
         if self._sentinel is None:
             assert self.url is not None  # (__init__: a URL when no Sentinels)
             return redis.BlockingConnectionPool.from_url(
-                self.url, max_connections=max_connections, timeout=timeout, **options)
+                self.url, max_connections=max_connections, timeout=timeout, **options
+            )
         return _SentinelBlockingPool(
-            self.service, self._sentinel, max_connections=max_connections, timeout=timeout,
-            is_master=True, **self._server_options, **options)
+            self.service,
+            self._sentinel,
+            max_connections=max_connections,
+            timeout=timeout,
+            is_master=True,
+            **self._server_options,
+            **options,
+        )
 
     def client(self, **pool_options: Any) -> redis.Redis:
         """The pooled client a worker's requests share (str replies)."""
@@ -91,8 +114,13 @@ class RedisConnections:
         """A client for one long-lived pub/sub connection, named `name` in
         CLIENT LIST. No retries inside redis-py: a silent reconnect would
         skip the hub's catch-up; the hub reconnects itself."""
-        options = {"decode_responses": True, "retry": Retry(NoBackoff(), 0),
-                   "socket_connect_timeout": 2, "socket_keepalive": True, "client_name": name}
+        options = {
+            "decode_responses": True,
+            "retry": Retry(NoBackoff(), 0),
+            "socket_connect_timeout": 2,
+            "socket_keepalive": True,
+            "client_name": name,
+        }
         if self._sentinel is None:
             assert self.url is not None  # (__init__: a URL when no Sentinels)
             return redis.Redis.from_url(self.url, **options)

@@ -38,7 +38,6 @@ SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 PRIVATE_PREFIX = "private-"
 
 
-
 def constant_time_equal(a: object, b: object) -> bool:
     return hmac.compare_digest(str(a).encode(), str(b).encode())
 
@@ -99,8 +98,9 @@ def _token_user(claims: dict[str, Any]) -> User:
     if user is None:
         _refuse_token("token's user no longer exists")
     if not constant_time_equal(claims["epoch"], user.epoch):
-        _refuse_token("token was issued before the account's password or access "
-                      "changed: get a new one")
+        _refuse_token(
+            "token was issued before the account's password or access changed: get a new one"
+        )
     return user
 
 

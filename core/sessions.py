@@ -70,8 +70,12 @@ class RedisSessionInterface(SessionInterface):
         return RedisSession()
 
     # `session` is always the RedisSession open_session made: narrower than the base's
-    def save_session(self, app: Flask, session: RedisSession,  # type: ignore[override]
-                     response: Response) -> None:
+    def save_session(
+        self,
+        app: Flask,
+        session: RedisSession,  # type: ignore[override]
+        response: Response,
+    ) -> None:
         name = self.get_cookie_name(app)
         domain, path = self.get_cookie_domain(app), self.get_cookie_path(app)
         if session._destroy or (not session and session.sid):
@@ -87,12 +91,18 @@ class RedisSessionInterface(SessionInterface):
         if session.sid is None:
             session.sid = secrets.token_urlsafe(32)
         if session.modified:
-            self.redis_client.set(self.keys.session(session.sid), json.dumps(dict(session)), ex=self.idle_ttl)
+            self.redis_client.set(
+                self.keys.session(session.sid), json.dumps(dict(session)), ex=self.idle_ttl
+            )
         else:
             self.redis_client.expire(self.keys.session(session.sid), self.idle_ttl)
         response.set_cookie(
-            name, self._signer(app).sign(session.sid).decode(), domain=domain, path=path,
-            httponly=True, samesite="Lax",
+            name,
+            self._signer(app).sign(session.sid).decode(),
+            domain=domain,
+            path=path,
+            httponly=True,
+            samesite="Lax",
             secure=request.is_secure or self.get_cookie_secure(app),
         )
         response.vary.add("Cookie")

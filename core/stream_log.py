@@ -31,6 +31,7 @@ _MAX_PART = 2**64 - 1
 _ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?\Z")
 CATCH_UP_PROBE = 8  # first batch of a byte-bounded read (StreamLog.read_page)
 
+
 class InvalidId(ValueError):
     """A client-supplied message id that is not of the form `ms-seq`."""
 
@@ -55,8 +56,9 @@ class NotReplicated(Exception):
     failover now could lose it. It may still be delivered."""
 
     def __init__(self, id, confirmed, wanted, timeout_ms):
-        super().__init__(f"{confirmed} of {wanted} replicas confirmed the message within "
-                         f"{timeout_ms} ms")
+        super().__init__(
+            f"{confirmed} of {wanted} replicas confirmed the message within {timeout_ms} ms"
+        )
         self.id = id
 
 
@@ -112,8 +114,15 @@ class Reset:
 class StreamLog:
     """Publishing to and reading from the channels' streams."""
 
-    def __init__(self, redis_client, prefix="rt:", maxlen=1000, ttl_seconds=7 * 24 * 3600,
-                 min_replicas=0, replica_timeout_ms=500):
+    def __init__(
+        self,
+        redis_client,
+        prefix="rt:",
+        maxlen=1000,
+        ttl_seconds=7 * 24 * 3600,
+        min_replicas=0,
+        replica_timeout_ms=500,
+    ):
         self.redis_client = redis_client  # pooled client for commands (shared with the app)
         self.keys = Keys(prefix)  # (checks the prefix)
         self.maxlen = maxlen
@@ -122,8 +131,10 @@ class StreamLog:
         self.min_replicas = min_replicas
         self.replica_timeout_ms = replica_timeout_ms
         # every script of lua/, registered once (the apps' too: hub.scripts[name])
-        self.scripts = scripts.load(redis_client, {
-            "maxlen": maxlen, "ttl_ms": self.ttl_ms, "notify": self.keys.notifications_prefix})
+        self.scripts = scripts.load(
+            redis_client,
+            {"maxlen": maxlen, "ttl_ms": self.ttl_ms, "notify": self.keys.notifications_prefix},
+        )
         self._publish = self.scripts["publish"]
         self._reads = _SharedReads()
         self.published = 0  # messages published through this object (core/metrics.py)
@@ -173,8 +184,10 @@ class StreamLog:
     def _publish_call(self, channel, data, is_json):
         if not channel or " " in channel:
             raise ValueError(f"invalid channel name {channel!r}")
-        return {"keys": [self.stream_key(channel)],
-                "args": [channel, "j" if is_json else "t", data]}
+        return {
+            "keys": [self.stream_key(channel)],
+            "args": [channel, "j" if is_json else "t", data],
+        }
 
     def publish_json(self, channel, obj):
         return self.publish(channel, json.dumps(obj, separators=(",", ":")), is_json=True)
@@ -185,7 +198,9 @@ class StreamLog:
         """Up to `count` messages from id `start` (inclusive; "-" = oldest)."""
         return [
             Message(entry_id, fields.get("d", ""), fields.get("t") == "j")
-            for entry_id, fields in self.redis_client.xrange(self.stream_key(channel), start, "+", count)
+            for entry_id, fields in self.redis_client.xrange(
+                self.stream_key(channel), start, "+", count
+            )
         ]
 
     def read_page(self, channel, start, count, max_bytes=None, at_least=1):

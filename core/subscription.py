@@ -44,9 +44,28 @@ class Subscription:
 
     # One per connection, so kept small: no per-instance dict, and a plain
     # list for the mailbox (the consumer always takes all of it at once).
-    __slots__ = ("_catching_up", "_direct", "_finished", "_idle", "_lock", "_on_abort", "_on_wake",
-                 "_pending", "_pending_bytes", "_pending_overflow", "_poked", "_queue", "_queued_bytes",
-                 "_unsent", "_wakeup", "channel", "closed_reason", "cursor", "hub", "page_bytes")
+    __slots__ = (
+        "_catching_up",
+        "_direct",
+        "_finished",
+        "_idle",
+        "_lock",
+        "_on_abort",
+        "_on_wake",
+        "_pending",
+        "_pending_bytes",
+        "_pending_overflow",
+        "_poked",
+        "_queue",
+        "_queued_bytes",
+        "_unsent",
+        "_wakeup",
+        "channel",
+        "closed_reason",
+        "cursor",
+        "hub",
+        "page_bytes",
+    )
 
     def __init__(self, hub, channel, cursor, on_abort=None, page_bytes=None):
         self.hub = hub
@@ -110,8 +129,10 @@ class Subscription:
             if self._catching_up:
                 hub.delivered -= 1  # the catch-up delivers it, and counts it then
                 size = len(msg.data)
-                if (len(self._pending) < hub.queue_size
-                        and self._pending_bytes + size <= hub.queue_bytes):
+                if (
+                    len(self._pending) < hub.queue_size
+                    and self._pending_bytes + size <= hub.queue_bytes
+                ):
                     self._pending.append(msg)
                     self._pending_bytes += size
                 else:  # nothing is lost: the catch-up reads these from the stream
@@ -125,8 +146,9 @@ class Subscription:
             if self._idle and self._direct is not None and self._write_direct(msg):
                 return
             size = len(msg.data)
-            overflow = bool(self._queue) and (len(self._queue) >= hub.queue_size
-                                        or self._queued_bytes + size > hub.queue_bytes)
+            overflow = bool(self._queue) and (
+                len(self._queue) >= hub.queue_size or self._queued_bytes + size > hub.queue_bytes
+            )
             if not overflow:
                 self._queue.append(msg)
                 self._queued_bytes += size
@@ -137,8 +159,11 @@ class Subscription:
             hub.delivered -= lost
             hub.dropped += lost
             hub.slow_consumer_cuts += 1
-            hub.drop(self, f"slow consumer: fell more than {hub.queue_size} messages "
-                     f"or {hub.queue_bytes} bytes behind")
+            hub.drop(
+                self,
+                f"slow consumer: fell more than {hub.queue_size} messages "
+                f"or {hub.queue_bytes} bytes behind",
+            )
         else:
             self._signal()
 
@@ -227,9 +252,14 @@ class Subscription:
             # SUBSCRIBE unconfirmed, or Redis away) is nothing to do until it
             # does: the resync that comes then wakes us. Waiting in a greenlet
             # instead held it (and a pool slot) until the next heartbeat.
-            if (self._direct is None or self._queue or self._unsent is not None
-                    or (self._catching_up and self.hub.live_epoch(self.channel) is not None)
-                    or self._poked or self.closed_reason is not None):
+            if (
+                self._direct is None
+                or self._queue
+                or self._unsent is not None
+                or (self._catching_up and self.hub.live_epoch(self.channel) is not None)
+                or self._poked
+                or self.closed_reason is not None
+            ):
                 return False
             self._on_wake = on_wake
             self._idle = True
@@ -288,13 +318,13 @@ class Subscription:
             self._pending_overflow = False
         hub = self.hub
         if self.cursor == START:
-            entries, full_page = hub.read_page(self.channel, "-", CATCH_UP_PAGE,
-                                               self.page_bytes)
+            entries, full_page = hub.read_page(self.channel, "-", CATCH_UP_PAGE, self.page_bytes)
         else:
             # The cursor's own message comes first (it proves the id is still
             # retained), so a page holds at least one more.
-            entries, full_page = hub.read_page(self.channel, format_id(self.cursor),
-                                               CATCH_UP_PAGE + 1, self.page_bytes, at_least=2)
+            entries, full_page = hub.read_page(
+                self.channel, format_id(self.cursor), CATCH_UP_PAGE + 1, self.page_bytes, at_least=2
+            )
             if not entries or entries[0].key != self.cursor:
                 self.cursor = hub.newest_key(self.channel)
                 hub.resets += 1

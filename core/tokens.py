@@ -58,32 +58,40 @@ def _fernet(secret_key: str) -> Fernet:
     return Fernet(base64.urlsafe_b64encode(_derive(secret_key, b"jwt-session-data")))
 
 
-def issue(user: User, config: Mapping[str, Any], now: float | None = None,
-          ttl: float | None = None) -> tuple[str, dict[str, Any]]:
+def issue(
+    user: User, config: Mapping[str, Any], now: float | None = None, ttl: float | None = None
+) -> tuple[str, dict[str, Any]]:
     """A signed token for `user`; returns (token, claims)."""
     now = int(now if now is not None else time.time())
     session_data = {"fullname": user.fullname, "roles": user.roles, "issuedAt": now}
     claims = {
-        "iss": config["JWT_ISSUER"], "aud": config["JWT_AUDIENCE"], "sub": user.name,
-        "iat": now, "exp": now + int(ttl if ttl is not None else config["JWT_TTL_SECONDS"]),
+        "iss": config["JWT_ISSUER"],
+        "aud": config["JWT_AUDIENCE"],
+        "sub": user.name,
+        "iat": now,
+        "exp": now + int(ttl if ttl is not None else config["JWT_TTL_SECONDS"]),
         "jti": uuid.uuid4().hex,
         "epoch": user.epoch,
         "roles": user.roles,
         "perms": {"publish": user.publish, "subscribe": user.subscribe},
-        "sessionData": _fernet(config["SECRET_KEY"]).encrypt(
-            json.dumps(session_data).encode()).decode(),
+        "sessionData": _fernet(config["SECRET_KEY"])
+        .encrypt(json.dumps(session_data).encode())
+        .decode(),
     }
     return jwt.encode(claims, signing_key(config["SECRET_KEY"]), algorithm=ALGORITHM), claims
 
 
-def verify(token: str, config: Mapping[str, Any],
-           redis_client: redis.Redis) -> dict[str, Any]:
+def verify(token: str, config: Mapping[str, Any], redis_client: redis.Redis) -> dict[str, Any]:
     """The token's claims with `sessionData` decrypted, or TokenError."""
     try:
         claims = jwt.decode(
-            token, signing_key(config["SECRET_KEY"]), algorithms=[ALGORITHM],
-            audience=config["JWT_AUDIENCE"], issuer=config["JWT_ISSUER"],
-            options={"require": REQUIRED}, leeway=5,
+            token,
+            signing_key(config["SECRET_KEY"]),
+            algorithms=[ALGORITHM],
+            audience=config["JWT_AUDIENCE"],
+            issuer=config["JWT_ISSUER"],
+            options={"require": REQUIRED},
+            leeway=5,
         )
     except jwt.ExpiredSignatureError:
         raise TokenError("token expired") from None
@@ -102,7 +110,8 @@ def verify(token: str, config: Mapping[str, Any],
         raise TokenError("token was revoked")
     try:
         session_data = json.loads(
-            _fernet(config["SECRET_KEY"]).decrypt(claims["sessionData"].encode()))
+            _fernet(config["SECRET_KEY"]).decrypt(claims["sessionData"].encode())
+        )
     except (InvalidToken, ValueError):
         raise TokenError("token sessionData cannot be decrypted") from None
     _check_session_data(session_data)
@@ -129,21 +138,21 @@ def _check_types(claims: dict[str, Any]) -> None:
         raise TokenError("token claim 'roles' must be a list of strings")
     perms = claims.get("perms", {})
     if not isinstance(perms, dict) or not all(
-            _is_list_of_str(perms.get(action, [])) for action in ("publish", "subscribe")):
-        raise TokenError("token claim 'perms' must be an object of string lists "
-                         "('publish', 'subscribe')")
+        _is_list_of_str(perms.get(action, [])) for action in ("publish", "subscribe")
+    ):
+        raise TokenError(
+            "token claim 'perms' must be an object of string lists ('publish', 'subscribe')"
+        )
 
 
 def _check_session_data(data: object) -> None:
     if not isinstance(data, dict):
         raise TokenError("token sessionData must be an object")
-    if not isinstance(data.get("fullname", ""), str) or \
-            not _is_list_of_str(data.get("roles", [])):
+    if not isinstance(data.get("fullname", ""), str) or not _is_list_of_str(data.get("roles", [])):
         raise TokenError("token sessionData has a 'fullname' or 'roles' of the wrong type")
 
 
-def revoke(claims: Mapping[str, Any], config: Mapping[str, Any],
-           redis_client: redis.Redis) -> None:
+def revoke(claims: Mapping[str, Any], config: Mapping[str, Any], redis_client: redis.Redis) -> None:
     """Deny this token's jti until it would have expired anyway."""
     ttl = max(int(claims["exp"] - time.time()) + 10, 1)
     redis_client.set(_revoked_key(config, claims["jti"]), "1", ex=ttl)

@@ -122,8 +122,11 @@ class UserStore:
         if not data:
             return None
         return User(
-            name=name, fullname=data.get("fullname", ""), roles=_split(data.get("roles")),
-            publish=_split(data.get("publish")), subscribe=_split(data.get("subscribe")),
+            name=name,
+            fullname=data.get("fullname", ""),
+            roles=_split(data.get("roles")),
+            publish=_split(data.get("publish")),
+            subscribe=_split(data.get("subscribe")),
             secrets={k: v for k, v in data.items() if k == "password" or k.startswith("scram_")},
             epoch=_epoch(data),
         )
@@ -131,14 +134,23 @@ class UserStore:
     def names(self) -> list[str]:
         return sorted(cast("set[str]", self.redis_client.smembers(self.keys.users())))
 
-    def create(self, name: str, password: str, fullname: str = "", admin: bool = False,
-               publish: Iterable[str] = (), subscribe: Iterable[str] = ()) -> User | None:
+    def create(
+        self,
+        name: str,
+        password: str,
+        fullname: str = "",
+        admin: bool = False,
+        publish: Iterable[str] = (),
+        subscribe: Iterable[str] = (),
+    ) -> User | None:
         if not USERNAME.match(name or ""):
             raise UserError(f"invalid user name: {USERNAME_RULE}")
         check_password_rules(password)
         fields = {
-            "fullname": fullname, "roles": "admin" if admin else "user",
-            "publish": ",".join(publish), "subscribe": ",".join(subscribe),
+            "fullname": fullname,
+            "roles": "admin" if admin else "user",
+            "publish": ",".join(publish),
+            "subscribe": ",".join(subscribe),
             "epoch": new_epoch(),  # random: a re-created name revives no old credential
             **self._secrets(password),
         }
@@ -156,9 +168,13 @@ class UserStore:
         check_password_rules(password)
         self._update(name, self._secrets(password))
 
-    def set_access(self, name: str, admin: bool | None = None,
-                   publish: Iterable[str] | None = None,
-                   subscribe: Iterable[str] | None = None) -> User | None:
+    def set_access(
+        self,
+        name: str,
+        admin: bool | None = None,
+        publish: Iterable[str] | None = None,
+        subscribe: Iterable[str] | None = None,
+    ) -> User | None:
         """Change what the user may do (None: unchanged); every token and
         session of the user ends (new epoch), so none keeps the old rights."""
         fields: dict[str, str] = {}
@@ -179,7 +195,8 @@ class UserStore:
         """Set `fields` and a new epoch in one step, on an existing user only."""
         args = [item for pair in {**fields, "epoch": new_epoch()}.items() for item in pair]
         if not USERNAME.match(name or "") or not self._update_existing(
-                keys=[self.keys.user(name)], args=args):
+            keys=[self.keys.user(name)], args=args
+        ):
             raise UserError(f"no user {name!r}")
         self._changed(name)
 
@@ -192,12 +209,13 @@ class UserStore:
 
     @staticmethod
     def _secrets(password: str) -> dict[str, str]:
-        return {"password": passwords.hash_password(password),
-                **passwords.scram_credentials(password)}
+        return {
+            "password": passwords.hash_password(password),
+            **passwords.scram_credentials(password),
+        }
 
 
-def seed_demo_users(store: UserStore, admin_password: str | None,
-                    log: logging.Logger) -> None:
+def seed_demo_users(store: UserStore, admin_password: str | None, log: logging.Logger) -> None:
     """DEMO_USERS=1: jack/beanstalk and an admin, created once (one worker wins;
     the others wait for it, so no worker serves before the users exist)."""
     marker = store.keys.demo_users_seeded()
@@ -207,8 +225,13 @@ def seed_demo_users(store: UserStore, admin_password: str | None,
             time.sleep(0.1)
         return
     if store.get("jack") is None:
-        store.create("jack", "beanstalk", fullname="Jack Spratt",
-                     publish=["chat.*", "private-jack.*"], subscribe=["private-jack.*"])
+        store.create(
+            "jack",
+            "beanstalk",
+            fullname="Jack Spratt",
+            publish=["chat.*", "private-jack.*"],
+            subscribe=["private-jack.*"],
+        )
     if store.get("admin") is None:
         password = admin_password or secrets.token_urlsafe(12)
         try:
@@ -219,8 +242,11 @@ def seed_demo_users(store: UserStore, admin_password: str | None,
         if admin_password:
             log.warning("Demo users: jack/beanstalk, admin/(DEMO_ADMIN_PASSWORD)")
         else:
-            log.warning("Demo users: jack/beanstalk, admin/%s (random; set "
-                        "DEMO_ADMIN_PASSWORD to choose it)", password)
+            log.warning(
+                "Demo users: jack/beanstalk, admin/%s (random; set "
+                "DEMO_ADMIN_PASSWORD to choose it)",
+                password,
+            )
     store.redis_client.set(marker, "done")
 
 
@@ -242,11 +268,18 @@ def _fail(exc: object) -> NoReturn:
 @click.option("--fullname", default="", help="Full name shown on welcome pages.")
 @click.option("--admin", is_flag=True, help="May publish/subscribe everywhere and see admin pages.")
 @click.option("--publish", multiple=True, metavar="PATTERN", help="Channels it may publish to.")
-@click.option("--subscribe", multiple=True, metavar="PATTERN",
-              help="Private channels it may subscribe to.")
+@click.option(
+    "--subscribe", multiple=True, metavar="PATTERN", help="Private channels it may subscribe to."
+)
 @click.password_option(help="Prompted for (twice) when not given.")
-def create_user(name: str, fullname: str, admin: bool, publish: tuple[str, ...],
-                subscribe: tuple[str, ...], password: str) -> None:
+def create_user(
+    name: str,
+    fullname: str,
+    admin: bool,
+    publish: tuple[str, ...],
+    subscribe: tuple[str, ...],
+    password: str,
+) -> None:
     """Create user NAME."""
     try:
         user = _store().create(name, password, fullname, admin, publish, subscribe)
@@ -292,25 +325,43 @@ def set_password(name: str, password: str) -> None:
 @users_cli.command("set-access")
 @click.argument("name")
 @click.option("--admin/--no-admin", default=None, help="Make or unmake an administrator.")
-@click.option("--publish", multiple=True, metavar="PATTERN",
-              help="Channels it may publish to (replaces the list).")
-@click.option("--subscribe", multiple=True, metavar="PATTERN",
-              help="Private channels it may subscribe to (replaces the list).")
+@click.option(
+    "--publish",
+    multiple=True,
+    metavar="PATTERN",
+    help="Channels it may publish to (replaces the list).",
+)
+@click.option(
+    "--subscribe",
+    multiple=True,
+    metavar="PATTERN",
+    help="Private channels it may subscribe to (replaces the list).",
+)
 @click.option("--no-publish", is_flag=True, help="May publish nowhere.")
 @click.option("--no-subscribe", is_flag=True, help="May subscribe to no private channel.")
-def set_access(name: str, admin: bool | None, publish: Sequence[str] | None,
-               subscribe: Sequence[str] | None, no_publish: bool, no_subscribe: bool) -> None:
+def set_access(
+    name: str,
+    admin: bool | None,
+    publish: Sequence[str] | None,
+    subscribe: Sequence[str] | None,
+    no_publish: bool,
+    no_subscribe: bool,
+) -> None:
     """Change user NAME's role and channel permissions (ends its sessions and tokens)."""
     publish = [] if no_publish else (publish or None)
     subscribe = [] if no_subscribe else (subscribe or None)
     if admin is None and publish is None and subscribe is None:
-        _fail("nothing to change: give --admin/--no-admin, --publish, --subscribe, "
-              "--no-publish or --no-subscribe")
+        _fail(
+            "nothing to change: give --admin/--no-admin, --publish, --subscribe, "
+            "--no-publish or --no-subscribe"
+        )
     try:
         user = _store().set_access(name, admin, publish, subscribe)
     except UserError as exc:
         _fail(exc)
     if user is None:  # deleted meanwhile
         _fail(f"no user {name!r}")
-    click.echo(f"access of {user.name} changed ({', '.join(user.roles)}); "
-               "its sessions and tokens are ended")
+    click.echo(
+        f"access of {user.name} changed ({', '.join(user.roles)}); "
+        "its sessions and tokens are ended"
+    )

@@ -36,9 +36,13 @@ RETRIED = " [retried: kept-alive connection closed]"
 
 @events.init_command_line_parser.add_listener
 def _add_arguments(parser):
-    parser.add_argument("--max-fail-ratio", type=float, default=0.01,
-                        env_var="LOCUST_MAX_FAIL_RATIO",
-                        help="exit 1 when more than this share of all requests failed")
+    parser.add_argument(
+        "--max-fail-ratio",
+        type=float,
+        default=0.01,
+        env_var="LOCUST_MAX_FAIL_RATIO",
+        help="exit 1 when more than this share of all requests failed",
+    )
 
 
 _verdict = []
@@ -71,6 +75,7 @@ def _print_verdict(**_kwargs):
 
 # -- HTTP clients that behave like browsers --------------------------------------------------
 
+
 class RetryClosedConnection(Retry):
     """A browser sends a request again, once, when the server closed the
     kept-alive connection under it (reset, or closed before answering). So do
@@ -78,8 +83,9 @@ class RetryClosedConnection(Retry):
     Each retry is also counted in a row of its own (RETRIED), so that it stays
     visible."""
 
-    def increment(self, method=None, url=None, response=None, error=None, _pool=None,
-                  _stacktrace=None):
+    def increment(
+        self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None
+    ):
         if isinstance(error, ReadTimeoutError):
             raise error.with_traceback(_stacktrace)
         return super().increment(method, url, response, error, _pool, _stacktrace)
@@ -90,9 +96,18 @@ class BrowserLikeUser(HttpUser):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        adapter = HTTPAdapter(max_retries=RetryClosedConnection(
-            total=1, connect=0, read=1, status=0, other=0, redirect=0,
-            allowed_methods=Retry.DEFAULT_ALLOWED_METHODS, raise_on_status=False))
+        adapter = HTTPAdapter(
+            max_retries=RetryClosedConnection(
+                total=1,
+                connect=0,
+                read=1,
+                status=0,
+                other=0,
+                redirect=0,
+                allowed_methods=Retry.DEFAULT_ALLOWED_METHODS,
+                raise_on_status=False,
+            )
+        )
         self.client.mount("http://", adapter)
         self.client.mount("https://", adapter)
 
@@ -101,8 +116,14 @@ class BrowserLikeUser(HttpUser):
 def _count_retries(request_type, name, response=None, **_kwargs):
     retries = getattr(getattr(response, "raw", None), "retries", None)
     if retries is not None and retries.history:
-        events.request.fire(request_type=request_type, name=name + RETRIED, response_time=0,
-                            response_length=0, exception=None, context={})
+        events.request.fire(
+            request_type=request_type,
+            name=name + RETRIED,
+            response_time=0,
+            response_length=0,
+            exception=None,
+            context={},
+        )
 
 
 # -- reporting helpers ----------------------------------------------------------------
@@ -114,8 +135,13 @@ class CheckFailed(Exception):
 
 def report(user, request_type, name, response_time, length=0, exception=None):
     user.environment.events.request.fire(
-        request_type=request_type, name=name, response_time=response_time,
-        response_length=length, exception=exception, context={})
+        request_type=request_type,
+        name=name,
+        response_time=response_time,
+        response_length=length,
+        exception=exception,
+        context={},
+    )
 
 
 def ms_since(started):
@@ -167,8 +193,12 @@ def expect_status(response, *statuses):
 def fetch_token(user, username, password, name="/auth/token"):
     """A bearer token, waiting out the login rate limit; None after 5 tries."""
     for _ in range(5):
-        with user.client.post("/auth/token", json={"username": username, "password": password},
-                              name=name, catch_response=True) as response:
+        with user.client.post(
+            "/auth/token",
+            json={"username": username, "password": password},
+            name=name,
+            catch_response=True,
+        ) as response:
             if expect_status(response, 200):
                 return response.json()["token"]
             wait = float(response.headers.get("Retry-After") or 5)

@@ -79,8 +79,14 @@ class Publisher(User):
             if self.token is None:
                 return
         self.seq += 1
-        body = json.dumps({"pub": self.publisher, "seq": self.seq, "sent": time.time() * 1000,
-                           "text": f"bench message {self.seq}"})
+        body = json.dumps(
+            {
+                "pub": self.publisher,
+                "seq": self.seq,
+                "sent": time.time() * 1000,
+                "text": f"bench message {self.seq}",
+            }
+        )
         started = time.perf_counter()
         try:
             publish(self.host, CHANNEL, body, token=self.token, is_json=True)
@@ -129,11 +135,13 @@ class ChannelSubscriber(User):
     def _read(self, away_until):
         started = time.perf_counter()
         try:
-            for event in subscribe(self.host, CHANNEL, transport=self.TRANSPORT,
-                                   since=self.last_id):
+            for event in subscribe(
+                self.host, CHANNEL, transport=self.TRANSPORT, since=self.last_id
+            ):
                 if isinstance(event, Reset):
-                    self._report("reset", 0, 0, CheckFailed(f"resume point lost, now at "
-                                                            f"{event.cursor}"))
+                    self._report(
+                        "reset", 0, 0, CheckFailed(f"resume point lost, now at {event.cursor}")
+                    )
                     self.last_id = event.cursor
                 else:
                     self._deliver(event, started, away_until)
@@ -154,8 +162,9 @@ class ChannelSubscriber(User):
         if away_until is not None and sent < away_until:
             self._report("resumed", ms_since(started), len(message.data), failure)
         else:
-            self._report("delivery", max(0.0, time.time() * 1000 - sent), len(message.data),
-                         failure)
+            self._report(
+                "delivery", max(0.0, time.time() * 1000 - sent), len(message.data), failure
+            )
 
     def _report(self, what, response_time, length, exception=None):
         report(self, self.REQUEST_TYPE, f"{self.PATH} {what}", response_time, length, exception)

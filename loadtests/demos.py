@@ -50,9 +50,9 @@ class Drawer(User):
     def _connect(self):
         started = time.perf_counter()
         try:
-            self.ws = websocket.create_connection(ws_url(self.host, self.PATH),
-                                                  timeout=STREAM_TIMEOUT,
-                                                  origin=origin_of(self.host))
+            self.ws = websocket.create_connection(
+                ws_url(self.host, self.PATH), timeout=STREAM_TIMEOUT, origin=origin_of(self.host)
+            )
             welcome = self.ws.recv()
             if json.loads(welcome).get("type") != "welcome":
                 raise CheckFailed(f"first frame is not 'welcome': {welcome[:100]}")
@@ -82,16 +82,29 @@ class Drawer(User):
                 return
             if opcode == websocket.ABNF.OPCODE_CLOSE:
                 code, reason = ws_close_info(payload)
-                report(self, "WS", f"{self.PATH} closed by server", 0,
-                       exception=CheckFailed(f"close {code}: {reason}"))
+                report(
+                    self,
+                    "WS",
+                    f"{self.PATH} closed by server",
+                    0,
+                    exception=CheckFailed(f"close {code}: {reason}"),
+                )
                 return
             try:
                 frame = json.loads(payload)
-                sent = _draw_sent.get((frame["x"], frame["y"])) if (
-                    frame.get("type") == "moving") else None
+                sent = (
+                    _draw_sent.get((frame["x"], frame["y"]))
+                    if (frame.get("type") == "moving")
+                    else None
+                )
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                report(self, "WS", f"{self.PATH} stream", 0,
-                       exception=CheckFailed(f"malformed frame: {exc!r}"))
+                report(
+                    self,
+                    "WS",
+                    f"{self.PATH} stream",
+                    0,
+                    exception=CheckFailed(f"malformed frame: {exc!r}"),
+                )
                 return
             if sent is not None:
                 report(self, "WS", f"{self.PATH} relay", ms_since(sent), len(payload))
@@ -110,8 +123,7 @@ class Drawer(User):
             point = (round(x, 5), round(y, 5))
             _draw_sent[point] = time.perf_counter()
             try:
-                self.ws.send(json.dumps({"x": point[0], "y": point[1],
-                                         "drawing": i < points - 1}))
+                self.ws.send(json.dumps({"x": point[0], "y": point[1], "drawing": i < points - 1}))
             except (websocket.WebSocketException, OSError) as exc:
                 report(self, "WS", f"{self.PATH} send", 0, exception=exc)
                 self._disconnect()
@@ -135,8 +147,9 @@ class MouseVisitor(User):
     def visit(self):
         started = time.perf_counter()
         try:
-            ws = websocket.create_connection(ws_url(self.host, self.PATH), timeout=STREAM_TIMEOUT,
-                                             origin=origin_of(self.host))
+            ws = websocket.create_connection(
+                ws_url(self.host, self.PATH), timeout=STREAM_TIMEOUT, origin=origin_of(self.host)
+            )
         except (websocket.WebSocketException, OSError) as exc:
             report(self, "WS", f"{self.PATH} welcome", ms_since(started), exception=exc)
             return
@@ -168,8 +181,9 @@ class TrackDashboard(BrowserLikeUser):
     PATH = "/admin/track/stream"
 
     def on_start(self):
-        self.token = fetch_token(self, ADMIN_USERNAME, ADMIN_PASSWORD or "",
-                                 name="/auth/token (dashboard)")
+        self.token = fetch_token(
+            self, ADMIN_USERNAME, ADMIN_PASSWORD or "", name="/auth/token (dashboard)"
+        )
         self.http = requests.Session()
 
     def on_stop(self):
@@ -181,22 +195,30 @@ class TrackDashboard(BrowserLikeUser):
     @task
     def watch(self):
         if self.token is None:
-            self.token = fetch_token(self, ADMIN_USERNAME, ADMIN_PASSWORD or "",
-                                     name="/auth/token (dashboard)")
+            self.token = fetch_token(
+                self, ADMIN_USERNAME, ADMIN_PASSWORD or "", name="/auth/token (dashboard)"
+            )
             return
         started = time.perf_counter()
         try:
-            response = self.http.get(f"{self.host}{self.PATH}", stream=True,
-                                     timeout=(10, STREAM_TIMEOUT),
-                                     headers={"Accept": "text/event-stream",
-                                              "Authorization": f"Bearer {self.token}"})
+            response = self.http.get(
+                f"{self.host}{self.PATH}",
+                stream=True,
+                timeout=(10, STREAM_TIMEOUT),
+                headers={"Accept": "text/event-stream", "Authorization": f"Bearer {self.token}"},
+            )
         except requests.RequestException as exc:
             report(self, "SSE", f"{self.PATH} snapshot", ms_since(started), exception=exc)
             return
         with response:
             if response.status_code != 200:
-                report(self, "SSE", f"{self.PATH} snapshot", ms_since(started),
-                       exception=CheckFailed(f"HTTP {response.status_code}"))
+                report(
+                    self,
+                    "SSE",
+                    f"{self.PATH} snapshot",
+                    ms_since(started),
+                    exception=CheckFailed(f"HTTP {response.status_code}"),
+                )
                 self.token = None if response.status_code == 401 else self.token
                 return
             deadline = time.monotonic() + hold_seconds()
@@ -207,11 +229,22 @@ class TrackDashboard(BrowserLikeUser):
                         report(self, "SSE", f"{self.PATH} snapshot", ms_since(started), length)
                     elif kind == "batch":
                         at = json.loads(event.data)["at"]
-                        report(self, "SSE", f"{self.PATH} batch",
-                               max(0.0, time.time() * 1000 - at), length)
+                        report(
+                            self,
+                            "SSE",
+                            f"{self.PATH} batch",
+                            max(0.0, time.time() * 1000 - at),
+                            length,
+                        )
                     elif kind == "close":
-                        report(self, "SSE", f"{self.PATH} closed by server", 0, length,
-                               CheckFailed(event.data))
+                        report(
+                            self,
+                            "SSE",
+                            f"{self.PATH} closed by server",
+                            0,
+                            length,
+                            CheckFailed(event.data),
+                        )
                         return
                     if time.monotonic() >= deadline:
                         return
@@ -234,8 +267,12 @@ class TickerPoller(BrowserLikeUser):
 
     @task
     def quote(self):
-        with self.client.get("/ticker/quote", params={"symbol": self.symbol},
-                             name="/ticker/quote", catch_response=True) as response:
+        with self.client.get(
+            "/ticker/quote",
+            params={"symbol": self.symbol},
+            name="/ticker/quote",
+            catch_response=True,
+        ) as response:
             try:
                 body = response.json()
                 call_in, price = body["callIn"], body["quote"]["price"]

@@ -18,8 +18,9 @@ def salted_password(password, salt_b64, iterations):
     key = (password, salt_b64, iterations)
     if key not in _salted_passwords:
         _salted_passwords[key] = gevent.get_hub().threadpool.apply(
-            hashlib.pbkdf2_hmac, ("sha256", password.encode(), base64.b64decode(salt_b64),
-                                  iterations))
+            hashlib.pbkdf2_hmac,
+            ("sha256", password.encode(), base64.b64decode(salt_b64), iterations),
+        )
     return _salted_passwords[key]
 
 
@@ -38,8 +39,9 @@ class LoginVisitor(BrowserLikeUser):
     wait_time = between(2, 5)
 
     def call(self, method, path, expect=200, name=None, **kwargs):
-        with self.client.request(method, path, name=name or path, catch_response=True,
-                                 **kwargs) as response:
+        with self.client.request(
+            method, path, name=name or path, catch_response=True, **kwargs
+        ) as response:
             ok = expect_status(response, expect)
             return response if ok else None
 
@@ -62,12 +64,16 @@ class LoginVisitor(BrowserLikeUser):
         client_key = _hmac(salted, b"Client Key")
         auth_message = f"{USERNAME}:{c['nonce']}".encode()
         signature = _hmac(hashlib.sha256(client_key).digest(), auth_message)
-        proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature, strict=False))).decode()
-        with self.client.post("/auth/respond", json={"nonce": c["nonce"], "proof": proof},
-                              catch_response=True) as response:
+        proof = base64.b64encode(
+            bytes(a ^ b for a, b in zip(client_key, signature, strict=False))
+        ).decode()
+        with self.client.post(
+            "/auth/respond", json={"nonce": c["nonce"], "proof": proof}, catch_response=True
+        ) as response:
             if expect_status(response, 200):
                 expected = base64.b64encode(
-                    _hmac(_hmac(salted, b"Server Key"), auth_message)).decode()
+                    _hmac(_hmac(salted, b"Server Key"), auth_message)
+                ).decode()
                 if response.json().get("serverSignature") != expected:
                     response.failure("server signature mismatch")
         self.logout_session(response)
@@ -83,8 +89,12 @@ class LoginVisitor(BrowserLikeUser):
     def logout_session(self, login):
         if login is not None and login.status_code == 200:
             # Cookie-authenticated, no Origin: the CSRF token is required.
-            self.call("POST", "/auth/logout", name="/auth/logout (session)",
-                      headers={"X-CSRF-Token": login.json()["csrfToken"]})
+            self.call(
+                "POST",
+                "/auth/logout",
+                name="/auth/logout (session)",
+                headers={"X-CSRF-Token": login.json()["csrfToken"]},
+            )
         self.client.cookies.clear()
 
     def jwt(self):
@@ -94,5 +104,10 @@ class LoginVisitor(BrowserLikeUser):
         bearer = {"Authorization": f"Bearer {issued.json()['token']}"}
         self.call("POST", "/auth/tokendata", headers=bearer)
         self.call("POST", "/auth/logout", name="/auth/logout (token)", headers=bearer)
-        self.call("POST", "/auth/tokendata", expect=401, headers=bearer,
-                  name="/auth/tokendata (revoked: 401)")
+        self.call(
+            "POST",
+            "/auth/tokendata",
+            expect=401,
+            headers=bearer,
+            name="/auth/tokendata (revoked: 401)",
+        )

@@ -55,15 +55,25 @@ class QAParticipant(BrowserLikeUser):
         started = time.perf_counter()
         params = {"client": self.client_id} if self.client_id else {}
         try:
-            with self.http.get(f"{self.host}{self.PATH}", params=params, stream=True,
-                               timeout=(10, STREAM_TIMEOUT),
-                               headers={"Accept": "text/event-stream"}) as response:
+            with self.http.get(
+                f"{self.host}{self.PATH}",
+                params=params,
+                stream=True,
+                timeout=(10, STREAM_TIMEOUT),
+                headers={"Accept": "text/event-stream"},
+            ) as response:
                 if response.status_code != 200:
                     raise CheckFailed(f"HTTP {response.status_code}")
                 for event in parse_sse(response.iter_content(chunk_size=None)):
                     self._on_event(event, started)
-        except (requests.RequestException, OSError, CheckFailed, ValueError, KeyError,
-                TypeError) as exc:
+        except (
+            requests.RequestException,
+            OSError,
+            CheckFailed,
+            ValueError,
+            KeyError,
+            TypeError,
+        ) as exc:
             report(self, "SSE", f"{self.PATH} stream", ms_since(started), exception=exc)
 
     def _on_event(self, event, started):
@@ -82,8 +92,7 @@ class QAParticipant(BrowserLikeUser):
             for text in body["answers"]:
                 self._arrived("answer", text)
         elif kind == "close":
-            report(self, "SSE", f"{self.PATH} closed by server", 0, len(data),
-                   CheckFailed(data))
+            report(self, "SSE", f"{self.PATH} closed by server", 0, len(data), CheckFailed(data))
 
     def _arrived(self, kind, key):
         waiting = self.pending.get((kind, key))
@@ -93,11 +102,15 @@ class QAParticipant(BrowserLikeUser):
 
     def _change(self, path, body, kind, key, label):
         """POST a change and time until this participant's stream shows it."""
-        waiting = self.pending[(kind, key)] = {"event": Event(), "at": None,
-                                               "started": time.perf_counter()}
+        waiting = self.pending[(kind, key)] = {
+            "event": Event(),
+            "at": None,
+            "started": time.perf_counter(),
+        }
         try:
-            with self.client.post(path, json=body, headers={"X-Client-Id": self.client_id},
-                                  catch_response=True) as response:
+            with self.client.post(
+                path, json=body, headers={"X-Client-Id": self.client_id}, catch_response=True
+            ) as response:
                 if response.status_code == 409:  # board or question full: expected in long runs
                     response.request_meta["name"] += " [409 full]"
                     response.success()
@@ -108,8 +121,13 @@ class QAParticipant(BrowserLikeUser):
             if waiting["event"].wait(ROUND_TRIP_TIMEOUT):
                 report(self, "QA", label, (waiting["at"] - waiting["started"]) * 1000)
             else:
-                report(self, "QA", label, ROUND_TRIP_TIMEOUT * 1000, exception=CheckFailed(
-                    f"not on the stream after {ROUND_TRIP_TIMEOUT} s"))
+                report(
+                    self,
+                    "QA",
+                    label,
+                    ROUND_TRIP_TIMEOUT * 1000,
+                    exception=CheckFailed(f"not on the stream after {ROUND_TRIP_TIMEOUT} s"),
+                )
             return response.status_code
         finally:
             self.pending.pop((kind, key), None)
@@ -121,18 +139,22 @@ class QAParticipant(BrowserLikeUser):
         if not self.board_full and (self.asked == 0 or random.random() < 0.25):
             users = random.randint(2, 10**6)
             text = f"Load test {uuid.uuid4().hex[:10]}: what happens at {users} users?"
-            status = self._change("/qa/questions", {"question": text}, "question", text,
-                                  "question -> stream")
+            status = self._change(
+                "/qa/questions", {"question": text}, "question", text, "question -> stream"
+            )
             self.asked += 1
             self.board_full = status == 409
         choices = [q for q in self.questions if q not in self.full_questions]
         if not choices:
             return
         question = random.choice(choices)
-        if self._change("/qa/select", {"question": question}, "select", question,
-                        "select -> answers") != 200:
+        if (
+            self._change(
+                "/qa/select", {"question": question}, "select", question, "select -> answers"
+            )
+            != 200
+        ):
             return
         text = f"answer {uuid.uuid4().hex[:10]} from a load-test participant"
-        if self._change("/qa/answers", {"answer": text}, "answer", text,
-                        "answer -> stream") == 409:
+        if self._change("/qa/answers", {"answer": text}, "answer", text, "answer -> stream") == 409:
             self.full_questions.add(question)

@@ -65,8 +65,11 @@ class SSEClient(Collector):
 
     def _read(self):
         try:
-            for sse in parse_sse(iter(lambda: self.response.raw.read1(65536), b""),
-                                 on_comment=self._comment, on_retry=self._retry):
+            for sse in parse_sse(
+                iter(lambda: self.response.raw.read1(65536), b""),
+                on_comment=self._comment,
+                on_retry=self._retry,
+            ):
                 if sse.event == "subscribed" and self.hello is None and not self.items:
                     self.hello = json.loads(sse.data)
                     continue
@@ -106,8 +109,9 @@ class WSClient(Collector):
 
     def __init__(self, url, origin=None):
         super().__init__()
-        self.ws = websocket.create_connection(url, timeout=60, origin=origin,
-                                              suppress_origin=origin is None)
+        self.ws = websocket.create_connection(
+            url, timeout=60, origin=origin, suppress_origin=origin is None
+        )
         self.close_code = None
         self.close_reason = None
         self.hello = None
@@ -155,8 +159,9 @@ class WSClient(Collector):
 
 def long_poll(url, cursor=None, timeout=60):
     params = {"cursor": cursor} if cursor else {}
-    response = requests.get(url, params=params, headers={"Accept": "application/json"},
-                            timeout=timeout)
+    response = requests.get(
+        url, params=params, headers={"Accept": "application/json"}, timeout=timeout
+    )
     return response
 
 
@@ -292,8 +297,9 @@ def read_until_closed(sock, timeout, ended=None):
 
 def worker_pids(server):
     """The pids of a GunicornServer's workers (its master's children)."""
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(server.process.pid)],
-                         capture_output=True, text=True).stdout.split()
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(server.process.pid)], capture_output=True, text=True
+    ).stdout.split()
     return {int(p) for p in out}
 
 
@@ -307,8 +313,9 @@ class WSFrames(Collector):
 
     def __init__(self, url, origin=None):
         super().__init__()
-        self.ws = websocket.create_connection(url, timeout=60, origin=origin,
-                                              suppress_origin=origin is None)
+        self.ws = websocket.create_connection(
+            url, timeout=60, origin=origin, suppress_origin=origin is None
+        )
         self.close_code = None
         self.close_reason = None
         self._thread = threading.Thread(target=self._read, daemon=True)
@@ -348,9 +355,11 @@ class WSFrames(Collector):
         return found[0] if found else None
 
     def describe(self, since=0):
-        close = f"closed by the server with {self.close_code} {self.close_reason!r}" \
-            if self.close_code is not None else ("connection ended" if self.closed.is_set()
-                                                 else "still open")
+        close = (
+            f"closed by the server with {self.close_code} {self.close_reason!r}"
+            if self.close_code is not None
+            else ("connection ended" if self.closed.is_set() else "still open")
+        )
         return f"frames {self.items[since:][-8:]!r}; {close}"
 
     def close(self):
@@ -374,8 +383,7 @@ def raw_request(server, request, rcvbuf=None, timeout=10):
 
 
 def sse_request(channel):
-    return (f"GET /sub/{channel} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            "Accept: text/event-stream\r\n\r\n")
+    return f"GET /sub/{channel} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
 
 
 def long_poll_request(channel):
@@ -384,10 +392,12 @@ def long_poll_request(channel):
 
 
 def ws_request(path):
-    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n")
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    )
 
 
 def read_until(sock, marker, limit=1 << 16):
@@ -412,14 +422,14 @@ def ws_frames(data):
         if size == 126:
             if at + 4 > len(data):
                 break
-            size, header = int.from_bytes(data[at + 2:at + 4], "big"), 4
+            size, header = int.from_bytes(data[at + 2 : at + 4], "big"), 4
         elif size == 127:
             if at + 10 > len(data):
                 break
-            size, header = int.from_bytes(data[at + 2:at + 10], "big"), 10
+            size, header = int.from_bytes(data[at + 2 : at + 10], "big"), 10
         if at + header + size > len(data):
             break
-        frames.append((opcode, data[at + header:at + header + size]))
+        frames.append((opcode, data[at + header : at + header + size]))
         at += header + size
     return frames
 

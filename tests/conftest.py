@@ -21,8 +21,21 @@ from tests.settings import SECRET_KEY
 
 # The fixtures below that start a process (redis-server, gunicorn, Chromium) or
 # need one: a unit test requests none of them, directly or through another fixture.
-PROCESS_FIXTURES = frozenset({"redis_server", "base_env", "admin_token", "alice_token", "rdb",
-                              "start_server", "server", "app", "client", "browser", "page"})
+PROCESS_FIXTURES = frozenset(
+    {
+        "redis_server",
+        "base_env",
+        "admin_token",
+        "alice_token",
+        "rdb",
+        "start_server",
+        "server",
+        "app",
+        "client",
+        "browser",
+        "page",
+    }
+)
 
 
 @pytest.hookimpl(tryfirst=True)  # sees every test, before `-m` deselects any
@@ -36,15 +49,20 @@ def pytest_collection_modifyitems(items):
         kinds = sorted({m.name for m in item.iter_markers()} & {"unit", "integration"})
         needs = sorted(PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())))
         if len(kinds) != 1:
-            wrong.append(f"{item.nodeid}: marked {'both' if kinds else 'neither'} unit "
-                         f"{'and' if kinds else 'nor'} integration")
+            wrong.append(
+                f"{item.nodeid}: marked {'both' if kinds else 'neither'} unit "
+                f"{'and' if kinds else 'nor'} integration"
+            )
         elif kinds == ["unit"] and needs:
             wrong.append(f"{item.nodeid}: a unit test requests {', '.join(needs)}")
         if {"browser", "page"}.intersection(needs) and not item.get_closest_marker("browser"):
             wrong.append(f"{item.nodeid}: drives Chromium but is not marked browser")
     if wrong:
-        raise pytest.UsageError("\n  ".join(["tests/conftest.py: every test is `unit` (no process)"
-                                             " or `integration`:", *wrong]))
+        raise pytest.UsageError(
+            "\n  ".join(
+                ["tests/conftest.py: every test is `unit` (no process) or `integration`:", *wrong]
+            )
+        )
 
 
 @pytest.fixture(scope="session")
@@ -65,8 +83,11 @@ def base_env(redis_server, tmp_path_factory):
         "LOGIN_RATE_LIMIT": "10000 per minute",  # the rate-limit test sets its own
         # Tests come from one address, many at once: quotas out of the way
         # (each quota's own test sets it low). core/quotas.py
-        **{name: "1000000 per minute" for name in SETTINGS
-           if name.endswith("_RATE_LIMIT") and name != "LOGIN_RATE_LIMIT"},
+        **{
+            name: "1000000 per minute"
+            for name in SETTINGS
+            if name.endswith("_RATE_LIMIT") and name != "LOGIN_RATE_LIMIT"
+        },
         "CONNECTIONS_PER_ADDRESS": "1000000",
         "PYTHONUNBUFFERED": "1",
         "GRACEFUL_TIMEOUT": "3",  # tests leave streams open; do not wait 30 s at teardown
@@ -86,7 +107,8 @@ def admin_token(redis_server, base_env):
     settings = load_settings(base_env)
     store = UserStore(client, settings["REDIS_PREFIX"])
     admin = store.get("test-admin") or store.create(
-        "test-admin", "test-admin-password", fullname="Test Admin", admin=True)
+        "test-admin", "test-admin-password", fullname="Test Admin", admin=True
+    )
     token, _ = issue(admin, settings, ttl=6 * 3600)
     GunicornServer.default_token = token
     return token
@@ -100,8 +122,9 @@ def alice_token(redis_server, base_env):
     from core.users import UserStore
 
     settings = load_settings(base_env)
-    store = UserStore(redis.Redis.from_url(redis_server.url, decode_responses=True),
-                      settings["REDIS_PREFIX"])
+    store = UserStore(
+        redis.Redis.from_url(redis_server.url, decode_responses=True), settings["REDIS_PREFIX"]
+    )
     user = store.get("test-plain") or store.create("test-plain", "test-plain-password")
     return issue(user, settings, ttl=6 * 3600)[0]
 
@@ -138,9 +161,15 @@ def server(start_server):
 @pytest.fixture
 def app(base_env, monkeypatch):
     """An in-process app for plain request/response endpoints (Flask test client)."""
-    for name in ("REDIS_URL", "INSTANCE_DIR", "SECRET_KEY", "APP_ENV", "LOGIN_RATE_LIMIT",
-                 "CONNECTIONS_PER_ADDRESS",
-                 *(n for n in SETTINGS if n.endswith("_RATE_LIMIT"))):
+    for name in (
+        "REDIS_URL",
+        "INSTANCE_DIR",
+        "SECRET_KEY",
+        "APP_ENV",
+        "LOGIN_RATE_LIMIT",
+        "CONNECTIONS_PER_ADDRESS",
+        *(n for n in SETTINGS if n.endswith("_RATE_LIMIT")),
+    ):
         monkeypatch.setenv(name, base_env[name])
     from app import create_app
 
@@ -176,8 +205,15 @@ def browser():
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         yield browser
         browser.close()
 

@@ -41,8 +41,9 @@ class SimClient:
 
     def submit(self, op):
         self.inflight = {"op": op, "id": uuid.uuid4().hex, "sent": time.monotonic()}
-        self.send({"type": "op", "v": self.version, "op": ot.to_json(op),
-                   "id": self.inflight["id"]})
+        self.send(
+            {"type": "op", "v": self.version, "op": ot.to_json(op), "id": self.inflight["id"]}
+        )
 
     def edit(self):
         """A random local change, as a user would type or delete."""
@@ -65,8 +66,9 @@ class SimClient:
         if kind == "snapshot":
             # With a reason: our op was too far behind to merge; as the browser
             # does, drop the unsent edits and carry on from this snapshot.
-            assert message.get("reason") or not message["reset"], \
+            assert message.get("reason") or not message["reset"], (
                 "a reconnect should catch up, not reset"
+            )
             if message.get("reason"):
                 self.inflight = self.buffer = None
                 self.resyncs += 1
@@ -74,13 +76,20 @@ class SimClient:
         elif kind == "ready":
             self.ready = True
             if self.inflight:
-                self.send({"type": "op", "v": self.version,
-                           "op": ot.to_json(self.inflight["op"]), "id": self.inflight["id"]})
+                self.send(
+                    {
+                        "type": "op",
+                        "v": self.version,
+                        "op": ot.to_json(self.inflight["op"]),
+                        "id": self.inflight["id"],
+                    }
+                )
             elif self.buffer:
                 op, self.buffer = self.buffer, None
                 self.submit(op)
-        elif kind == "ack" or (kind == "op" and self.inflight
-                               and message["id"] == self.inflight["id"]):
+        elif kind == "ack" or (
+            kind == "op" and self.inflight and message["id"] == self.inflight["id"]
+        ):
             if self.inflight is None:
                 return
             self.ack_latencies.append(time.monotonic() - self.inflight["sent"])

@@ -22,8 +22,7 @@ class SentinelSetup:
     all with `password`; a failover starts 1 s after the master stops
     answering."""
 
-    def __init__(self, base_dir, replicas=2, sentinels=3, password="redis-test-password",
-                 tls=None):
+    def __init__(self, base_dir, replicas=2, sentinels=3, password="redis-test-password", tls=None):
         self.base_dir = base_dir
         self.password = password
         # tls: {"cert", "key", "ca"} files. Every process then also listens
@@ -40,12 +39,19 @@ class SentinelSetup:
 
     def start(self):
         # (no 5 s wait for more replicas before the first full sync)
-        common = ["--requirepass", self.password, "--masterauth", self.password,
-                  "--repl-diskless-sync-delay", "0"]
+        common = [
+            "--requirepass",
+            self.password,
+            "--masterauth",
+            self.password,
+            "--repl-diskless-sync-delay",
+            "0",
+        ]
         master = self._server("master", common)
         for i in range(self.replica_count):
-            self._server(f"replica{i}", [*common, "--replicaof", "127.0.0.1",
-                                         str(self._public_port(master))])
+            self._server(
+                f"replica{i}", [*common, "--replicaof", "127.0.0.1", str(self._public_port(master))]
+            )
         self._wait(self._replicas_online, "replicas did not finish their first sync")
         for i in range(self.sentinel_count):
             folder = self.base_dir / f"sentinel{i}"
@@ -53,12 +59,13 @@ class SentinelSetup:
             config = folder / "sentinel.conf"
             tls_port = free_port() if self.tls else None
             config.write_text(
-                "".join(f"{name} {value}\n" for name, value in self._tls_conf(tls_port)) +
-                f"sentinel monitor {SERVICE} 127.0.0.1 {self._public_port(master)} 2\n"
+                "".join(f"{name} {value}\n" for name, value in self._tls_conf(tls_port))
+                + f"sentinel monitor {SERVICE} 127.0.0.1 {self._public_port(master)} 2\n"
                 f"sentinel auth-pass {SERVICE} {self.password}\n"
                 f"sentinel down-after-milliseconds {SERVICE} 1000\n"
                 f"sentinel failover-timeout {SERVICE} 10000\n"
-                f"sentinel parallel-syncs {SERVICE} {self.replica_count}\n")
+                f"sentinel parallel-syncs {SERVICE} {self.replica_count}\n"
+            )
             sentinel = EmbeddedRedis(folder, config_file=config, extra_args=["--sentinel"])
             self.sentinels.append(sentinel.start())
             self.tls_ports[sentinel.port] = tls_port
@@ -79,8 +86,13 @@ class SentinelSetup:
 
     def env(self):
         tls = {"REDIS_TLS": "1", "REDIS_TLS_CA_FILE": str(self.tls["ca"])} if self.tls else {}
-        return {"REDIS_URL": "", "REDIS_SENTINELS": self.sentinel_list(),
-                "REDIS_SENTINEL_SERVICE": SERVICE, "REDIS_PASSWORD": self.password, **tls}
+        return {
+            "REDIS_URL": "",
+            "REDIS_SENTINELS": self.sentinel_list(),
+            "REDIS_SENTINEL_SERVICE": SERVICE,
+            "REDIS_PASSWORD": self.password,
+            **tls,
+        }
 
     def sentinel_list(self):
         return ",".join(f"127.0.0.1:{self._public_port(s)}" for s in self.sentinels)
@@ -99,8 +111,9 @@ class SentinelSetup:
         return self._public_port(next(s for s in self.servers if s.port == self.master_port()))
 
     def client(self, port=None):
-        return redis.Redis(port=port or self.master_port(), password=self.password,
-                           decode_responses=True)
+        return redis.Redis(
+            port=port or self.master_port(), password=self.password, decode_responses=True
+        )
 
     def kill_master(self):
         """SIGKILL the master's process (no shutdown, no last writes); its port."""
@@ -111,9 +124,14 @@ class SentinelSetup:
         return port
 
     def wait_for_new_master(self, old_port, timeout=30):
-        self._wait(lambda: self.master_port() != old_port and
-                   self.client().info("replication")["role"] == "master",
-                   "no new master", timeout)
+        self._wait(
+            lambda: (
+                self.master_port() != old_port
+                and self.client().info("replication")["role"] == "master"
+            ),
+            "no new master",
+            timeout,
+        )
 
     # -- helpers -------------------------------------------------------------------
 
@@ -136,10 +154,14 @@ class SentinelSetup:
     def _tls_conf(self, tls_port):
         if not self.tls:
             return []
-        return [("tls-port", str(tls_port)), ("tls-cert-file", str(self.tls["cert"])),
-                ("tls-key-file", str(self.tls["key"])),
-                ("tls-ca-cert-file", str(self.tls["ca"])), ("tls-auth-clients", "no"),
-                ("tls-replication", "yes")]
+        return [
+            ("tls-port", str(tls_port)),
+            ("tls-cert-file", str(self.tls["cert"])),
+            ("tls-key-file", str(self.tls["key"])),
+            ("tls-ca-cert-file", str(self.tls["ca"])),
+            ("tls-auth-clients", "no"),
+            ("tls-replication", "yes"),
+        ]
 
     def _replicas_online(self):
         info = self.client(self.servers[0].port).info("replication")
@@ -148,10 +170,11 @@ class SentinelSetup:
 
     def _sentinels_agree(self):
         for sentinel in self.sentinels:
-            state = redis.Redis(port=sentinel.port, decode_responses=True) \
-                .sentinel_master(SERVICE)
-            if state["num-other-sentinels"] < self.sentinel_count - 1 or \
-                    state["num-slaves"] < self.replica_count:
+            state = redis.Redis(port=sentinel.port, decode_responses=True).sentinel_master(SERVICE)
+            if (
+                state["num-other-sentinels"] < self.sentinel_count - 1
+                or state["num-slaves"] < self.replica_count
+            ):
                 return False
         return True
 

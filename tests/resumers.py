@@ -50,8 +50,11 @@ class Resumer(threading.Thread):
 
     def finished(self):
         if self.until is not None:
-            return bool(self.events) and self.events[-1][0] == "msg" and \
-                self.events[-1][2] == self.until
+            return (
+                bool(self.events)
+                and self.events[-1][0] == "msg"
+                and self.events[-1][2] == self.until
+            )
         return self.want is not None and len(self.messages()) >= self.want
 
     def _message(self, msg_id, data):
@@ -95,8 +98,9 @@ class SSEResumer(Resumer):
         headers = {"Accept": "text/event-stream"}
         if self.cursor:
             headers["Last-Event-ID"] = self.cursor
-        with requests.get(f"{self.server.url}/sub/{self.channel}", headers=headers,
-                          stream=True, timeout=(5, 40)) as response:
+        with requests.get(
+            f"{self.server.url}/sub/{self.channel}", headers=headers, stream=True, timeout=(5, 40)
+        ) as response:
             if response.status_code != 200:
                 self.errors.append(f"HTTP {response.status_code}")
                 return
@@ -121,8 +125,8 @@ class WSResumer(Resumer):
     def _session(self):
         query = f"?last_event_id={self.cursor}" if self.cursor else ""
         ws = websocket.create_connection(
-            f"{self.server.ws_url}/sub/{self.channel}/ws{query}", timeout=40,
-            suppress_origin=True)
+            f"{self.server.ws_url}/sub/{self.channel}/ws{query}", timeout=40, suppress_origin=True
+        )
         self._sock = ws.sock
         self.connects += 1
         try:
@@ -155,8 +159,11 @@ class PollResumer(Resumer):
         with requests.Session() as session:
             while not self.finished() and not self.stopping.is_set():
                 response = session.get(
-                    f"{self.server.url}/sub/{self.channel}", params={"cursor": self.cursor},
-                    headers={"Accept": "application/json"}, timeout=40)
+                    f"{self.server.url}/sub/{self.channel}",
+                    params={"cursor": self.cursor},
+                    headers={"Accept": "application/json"},
+                    timeout=40,
+                )
                 if response.status_code != 200:
                     self.errors.append(f"HTTP {response.status_code}")
                     return
@@ -172,10 +179,14 @@ class PollResumer(Resumer):
 TRANSPORTS = (SSEResumer, WSResumer, PollResumer)
 
 
-def start_clients(server, channel, per_transport, want=None, cursor="0", transports=TRANSPORTS,
-                  until=None):
-    clients = [cls(server, channel, cursor=cursor, want=want, until=until)
-               for cls in transports for _ in range(per_transport)]
+def start_clients(
+    server, channel, per_transport, want=None, cursor="0", transports=TRANSPORTS, until=None
+):
+    clients = [
+        cls(server, channel, cursor=cursor, want=want, until=until)
+        for cls in transports
+        for _ in range(per_transport)
+    ]
     for client in clients:
         client.start()
     return clients
@@ -213,13 +224,17 @@ def finish(clients, timeout):
 
 def describe(client, expected):
     got = client.messages()
-    first_bad = next((i for i, (a, b) in enumerate(zip(got, expected, strict=False))
-                      if a != b), min(len(got), len(expected)))
-    return (f"{client.transport}: {len(got)}/{len(expected)} messages, first difference "
-            f"at {first_bad}: {got[first_bad:first_bad + 3]} vs "
-            f"{expected[first_bad:first_bad + 3]}; connects={client.connects} "
-            f"resets={client.resets()} closes={client.closes[-3:]} "
-            f"errors={client.errors[-3:]}")
+    first_bad = next(
+        (i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
+        min(len(got), len(expected)),
+    )
+    return (
+        f"{client.transport}: {len(got)}/{len(expected)} messages, first difference "
+        f"at {first_bad}: {got[first_bad : first_bad + 3]} vs "
+        f"{expected[first_bad : first_bad + 3]}; connects={client.connects} "
+        f"resets={client.resets()} closes={client.closes[-3:]} "
+        f"errors={client.errors[-3:]}"
+    )
 
 
 def assert_exactly_once_in_order(clients, expected, resets_allowed=False):

@@ -23,15 +23,22 @@ class GunicornServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
         self.log_path = log_path
-        self.env = {**env, "BIND": f"127.0.0.1:{self.port}", "WEB_CONCURRENCY": str(workers),
-                    **{k: str(v) for k, v in settings.items()}}
+        self.env = {
+            **env,
+            "BIND": f"127.0.0.1:{self.port}",
+            "WEB_CONCURRENCY": str(workers),
+            **{k: str(v) for k, v in settings.items()},
+        }
         self.process = None
 
     def start(self, timeout=20):
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [self.python, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
-            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -67,7 +74,8 @@ class GunicornServer:
     def publish(self, channel, data, content_type="text/plain", token=None):
         token = token or self.default_token
         response = requests.post(
-            f"{self.url}/pub/{channel}", data=data.encode() if isinstance(data, str) else data,
+            f"{self.url}/pub/{channel}",
+            data=data.encode() if isinstance(data, str) else data,
             headers={"Authorization": f"Bearer {token}", "Content-Type": content_type},
             timeout=10,
         )

@@ -70,8 +70,7 @@ def wait_totals(server, expected, timeout=30):
         if all(totals(state).get(k) == v for k, v in expected.items()):
             return state
         if time.monotonic() > deadline:
-            raise AssertionError(f"the workers should hold {expected} in all, "
-                                 f"they report {state}")
+            raise AssertionError(f"the workers should hold {expected} in all, they report {state}")
         time.sleep(0.1)
 
 
@@ -91,7 +90,8 @@ def assert_back_to_baseline(server, baseline, closed_at, what):
         time.sleep(0.05)
     raise AssertionError(
         f"{FREED_WITHIN} s after {what} were closed, the workers still hold {latest} "
-        f"(before they were opened: {baseline})")
+        f"(before they were opened: {baseline})"
+    )
 
 
 def close_all(socks):
@@ -112,12 +112,18 @@ def test_abandoned_long_polls_and_sse_streams_are_freed_within_2_s(start_server,
         socks += streams
         for sock in streams:  # the headers come once the subscription is in place
             assert read_until(sock, b"\r\n\r\n").startswith(b"HTTP/1.1 200")
-        wait_totals(server, {"longpoll": before["longpoll"] + 2000,
-                             "sse": before["sse"] + 2000,
-                             "subscribers": before["subscribers"] + 4000})
+        wait_totals(
+            server,
+            {
+                "longpoll": before["longpoll"] + 2000,
+                "sse": before["sse"] + 2000,
+                "subscribers": before["subscribers"] + 4000,
+            },
+        )
         closed_at = close_all(socks)
-        assert_back_to_baseline(server, baseline, closed_at,
-                                "2000 held long-polls and 2000 idle SSE streams")
+        assert_back_to_baseline(
+            server, baseline, closed_at, "2000 held long-polls and 2000 idle SSE streams"
+        )
     finally:
         close_all(socks)
         server.stop()
@@ -133,8 +139,10 @@ def test_abandoned_websocket_subscribers_are_freed_within_2_s(start_server, chan
         for sock in socks:  # the hello frame says the subscription is in place
             received = read_until(sock, b'"subscribed"')
             assert received.startswith(b"HTTP/1.1 101"), received[:200]
-        wait_totals(server, {"websocket": before["websocket"] + 300,
-                             "subscribers": before["subscribers"] + 300})
+        wait_totals(
+            server,
+            {"websocket": before["websocket"] + 300, "subscribers": before["subscribers"] + 300},
+        )
         closed_at = close_all(socks)  # no close frame: the peer is simply gone
         assert_back_to_baseline(server, baseline, closed_at, "300 idle WebSocket subscribers")
     finally:
@@ -142,8 +150,7 @@ def test_abandoned_websocket_subscribers_are_freed_within_2_s(start_server, chan
         server.stop()
 
 
-def test_a_worker_full_of_abandoned_long_polls_takes_new_streams_within_2_s(start_server,
-                                                                           channel):
+def test_a_worker_full_of_abandoned_long_polls_takes_new_streams_within_2_s(start_server, channel):
     """One worker, WORKER_CONNECTIONS=100, 100 long-polls held: a new stream
     gets 503 while other requests are still answered (a held poll keeps no
     pool slot: core.parking). Once the polls' clients are gone, new streams
@@ -159,7 +166,8 @@ def test_a_worker_full_of_abandoned_long_polls_takes_new_streams_within_2_s(star
         while _stream_status(server, channel) != b"200":
             assert time.monotonic() - closed_at < FREED_WITHIN, (
                 f"{FREED_WITHIN} s after 100 held long-polls were abandoned, a new stream "
-                "is still refused: the abandoned polls are still counted")
+                "is still refused: the abandoned polls are still counted"
+            )
             time.sleep(0.05)
     finally:
         close_all(socks)

@@ -32,8 +32,10 @@ def restartable(start_server, tmp_path):
 
     def reconnects():
         try:
-            return {pid: (status, body["hub_reconnects"])
-                    for pid, (status, body) in healthz_bodies(server).items()}
+            return {
+                pid: (status, body["hub_reconnects"])
+                for pid, (status, body) in healthz_bodies(server).items()
+            }
         except requests.RequestException:
             return {}
 
@@ -46,7 +48,8 @@ def restartable(start_server, tmp_path):
         def reconnected():
             now = reconnects()
             return now.keys() == before.keys() and all(
-                status == 200 and count > before[pid][1] for pid, (status, count) in now.items())
+                status == 200 and count > before[pid][1] for pid, (status, count) in now.items()
+            )
 
         back = wait_until(reconnected, timeout=20)
         assert back, f"the workers' hubs did not reconnect to the restarted Redis: {reconnects()}"
@@ -59,8 +62,9 @@ def restartable(start_server, tmp_path):
 
 
 def of_type(kind, **fields):
-    return lambda frame: frame.get("type") == kind and all(
-        frame.get(k) == v for k, v in fields.items())
+    return lambda frame: (
+        frame.get("type") == kind and all(frame.get(k) == v for k, v in fields.items())
+    )
 
 
 # -- drawing -------------------------------------------------------------------------------
@@ -92,7 +96,8 @@ def test_drawing_moves_still_reach_the_others_after_redis_restarts(restartable):
         moved = b.first(moved_after_restart, since=mark, timeout=1)
         assert moved, (
             f"after the Redis restart, B got no `moving` frame from A; "
-            f"B: {b.describe(mark)}; A: {a.describe()}")
+            f"B: {b.describe(mark)}; A: {a.describe()}"
+        )
         assert not a.closed.is_set(), a.describe()
     finally:
         a.close()
@@ -104,8 +109,11 @@ def test_drawing_moves_still_reach_the_others_after_redis_restarts(restartable):
 
 def test_tracking_dashboard_keeps_showing_visitors_after_redis_restarts(restartable):
     server, restart = restartable
-    login = requests.post(f"{server.url}/auth/token", timeout=30,
-                          json={"username": "admin", "password": ADMIN_PASSWORD})
+    login = requests.post(
+        f"{server.url}/auth/token",
+        timeout=30,
+        json={"username": "admin", "password": ADMIN_PASSWORD},
+    )
     assert login.status_code == 200, login.text
     token = login.json()["token"]
     board = SSEClient(f"{server.url}/admin/track/stream?access_token={token}")
@@ -115,8 +123,10 @@ def test_tracking_dashboard_keeps_showing_visitors_after_redis_restarts(restarta
         assert board.wait_for(lambda items: any(i["event"] == "snapshot" for i in items))
 
         def joined(visitor_id, since=0):
-            return lambda items: any(i["event"] == "join" and json.loads(i["data"])["id"] ==
-                                     visitor_id for i in items[since:])
+            return lambda items: any(
+                i["event"] == "join" and json.loads(i["data"])["id"] == visitor_id
+                for i in items[since:]
+            )
 
         def visitor():
             ws = WSFrames(f"{server.ws_url}/track/ws")
@@ -139,11 +149,14 @@ def test_tracking_dashboard_keeps_showing_visitors_after_redis_restarts(restarta
         assert board.wait_for(joined(new_id, mark), timeout=1), (
             f"after the Redis restart the dashboard got no `join` for a new visitor; "
             f"its events since: {[(i['event'], i['data'][:80]) for i in board.items[mark:]]}; "
-            f"stream {'ended: ' + repr(board.error) if board.closed.is_set() else 'open'}")
+            f"stream {'ended: ' + repr(board.error) if board.closed.is_set() else 'open'}"
+        )
 
         def batch_with(items):
-            return any(i["event"] == "batch" and new_id in json.loads(i["data"])["positions"]
-                       for i in items[mark:])
+            return any(
+                i["event"] == "batch" and new_id in json.loads(i["data"])["positions"]
+                for i in items[mark:]
+            )
 
         for n in range(40):
             ws.send({"x": 0.5, "y": n / 100})
@@ -151,7 +164,8 @@ def test_tracking_dashboard_keeps_showing_visitors_after_redis_restarts(restarta
                 break
         assert board.wait_for(batch_with, timeout=2), (
             f"after the Redis restart the dashboard got no `batch` with the new visitor's "
-            f"moves; its events since: {[i['event'] for i in board.items[mark:]]}")
+            f"moves; its events since: {[i['event'] for i in board.items[mark:]]}"
+        )
     finally:
         for ws in visitors:
             ws.close()
@@ -170,13 +184,18 @@ def test_qa_stream_still_gets_new_questions_after_redis_restarts(restartable):
         client_id = json.loads(stream.items[0]["data"])["id"]
 
         def ask(text):
-            return requests.post(f"{server.url}/qa/questions", json={"question": text},
-                                 headers={"X-Client-Id": client_id}, timeout=10)
+            return requests.post(
+                f"{server.url}/qa/questions",
+                json={"question": text},
+                headers={"X-Client-Id": client_id},
+                timeout=10,
+            )
 
         def shown(text, since=0):
             return lambda items: any(
                 i["event"] == "questions" and text in json.loads(i["data"])["questions"]
-                for i in items[since:])
+                for i in items[since:]
+            )
 
         before = f"Asked before the restart #{uuid.uuid4().hex[:6]}"
         assert ask(before).status_code == 201
@@ -190,7 +209,8 @@ def test_qa_stream_still_gets_new_questions_after_redis_restarts(restartable):
         assert stream.wait_for(shown(after, mark)), (
             f"after the Redis restart the open stream got no `questions` event with the new "
             f"question; its events since: {[(i['event'], i['data'][:80]) for i in stream.items[mark:]]}; "
-            f"stream {'ended: ' + repr(stream.error) if stream.closed.is_set() else 'open'}")
+            f"stream {'ended: ' + repr(stream.error) if stream.closed.is_set() else 'open'}"
+        )
     finally:
         stream.close()
 
@@ -217,9 +237,12 @@ def test_editor_clients_reread_their_document_after_redis_restarts_and_carry_on(
             snapshots[name] = ws.first(of_type("snapshot", reset=True), since=marks[name])
             assert snapshots[name], (
                 f"after the Redis restart, client {name} got no snapshot with reset: true; "
-                f"{ws.describe(marks[name])}")
+                f"{ws.describe(marks[name])}"
+            )
         assert (snapshots["A"]["v"], snapshots["A"]["text"]) == (
-            snapshots["B"]["v"], snapshots["B"]["text"]), snapshots
+            snapshots["B"]["v"],
+            snapshots["B"]["text"],
+        ), snapshots
 
         version, text = snapshots["A"]["v"], snapshots["A"]["text"]
         op = ([{"retain": len(text)}] if text else []) + [{"insert": "after"}]
@@ -232,7 +255,9 @@ def test_editor_clients_reread_their_document_after_redis_restarts_and_carry_on(
         assert ack["v"] == relayed["v"] == version + 1
         assert relayed["op"] == op
         assert requests.get(f"{server.url}/editor/{doc}/text", timeout=5).json() == {
-            "v": version + 1, "text": text + "after"}
+            "v": version + 1,
+            "text": text + "after",
+        }
         for ws in (a, b):
             assert not ws.closed.is_set(), ws.describe()
     finally:

@@ -30,8 +30,9 @@ def alice(redis_server, base_env):
 
     store = UserStore(redis.Redis.from_url(redis_server.url, decode_responses=True), "rt:")
     name = f"alice{uuid.uuid4().hex[:8]}"
-    return store.create(name, PASSWORD, fullname="Alice Liddell", publish=["chat.*"],
-                        subscribe=["private-alice.*"])
+    return store.create(
+        name, PASSWORD, fullname="Alice Liddell", publish=["chat.*"], subscribe=["private-alice.*"]
+    )
 
 
 @pytest.fixture
@@ -42,8 +43,9 @@ def settings(base_env):
 def login(client, username, password=PASSWORD, **headers):
     """Log in the way the browser page does (fetch sends the page's Origin)."""
     headers.setdefault("Origin", "http://localhost")
-    return client.post("/auth/login", json={"username": username, "password": password},
-                       headers=headers)
+    return client.post(
+        "/auth/login", json={"username": username, "password": password}, headers=headers
+    )
 
 
 def session_cookie(response):
@@ -73,17 +75,20 @@ def test_basic_challenges_then_welcomes_by_name(client, alice):
 def scram_login(client, username, password=PASSWORD):
     challenge = client.post("/auth/challenge", json={"username": username}).get_json()
     auth_message = f"{username}:{challenge['nonce']}"
-    proof = passwords.scram_client_proof(password, challenge["salt"], challenge["iterations"],
-                                         auth_message)
+    proof = passwords.scram_client_proof(
+        password, challenge["salt"], challenge["iterations"], auth_message
+    )
     return challenge, auth_message, proof
 
 
 def expected_server_signature(password, challenge, auth_message):
-    salted = passwords.salted_password(password, base64.b64decode(challenge["salt"]),
-                                       challenge["iterations"])
+    salted = passwords.salted_password(
+        password, base64.b64decode(challenge["salt"]), challenge["iterations"]
+    )
     server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-    return base64.b64encode(hmac.new(server_key, auth_message.encode(),
-                                     hashlib.sha256).digest()).decode()
+    return base64.b64encode(
+        hmac.new(server_key, auth_message.encode(), hashlib.sha256).digest()
+    ).decode()
 
 
 def test_challenge_response_logs_in_and_proves_the_server(client, alice):
@@ -141,8 +146,10 @@ def test_unknown_users_are_indistinguishable_from_known_ones(client, alice):
     assert response.get_json()["error"] == "authentication failed"
 
 
-@pytest.mark.parametrize("body", [{}, {"username": 5}, {"username": ""}, {"username": "x" * 2000},
-                                  ["not", "an", "object"]])
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"username": 5}, {"username": ""}, {"username": "x" * 2000}, ["not", "an", "object"]],
+)
 def test_bad_challenge_bodies_are_400(client, body):
     response = client.post("/auth/challenge", json=body)
     assert response.status_code == 400
@@ -172,8 +179,11 @@ def test_login_sets_a_hardened_cookie_holding_only_a_session_id(client, alice, r
 
 def test_cookie_is_secure_over_https(app, alice):
     client = app.test_client()
-    response = client.post("/auth/login", json={"username": alice.name, "password": PASSWORD},
-                           base_url="https://localhost")
+    response = client.post(
+        "/auth/login",
+        json={"username": alice.name, "password": PASSWORD},
+        base_url="https://localhost",
+    )
     assert "Secure" in session_cookie(response)
 
 
@@ -213,8 +223,11 @@ def test_cookie_authenticated_change_needs_token_or_origin(client, alice):
     assert bare.status_code == 403 and "CSRF" in bare.get_json()["error"]
     forged = client.post("/pub/chat.room", data="hi", headers={"X-CSRF-Token": "guess"})
     assert forged.status_code == 403
-    foreign = client.post("/pub/chat.room", data="hi",
-                          headers={"Origin": "https://evil.example", "X-CSRF-Token": csrf})
+    foreign = client.post(
+        "/pub/chat.room",
+        data="hi",
+        headers={"Origin": "https://evil.example", "X-CSRF-Token": csrf},
+    )
     assert foreign.status_code == 403 and "Origin" in foreign.get_json()["error"]
     with_token = client.post("/pub/chat.room", data="hi", headers={"X-CSRF-Token": csrf})
     assert with_token.status_code == 201
@@ -223,8 +236,11 @@ def test_cookie_authenticated_change_needs_token_or_origin(client, alice):
 
 
 def test_login_from_a_foreign_page_is_refused(client, alice):
-    response = client.post("/auth/login", json={"username": alice.name, "password": PASSWORD},
-                           headers={"Origin": "https://evil.example"})
+    response = client.post(
+        "/auth/login",
+        json={"username": alice.name, "password": PASSWORD},
+        headers={"Origin": "https://evil.example"},
+    )
     assert response.status_code == 403
 
 
@@ -259,9 +275,16 @@ def test_token_round_trip(client, alice, settings):
 
 def _claims(settings, user, epoch="not-the-users-epoch", **overrides):
     now = int(time.time())
-    claims = {"iss": settings["JWT_ISSUER"], "aud": settings["JWT_AUDIENCE"], "sub": user,
-              "iat": now, "exp": now + 600, "jti": uuid.uuid4().hex, "epoch": epoch,
-              "sessionData": tokens._fernet(settings["SECRET_KEY"]).encrypt(b"{}").decode()}
+    claims = {
+        "iss": settings["JWT_ISSUER"],
+        "aud": settings["JWT_AUDIENCE"],
+        "sub": user,
+        "iat": now,
+        "exp": now + 600,
+        "jti": uuid.uuid4().hex,
+        "epoch": epoch,
+        "sessionData": tokens._fernet(settings["SECRET_KEY"]).encrypt(b"{}").decode(),
+    }
     claims.update(overrides)
     return {k: v for k, v in claims.items() if v is not None}
 
@@ -279,17 +302,20 @@ def _alg_none(claims):
     return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
 
 
-@pytest.mark.parametrize("attack, reason", [
-    ("alg-none", "malformed token"),
-    ("other-key", "signature is invalid"),
-    ("wrong-aud", "audience"),
-    ("wrong-iss", "issuer"),
-    ("expired", "expired"),
-    ("no-jti", "'jti'"),
-    ("no-exp", "'exp'"),
-    ("tampered-session-data", "sessionData"),
-    ("garbage", "malformed token"),
-])
+@pytest.mark.parametrize(
+    "attack, reason",
+    [
+        ("alg-none", "malformed token"),
+        ("other-key", "signature is invalid"),
+        ("wrong-aud", "audience"),
+        ("wrong-iss", "issuer"),
+        ("expired", "expired"),
+        ("no-jti", "'jti'"),
+        ("no-exp", "'exp'"),
+        ("tampered-session-data", "sessionData"),
+        ("garbage", "malformed token"),
+    ],
+)
 def test_forged_and_broken_tokens_are_401(client, alice, settings, attack, reason):
     make = {
         "alg-none": lambda: _alg_none(_claims(settings, alice.name)),
@@ -300,7 +326,8 @@ def test_forged_and_broken_tokens_are_401(client, alice, settings, attack, reaso
         "no-jti": lambda: _sign(_claims(settings, alice.name, jti=None), settings),
         "no-exp": lambda: _sign(_claims(settings, alice.name, exp=None), settings),
         "tampered-session-data": lambda: _sign(
-            _claims(settings, alice.name, sessionData="gAAAAAB" + "x" * 80), settings),
+            _claims(settings, alice.name, sessionData="gAAAAAB" + "x" * 80), settings
+        ),
         "garbage": lambda: "not.a.token",
     }[attack]
     response = tokendata(client, make())
@@ -324,8 +351,9 @@ def test_logout_revokes_the_token(client, alice, rdb):
 
 
 def test_token_permissions_govern_channels(server, alice, channel):
-    token = requests.post(f"{server.url}/auth/token", timeout=30,
-                          json={"username": alice.name, "password": PASSWORD}).json()["token"]
+    token = requests.post(
+        f"{server.url}/auth/token", timeout=30, json={"username": alice.name, "password": PASSWORD}
+    ).json()["token"]
     auth = {"Authorization": f"Bearer {token}"}
     allowed = requests.post(f"{server.url}/pub/chat.{channel}", data="hi", headers=auth, timeout=5)
     assert allowed.status_code == 201
@@ -336,19 +364,28 @@ def test_token_permissions_govern_channels(server, alice, channel):
     server.publish(private, "secret")  # the admin may
     anonymous = requests.get(f"{server.url}/sub/{private}", params={"cursor": "0"}, timeout=5)
     assert anonymous.status_code == 401
-    mine = requests.get(f"{server.url}/sub/{private}", params={"cursor": "0"}, headers=auth,
-                        timeout=30)
+    mine = requests.get(
+        f"{server.url}/sub/{private}", params={"cursor": "0"}, headers=auth, timeout=30
+    )
     assert mine.status_code == 200 and mine.json()["events"][0]["data"] == "secret"
-    theirs = requests.get(f"{server.url}/sub/private-bob.{channel}", params={"cursor": "0"},
-                          headers=auth, timeout=5)
+    theirs = requests.get(
+        f"{server.url}/sub/private-bob.{channel}", params={"cursor": "0"}, headers=auth, timeout=5
+    )
     assert theirs.status_code == 403
     # EventSource and WebSocket cannot set headers: ?access_token= works on GET
-    with requests.get(f"{server.url}/sub/{private}", timeout=5, stream=True,
-                      params={"last_event_id": "0", "access_token": token},
-                      headers={"Accept": "text/event-stream"}) as sse:
+    with requests.get(
+        f"{server.url}/sub/{private}",
+        timeout=5,
+        stream=True,
+        params={"last_event_id": "0", "access_token": token},
+        headers={"Accept": "text/event-stream"},
+    ) as sse:
         assert sse.status_code == 200
-        first = next(event for event in parse_sse(sse.iter_content(chunk_size=None))
-                     if event.event == "message")
+        first = next(
+            event
+            for event in parse_sse(sse.iter_content(chunk_size=None))
+            if event.event == "message"
+        )
     assert first.data == "secret"
 
 
@@ -360,8 +397,9 @@ def test_login_rate_limit_trips_then_recovers(base_env, monkeypatch, alice):
         monkeypatch.setenv(name, base_env[name])
     from app import create_app
 
-    app = create_app({"LOGIN_RATE_LIMIT": "3 per 2 seconds",
-                      "QUOTA_KEY_PREFIX": f"rl-{uuid.uuid4().hex}"})
+    app = create_app(
+        {"LOGIN_RATE_LIMIT": "3 per 2 seconds", "QUOTA_KEY_PREFIX": f"rl-{uuid.uuid4().hex}"}
+    )
     client = app.test_client()
     answers = [login(client, alice.name, "wrong password!").status_code for _ in range(3)]
     assert answers == [401, 401, 401]
@@ -376,16 +414,29 @@ def test_login_rate_limit_trips_then_recovers(base_env, monkeypatch, alice):
 
 
 def flask_cli(base_env, *args, input=None):
-    return subprocess.run([sys.executable, "-m", "flask", "--app", "app", "users", *args],
-                          input=input, text=True, capture_output=True, cwd=ROOT, env=base_env,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "app", "users", *args],
+        input=input,
+        text=True,
+        capture_output=True,
+        cwd=ROOT,
+        env=base_env,
+        timeout=60,
+    )
 
 
 @pytest.mark.slow
 def test_users_cli_create_list_set_password_delete(base_env, client):
     name = f"cli{uuid.uuid4().hex[:6]}"
-    created = flask_cli(base_env, "create", name, "--fullname", "Cli User", "--admin",
-                        input="first-password\nfirst-password\n")
+    created = flask_cli(
+        base_env,
+        "create",
+        name,
+        "--fullname",
+        "Cli User",
+        "--admin",
+        input="first-password\nfirst-password\n",
+    )
     assert created.returncode == 0, created.stderr
     assert f"{name}\tadmin\tCli User" in flask_cli(base_env, "list").stdout
     assert login(client, name, "first-password").status_code == 200
@@ -402,18 +453,21 @@ def test_users_cli_create_list_set_password_delete(base_env, client):
 
 def test_demo_users_are_seeded_once_with_the_configured_admin_password(start_server):
     prefix = f"demo{uuid.uuid4().hex[:6]}:"
-    server = start_server(DEMO_USERS=1, DEMO_ADMIN_PASSWORD="admin-demo-password",
-                          REDIS_PREFIX=prefix)
+    server = start_server(
+        DEMO_USERS=1, DEMO_ADMIN_PASSWORD="admin-demo-password", REDIS_PREFIX=prefix
+    )
     jack = requests.get(f"{server.url}/auth/basic", auth=("jack", "beanstalk"), timeout=30)
     assert jack.status_code == 200 and jack.json()["welcome"] == "Welcome, Jack Spratt!"
-    admin = requests.post(f"{server.url}/auth/token", timeout=30,
-                          json={"username": "admin", "password": "admin-demo-password"})
+    admin = requests.post(
+        f"{server.url}/auth/token",
+        timeout=30,
+        json={"username": "admin", "password": "admin-demo-password"},
+    )
     assert admin.status_code == 200
     assert "Demo users: jack/beanstalk" in server.log()
 
 
-def test_a_demo_admin_password_the_rules_refuse_stops_the_server_with_the_reason(
-        start_server):
+def test_a_demo_admin_password_the_rules_refuse_stops_the_server_with_the_reason(start_server):
     prefix = f"demo{uuid.uuid4().hex[:6]}:"
     with pytest.raises(RuntimeError, match="gunicorn exited early") as failed:
         start_server(DEMO_USERS=1, DEMO_ADMIN_PASSWORD="short", REDIS_PREFIX=prefix)

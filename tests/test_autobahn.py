@@ -98,10 +98,28 @@ SECTIONS = {  # Autobahn's numbering (there is no section 8 or 11)
 # 12.1.14 (1000 compressed 64 KiB messages in 256-byte frames, the fastest) and
 # 12.4.9 (65536 characters of HTML: 65563 bytes, so over the limit in bytes).
 FAST_SUBSET = [
-    "1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*",
-    "9.1.*", "9.2.*", "9.3.*", "9.4.*", "9.5.*", "9.6.*", "9.7.6", "9.8.6",
+    "1.*",
+    "2.*",
+    "3.*",
+    "4.*",
+    "5.*",
+    "6.*",
+    "7.*",
+    "9.1.*",
+    "9.2.*",
+    "9.3.*",
+    "9.4.*",
+    "9.5.*",
+    "9.6.*",
+    "9.7.6",
+    "9.8.6",
     "10.*",
-    "12.*.1", "12.*.10", "12.1.14", "12.4.9", "13.*.1", "13.*.10",
+    "12.*.1",
+    "12.*.10",
+    "12.1.14",
+    "12.4.9",
+    "13.*.1",
+    "13.*.10",
 ]
 
 
@@ -115,8 +133,9 @@ def _full_suite_requested(config):
 def _kosoku_cases():
     """{case id: largest message it sends, or None} of all kosoku's cases, in
     suite order. Asked of a subprocess (see the module doc)."""
-    out = subprocess.run([sys.executable, __file__, "list"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, __file__, "list"], capture_output=True, text=True, timeout=60
+    )
     if out.returncode != 0:
         raise RuntimeError(f"listing kosoku's cases failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout)
@@ -145,17 +164,29 @@ def pytest_generate_tests(metafunc):
 def autobahn_results(request, server, tmp_path_factory):
     """{case id: outcome} for the cases of this module's selected tests, from
     one kosoku subprocess. Cases it gave no verdict for are missing."""
-    cases = [item.callspec.params["case"] for item in request.session.items
-             if getattr(item, "module", None) is request.module
-             and "case" in getattr(getattr(item, "callspec", None), "params", ())]
+    cases = [
+        item.callspec.params["case"]
+        for item in request.session.items
+        if getattr(item, "module", None) is request.module
+        and "case" in getattr(getattr(item, "callspec", None), "params", ())
+    ]
     mode = "full" if _full_suite_requested(request.config) else "fast"
     out = tmp_path_factory.mktemp("autobahn") / "results.jsonl"
     url = f"{server.ws_url}/ws/echo?greeting=off"
     started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, __file__, "run", url, json.dumps(cases), str(out),
-         str(CONCURRENCY[mode]), str(CASE_CAP[mode])],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            __file__,
+            "run",
+            url,
+            json.dumps(cases),
+            str(out),
+            str(CONCURRENCY[mode]),
+            str(CASE_CAP[mode]),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         log, _ = proc.communicate(timeout=RUN_CAP[mode])
@@ -170,8 +201,10 @@ def autobahn_results(request, server, tmp_path_factory):
             outcome = json.loads(line)
             results[outcome["id"]] = outcome
     elapsed = time.monotonic() - started
-    sys.stderr.write(f"\nkosoku: {len(results)} of {len(cases)} cases in {elapsed:.1f} s "
-                     f"({mode}, {ended}); results in {out}\n")
+    sys.stderr.write(
+        f"\nkosoku: {len(results)} of {len(cases)} cases in {elapsed:.1f} s "
+        f"({mode}, {ended}); results in {out}\n"
+    )
     return {"cases": results, "ended": ended, "log": log.decode(errors="replace")[-3000:]}
 
 
@@ -197,31 +230,40 @@ def _describe(outcome):
 def test_case(case, autobahn_results):
     outcome = autobahn_results["cases"].get(case)
     if outcome is None:
-        pytest.fail(f"kosoku gave no verdict for {case} ({autobahn_results['ended']}):\n"
-                    f"{autobahn_results['log']}")
+        pytest.fail(
+            f"kosoku gave no verdict for {case} ({autobahn_results['ended']}):\n"
+            f"{autobahn_results['log']}"
+        )
     if outcome.get("error"):
         pytest.fail(f"{case}: {outcome['error']}")
     size = outcome["message_size"] or 0
     if size > MAX_MESSAGE_SIZE:
-        echoed = [n for kind, n in outcome["received"] if kind == "message" and n > MAX_MESSAGE_SIZE]
+        echoed = [
+            n for kind, n in outcome["received"] if kind == "message" and n > MAX_MESSAGE_SIZE
+        ]
         assert outcome["remote_close_code"] == CLOSE_MESSAGE_TOO_BIG and not echoed, (
             f"a {size}-byte message is over the {MAX_MESSAGE_SIZE}-byte limit: the server "
-            f"must close with 1009, not echo it\n{_describe(outcome)}")
+            f"must close with 1009, not echo it\n{_describe(outcome)}"
+        )
         assert outcome["duration"] <= REFUSE_WITHIN_MS, (
             f"the 1009 refusal of a {size}-byte message should come at once, "
-            f"not after {outcome['duration']} ms\n{_describe(outcome)}")
+            f"not after {outcome['duration']} ms\n{_describe(outcome)}"
+        )
     else:
-        assert (outcome["behavior"] in ACCEPTED_BEHAVIOR
-                and outcome["behavior_close"] in ACCEPTED_CLOSE), _describe(outcome) + _hint(outcome)
+        assert (
+            outcome["behavior"] in ACCEPTED_BEHAVIOR and outcome["behavior_close"] in ACCEPTED_CLOSE
+        ), _describe(outcome) + _hint(outcome)
 
 
 def _hint(outcome):
     pings = sum(1 for kind, _ in outcome["received"] if kind == "ping")
     if not pings:
         return ""
-    return (f"\n  note: the server sent {pings} ping(s) of its own: its keepalive, every "
-            f"WS_PING_SECONDS ({SERVER_PING_SECONDS} s) even while messages flow. Autobahn's "
-            f"case takes any event it did not ask for as the end of the exchange.")
+    return (
+        f"\n  note: the server sent {pings} ping(s) of its own: its keepalive, every "
+        f"WS_PING_SECONDS ({SERVER_PING_SECONDS} s) even while messages flow. Autobahn's "
+        f"case takes any event it did not ask for as the end of the exchange."
+    )
 
 
 @pytest.mark.integration
@@ -264,8 +306,9 @@ def _message_size(case_class):
     64 KiB)."""
     from types import SimpleNamespace
 
-    protocol = SimpleNamespace(factory=SimpleNamespace(isServer=False),
-                               CLOSE_STATUS_CODE_NORMAL=1000)
+    protocol = SimpleNamespace(
+        factory=SimpleNamespace(isServer=False), CLOSE_STATUS_CODE_NORMAL=1000
+    )
     try:
         case = case_class(protocol)
     except Exception:
@@ -299,8 +342,11 @@ def _largest_compression_message(case):
     start = largest = 0
     for _ in range(case.COUNT if case.LEN else 0):
         end = (start + case.LEN) % count
-        size = (offsets[end] - offsets[start] if end > start
-                else offsets[count] - offsets[start] + offsets[end])
+        size = (
+            offsets[end] - offsets[start]
+            if end > start
+            else offsets[count] - offsets[start] + offsets[end]
+        )
         largest, start = max(largest, size), end
     return largest
 
@@ -330,8 +376,9 @@ def _outcome(result, size):
         "was_not_clean_reason": result.was_not_clean_reason,
         "duration": result.duration,
         # (kind, payload length): the payloads themselves run to megabytes
-        "received": [(event[0], len(event[1]) if len(event) > 1 else 0)
-                     for event in result.received],
+        "received": [
+            (event[0], len(event[1]) if len(event) > 1 else 0) for event in result.received
+        ],
     }
 
 

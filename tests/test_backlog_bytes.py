@@ -47,7 +47,8 @@ def wait_subscribers(server, expected, timeout):
 
 
 def test_a_stalled_subscriber_is_dropped_once_its_backlog_passes_the_byte_bound(
-        start_server, channel):
+    start_server, channel
+):
     server = start_server(SUBSCRIBER_QUEUE_BYTES=QUEUE_BYTES)
     baseline = subscribers(server)
     assert len(baseline) == 2, baseline
@@ -75,27 +76,32 @@ def test_a_stalled_subscriber_is_dropped_once_its_backlog_passes_the_byte_bound(
         ws_bytes, ws_closed = ws_read.result()
         sse_bytes, sse_closed = sse_read.result()
         ws_bytes = ws_start + ws_bytes
-        frames = ws_frames(ws_bytes[ws_bytes.index(b"\r\n\r\n") + 4:])
-        ws_messages = sum(1 for opcode, payload in frames
-                          if opcode == 0x1 and b'"data"' in payload)
+        frames = ws_frames(ws_bytes[ws_bytes.index(b"\r\n\r\n") + 4 :])
+        ws_messages = sum(1 for opcode, payload in frames if opcode == 0x1 and b'"data"' in payload)
         sse_bytes = sse_start + sse_bytes
         sse_messages = sse_bytes.count(b"\nid: ")
         ws_closed = ws_closed or bool(frames and frames[-1][0] == 0x8)
 
         def report(name, messages, received, closed):
-            return (f"the stalled {name} subscriber got {messages} of {MESSAGES} messages "
-                    f"({len(received) / 1e6:.1f} MB) and its stream is "
-                    f"{'closed' if closed else 'still open'}")
+            return (
+                f"the stalled {name} subscriber got {messages} of {MESSAGES} messages "
+                f"({len(received) / 1e6:.1f} MB) and its stream is "
+                f"{'closed' if closed else 'still open'}"
+            )
 
-        state = (f"{report('WebSocket', ws_messages, ws_bytes, ws_closed)}; "
-                 f"{report('SSE', sse_messages, sse_bytes, sse_closed)}; "
-                 f"hub subscribers per worker: {after} (before: {baseline})")
+        state = (
+            f"{report('WebSocket', ws_messages, ws_bytes, ws_closed)}; "
+            f"{report('SSE', sse_messages, sse_bytes, sse_closed)}; "
+            f"hub subscribers per worker: {after} (before: {baseline})"
+        )
         assert ws_closed and sse_closed, f"both should have been cut off: {state}"
         assert ws_messages < MESSAGES and sse_messages < MESSAGES, state
         assert after == baseline, state
         if frames and frames[-1][0] == 0x8:  # the close frame got through: why
             code = int.from_bytes(frames[-1][1][:2], "big")
-            assert code == 1013, f"close code {code} {frames[-1][1][2:]!r}, not 1013 (try again later)"
+            assert code == 1013, (
+                f"close code {code} {frames[-1][1][2:]!r}, not 1013 (try again later)"
+            )
     finally:
         ws.close()
         sse.close()

@@ -17,23 +17,41 @@ def test_index_links_every_demo(client):
     page = client.get("/")
     assert page.status_code == 200
     html = page.get_data(as_text=True)
-    for link in ("/longpoll/", "/clock/", "/qa/", "/ticker/", "/auth/", "/editor/welcome",
-                 "/draw/", "/track/", "/admin/track", "/ws/", "/whoami",
-                 "/listCities/usa/ohio", "/cookie", "/healthz"):
+    for link in (
+        "/longpoll/",
+        "/clock/",
+        "/qa/",
+        "/ticker/",
+        "/auth/",
+        "/editor/welcome",
+        "/draw/",
+        "/track/",
+        "/admin/track",
+        "/ws/",
+        "/whoami",
+        "/listCities/usa/ohio",
+        "/cookie",
+        "/healthz",
+    ):
         assert f'href="{link}"' in html
 
 
 @pytest.mark.integration
 def test_index_links_every_admin_page_marked_for_administrators(client, app):
     html = client.get("/").get_data(as_text=True)
-    admin_pages = {rule.rule for rule in app.url_map.iter_rules()
-                   if rule.rule.startswith("/admin/") and "GET" in rule.methods
-                   and not rule.websocket and not rule.rule.endswith("/stream")
-                   and "<" not in rule.rule}
+    admin_pages = {
+        rule.rule
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/admin/")
+        and "GET" in rule.methods
+        and not rule.websocket
+        and not rule.rule.endswith("/stream")
+        and "<" not in rule.rule
+    }
     assert admin_pages >= {"/admin/monitor", "/admin/processes", "/admin/track", "/admin/lab"}
     for link in sorted(admin_pages | {"/metrics"}):
-        item = html[html.index(f'href="{link}"'):]
-        item = item[:item.index("</li>")]
+        item = html[html.index(f'href="{link}"') :]
+        item = item[: item.index("</li>")]
         assert "(administrators)" in item, link
 
 
@@ -64,8 +82,9 @@ def test_healthz_reports_redis_hub_and_pid(server):
 def test_whoami_shows_the_serving_worker_and_the_workers_share_the_port(server):
     pids = set()
     for _ in range(20):
-        body = requests.get(server.url + "/whoami", headers={"Accept": "application/json"},
-                            timeout=5).json()
+        body = requests.get(
+            server.url + "/whoami", headers={"Accept": "application/json"}, timeout=5
+        ).json()
         pids.add(body["pid"])
         assert body["worker"] in {"1", "2"}
     assert len(pids) == 2  # two pre-forked workers behind one port
@@ -75,11 +94,19 @@ def test_whoami_shows_the_serving_worker_and_the_workers_share_the_port(server):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("path, cities", [
-    ("/listCities/usa/ohio", ["Columbus", "Cleveland", "Cincinnati", "Toledo", "Akron", "Dayton"]),
-    ("/listCities/Canada/British%20Columbia", ["Vancouver", "Surrey", "Burnaby", "Richmond",
-                                               "Abbotsford", "Coquitlam"]),
-])
+@pytest.mark.parametrize(
+    "path, cities",
+    [
+        (
+            "/listCities/usa/ohio",
+            ["Columbus", "Cleveland", "Cincinnati", "Toledo", "Akron", "Dayton"],
+        ),
+        (
+            "/listCities/Canada/British%20Columbia",
+            ["Vancouver", "Surrey", "Burnaby", "Richmond", "Abbotsford", "Coquitlam"],
+        ),
+    ],
+)
 def test_list_cities(client, path, cities):
     response = client.get(path)
     assert response.status_code == 200
@@ -87,14 +114,17 @@ def test_list_cities(client, path, cities):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("path, status, error", [
-    ("/listCities/atlantis/ohio", 404, "unknown country"),
-    ("/listCities/usa/narnia", 404, "unknown state"),
-    ("/listCities/version/x", 404, "unknown country"),  # was a 500: an internal key's name
-    ("/listCities/usa/<script>", 400, "names of letters"),
-    ("/listCities", 404, "not found"),
-    ("/listCities/usa", 404, "not found"),
-])
+@pytest.mark.parametrize(
+    "path, status, error",
+    [
+        ("/listCities/atlantis/ohio", 404, "unknown country"),
+        ("/listCities/usa/narnia", 404, "unknown state"),
+        ("/listCities/version/x", 404, "unknown country"),  # was a 500: an internal key's name
+        ("/listCities/usa/<script>", 400, "names of letters"),
+        ("/listCities", 404, "not found"),
+        ("/listCities/usa", 404, "not found"),
+    ],
+)
 def test_list_cities_errors_are_json(client, path, status, error):
     response = client.get(path)
     assert response.status_code == status
@@ -102,9 +132,18 @@ def test_list_cities_errors_are_json(client, path, status, error):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("path", ["/listCities/usa/ohio", "/listCities/Canada/British%20Columbia",
-                                  "/listCities/usa/narnia", "/listCities/atlantis/ohio",
-                                  "/listCities/usa/<script>", "/listCities/usa", "/listCities"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/listCities/usa/ohio",
+        "/listCities/Canada/British%20Columbia",
+        "/listCities/usa/narnia",
+        "/listCities/atlantis/ohio",
+        "/listCities/usa/<script>",
+        "/listCities/usa",
+        "/listCities",
+    ],
+)
 def test_list_cities_with_a_trailing_slash_answers_the_same(client, path):
     """The book's Express route is not strict about a trailing slash."""
     plain, slashed = client.get(path), client.get(path + "/")
@@ -164,8 +203,13 @@ def test_broadcast_worker_publishes_each_stdin_line(server, base_env):
     lines = ["first line", "", "second line  ", "ünïcødé ✓"]
     result = subprocess.run(
         [sys.executable, "-m", "workers.broadcast", "--channel", "broadcast-test"],
-        input="\n".join(lines) + "\n", text=True, capture_output=True, cwd=ROOT,
-        env=base_env, timeout=30)
+        input="\n".join(lines) + "\n",
+        text=True,
+        capture_output=True,
+        cwd=ROOT,
+        env=base_env,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
     assert poller.wait_count(3)
     assert [e["data"] for e in poller.items] == ["first line", "second line  ", "ünïcødé ✓"]
@@ -176,7 +220,13 @@ def test_broadcast_worker_publishes_each_stdin_line(server, base_env):
 def test_broadcast_worker_rejects_a_bad_channel(base_env):
     result = subprocess.run(
         [sys.executable, "-m", "workers.broadcast", "--channel", "no spaces"],
-        input="", text=True, capture_output=True, cwd=ROOT, env=base_env, timeout=30)
+        input="",
+        text=True,
+        capture_output=True,
+        cwd=ROOT,
+        env=base_env,
+        timeout=30,
+    )
     assert result.returncode == 2
     assert "invalid channel name" in result.stderr
 

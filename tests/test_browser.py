@@ -19,9 +19,17 @@ from tests.servers import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
+
 def broadcast(base_env, lines):
-    subprocess.run([sys.executable, "-m", "workers.broadcast"], input="\n".join(lines) + "\n",
-                   text=True, cwd=ROOT, env=base_env, check=True, timeout=30)
+    subprocess.run(
+        [sys.executable, "-m", "workers.broadcast"],
+        input="\n".join(lines) + "\n",
+        text=True,
+        cwd=ROOT,
+        env=base_env,
+        check=True,
+        timeout=30,
+    )
 
 
 def test_longpoll_page_shows_lines_sent_through_the_broadcaster(server, base_env, page):
@@ -52,11 +60,9 @@ def test_the_pages_policy_stops_injected_inline_script(server, page):
 
 def test_clock_page_ticks(server, page):
     page.goto(server.url + "/clock/")
-    wait_for(page, "Number(document.getElementById('ticks').textContent) >= 2",
-             timeout=10_000)
+    wait_for(page, "Number(document.getElementById('ticks').textContent) >= 2", timeout=10_000)
     first = page.locator("#clock").inner_text()
-    wait_for(page, "Number(document.getElementById('ticks').textContent) >= 4",
-             timeout=10_000)
+    wait_for(page, "Number(document.getElementById('ticks').textContent) >= 4", timeout=10_000)
     assert page.locator("#clock").inner_text() != first
     assert page.locator("#status").inner_text() == "streaming"
     assert page.locator("#pid").inner_text().isdigit()
@@ -83,19 +89,23 @@ def test_challenge_response_login_in_the_browser(server, page, browser_user):
     page.goto(server.url + "/auth/")
     _fill(page, browser_user.name, "wrong-password")
     page.click("#scram-go")
-    wait_for(page, "document.getElementById('scram-log').textContent.includes('← 401')",
-             timeout=30_000)
+    wait_for(
+        page, "document.getElementById('scram-log').textContent.includes('← 401')", timeout=30_000
+    )
     assert page.locator("#whoami").inner_text() == "not logged in"
 
     _fill(page, browser_user.name, "browser-password")
     page.click("#scram-go")
-    wait_for(page,
-             "document.getElementById('scram-log').textContent.includes('server proved')",
-             timeout=30_000)
+    wait_for(
+        page,
+        "document.getElementById('scram-log').textContent.includes('server proved')",
+        timeout=30_000,
+    )
     log = page.locator("#scram-log").inner_text()
     assert "browser-password" not in log  # the password never went over the wire
-    wait_for(page,
-             "document.getElementById('whoami').textContent.includes('(session)')", timeout=10_000)
+    wait_for(
+        page, "document.getElementById('whoami').textContent.includes('(session)')", timeout=10_000
+    )
 
 
 def test_token_flow_in_the_browser(server, page, browser_user):
@@ -105,32 +115,42 @@ def test_token_flow_in_the_browser(server, page, browser_user):
     page.wait_for_selector("#tokendata-go:not([disabled])", timeout=15_000)
     assert '"alg":"HS256"' in page.locator("#token-log").inner_text()
     page.click("#tokendata-go")
-    wait_for(page, "document.getElementById('token-log').textContent.includes('Web Surfer')",
-             timeout=15_000)  # sessionData, decrypted by the server
+    wait_for(
+        page,
+        "document.getElementById('token-log').textContent.includes('Web Surfer')",
+        timeout=15_000,
+    )  # sessionData, decrypted by the server
     page.click("#revoke-go")
-    wait_for(page, "document.getElementById('token-log').textContent.includes('revoked')",
-             timeout=15_000)
+    wait_for(
+        page, "document.getElementById('token-log').textContent.includes('revoked')", timeout=15_000
+    )
     page.click("#tokendata-go")
-    wait_for(page,
-             "document.getElementById('token-log').textContent.includes('token was revoked')",
-             timeout=15_000)
+    wait_for(
+        page,
+        "document.getElementById('token-log').textContent.includes('token was revoked')",
+        timeout=15_000,
+    )
 
 
 def test_password_session_and_basic_in_the_browser(server, page, browser_user):
     page.goto(server.url + "/auth/")
     _fill(page, browser_user.name, "browser-password")
     page.click("#basic-go")
-    wait_for(page,
-             "document.getElementById('basic-log').textContent.includes('Welcome, Web Surfer!')",
-             timeout=15_000)
+    wait_for(
+        page,
+        "document.getElementById('basic-log').textContent.includes('Welcome, Web Surfer!')",
+        timeout=15_000,
+    )
     page.click("#login-go")
-    wait_for(page,
-             "document.getElementById('whoami').textContent.includes('(session)')", timeout=15_000)
+    wait_for(
+        page, "document.getElementById('whoami').textContent.includes('(session)')", timeout=15_000
+    )
     cookies = {c["name"]: c for c in page.context.cookies()}
     assert cookies["session"]["httpOnly"] is True and cookies["session"]["sameSite"] == "Lax"
     page.click("#logout-go")
-    wait_for(page,
-             "document.getElementById('whoami').textContent === 'not logged in'", timeout=15_000)
+    wait_for(
+        page, "document.getElementById('whoami').textContent === 'not logged in'", timeout=15_000
+    )
 
 
 def test_two_qa_pages_see_questions_but_answers_only_when_following(start_server, browser):
@@ -168,27 +188,30 @@ def test_ticker_page_updates_at_the_pace_the_server_sets(start_server, browser):
     context = browser.new_context()
     page = context.new_page()
     requested = []
-    page.on("request", lambda r: requested.append(time.monotonic())
-            if "/ticker/quote" in r.url else None)
+    page.on(
+        "request",
+        lambda r: requested.append(time.monotonic()) if "/ticker/quote" in r.url else None,
+    )
     page.goto(server.url + "/ticker/")
-    wait_for(page, "Number(document.getElementById('polls').textContent) >= 4",
-             timeout=15_000)
+    wait_for(page, "Number(document.getElementById('polls').textContent) >= 4", timeout=15_000)
     assert page.locator("#callin").inner_text() == "1000"
     assert page.locator("#field-price").inner_text().replace(".", "").isdigit()
     gaps = [b - a for a, b in itertools.pairwise(requested)]
     assert min(gaps) > 0.8  # it waited for callIn between polls
     page.fill("#symbol", "ZZZZ")
     page.click("#symbol-form button")
-    wait_for(page,
-             "document.getElementById('callin').textContent === 'never (stopped)'", timeout=10_000)
+    wait_for(
+        page, "document.getElementById('callin').textContent === 'never (stopped)'", timeout=10_000
+    )
     stopped_at = len(requested)
     page.wait_for_timeout(2500)
     assert len(requested) == stopped_at  # callIn null: no more polls
     # A symbol the server refuses outright (400): stop and say why, not poll in a loop.
     page.fill("#symbol", "BRK-B")
     page.click("#symbol-form button")
-    wait_for(page, "document.getElementById('error').textContent.includes('symbol')",
-             timeout=10_000)
+    wait_for(
+        page, "document.getElementById('error').textContent.includes('symbol')", timeout=10_000
+    )
     stopped_at = len(requested)
     page.wait_for_timeout(2500)
     assert len(requested) == stopped_at
@@ -213,12 +236,18 @@ def test_two_editor_pages_typing_at_once_converge_and_show_carets(server, browse
     for a_char, g_char in zip("abc😀d", "xyz\tw", strict=False):  # interleaved: ops cross in flight
         ada.keyboard.type(a_char)
         grace.keyboard.press("Tab") if g_char == "\t" else grace.keyboard.type(g_char)
-    converged = ("document.getElementById('text').value.length >= 14 && "
-                 "document.getElementById('version').textContent !== 'null'")
+    converged = (
+        "document.getElementById('text').value.length >= 14 && "
+        "document.getElementById('version').textContent !== 'null'"
+    )
     for page in pages:
         wait_for(page, converged, timeout=15_000)
-    wait_for(ada, "(t) => document.getElementById('text').value === t",
-             arg=grace.locator("#text").input_value(), timeout=15_000)
+    wait_for(
+        ada,
+        "(t) => document.getElementById('text').value === t",
+        arg=grace.locator("#text").input_value(),
+        timeout=15_000,
+    )
     text = ada.locator("#text").input_value()
     assert sorted(text.replace("    ", "\t")) == sorted("abc😀dxyz\tw")
     assert "    " in text  # Tab inserted indentation
@@ -244,9 +273,12 @@ def test_two_drawing_pages_see_each_others_strokes_and_pointers(server, browser)
     artist.mouse.up()
     watcher.locator(".pointer").first.wait_for(timeout=15_000)  # the artist's labelled cursor
     # the stroke reached the other canvas: a dark pixel in the middle of the line
-    wait_for(watcher,
-             "document.getElementById('board').getContext('2d')"
-             ".getImageData(400, 300, 1, 1).data[3] > 0", timeout=15_000)
+    wait_for(
+        watcher,
+        "document.getElementById('board').getContext('2d')"
+        ".getImageData(400, 300, 1, 1).data[3] > 0",
+        timeout=15_000,
+    )
     artist.context.close()
     watcher.locator(".pointer").first.wait_for(state="detached", timeout=15_000)  # left
     watcher.context.close()
@@ -255,8 +287,11 @@ def test_two_drawing_pages_see_each_others_strokes_and_pointers(server, browser)
 def test_a_tracked_visitor_appears_on_the_admin_dashboard(server, browser):
     admin = browser.new_context()
     dashboard = admin.new_page()
-    response = admin.request.post(server.url + "/auth/login", headers={"Origin": server.url},
-                                  data={"username": "test-admin", "password": "test-admin-password"})
+    response = admin.request.post(
+        server.url + "/auth/login",
+        headers={"Origin": server.url},
+        data={"username": "test-admin", "password": "test-admin-password"},
+    )
     assert response.ok
     dashboard.goto(server.url + "/admin/track")
     dashboard.wait_for_selector("#status.ok", timeout=15_000)
@@ -267,30 +302,48 @@ def test_a_tracked_visitor_appears_on_the_admin_dashboard(server, browser):
         visitor.mouse.move(x, 200 + x // 10)
         visitor.wait_for_timeout(20)
     visitor_id = visitor.locator("#me").inner_text()
-    wait_for(dashboard, "(id) => document.getElementById('visitors').textContent"
-             ".split(' ').includes(id)", arg=visitor_id, timeout=15_000)
+    wait_for(
+        dashboard,
+        "(id) => document.getElementById('visitors').textContent.split(' ').includes(id)",
+        arg=visitor_id,
+        timeout=15_000,
+    )
     assert int(dashboard.locator("#users").inner_text()) >= 1
     sent = int(visitor.locator("#sent").inner_text())
     assert sent > 5
-    wait_for(dashboard, "(n) => Number(document.getElementById('total').textContent) >= n",
-             arg=sent, timeout=15_000)  # every move counted on the chart
+    wait_for(
+        dashboard,
+        "(n) => Number(document.getElementById('total').textContent) >= n",
+        arg=sent,
+        timeout=15_000,
+    )  # every move counted on the chart
     visitor.context.close()
-    wait_for(dashboard, "(id) => !document.getElementById('visitors').textContent"
-             ".split(' ').includes(id)", arg=visitor_id, timeout=15_000)
+    wait_for(
+        dashboard,
+        "(id) => !document.getElementById('visitors').textContent.split(' ').includes(id)",
+        arg=visitor_id,
+        timeout=15_000,
+    )
     admin.close()
 
 
 def test_monitor_page_charts_the_workers(server, browser):
     admin = browser.new_context()
-    response = admin.request.post(server.url + "/auth/login", headers={"Origin": server.url},
-                                  data={"username": "test-admin", "password": "test-admin-password"})
+    response = admin.request.post(
+        server.url + "/auth/login",
+        headers={"Origin": server.url},
+        data={"username": "test-admin", "password": "test-admin-password"},
+    )
     assert response.ok
     page = admin.new_page()
     page.goto(server.url + "/admin/monitor")
     page.wait_for_selector("#status.ok", timeout=15_000)
-    wait_for(page,
-             "[...document.querySelectorAll('#table tr')].filter(r => r.textContent.startsWith('worker'))"
-             ".length >= 2", timeout=15_000)
+    wait_for(
+        page,
+        "[...document.querySelectorAll('#table tr')].filter(r => r.textContent.startsWith('worker'))"
+        ".length >= 2",
+        timeout=15_000,
+    )
     rows = page.locator("#table tr").all_inner_texts()
     assert any(row.startswith("master") for row in rows)
     admin.close()
@@ -329,7 +382,8 @@ def wait_status(page, text, timeout=30):
 @pytest.mark.chaos
 @pytest.mark.slow
 def test_auto_falls_back_to_sse_then_long_poll_and_comes_back_losing_nothing(
-        start_server, browser, redis_server, rdb, channel):
+    start_server, browser, redis_server, rdb, channel
+):
     server = start_server()
     publisher = Hub(rdb, redis_server.url)  # straight into Redis: it works with no worker up
     blocked = {"websocket": True, "sse": False}
@@ -392,7 +446,8 @@ def test_auto_falls_back_to_sse_then_long_poll_and_comes_back_losing_nothing(
 @pytest.mark.chaos
 @pytest.mark.parametrize("transport", ["websocket", "sse", "longpoll"])
 def test_the_client_resumes_after_its_worker_is_killed_and_shows_a_reset(
-        start_server, page, redis_server, rdb, channel, transport):
+    start_server, page, redis_server, rdb, channel, transport
+):
     server = start_server()
     publisher = Hub(rdb, redis_server.url)
     for i in range(3):
@@ -419,7 +474,8 @@ def test_the_client_resumes_after_its_worker_is_killed_and_shows_a_reset(
 
 
 def test_a_hidden_page_lets_its_connection_go_and_catches_up_when_shown(
-        start_server, page, channel):
+    start_server, page, channel
+):
     server = start_server(workers=1)  # its /healthz counts every open connection
 
     def open_streams():

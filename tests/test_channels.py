@@ -37,7 +37,8 @@ def ids_of(sub):
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_message_published_on_any_worker_reaches_subscribers_on_every_worker(
-        server, channel, transport):
+    server, channel, transport
+):
     subscribers, pids = [], set()
     # The kernel spreads connections over the workers; open until both hold some.
     while len(pids) < 2 or len(subscribers) < 4:
@@ -66,7 +67,8 @@ def test_message_published_on_any_worker_reaches_subscribers_on_every_worker(
 
     for sub in subscribers:
         assert sub.wait_for(lambda items: sent[-1] in [i.get("data") for i in items]), (
-            f"{transport} subscriber on {served_by(sub)} got {data_of(sub)}")
+            f"{transport} subscriber on {served_by(sub)} got {data_of(sub)}"
+        )
         received = [d for d in data_of(sub) if d != "warm-up"]
         assert received == sent  # every message, once, in order
         sub.close()
@@ -99,8 +101,7 @@ def test_resume_delivers_what_was_missed_once_and_in_order(server, channel, tran
 
 def test_sse_last_event_id_header_wins_over_query(server, channel):
     ids = [server.publish(channel, f"m{i}")[0] for i in range(3)]
-    sub = SSEClient(f"{server.url}/sub/{channel}?last_event_id={ids[0]}",
-                    last_event_id=ids[1])
+    sub = SSEClient(f"{server.url}/sub/{channel}?last_event_id={ids[0]}", last_event_id=ids[1])
     assert sub.wait_count(1)
     assert data_of(sub) == ["m2"]
     assert sub.retry == 2000
@@ -108,8 +109,9 @@ def test_sse_last_event_id_header_wins_over_query(server, channel):
 
 
 def test_json_messages_arrive_as_json_values(server, channel):
-    msg_id, _ = server.publish(channel, '{"price": 12.5, "symbol": "IBM"}',
-                               content_type="application/json")
+    msg_id, _ = server.publish(
+        channel, '{"price": 12.5, "symbol": "IBM"}', content_type="application/json"
+    )
     body = long_poll(f"{server.url}/sub/{channel}", cursor="0").json()
     assert body["events"] == [{"id": msg_id, "data": {"price": 12.5, "symbol": "IBM"}}]
     assert body["cursor"] == msg_id
@@ -167,7 +169,8 @@ def test_a_long_poll_backlog_comes_in_bounded_answers_with_nothing_lost(start_se
 
 
 def test_a_long_poll_reads_a_backlog_from_redis_about_as_far_as_it_answers(
-        start_server, rdb, channel):
+    start_server, rdb, channel
+):
     """Paging must not make the worker fetch the whole backlog from Redis
     for each page it sends."""
     server = start_server(LONGPOLL_MAX_BYTES=100_000, STREAM_MAXLEN=5000)
@@ -200,16 +203,16 @@ def small_server(start_server):
 
 
 def _reset_of(sub):
-    assert sub.wait_for(lambda items: any(
-        i.get("reset") or i.get("event") == "reset" for i in items)), sub.items
+    assert sub.wait_for(
+        lambda items: any(i.get("reset") or i.get("event") == "reset" for i in items)
+    ), sub.items
     first = sub.items[0]
     return json.loads(first["data"]) if first.get("event") == "reset" else first
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("cursor_kind", ["trimmed", "unknown"])
-def test_gone_cursor_gets_reset_then_live_messages(small_server, channel, transport,
-                                                   cursor_kind):
+def test_gone_cursor_gets_reset_then_live_messages(small_server, channel, transport, cursor_kind):
     ids = [small_server.publish(channel, f"m{i}")[0] for i in range(250)]
     if cursor_kind == "trimmed":
         cursor = ids[0]  # MAXLEN ~ 10: the oldest entries are gone
@@ -231,8 +234,12 @@ def test_malformed_ids_are_rejected_with_400(server, channel, bad_id):
     lp = long_poll(f"{server.url}/sub/{channel}", cursor=bad_id)
     assert lp.status_code == 400
     assert "cursor" in lp.json()["error"]
-    sse = requests.get(f"{server.url}/sub/{channel}", params={"last_event_id": bad_id},
-                       headers={"Accept": "text/event-stream"}, timeout=5)
+    sse = requests.get(
+        f"{server.url}/sub/{channel}",
+        params={"last_event_id": bad_id},
+        headers={"Accept": "text/event-stream"},
+        timeout=5,
+    )
     assert sse.status_code == 400
     assert "Last-Event-ID" in sse.json()["error"]
 
@@ -247,8 +254,9 @@ def test_malformed_ws_id_closes_with_policy_violation(server, channel):
 # -- bad input -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["a" * 65, "-leading-dash", "has space", "semi;colon",
-                                  "internal:channel", "caf%C3%A9"])
+@pytest.mark.parametrize(
+    "name", ["a" * 65, "-leading-dash", "has space", "semi;colon", "internal:channel", "caf%C3%A9"]
+)
 def test_invalid_channel_names_are_rejected(server, name):
     headers = {"Authorization": f"Bearer {server.default_token}"}
     pub = requests.post(f"{server.url}/pub/{name}", data="x", headers=headers, timeout=5)
@@ -261,11 +269,14 @@ def test_invalid_channel_names_are_rejected(server, name):
     assert client.close_code == 1008
 
 
-@pytest.mark.parametrize("headers, reason", [
-    ({}, "needs a login or a bearer token"),
-    ({"Authorization": "Bearer wrong-token"}, "malformed token"),
-    ({"Authorization": "Basic dGVzdDp0ZXN0"}, "needs a login or a bearer token"),
-])
+@pytest.mark.parametrize(
+    "headers, reason",
+    [
+        ({}, "needs a login or a bearer token"),
+        ({"Authorization": "Bearer wrong-token"}, "malformed token"),
+        ({"Authorization": "Basic dGVzdDp0ZXN0"}, "needs a login or a bearer token"),
+    ],
+)
 def test_publishing_needs_a_credential(server, channel, headers, reason):
     response = requests.post(f"{server.url}/pub/{channel}", data="x", headers=headers, timeout=5)
     assert response.status_code == 401
@@ -273,24 +284,31 @@ def test_publishing_needs_a_credential(server, channel, headers, reason):
     assert reason in response.json()["error"]
 
 
-@pytest.mark.parametrize("body, content_type, status, reason", [
-    (b"", "text/plain", 400, "empty"),
-    (b"\xff\xfe\x00", "text/plain", 400, "UTF-8"),
-    (b"{not json", "application/json", 400, "not valid JSON"),
-    (b"x" * (64 * 1024 + 1), "text/plain", 413, ""),
-])
+@pytest.mark.parametrize(
+    "body, content_type, status, reason",
+    [
+        (b"", "text/plain", 400, "empty"),
+        (b"\xff\xfe\x00", "text/plain", 400, "UTF-8"),
+        (b"{not json", "application/json", 400, "not valid JSON"),
+        (b"x" * (64 * 1024 + 1), "text/plain", 413, ""),
+    ],
+)
 def test_bad_bodies_get_a_clear_4xx(server, channel, body, content_type, status, reason):
     response = requests.post(
-        f"{server.url}/pub/{channel}", data=body, timeout=5,
-        headers={"Authorization": f"Bearer {server.default_token}", "Content-Type": content_type})
+        f"{server.url}/pub/{channel}",
+        data=body,
+        timeout=5,
+        headers={"Authorization": f"Bearer {server.default_token}", "Content-Type": content_type},
+    )
     assert response.status_code == status
     assert reason in response.json()["error"]
 
 
 def test_websocket_from_a_foreign_origin_is_refused(server, channel):
     with pytest.raises(websocket.WebSocketBadStatusException) as excinfo:
-        websocket.create_connection(f"{server.ws_url}/sub/{channel}/ws",
-                                    origin="https://evil.example", timeout=5)
+        websocket.create_connection(
+            f"{server.ws_url}/sub/{channel}/ws", origin="https://evil.example", timeout=5
+        )
     assert excinfo.value.status_code == 403
     same_origin = WSClient(f"{server.ws_url}/sub/{channel}/ws", origin=server.url)
     server.publish(channel, "hello")
@@ -303,8 +321,10 @@ def test_live_events_are_framed_for_the_client_protocol(server, channel, protoco
     """Live events are written straight from the hub to idle streams: they
     must be framed as the rest of the response (chunked only on HTTP/1.1)."""
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    sock.sendall(f"GET /sub/{channel} {protocol}\r\nHost: 127.0.0.1\r\n"
-                 "Accept: text/event-stream\r\n\r\n".encode())
+    sock.sendall(
+        f"GET /sub/{channel} {protocol}\r\nHost: 127.0.0.1\r\n"
+        "Accept: text/event-stream\r\n\r\n".encode()
+    )
     received = b""
     while b"retry:" not in received:
         received += sock.recv(65536)
@@ -313,7 +333,8 @@ def test_live_events_are_framed_for_the_client_protocol(server, channel, protoco
     for text in texts:
         server.publish(channel, text)
     while received.count(b"\n\n") < 2 + len(texts) or (
-            protocol == "HTTP/1.1" and not received.endswith(b"\r\n")):
+        protocol == "HTTP/1.1" and not received.endswith(b"\r\n")
+    ):
         received += sock.recv(65536)
     sock.close()
     head, _, body = received.partition(b"\r\n\r\n")
@@ -322,9 +343,9 @@ def test_live_events_are_framed_for_the_client_protocol(server, channel, protoco
         unchunked = b""
         while body:
             size, _, rest = body.partition(b"\r\n")
-            unchunked += rest[:int(size, 16)]
-            assert rest[int(size, 16):int(size, 16) + 2] == b"\r\n"
-            body = rest[int(size, 16) + 2:]
+            unchunked += rest[: int(size, 16)]
+            assert rest[int(size, 16) : int(size, 16) + 2] == b"\r\n"
+            body = rest[int(size, 16) + 2 :]
         body = unchunked
     else:
         assert b"transfer-encoding" not in head.lower()
@@ -362,15 +383,19 @@ def test_held_long_polls_get_whole_http_answers_and_keep_their_connection(server
     app's headers, and the connection serves the next poll."""
     first_id, _ = server.publish(channel, "first")
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+
         def poll(cursor):
-            sock.sendall(f"GET /sub/{channel}?cursor={cursor} HTTP/1.1\r\n"
-                         "Host: 127.0.0.1\r\n\r\n".encode())
+            sock.sendall(
+                f"GET /sub/{channel}?cursor={cursor} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+            )
 
         poll("0")
         status, headers, body, rest = _read_answer(sock)
         assert status == "HTTP/1.1 200 OK" and rest == b""
-        assert json.loads(body) == {"events": [{"id": first_id, "data": "first"}],
-                                    "cursor": first_id}
+        assert json.loads(body) == {
+            "events": [{"id": first_id, "data": "first"}],
+            "cursor": first_id,
+        }
         for name in ("date", "server", "x-content-type-options", "x-served-by"):
             assert name in headers, headers
         assert headers["content-type"] == "application/json"
@@ -382,16 +407,19 @@ def test_held_long_polls_get_whole_http_answers_and_keep_their_connection(server
             sent_id, _ = server.publish(channel, f"live {round_} ✓")
             status, headers, body, rest = _read_answer(sock)
             assert status == "HTTP/1.1 200 OK" and rest == b"", (status, rest)
-            assert json.loads(body) == {"events": [{"id": sent_id, "data": f"live {round_} ✓"}],
-                                        "cursor": sent_id}
+            assert json.loads(body) == {
+                "events": [{"id": sent_id, "data": f"live {round_} ✓"}],
+                "cursor": sent_id,
+            }
             assert headers["connection"] == "keep-alive" and "x-served-by" in headers
 
 
 def test_a_long_poll_asking_to_close_gets_its_answer_and_the_close(server, channel):
     sent_id, _ = server.publish(channel, "bye")
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(f"GET /sub/{channel}?cursor=0 HTTP/1.1\r\nHost: x\r\n"
-                     "Connection: close\r\n\r\n".encode())
+        sock.sendall(
+            f"GET /sub/{channel}?cursor=0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        )
         status, headers, body, _ = _read_answer(sock)
         assert status == "HTTP/1.1 200 OK" and headers["connection"] == "close"
         assert json.loads(body)["cursor"] == sent_id
@@ -405,8 +433,7 @@ def test_a_burst_of_first_polls_is_answered_in_full_from_shared_reads(server, ch
     who asked meanwhile), not one per client."""
     sent = [server.publish(channel, f"m{i}")[0] for i in range(3)]
     before = rdb.info("commandstats").get("cmdstat_xrange", {}).get("calls", 0)
-    socks = [socket.create_connection(("127.0.0.1", server.port), timeout=20)
-             for _ in range(200)]
+    socks = [socket.create_connection(("127.0.0.1", server.port), timeout=20) for _ in range(200)]
     try:
         request = f"GET /sub/{channel}?cursor=0 HTTP/1.1\r\nHost: x\r\n\r\n".encode()
         rdb.execute_command("CLIENT", "PAUSE", 2000, "ALL")

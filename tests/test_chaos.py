@@ -51,7 +51,7 @@ class Publisher(threading.Thread):
     def run(self):
         try:
             for start in range(0, len(self.texts), self.batch):
-                chunk = self.texts[start:start + self.batch]
+                chunk = self.texts[start : start + self.batch]
                 self.hub.publish_many(self.channel, chunk)
                 self.published += len(chunk)
                 time.sleep(self.pause)
@@ -69,7 +69,8 @@ def all_healthy(server):
 
 @pytest.mark.slow
 def test_worker_killed_mid_stream_every_resuming_client_gets_every_message_once(
-        start_server, redis_server, rdb, channel):
+    start_server, redis_server, rdb, channel
+):
     server = start_server(STREAM_MAXLEN=5000, LONGPOLL_TIMEOUT_SECONDS=5)
     expected = [f"m{i:04d}" for i in range(1000)]
     clients = start_clients(server, channel, per_transport=100, want=len(expected))
@@ -84,8 +85,9 @@ def test_worker_killed_mid_stream_every_resuming_client_gets_every_message_once(
         os.kill(victim, signal.SIGKILL)
         publisher.join(60)
         assert publisher.error is None and publisher.published == len(expected)
-        assert wait_until(lambda: len(worker_pids(server) - before) == 1, timeout=30), \
+        assert wait_until(lambda: len(worker_pids(server) - before) == 1, timeout=30), (
             "gunicorn should replace the killed worker"
+        )
         hanging = finish(clients, timeout=120)
         assert not hanging, [describe(c, expected) for c in hanging[:5]]
         assert_exactly_once_in_order(clients, expected)
@@ -102,7 +104,8 @@ def test_worker_killed_mid_stream_every_resuming_client_gets_every_message_once(
 
 @pytest.mark.slow
 def test_reload_under_load_loses_nothing_and_leaves_no_client_hanging(
-        start_server, redis_server, rdb, channel):
+    start_server, redis_server, rdb, channel
+):
     server = start_server(STREAM_MAXLEN=5000, LONGPOLL_TIMEOUT_SECONDS=5)
     expected = [f"r{i:04d}" for i in range(600)]
     clients = start_clients(server, channel, per_transport=50, want=len(expected))
@@ -118,8 +121,9 @@ def test_reload_under_load_loses_nothing_and_leaves_no_client_hanging(
         hanging = finish(clients, timeout=90)
         assert not hanging, [describe(c, expected) for c in hanging[:5]]
         assert_exactly_once_in_order(clients, expected)
-        assert wait_until(lambda: not (worker_pids(server) & old), timeout=30), \
+        assert wait_until(lambda: not (worker_pids(server) & old), timeout=30), (
             "the old workers should be gone"
+        )
         # Every stream on an old worker was ended with a reason, and resumed.
         for client in clients:
             if client.transport == "sse":
@@ -156,7 +160,8 @@ def publisher_hub(redis_url):
 
 
 def test_redis_restarted_without_persistence_clients_get_a_reset_and_recover(
-        start_server, own_redis, channel):
+    start_server, own_redis, channel
+):
     store = own_redis(appendonly=False)
     server = start_server(REDIS_URL=store.url, LONGPOLL_TIMEOUT_SECONDS=5)
     client, hub = publisher_hub(store.url)
@@ -172,8 +177,9 @@ def test_redis_restarted_without_persistence_clients_get_a_reset_and_recover(
         store.start()  # same port, empty: every stream is gone
         assert wait_until(lambda: all_healthy(server), timeout=20)
         # Each client is told, explicitly, that its cursor is gone.
-        assert wait_all(clients, lambda c: c.resets(), timeout=30), \
-            [describe(c, before) for c in clients if not c.resets()][:5]
+        assert wait_all(clients, lambda c: c.resets(), timeout=30), [
+            describe(c, before) for c in clients if not c.resets()
+        ][:5]
         hub.publish_many(channel, after)
         hanging = finish(clients, timeout=60)
         assert not hanging, [describe(c, before + after) for c in hanging[:5]]
@@ -182,7 +188,7 @@ def test_redis_restarted_without_persistence_clients_get_a_reset_and_recover(
             n_before = len(before)
             position = c.resets()[0]
             assert [e[0] for e in c.events[:position]] == ["msg"] * n_before
-            assert all(e[0] == "msg" for e in c.events[position + 1:]) or c.transport == "longpoll"
+            assert all(e[0] == "msg" for e in c.events[position + 1 :]) or c.transport == "longpoll"
     finally:
         for c in clients:
             c.stop()
@@ -219,8 +225,9 @@ def test_redis_killed_with_aof_loses_nothing(start_server, own_redis, channel):
         hanging = finish(clients, timeout=60)
         assert not hanging, [describe(c, before + after) for c in hanging[:5]]
         assert_exactly_once_in_order(clients, before + after)
-        late = start_clients(server, channel, per_transport=1,
-                             want=len(before) + len(after) - 50, cursor=some_id)
+        late = start_clients(
+            server, channel, per_transport=1, want=len(before) + len(after) - 50, cursor=some_id
+        )
         assert not finish(late, timeout=30)
         assert_exactly_once_in_order(late, (before + after)[50:])
     finally:
@@ -232,7 +239,8 @@ def test_redis_killed_with_aof_loses_nothing(start_server, own_redis, channel):
 
 @pytest.mark.slow
 def test_redis_unreachable_for_10_s_healthz_503_workers_stay_up_and_recover(
-        start_server, own_redis, channel):
+    start_server, own_redis, channel
+):
     store = own_redis(appendonly=True, extra_args=["--appendfsync", "always"])
     server = start_server(REDIS_URL=store.url, LONGPOLL_TIMEOUT_SECONDS=5)
     client, hub = publisher_hub(store.url)
@@ -248,8 +256,9 @@ def test_redis_unreachable_for_10_s_healthz_503_workers_stay_up_and_recover(
         store.stop()
         outage_began = time.monotonic()
         # /healthz answers 503 from both workers while Redis is away.
-        unhealthy = wait_until(lambda: [s for s, _ in healthz_bodies(server).values()] ==
-                               [503, 503], timeout=8)
+        unhealthy = wait_until(
+            lambda: [s for s, _ in healthz_bodies(server).values()] == [503, 503], timeout=8
+        )
         assert unhealthy, healthz_bodies(server)
         # Clients whose connection drops now must resume once Redis is back.
         dropped = [c for c in clients[::2] if c.transport != "longpoll"]
@@ -261,8 +270,7 @@ def test_redis_unreachable_for_10_s_healthz_503_workers_stay_up_and_recover(
         assert worker_pids(server) == pids, "workers stay up through the outage"
         store.start()
         back = time.monotonic()
-        assert wait_until(lambda: all_healthy(server), timeout=8, step=0.2), \
-            healthz_bodies(server)
+        assert wait_until(lambda: all_healthy(server), timeout=8, step=0.2), healthz_bodies(server)
         recovered = time.monotonic() - back
         assert recovered < 8, f"recovered {recovered:.1f} s after Redis came back"
         assert worker_pids(server) == pids
@@ -283,8 +291,6 @@ def test_redis_unreachable_for_10_s_healthz_503_workers_stay_up_and_recover(
 # -- (4) slow consumers -----------------------------------------------------------------
 
 
-
-
 def _stalled(server, request):
     """A client with a tiny receive window that sends `request` and reads nothing."""
     sock = socket.socket()
@@ -295,46 +301,57 @@ def _stalled(server, request):
 
 
 def _stalled_sse(server, channel):
-    return _stalled(server, f"GET /sub/{channel} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                            "Accept: text/event-stream\r\n\r\n")
+    return _stalled(
+        server,
+        f"GET /sub/{channel} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n",
+    )
 
 
 def _stalled_ws(server, channel):
-    return _stalled(server, f"GET /sub/{channel}/ws HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                            "Sec-WebSocket-Version: 13\r\n\r\n")
+    return _stalled(
+        server,
+        f"GET /sub/{channel}/ws HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n",
+    )
 
 
 def _stalled_long_poll(server, channel, cursor):
-    return _stalled(server, f"GET /sub/{channel}?cursor={cursor} HTTP/1.1\r\n"
-                            "Host: 127.0.0.1\r\nAccept: application/json\r\n\r\n")
+    return _stalled(
+        server,
+        f"GET /sub/{channel}?cursor={cursor} HTTP/1.1\r\n"
+        "Host: 127.0.0.1\r\nAccept: application/json\r\n\r\n",
+    )
 
 
 @pytest.mark.slow
 def test_slow_consumers_are_cut_off_while_every_other_client_gets_everything(
-        start_server, redis_server, rdb, channel):
+    start_server, redis_server, rdb, channel
+):
     """A stalled SSE and WebSocket client and a long-poll that never reads its
     response, during a 12 MB burst: the healthy clients of every transport
     get every message in order; the stalled streams are cut off.
     (Bounds and close reasons in detail: tests/test_hub_failures.py.)"""
     # Bursts of 20 never put a client that reads 100 messages behind; the
     # stalled ones fall behind by more than that.
-    server = start_server(STREAM_MAXLEN=5000, SUBSCRIBER_QUEUE_SIZE=100,
-                          LONGPOLL_TIMEOUT_SECONDS=5)
+    server = start_server(STREAM_MAXLEN=5000, SUBSCRIBER_QUEUE_SIZE=100, LONGPOLL_TIMEOUT_SECONDS=5)
     hub = Hub(rdb, redis_server.url)
     payload = "x" * 30_000
     first = "first"
     hub.publish(channel, first)
     burst = [f"{i}:{payload}" for i in range(400)]
-    stalled = {"sse": _stalled_sse(server, channel), "ws": _stalled_ws(server, channel),
-               "longpoll": _stalled_long_poll(server, channel, "0")}
+    stalled = {
+        "sse": _stalled_sse(server, channel),
+        "ws": _stalled_ws(server, channel),
+        "longpoll": _stalled_long_poll(server, channel, "0"),
+    }
     clients = start_clients(server, channel, per_transport=3, want=1 + len(burst))
     try:
         wait_connected(clients)
         assert wait_all(clients, lambda c: c.messages() == [first], timeout=20)
         for start in range(0, len(burst), 20):
-            hub.publish_many(channel, burst[start:start + 20])
+            hub.publish_many(channel, burst[start : start + 20])
             time.sleep(0.05)
         hanging = finish(clients, timeout=90)
         assert not hanging, [describe(c, [first, *burst]) for c in hanging]
@@ -356,13 +373,15 @@ def test_slow_consumers_are_cut_off_while_every_other_client_gets_everything(
 
 @pytest.mark.slow
 def test_a_long_poll_that_stops_reading_its_response_is_cut_off(
-        start_server, redis_server, rdb, channel):
+    start_server, redis_server, rdb, channel
+):
     """An answer bigger than the socket buffers (the cap raised to 16 MB for
     the test) to a client that reads nothing: the connection is cut after
     LONGPOLL_WRITE_SECONDS instead of holding the worker's greenlet, and the
     worker goes on serving, with nothing in its log but the access lines."""
-    server = start_server(workers=1, STREAM_MAXLEN=5000, LONGPOLL_MAX_BYTES=16_000_000,
-                          LONGPOLL_WRITE_SECONDS=2)
+    server = start_server(
+        workers=1, STREAM_MAXLEN=5000, LONGPOLL_MAX_BYTES=16_000_000, LONGPOLL_WRITE_SECONDS=2
+    )
     hub = Hub(rdb, redis_server.url)
     backlog = [f"{i}:" + "x" * 30_000 for i in range(300)]  # 9 MB
     hub.publish_many(channel, backlog)
@@ -373,11 +392,17 @@ def test_a_long_poll_that_stops_reading_its_response_is_cut_off(
         time.sleep(5)
         received, closed = read_until_closed(stalled, timeout=10)
         head, _, body = received.partition(b"\r\n\r\n")
-        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length")))
+        length = int(
+            next(
+                line.split(b":")[1]
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+        )
         assert closed and len(body) < length, (
             f"the stalled long-poll got {len(body)} of {length} bytes and its "
-            f"connection is {'closed' if closed else 'still open'}")
+            f"connection is {'closed' if closed else 'still open'}"
+        )
         assert requests.get(f"{server.url}/healthz", timeout=5).status_code == 200
         log = open(server.log_path, encoding="utf-8", errors="replace").read()
         assert "Traceback" not in log and "Error" not in log, log[-3000:]

@@ -71,7 +71,8 @@ def test_catch_up_then_live_in_order(server, admin_token, channel, transport):
 @pytest.mark.chaos
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_resumes_across_a_reload_with_nothing_lost_or_repeated(
-        start_server, admin_token, channel, transport):
+    start_server, admin_token, channel, transport
+):
     server = start_server(LONGPOLL_TIMEOUT_SECONDS=5)
     reader = Reader(subscribe(server.url, channel, transport=transport, since="0"), 60)
     reader.start()
@@ -92,14 +93,16 @@ def test_resumes_across_a_reload_with_nothing_lost_or_repeated(
     assert reader.error is None
     assert reader.texts() == [f"m{i:02d}" for i in range(60)]
     assert not any(isinstance(e, Reset) for e in reader.got)
-    assert wait_until(lambda: not (worker_pids(server) & old), timeout=30), \
+    assert wait_until(lambda: not (worker_pids(server) & old), timeout=30), (
         "the reload replaced every worker"
+    )
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_cursor_no_longer_retained_gives_a_reset_then_what_follows(
-        server, admin_token, channel, transport):
+    server, admin_token, channel, transport
+):
     publish(server.url, channel, "kept", token=admin_token)
     events = subscribe(server.url, channel, transport=transport, since="1-0")
     reset = next(events)
@@ -131,12 +134,20 @@ def test_login_and_publish_errors_carry_the_servers_reason(server, admin_token, 
 @pytest.mark.integration
 def test_the_stdin_broadcaster_publishes_over_http_with_a_token(server, admin_token, channel):
     def broadcast(*args, token):
-        env = {**os.environ, "REALTIME_TOKEN": token} if token else {
-            k: v for k, v in os.environ.items() if k != "REALTIME_TOKEN"}
+        env = (
+            {**os.environ, "REALTIME_TOKEN": token}
+            if token
+            else {k: v for k, v in os.environ.items() if k != "REALTIME_TOKEN"}
+        )
         return subprocess.run(
             [sys.executable, "-m", "workers.broadcast", "--channel", channel, *args],
-            input="first line\n\nsecond line\n", capture_output=True, text=True, timeout=30,
-            cwd=ROOT, env=env)
+            input="first line\n\nsecond line\n",
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=ROOT,
+            env=env,
+        )
 
     sent = broadcast("--url", server.url, token=admin_token)
     assert sent.returncode == 0, sent.stderr
@@ -177,13 +188,20 @@ class Misbehaving:
 
 def upgraded(*frames):
     """A WebSocket handshake's answer followed by `frames` (raw bytes)."""
+
     def answer(request):
         key = re.search(rb"Sec-WebSocket-Key: *(\S+)", request, re.IGNORECASE).group(1)
-        accept = base64.b64encode(hashlib.sha1(
-            key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
-        return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-                + b"".join(frames))
+        accept = base64.b64encode(
+            hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+        )
+        return (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+            + accept
+            + b"\r\n\r\n"
+            + b"".join(frames)
+        )
+
     return answer
 
 
@@ -197,17 +215,26 @@ def http_200(kind, body):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize(("transport", "answer", "says"), [
-    ("sse", http_200("text/event-stream", b"retry: 100\n\nevent: reset\ndata: {oops\n\n"),
-     "a reset event is not JSON"),
-    ("sse", http_200("text/event-stream", b"data: no id\n\n"), "an SSE message without an id"),
-    ("sse", http_200("text/html", b"<html>a proxy's page</html>"),
-     "asked for an event stream, got text/html"),
-    ("longpoll", http_200("application/json", b"<html>"), "a long-poll answer is not JSON"),
-    ("longpoll", http_200("application/json", b'{"events": 1}'), "lacks events, cursor"),
-    ("websocket", upgraded(text_frame("not json")), "a WebSocket frame is not JSON"),
-    ("websocket", upgraded(b"\x8f\x00"), "an invalid WebSocket frame"),  # opcode 0xF
-])
+@pytest.mark.parametrize(
+    ("transport", "answer", "says"),
+    [
+        (
+            "sse",
+            http_200("text/event-stream", b"retry: 100\n\nevent: reset\ndata: {oops\n\n"),
+            "a reset event is not JSON",
+        ),
+        ("sse", http_200("text/event-stream", b"data: no id\n\n"), "an SSE message without an id"),
+        (
+            "sse",
+            http_200("text/html", b"<html>a proxy's page</html>"),
+            "asked for an event stream, got text/html",
+        ),
+        ("longpoll", http_200("application/json", b"<html>"), "a long-poll answer is not JSON"),
+        ("longpoll", http_200("application/json", b'{"events": 1}'), "lacks events, cursor"),
+        ("websocket", upgraded(text_frame("not json")), "a WebSocket frame is not JSON"),
+        ("websocket", upgraded(b"\x8f\x00"), "an invalid WebSocket frame"),  # opcode 0xF
+    ],
+)
 def test_a_server_answer_the_client_cannot_read_raises_a_clear_error(transport, answer, says):
     server = Misbehaving([answer])
     reader = Reader(subscribe(server.url, "news", transport=transport), 1)
@@ -219,13 +246,24 @@ def test_a_server_answer_the_client_cannot_read_raises_a_clear_error(transport, 
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize(("transport", "truncated", "whole"), [
-    ("sse", http_200("text/event-stream", b"id: 4-0\ndata: half an ev"),
-     http_200("text/event-stream", b"id: 5-0\ndata: whole\n\n")),
-    ("websocket", upgraded(bytes([0x81, 100]) + b"ten bytes."),
-     upgraded(text_frame('{"subscribed": "news", "cursor": "4-0"}'),
-              text_frame('{"id": "5-0", "data": "whole"}'))),
-])
+@pytest.mark.parametrize(
+    ("transport", "truncated", "whole"),
+    [
+        (
+            "sse",
+            http_200("text/event-stream", b"id: 4-0\ndata: half an ev"),
+            http_200("text/event-stream", b"id: 5-0\ndata: whole\n\n"),
+        ),
+        (
+            "websocket",
+            upgraded(bytes([0x81, 100]) + b"ten bytes."),
+            upgraded(
+                text_frame('{"subscribed": "news", "cursor": "4-0"}'),
+                text_frame('{"id": "5-0", "data": "whole"}'),
+            ),
+        ),
+    ],
+)
 def test_a_cut_event_or_frame_is_dropped_and_the_client_reconnects(transport, truncated, whole):
     server = Misbehaving([truncated, whole])
     reader = Reader(subscribe(server.url, "news", transport=transport), 1)

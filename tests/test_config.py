@@ -24,8 +24,12 @@ def test_dev_generates_secrets_once_and_keeps_them(tmp_path):
 @pytest.mark.unit
 @pytest.mark.parametrize("missing", ["SECRET_KEY", "REDIS_URL"])
 def test_production_refuses_to_start_without_secrets(tmp_path, missing):
-    env = {"APP_ENV": "production", "INSTANCE_DIR": str(tmp_path), "SECRET_KEY": "s" * 40,
-           "REDIS_URL": "redis://localhost"}
+    env = {
+        "APP_ENV": "production",
+        "INSTANCE_DIR": str(tmp_path),
+        "SECRET_KEY": "s" * 40,
+        "REDIS_URL": "redis://localhost",
+    }
     del env[missing]
     with pytest.raises(ConfigError, match=missing):
         load_settings(env)
@@ -33,8 +37,15 @@ def test_production_refuses_to_start_without_secrets(tmp_path, missing):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("name, value", [("STREAM_MAXLEN", "lots"), ("STREAM_MAXLEN", "-5"),
-                                         ("APP_ENV", "staging"), ("SERVED_BY_HEADER", "maybe")])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("STREAM_MAXLEN", "lots"),
+        ("STREAM_MAXLEN", "-5"),
+        ("APP_ENV", "staging"),
+        ("SERVED_BY_HEADER", "maybe"),
+    ],
+)
 def test_malformed_settings_name_the_culprit(tmp_path, name, value):
     with pytest.raises(ConfigError, match=name):
         load_settings({"INSTANCE_DIR": str(tmp_path), name: value})
@@ -49,8 +60,13 @@ def test_malformed_sentinel_list_is_one_configuration_error(tmp_path, value):
 
 @pytest.mark.unit
 def test_sentinel_settings_are_parsed_and_stand_in_for_redis_url(tmp_path):
-    env = {"APP_ENV": "production", "SECRET_KEY": "s", "INSTANCE_DIR": str(tmp_path),
-           "REDIS_SENTINELS": "s1.internal:26379, [::1]:26380", "REDIS_PASSWORD": "pw"}
+    env = {
+        "APP_ENV": "production",
+        "SECRET_KEY": "s",
+        "INSTANCE_DIR": str(tmp_path),
+        "REDIS_SENTINELS": "s1.internal:26379, [::1]:26380",
+        "REDIS_PASSWORD": "pw",
+    }
     settings = load_settings(env)
     assert settings["REDIS_SENTINELS"] == [("s1.internal", 26379), ("::1", 26380)]
     assert settings["REDIS_SENTINEL_SERVICE"] == "mymaster"
@@ -61,11 +77,14 @@ def test_sentinel_settings_are_parsed_and_stand_in_for_redis_url(tmp_path):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("extra, culprit", [
-    ({"REDIS_SENTINELS": "h:26379"}, "REDIS_URL and REDIS_SENTINELS are both set"),
-    ({"REDIS_PASSWORD": "pw"}, "REDIS_PASSWORD: only with REDIS_SENTINELS"),
-    ({"REDIS_TLS": "1"}, "REDIS_TLS: only with REDIS_SENTINELS"),
-])
+@pytest.mark.parametrize(
+    "extra, culprit",
+    [
+        ({"REDIS_SENTINELS": "h:26379"}, "REDIS_URL and REDIS_SENTINELS are both set"),
+        ({"REDIS_PASSWORD": "pw"}, "REDIS_PASSWORD: only with REDIS_SENTINELS"),
+        ({"REDIS_TLS": "1"}, "REDIS_TLS: only with REDIS_SENTINELS"),
+    ],
+)
 def test_redis_url_mixed_with_sentinel_settings_is_refused(tmp_path, extra, culprit):
     with pytest.raises(ConfigError, match=culprit):
         load_settings({"INSTANCE_DIR": str(tmp_path), "REDIS_URL": "redis://x", **extra})
@@ -73,8 +92,13 @@ def test_redis_url_mixed_with_sentinel_settings_is_refused(tmp_path, extra, culp
 
 @pytest.mark.unit
 def test_production_defaults_hide_the_worker_and_never_seed_demo_users(tmp_path):
-    env = {"APP_ENV": "production", "SECRET_KEY": "s", "DEMO_USERS": "1",
-           "REDIS_URL": "redis://x", "INSTANCE_DIR": str(tmp_path)}
+    env = {
+        "APP_ENV": "production",
+        "SECRET_KEY": "s",
+        "DEMO_USERS": "1",
+        "REDIS_URL": "redis://x",
+        "INSTANCE_DIR": str(tmp_path),
+    }
     assert load_settings(env)["SERVED_BY_HEADER"] is False
     assert load_settings(env)["DEMO_USERS"] is False  # never seeded in production
     assert load_settings({"INSTANCE_DIR": str(tmp_path)})["SERVED_BY_HEADER"] is True
@@ -88,31 +112,58 @@ def test_readme_documents_every_setting():
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("env", [{"REDIS_SENTINELS": "sentinel-without-port"},
-                                 {"REDIS_SENTINELS": "h:26379", "REDIS_URL": "redis://x"}])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"REDIS_SENTINELS": "sentinel-without-port"},
+        {"REDIS_SENTINELS": "h:26379", "REDIS_URL": "redis://x"},
+    ],
+)
 def test_gunicorn_stops_at_a_bad_redis_setting_with_one_line(tmp_path, env):
     result = subprocess.run(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-        env={**os.environ, "INSTANCE_DIR": str(tmp_path), "REDIS_URL": "", "BIND": "127.0.0.1:0",
-             **env})
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "INSTANCE_DIR": str(tmp_path),
+            "REDIS_URL": "",
+            "BIND": "127.0.0.1:0",
+            **env,
+        },
+    )
     assert result.returncode != 0
-    errors = [line for line in (result.stdout + result.stderr).splitlines()
-              if "REDIS_SENTINELS" in line]
+    errors = [
+        line for line in (result.stdout + result.stderr).splitlines() if "REDIS_SENTINELS" in line
+    ]
     assert len(errors) == 1 and errors[0].startswith("configuration error: "), result.stderr
     assert "Traceback" not in result.stderr
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("name, value", [("PORT", "http"), ("PORT", "70000"),
-                                         ("KEEPALIVE", "-1"), ("REUSE_PORT", "maybe"),
-                                         ("LOG_LEVEL", "loud"), ("WEB_CONCURRENCY", "auto!")])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("PORT", "http"),
+        ("PORT", "70000"),
+        ("KEEPALIVE", "-1"),
+        ("REUSE_PORT", "maybe"),
+        ("LOG_LEVEL", "loud"),
+        ("WEB_CONCURRENCY", "auto!"),
+    ],
+)
 def test_gunicorn_stops_at_a_bad_server_setting_with_one_line(tmp_path, name, value):
     """The server's knobs go through the same table and rule as the app's."""
     result = subprocess.run(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-        env={**os.environ, "INSTANCE_DIR": str(tmp_path), "BIND": "", name: value})
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "INSTANCE_DIR": str(tmp_path), "BIND": "", name: value},
+    )
     assert result.returncode != 0
     if name == "WEB_CONCURRENCY":  # gunicorn itself reads it as an int, before our config
         assert "WEB_CONCURRENCY" in result.stderr
@@ -125,11 +176,20 @@ def test_gunicorn_stops_at_a_bad_server_setting_with_one_line(tmp_path, name, va
 
 def _gunicorn_config(env):
     """What gunicorn.conf.py sets, read the way gunicorn reads it."""
-    code = ("import runpy, json; c = runpy.run_path('gunicorn.conf.py'); "
-            "print(json.dumps({k: c[k] for k in ('bind', 'reuse_port', 'reload', 'workers', "
-            "'keepalive', 'accesslog')}))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60, env={**os.environ, **env}, check=True).stdout
+    code = (
+        "import runpy, json; c = runpy.run_path('gunicorn.conf.py'); "
+        "print(json.dumps({k: c[k] for k in ('bind', 'reuse_port', 'reload', 'workers', "
+        "'keepalive', 'accesslog')}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+        check=True,
+    ).stdout
     return json.loads(out)
 
 
@@ -138,20 +198,45 @@ def test_gunicorn_config_reads_booleans_by_the_one_rule():
     """`REUSE_PORT=off` used to mean on, and `RELOAD=on` off."""
     config = _gunicorn_config({"REUSE_PORT": "off", "RELOAD": "on", "BIND": ""})
     assert config["reuse_port"] is False and config["reload"] is True
-    config = _gunicorn_config({"REUSE_PORT": "", "RELOAD": "", "HOST": "0.0.0.0", "PORT": "9001",
-                               "BIND": "", "ACCESS_LOG": "-", "WEB_CONCURRENCY": "3"})
-    assert config == {"bind": "0.0.0.0:9001", "reuse_port": True, "reload": False,
-                      "workers": 3, "keepalive": 15, "accesslog": "-"}
+    config = _gunicorn_config(
+        {
+            "REUSE_PORT": "",
+            "RELOAD": "",
+            "HOST": "0.0.0.0",
+            "PORT": "9001",
+            "BIND": "",
+            "ACCESS_LOG": "-",
+            "WEB_CONCURRENCY": "3",
+        }
+    )
+    assert config == {
+        "bind": "0.0.0.0:9001",
+        "reuse_port": True,
+        "reload": False,
+        "workers": 3,
+        "keepalive": 15,
+        "accesslog": "-",
+    }
 
 
 @pytest.mark.unit
 def test_importing_the_app_module_does_nothing(tmp_path):
     """gunicorn calls the factory in each worker; the import reads no setting,
     writes no file and needs no Redis."""
-    env = {**os.environ, "INSTANCE_DIR": str(tmp_path / "instance"), "REDIS_URL": "",
-           "APP_ENV": "production", "SECRET_KEY": ""}  # create_app() would refuse this
-    subprocess.run([sys.executable, "-c", "import app; assert callable(app.create_app)"],
-                   cwd=ROOT, env=env, check=True, timeout=60)
+    env = {
+        **os.environ,
+        "INSTANCE_DIR": str(tmp_path / "instance"),
+        "REDIS_URL": "",
+        "APP_ENV": "production",
+        "SECRET_KEY": "",
+    }  # create_app() would refuse this
+    subprocess.run(
+        [sys.executable, "-c", "import app; assert callable(app.create_app)"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=60,
+    )
     assert not (tmp_path / "instance").exists()
 
 

@@ -68,7 +68,7 @@ def test_the_history_a_newcomer_gets_is_bounded_in_bytes(start_server):
         assert [xs[0], 0.5, xs[1], 0.5] not in segments  # ...the oldest rolled off
         assert len(",".join(json.dumps(s, separators=(",", ":")) for s in segments)) <= 2000
         # still a whole stroke: the segments kept are the latest, in order
-        assert [s[2] for s in segments] == xs[-len(segments):]
+        assert [s[2] for s in segments] == xs[-len(segments) :]
         ws.close()
     finally:
         server.stop()

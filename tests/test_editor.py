@@ -29,7 +29,9 @@ def test_concurrent_clients_on_two_workers_converge(server):
     assert 0 < final["v"] <= sum(c.edits for c in clients)  # buffered edits travel composed
     states = [(c.version, c.text, c.inflight, c.buffer) for c in clients]
     assert all(state == (final["v"], final["text"], None, None) for state in states), (
-        final, states)
+        final,
+        states,
+    )
 
 
 def test_a_resubmitted_op_is_not_applied_twice(server):
@@ -41,27 +43,35 @@ def test_a_resubmitted_op_is_not_applied_twice(server):
     ws.send(json.dumps(op))
     assert json.loads(ws.recv()) == {"type": "ack", "v": 1}
     ws.send(json.dumps(op))  # as after a reconnect
-    ws.send(json.dumps({"type": "op", "v": 1, "op": [{"retain": 4}, {"insert": "!"}],
-                        "id": "next"}))
+    ws.send(
+        json.dumps({"type": "op", "v": 1, "op": [{"retain": 4}, {"insert": "!"}], "id": "next"})
+    )
     assert json.loads(ws.recv()) == {"type": "ack", "v": 2}
     assert requests.get(f"{server.url}/editor/{doc}/text", timeout=5).json() == {
-        "v": 2, "text": "once!"}
+        "v": 2,
+        "text": "once!",
+    }
     ws.close()
 
 
-@pytest.mark.parametrize("message, reason", [
-    ("not json", "JSON"),
-    ("[1, 2]", "JSON objects"),
-    ('{"type": "dance"}', "unknown message type"),
-    ('{"type": "op", "v": "zero", "op": [], "id": "x"}', "version number"),
-    ('{"type": "op", "v": 0, "op": [{"retain": -3}], "id": "x"}', "bad op"),
-    ('{"type": "op", "v": 0, "op": [{"delete": 5}], "id": "x"}', "walks 5"),
-    ('{"type": "op", "v": 0, "op": [{"retain": 1000000000}], "id": "x"}',
-     "walks 1000000000 code points; the document has 0"),
-    ('{"type": "op", "v": 99, "op": [{"insert": "x"}], "id": "x"}', "future"),
-    ('{"type": "op", "v": 0, "op": [{"insert": "x"}]}', "op.id"),
-    ('{"type": "presence", "caret": [1]}', "caret"),
-])
+@pytest.mark.parametrize(
+    "message, reason",
+    [
+        ("not json", "JSON"),
+        ("[1, 2]", "JSON objects"),
+        ('{"type": "dance"}', "unknown message type"),
+        ('{"type": "op", "v": "zero", "op": [], "id": "x"}', "version number"),
+        ('{"type": "op", "v": 0, "op": [{"retain": -3}], "id": "x"}', "bad op"),
+        ('{"type": "op", "v": 0, "op": [{"delete": 5}], "id": "x"}', "walks 5"),
+        (
+            '{"type": "op", "v": 0, "op": [{"retain": 1000000000}], "id": "x"}',
+            "walks 1000000000 code points; the document has 0",
+        ),
+        ('{"type": "op", "v": 99, "op": [{"insert": "x"}], "id": "x"}', "future"),
+        ('{"type": "op", "v": 0, "op": [{"insert": "x"}]}', "op.id"),
+        ('{"type": "presence", "caret": [1]}', "caret"),
+    ],
+)
 def test_bad_frames_close_with_a_reason_and_leave_the_document_alone(server, message, reason):
     doc = f"bad-{uuid.uuid4().hex[:8]}"
     ws = websocket.create_connection(f"{server.ws_url}/editor/{doc}/ws", timeout=10)
@@ -99,8 +109,11 @@ def _next(ws, *types):
     while True:
         opcode, data = ws.recv_data(control_frame=True)
         if opcode == websocket.ABNF.OPCODE_CLOSE:
-            return {"type": "close", "code": int.from_bytes(data[:2], "big"),
-                    "reason": data[2:].decode()}
+            return {
+                "type": "close",
+                "code": int.from_bytes(data[:2], "big"),
+                "reason": data[2:].decode(),
+            }
         if opcode == websocket.ABNF.OPCODE_TEXT:
             message = json.loads(data)
             if message["type"] in types:
@@ -108,15 +121,13 @@ def _next(ws, *types):
 
 
 def _op(ws, v, components, op_id):
-    ws.send(json.dumps({"type": "op", "v": v, "op": components, "id": op_id},
-                       ensure_ascii=False))
+    ws.send(json.dumps({"type": "op", "v": v, "op": components, "id": op_id}, ensure_ascii=False))
     return _next(ws, "ack", "snapshot")
 
 
 def _replace_all(ws, v, text, old_length, op_id):
     """Replace the whole document with `text`; returns the new version."""
-    reply = _op(ws, v, [{"insert": text}] + ([{"delete": old_length}] if old_length else []),
-                op_id)
+    reply = _op(ws, v, [{"insert": text}] + ([{"delete": old_length}] if old_length else []), op_id)
     assert reply["type"] == "ack", reply
     return reply["v"]
 
@@ -174,7 +185,9 @@ def test_an_op_too_far_behind_is_answered_with_a_fresh_snapshot(server):
     assert _op(ws, 101, [{"insert": "on time"}], "again") == {"type": "ack", "v": 102}
     ws.close()
     assert requests.get(f"{server.url}/editor/{doc}/text", timeout=5).json() == {
-        "v": 102, "text": "on time" + "x" * 101}
+        "v": 102,
+        "text": "on time" + "x" * 101,
+    }
 
 
 def test_an_op_must_fit_the_version_it_was_made_on(server):
@@ -187,7 +200,9 @@ def test_an_op_must_fit_the_version_it_was_made_on(server):
     assert reply["type"] == "close" and reply["code"] == 1008, reply
     assert "walks 2 code points; the document has 0" in reply["reason"]
     assert requests.get(f"{server.url}/editor/{doc}/text", timeout=5).json() == {
-        "v": 1, "text": "abc"}
+        "v": 1,
+        "text": "abc",
+    }
 
 
 def test_documents_beyond_the_cap_are_refused_until_one_expires(start_server, rdb):
@@ -214,8 +229,11 @@ def test_documents_beyond_the_cap_are_refused_until_one_expires(start_server, rd
 
 
 def test_new_documents_per_address_are_limited(start_server):
-    server = start_server(workers=1, REDIS_PREFIX=f"rate{uuid.uuid4().hex[:6]}:",
-                          EDITOR_DOCS_RATE_LIMIT="3 per minute")
+    server = start_server(
+        workers=1,
+        REDIS_PREFIX=f"rate{uuid.uuid4().hex[:6]}:",
+        EDITOR_DOCS_RATE_LIMIT="3 per minute",
+    )
     tag = uuid.uuid4().hex[:6]
     for i in range(3):
         ws, _ = _open(server, f"new-{tag}-{i}")
@@ -263,9 +281,12 @@ def test_the_worker_keeps_answering_while_a_worst_case_op_is_rebased(start_serve
                 waits.append(time.perf_counter() - began)
 
     began = time.perf_counter()
-    ws.send(json.dumps({"type": "op", "v": base, "id": "heavy",
-                        "op": [{"retain": 1}, {"insert": "c"}] * 2300},
-                       separators=(",", ":")))
+    ws.send(
+        json.dumps(
+            {"type": "op", "v": base, "id": "heavy", "op": [{"retain": 1}, {"insert": "c"}] * 2300},
+            separators=(",", ":"),
+        )
+    )
     poller = threading.Thread(target=poll_healthz)
     poller.start()
     reply = _next(ws, "ack", "snapshot")

@@ -45,15 +45,18 @@ LINE_BREAKS = st.sampled_from(["\n", "\r", "\r\n", "\n\r", "\r\r\n"])
 # Text rich in what breaks framings and parsers: line breaks, spaces, colons,
 # NUL, BOM, astral characters.
 tricky_text = st.lists(
-    st.one_of(st.text(max_size=8), LINE_BREAKS,
-              st.sampled_from([" ", "  ", ":", "data:", "\x00", "\ufeff", "\u2028", "😀", "é"])),
+    st.one_of(
+        st.text(max_size=8),
+        LINE_BREAKS,
+        st.sampled_from([" ", "  ", ":", "data:", "\x00", "\ufeff", "\u2028", "😀", "é"]),
+    ),
     max_size=12,
 ).map("".join)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
-    | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -71,8 +74,9 @@ class BigBytes(bytes):
 
 
 def deeply_nested(n):
-    return st.sampled_from(["[" * n, "[" * n + "]" * n, '{"a":' * n,
-                            '{"type":"op","op":' + "[" * n]).map(Big)
+    return st.sampled_from(
+        ["[" * n, "[" * n + "]" * n, '{"a":' * n, '{"type":"op","op":' + "[" * n]
+    ).map(Big)
 
 
 # JSON text in every shape a client may send, including too-deep nesting (the
@@ -81,8 +85,19 @@ json_text = st.one_of(
     json_values.map(json.dumps),
     st.text(max_size=40),
     st.integers(900, 70_000).flatmap(deeply_nested),
-    st.sampled_from(['"\\ud800"', '{"x":"\\udfff"}', "NaN", "Infinity", '{"x":1e999}',
-                     Big("1" * 5000), '{"a":1,"a":2}', "\ufeff{}", "{}\x00"]),
+    st.sampled_from(
+        [
+            '"\\ud800"',
+            '{"x":"\\udfff"}',
+            "NaN",
+            "Infinity",
+            '{"x":1e999}',
+            Big("1" * 5000),
+            '{"a":1,"a":2}',
+            "\ufeff{}",
+            "{}\x00",
+        ]
+    ),
 )
 
 many_examples = settings(max_examples=300, deadline=None)
@@ -93,10 +108,14 @@ many_examples = settings(max_examples=300, deadline=None)
 
 @pytest.mark.unit
 @many_examples
-@given(st.one_of(st.text(max_size=50), st.none(),
-                 st.from_regex(r"\A[0-9]{1,22}(-[0-9]{1,22})?\Z"),
-                 st.tuples(st.integers(0, 2**66), st.integers(0, 2**66)).map(
-                     lambda t: f"{t[0]}-{t[1]}")))
+@given(
+    st.one_of(
+        st.text(max_size=50),
+        st.none(),
+        st.from_regex(r"\A[0-9]{1,22}(-[0-9]{1,22})?\Z"),
+        st.tuples(st.integers(0, 2**66), st.integers(0, 2**66)).map(lambda t: f"{t[0]}-{t[1]}"),
+    )
+)
 def test_parse_id_returns_a_key_or_raises_invalid_id(text):
     try:
         key = parse_id(text)
@@ -134,9 +153,13 @@ def test_json_object_refuses_deep_nesting():
 
 @pytest.mark.unit
 @many_examples
-@given(st.dictionaries(st.sampled_from(["x", "y", "drawing"]),
-                       st.one_of(json_values, st.floats(), st.integers(-(2**70), 2**70)),
-                       max_size=3))
+@given(
+    st.dictionaries(
+        st.sampled_from(["x", "y", "drawing"]),
+        st.one_of(json_values, st.floats(), st.integers(-(2**70), 2**70)),
+        max_size=3,
+    )
+)
 def test_fraction_returns_a_number_in_0_1_or_refused(message):
     try:
         value = fraction(message, "x")
@@ -157,8 +180,14 @@ def test_close_reason_fits_a_close_frame(text):
 # -- draw and track frames ------------------------------------------------------------------
 
 frame_dicts = st.fixed_dictionaries(
-    {}, optional={"x": st.one_of(st.floats(), json_values), "y": st.one_of(st.floats(), json_values),
-                  "drawing": json_values, "type": st.sampled_from(["clear", "moving", 1])})
+    {},
+    optional={
+        "x": st.one_of(st.floats(), json_values),
+        "y": st.one_of(st.floats(), json_values),
+        "drawing": json_values,
+        "type": st.sampled_from(["clear", "moving", 1]),
+    },
+)
 frames = st.one_of(json_text, frame_dicts.map(json.dumps), st.binary(max_size=20))
 
 
@@ -193,16 +222,19 @@ def test_track_frame_decoder(raw):
 components = st.one_of(
     st.fixed_dictionaries({"retain": st.one_of(st.integers(-3, 2**70), json_values)}),
     st.fixed_dictionaries({"delete": st.one_of(st.integers(-3, 2**70), json_values)}),
-    st.fixed_dictionaries({"insert": st.one_of(tricky_text, json_values,
-                                               st.sampled_from(["\ud800", "a\udfff"]))}),
+    st.fixed_dictionaries(
+        {"insert": st.one_of(tricky_text, json_values, st.sampled_from(["\ud800", "a\udfff"]))}
+    ),
     st.dictionaries(st.text(max_size=7), json_values, max_size=2),
     json_values,
 )
 op_messages = st.fixed_dictionaries(
     {"type": st.just("op")},
-    optional={"v": st.one_of(st.integers(-5, 2**70), json_values),
-              "id": st.one_of(st.text(max_size=70), json_values, st.just("\ud800")),
-              "op": st.one_of(st.lists(components, max_size=6), json_values)},
+    optional={
+        "v": st.one_of(st.integers(-5, 2**70), json_values),
+        "id": st.one_of(st.text(max_size=70), json_values, st.just("\ud800")),
+        "op": st.one_of(st.lists(components, max_size=6), json_values),
+    },
 )
 
 
@@ -263,13 +295,23 @@ def test_editor_refuses_lone_surrogates():
 _flask = Flask(__name__)
 _flask.config["SECRET_KEY"] = "fuzz"
 
-content_types = st.sampled_from(["application/json", "application/x-www-form-urlencoded",
-                                 "multipart/form-data; boundary=x", "text/plain",
-                                 "application/json; charset=latin-1", "application/problem+json"])
-bodies = st.one_of(st.binary(max_size=200), json_text.map(str.encode),
-                   st.fixed_dictionaries({}, optional={"question": json_values,
-                                                       "answer": st.text(max_size=1100)})
-                   .map(lambda d: json.dumps(d).encode()))
+content_types = st.sampled_from(
+    [
+        "application/json",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "text/plain",
+        "application/json; charset=latin-1",
+        "application/problem+json",
+    ]
+)
+bodies = st.one_of(
+    st.binary(max_size=200),
+    json_text.map(str.encode),
+    st.fixed_dictionaries(
+        {}, optional={"question": json_values, "answer": st.text(max_size=1100)}
+    ).map(lambda d: json.dumps(d).encode()),
+)
 
 
 @pytest.mark.unit
@@ -278,8 +320,9 @@ bodies = st.one_of(st.binary(max_size=200), json_text.map(str.encode),
 def test_required_fields_returns_strings_or_a_400(body, content_type):
     from core.web import required_fields
 
-    with _flask.test_request_context("/qa/questions", method="POST", data=body,
-                                     content_type=content_type):
+    with _flask.test_request_context(
+        "/qa/questions", method="POST", data=body, content_type=content_type
+    ):
         try:
             (value,) = required_fields("question", max_length=280)
         except HTTPException as exc:
@@ -297,8 +340,9 @@ def test_required_fields_refuses_deep_json_and_lone_surrogates():
     from core.web import required_fields
 
     for body in ("[" * 50_000, '{"question":"\\ud800"}'):
-        with _flask.test_request_context("/qa/questions", method="POST", data=body,
-                                         content_type="application/json"):
+        with _flask.test_request_context(
+            "/qa/questions", method="POST", data=body, content_type="application/json"
+        ):
             with pytest.raises(HTTPException) as excinfo:
                 required_fields("question")
             assert excinfo.value.response.status_code == 400
@@ -306,7 +350,9 @@ def test_required_fields_refuses_deep_json_and_lone_surrogates():
 
 @pytest.mark.unit
 @many_examples
-@given(st.one_of(st.none(), st.text(max_size=80), st.text(string.ascii_letters + ".-_", max_size=80)))
+@given(
+    st.one_of(st.none(), st.text(max_size=80), st.text(string.ascii_letters + ".-_", max_size=80))
+)
 def test_qa_client_id_decoder(signed):
     from blueprints.qa import _client_id
 
@@ -346,8 +392,12 @@ def test_ticker_symbol_validation(raw):
 
 # -- core.tokens -----------------------------------------------------------------------------
 
-TOKEN_CONFIG = {"SECRET_KEY": "fuzz", "JWT_ISSUER": "iss", "JWT_AUDIENCE": "aud",
-                "REDIS_PREFIX": "fuzz:"}
+TOKEN_CONFIG = {
+    "SECRET_KEY": "fuzz",
+    "JWT_ISSUER": "iss",
+    "JWT_AUDIENCE": "aud",
+    "REDIS_PREFIX": "fuzz:",
+}
 
 
 class _NoRedis:
@@ -363,9 +413,11 @@ def _b64(data):
 
 jwt_like = st.one_of(
     st.text(max_size=60),
-    st.tuples(st.one_of(json_text.map(str.encode), st.binary(max_size=30)),
-              st.one_of(json_text.map(str.encode), st.binary(max_size=30)),
-              st.binary(max_size=32)).map(lambda t: ".".join(_b64(p) for p in t)),
+    st.tuples(
+        st.one_of(json_text.map(str.encode), st.binary(max_size=30)),
+        st.one_of(json_text.map(str.encode), st.binary(max_size=30)),
+        st.binary(max_size=32),
+    ).map(lambda t: ".".join(_b64(p) for p in t)),
 )
 
 
@@ -404,8 +456,7 @@ def parse_event_stream(raw):
     for line in lines:
         if line == "":
             if data:
-                events.append({"event": kind or "message", "data": "\n".join(data),
-                               "id": last_id})
+                events.append({"event": kind or "message", "data": "\n".join(data), "id": last_id})
             data, kind = [], ""
             continue
         if line.startswith(":"):
@@ -437,9 +488,16 @@ def test_sse_event_round_trips_any_text(data):
 
 @pytest.mark.unit
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(tricky_text, st.one_of(st.none(), tricky_text),
-                          st.one_of(st.none(), tricky_text)), min_size=1, max_size=4),
-       st.integers(0, 10**6))
+@given(
+    st.lists(
+        st.tuples(
+            tricky_text, st.one_of(st.none(), tricky_text), st.one_of(st.none(), tricky_text)
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.integers(0, 10**6),
+)
 def test_sse_stream_of_events_with_names_and_ids(items, retry_ms):
     raw, expected, last_id = sse.PADDING + sse.retry(retry_ms) + sse.comment("hi"), [], ""
     for data, name, event_id in items:
@@ -485,7 +543,8 @@ def issue_admin_token(redis_server, fuzz_env):
     settings_ = load_settings(fuzz_env)
     store = UserStore(redis.Redis.from_url(redis_server.url, decode_responses=True), FUZZ_PREFIX)
     admin = store.get("fuzz-admin") or store.create(
-        "fuzz-admin", "fuzz-admin-password", fullname="Fuzz Admin", admin=True)
+        "fuzz-admin", "fuzz-admin-password", fullname="Fuzz Admin", admin=True
+    )
     return lambda: issue(admin, settings_, ttl=3600)[0]
 
 
@@ -498,8 +557,9 @@ def fuzz_admin_token(issue_admin_token):
 def fuzz_server(start_server, fuzz_admin_token):
     """Its own keys (REDIS_PREFIX) so what the fuzzer draws, asks or edits is
     invisible to the other tests; long-polls held 1 s, not 25."""
-    server = start_server(workers=2, REDIS_PREFIX=FUZZ_PREFIX, LONGPOLL_TIMEOUT_SECONDS=1,
-                          HEARTBEAT_SECONDS=1)
+    server = start_server(
+        workers=2, REDIS_PREFIX=FUZZ_PREFIX, LONGPOLL_TIMEOUT_SECONDS=1, HEARTBEAT_SECONDS=1
+    )
     server.initial_pids = set(healthz_bodies(server))
     assert len(server.initial_pids) == 2
     return server
@@ -537,18 +597,51 @@ header_text = st.text(latin1, max_size=60).map(str.strip)
 segments = st.one_of(
     st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,70}\Z"),  # around the channel/doc rules
     st.text(min_size=1, max_size=30),  # any unicode, percent-encoded
-    st.sampled_from(["..", ".", "%00", "private-x", "a:b", "usa", "ohio", "new york", "x" * 300,
-                     "1700000000000-0", "welcome", "😀", "\u0000", "IBM"]),
+    st.sampled_from(
+        [
+            "..",
+            ".",
+            "%00",
+            "private-x",
+            "a:b",
+            "usa",
+            "ohio",
+            "new york",
+            "x" * 300,
+            "1700000000000-0",
+            "welcome",
+            "😀",
+            "\u0000",
+            "IBM",
+        ]
+    ),
 )
-ids = st.one_of(st.from_regex(r"\A[0-9]{1,22}(-[0-9]{1,22})?\Z"), st.text(max_size=25),
-                st.sampled_from(["0", "-1", "1-", "99999999999999999999999-0", "$", "+"]))
-query_names = st.sampled_from(["cursor", "last_event_id", "symbol", "client", "access_token",
-                               "v", "name", "format", "q"])
-queries = st.dictionaries(query_names, st.one_of(
-    ids, st.text(max_size=30), st.sampled_from(["IBM", " aapl ", "ZZZZ", "ß", "ı", "TSLA\x00"])),
-    max_size=3)
-accepts = st.sampled_from(["text/event-stream", "application/json", "*/*", "text/html",
-                           "text/event-stream;q=0", "text/event-stream, */*;q=0.1", ""])
+ids = st.one_of(
+    st.from_regex(r"\A[0-9]{1,22}(-[0-9]{1,22})?\Z"),
+    st.text(max_size=25),
+    st.sampled_from(["0", "-1", "1-", "99999999999999999999999-0", "$", "+"]),
+)
+query_names = st.sampled_from(
+    ["cursor", "last_event_id", "symbol", "client", "access_token", "v", "name", "format", "q"]
+)
+queries = st.dictionaries(
+    query_names,
+    st.one_of(
+        ids, st.text(max_size=30), st.sampled_from(["IBM", " aapl ", "ZZZZ", "ß", "ı", "TSLA\x00"])
+    ),
+    max_size=3,
+)
+accepts = st.sampled_from(
+    [
+        "text/event-stream",
+        "application/json",
+        "*/*",
+        "text/html",
+        "text/event-stream;q=0",
+        "text/event-stream, */*;q=0.1",
+        "",
+    ]
+)
 content_type_headers = st.one_of(content_types, header_text)
 authorizations = st.one_of(
     header_text,
@@ -558,29 +651,50 @@ authorizations = st.one_of(
     st.just("Bearer " + ".".join([_b64(b"[" * 5000), _b64(b"{}"), _b64(b"sig")])),
     st.just("ADMIN"),  # replaced by a valid admin token: reaches the body decoders
 )
-header_sets = st.fixed_dictionaries({}, optional={
-    "Accept": accepts, "Content-Type": content_type_headers,
-    "Origin": st.one_of(header_text, st.just("http://evil.example")),
-    "Last-Event-ID": st.one_of(ids.map(_header_safe), header_text),
-    "Authorization": authorizations,
-    "Cookie": st.one_of(header_text, header_text.map(lambda t: f"session={t}"),
-                        header_text.map(lambda t: f"demo_cookie={t}")),
-    "X-Client-Id": header_text, "X-CSRF-Token": header_text,
-    "Accept-Language": header_text, "Range": header_text,
-})
+header_sets = st.fixed_dictionaries(
+    {},
+    optional={
+        "Accept": accepts,
+        "Content-Type": content_type_headers,
+        "Origin": st.one_of(header_text, st.just("http://evil.example")),
+        "Last-Event-ID": st.one_of(ids.map(_header_safe), header_text),
+        "Authorization": authorizations,
+        "Cookie": st.one_of(
+            header_text,
+            header_text.map(lambda t: f"session={t}"),
+            header_text.map(lambda t: f"demo_cookie={t}"),
+        ),
+        "X-Client-Id": header_text,
+        "X-CSRF-Token": header_text,
+        "Accept-Language": header_text,
+        "Range": header_text,
+    },
+)
 http_bodies = st.one_of(
-    st.none(), st.binary(max_size=300), json_values.map(lambda v: json.dumps(v).encode()),
+    st.none(),
+    st.binary(max_size=300),
+    json_values.map(lambda v: json.dumps(v).encode()),
     json_text.map(lambda t: BigBytes(t.encode("utf-8", "surrogatepass"))),
-    st.sampled_from([BigBytes(b"x" * (64 * 1024 - 1)), BigBytes(b"x" * (64 * 1024 + 1)),
-                     b"\xff\xfe\x00",
-                     b'{"question":"\\ud800"}', b'{"username":"a","password":"\\udfff"}',
-                     b"username=a&password=b", b"question=%FF%FE"]),
-    st.fixed_dictionaries({}, optional={k: json_values for k in
-                                        ("question", "answer", "username", "password",
-                                         "nonce", "proof")}).map(
-        lambda d: json.dumps(d).encode()),
+    st.sampled_from(
+        [
+            BigBytes(b"x" * (64 * 1024 - 1)),
+            BigBytes(b"x" * (64 * 1024 + 1)),
+            b"\xff\xfe\x00",
+            b'{"question":"\\ud800"}',
+            b'{"username":"a","password":"\\udfff"}',
+            b"username=a&password=b",
+            b"question=%FF%FE",
+        ]
+    ),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            k: json_values for k in ("question", "answer", "username", "password", "nonce", "proof")
+        },
+    ).map(lambda d: json.dumps(d).encode()),
     st.fixed_dictionaries({"question": tricky_text, "answer": tricky_text}).map(
-        lambda d: json.dumps(d).encode()),
+        lambda d: json.dumps(d).encode()
+    ),
 )
 methods = st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"])
 
@@ -606,8 +720,16 @@ def test_http_fuzz_never_5xx(fuzz_server, issue_admin_token, rules, data):
     body = data.draw(http_bodies, label="body")
     params = data.draw(queries, label="query")
     try:
-        response = requests.request(method, url, params=params, headers=headers, data=body,
-                                    timeout=(5, 5), stream=True, allow_redirects=False)
+        response = requests.request(
+            method,
+            url,
+            params=params,
+            headers=headers,
+            data=body,
+            timeout=(5, 5),
+            stream=True,
+            allow_redirects=False,
+        )
     except requests.ReadTimeout:
         assert "/sub/" in url or "stream" in url or "/sse/" in url, "a plain request hung"
         return
@@ -638,13 +760,31 @@ def _qa_client_id():
 # Requests that get past authentication to each decoder of client input.
 targeted = st.one_of(
     st.tuples(st.just("POST"), st.sampled_from(["/pub/fuzz", "/pub/fuzz.2"]), st.just("admin")),
-    st.tuples(st.just("POST"), st.sampled_from(["/qa/questions", "/qa/select", "/qa/answers"]),
-              st.just("qa")),
-    st.tuples(st.just("POST"), st.sampled_from(["/auth/login", "/auth/token", "/auth/challenge",
-                                                "/auth/respond"]), st.just("")),  # not logout
-    st.tuples(st.just("GET"), st.sampled_from(["/sub/fuzz", "/ticker/quote", "/auth/basic",
-                                               "/editor/fuzz/text", "/mycookie", "/auth/me",
-                                               "/qa/stream"]), st.sampled_from(["", "admin"])),
+    st.tuples(
+        st.just("POST"),
+        st.sampled_from(["/qa/questions", "/qa/select", "/qa/answers"]),
+        st.just("qa"),
+    ),
+    st.tuples(
+        st.just("POST"),
+        st.sampled_from(["/auth/login", "/auth/token", "/auth/challenge", "/auth/respond"]),
+        st.just(""),
+    ),  # not logout
+    st.tuples(
+        st.just("GET"),
+        st.sampled_from(
+            [
+                "/sub/fuzz",
+                "/ticker/quote",
+                "/auth/basic",
+                "/editor/fuzz/text",
+                "/mycookie",
+                "/auth/me",
+                "/qa/stream",
+            ]
+        ),
+        st.sampled_from(["", "admin"]),
+    ),
 )
 
 
@@ -652,8 +792,9 @@ targeted = st.one_of(
 @pytest.mark.slow
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(targeted, st.one_of(content_types, header_text), http_bodies, queries, header_sets)
-def test_http_decoders_never_5xx(fuzz_server, fuzz_admin_token, target, content_type, body,
-                                  params, headers):
+def test_http_decoders_never_5xx(
+    fuzz_server, fuzz_admin_token, target, content_type, body, params, headers
+):
     method, path, auth = target
     headers = {k: v for k, v in headers.items() if k not in ("Authorization", "Origin")}
     headers["Content-Type"] = content_type
@@ -664,8 +805,15 @@ def test_http_decoders_never_5xx(fuzz_server, fuzz_admin_token, target, content_
     if path == "/sub/fuzz" and "cursor" not in params and "Last-Event-ID" not in headers:
         params["cursor"] = "0"  # answer at once
     try:
-        response = requests.request(method, fuzz_server.url + path, params=params,
-                                    headers=headers, data=body, timeout=(5, 5), stream=True)
+        response = requests.request(
+            method,
+            fuzz_server.url + path,
+            params=params,
+            headers=headers,
+            data=body,
+            timeout=(5, 5),
+            stream=True,
+        )
     except requests.ReadTimeout:
         assert path == "/sub/fuzz", "a plain request hung"
         return
@@ -691,10 +839,20 @@ def test_http_regressions(fuzz_server, fuzz_admin_token):
         ("POST", "/pub/fuzz", admin, b"[" * 60_000, 400),
         ("POST", "/pub/fuzz", admin, b'"\\ud800"', 400),
         ("POST", "/auth/login", {"Content-Type": "application/json"}, b"[" * 60_000, 400),
-        ("POST", "/auth/login", {"Content-Type": "application/json"},
-         b'{"username":"a","password":"\\udfff"}', 400),
-        ("POST", "/auth/challenge", {"Content-Type": "application/json"},
-         b'{"username":"\\ud800"}', 400),
+        (
+            "POST",
+            "/auth/login",
+            {"Content-Type": "application/json"},
+            b'{"username":"a","password":"\\udfff"}',
+            400,
+        ),
+        (
+            "POST",
+            "/auth/challenge",
+            {"Content-Type": "application/json"},
+            b'{"username":"\\ud800"}',
+            400,
+        ),
     ]
     for method, path, headers, body, status in cases:
         response = requests.request(method, url + path, headers=headers, data=body, timeout=10)
@@ -706,23 +864,42 @@ def test_http_regressions(fuzz_server, fuzz_admin_token):
 # -- WebSockets ------------------------------------------------------------------------------
 
 ws_frame = st.one_of(
-    st.tuples(st.just("text"), st.one_of(
-        json_text, frames, op_messages.map(json.dumps),
-        st.fixed_dictionaries({"type": st.just("presence")},
-                              optional={"caret": json_values, "v": json_values}).map(json.dumps),
-        st.just(json.dumps({"type": "clear"})),
-        st.just(json.dumps({"x": 0.5, "y": 0.5, "drawing": True})))),
+    st.tuples(
+        st.just("text"),
+        st.one_of(
+            json_text,
+            frames,
+            op_messages.map(json.dumps),
+            st.fixed_dictionaries(
+                {"type": st.just("presence")}, optional={"caret": json_values, "v": json_values}
+            ).map(json.dumps),
+            st.just(json.dumps({"type": "clear"})),
+            st.just(json.dumps({"x": 0.5, "y": 0.5, "drawing": True})),
+        ),
+    ),
     st.tuples(st.just("binary"), st.binary(max_size=100)),
     st.tuples(st.just("text"), st.just(Big("x" * (64 * 1024 + 1)))),  # over the frame limit
 )
-ws_queries = st.dictionaries(st.one_of(query_names, st.just("access_token")),
-                             st.one_of(ids, st.text(max_size=30)), max_size=3)
+ws_queries = st.dictionaries(
+    st.one_of(query_names, st.just("access_token")),
+    st.one_of(ids, st.text(max_size=30)),
+    max_size=3,
+)
 ws_paths = st.tuples(
-    st.sampled_from(["/ws/echo", "/ws/echo#json", "/draw/ws", "/track/ws", "/sub/<x>/ws",
-                     "/editor/<x>/ws"]), segments, ws_queries).map(
-    lambda t: _fill(t[0].partition("#")[0], [t[1]]) + "?" + "&".join(
-        f"{k}={requests.utils.quote(v, safe='')}" for k, v in t[2].items())
-    + t[0].partition("#")[1] + t[0].partition("#")[2])
+    st.sampled_from(
+        ["/ws/echo", "/ws/echo#json", "/draw/ws", "/track/ws", "/sub/<x>/ws", "/editor/<x>/ws"]
+    ),
+    segments,
+    ws_queries,
+).map(
+    lambda t: (
+        _fill(t[0].partition("#")[0], [t[1]])
+        + "?"
+        + "&".join(f"{k}={requests.utils.quote(v, safe='')}" for k, v in t[2].items())
+        + t[0].partition("#")[1]
+        + t[0].partition("#")[2]
+    )
+)
 
 
 def _drain(ws):
@@ -741,8 +918,11 @@ def _drain(ws):
 
 
 def _close_of(data):
-    return (int.from_bytes(data[:2], "big"), data[2:].decode("utf-8")) if len(data) >= 2 \
+    return (
+        (int.from_bytes(data[:2], "big"), data[2:].decode("utf-8"))
+        if len(data) >= 2
         else (1005, "")
+    )
 
 
 def _close_if_sent(ws):
@@ -765,8 +945,7 @@ def _drain_one(ws):
 
 
 WS_OUTCOMES = {"close": 0, "reset": 0}
-_SEND_FAILED = (websocket.WebSocketConnectionClosedException, BrokenPipeError,
-                ConnectionResetError)
+_SEND_FAILED = (websocket.WebSocketConnectionClosedException, BrokenPipeError, ConnectionResetError)
 
 
 @pytest.mark.integration
@@ -778,8 +957,11 @@ def test_websocket_fuzz_closes_with_a_reason(fuzz_server, path, sent):
     note(f"path={path!r} subprotocol={subprotocol!r} sent={sent!r}")
     try:
         ws = websocket.create_connection(
-            fuzz_server.ws_url + path, timeout=10, redirect_limit=0,
-            subprotocols=[subprotocol] if subprotocol else None)
+            fuzz_server.ws_url + path,
+            timeout=10,
+            redirect_limit=0,
+            subprotocols=[subprotocol] if subprotocol else None,
+        )
     except websocket.WebSocketBadStatusException as exc:  # a refused handshake: a 4xx
         assert 400 <= exc.status_code < 500, exc
         return
@@ -824,12 +1006,17 @@ def test_websocket_fuzz_closes_with_a_reason(fuzz_server, path, sent):
 def test_websocket_regressions(fuzz_server):
     """Inputs that broke a WebSocket (a stack trace in the worker's log, or an
     HTTP response inside the WebSocket stream), now closed with 1008 and a reason."""
-    for path, frame, code in [("/draw/ws", "[" * 60_000, 1008), ("/track/ws", "[" * 60_000, 1008),
-                              ("/editor/fuzz-regress/ws", "[" * 60_000, 1008),
-                              ("/editor/fuzz-regress/ws",
-                               '{"type":"op","v":0,"id":"a","op":[{"insert":"\\ud800"}]}', 1008),
-                              ("/editor/fuzz-regress/ws",
-                               '{"type":"op","v":0,"id":"\\ud800","op":[]}', 1008)]:
+    for path, frame, code in [
+        ("/draw/ws", "[" * 60_000, 1008),
+        ("/track/ws", "[" * 60_000, 1008),
+        ("/editor/fuzz-regress/ws", "[" * 60_000, 1008),
+        (
+            "/editor/fuzz-regress/ws",
+            '{"type":"op","v":0,"id":"a","op":[{"insert":"\\ud800"}]}',
+            1008,
+        ),
+        ("/editor/fuzz-regress/ws", '{"type":"op","v":0,"id":"\\ud800","op":[]}', 1008),
+    ]:
         ws = websocket.create_connection(fuzz_server.ws_url + path, timeout=10)
         ws.send(frame)
         assert _drain(ws)[0] == code, (path, frame[:40])
@@ -843,8 +1030,9 @@ def test_websocket_regressions(fuzz_server):
         ws = websocket.create_connection(fuzz_server.ws_url + "/sub/-bad/ws", timeout=10)
         assert _drain(ws)[0] == 1008
         ws.shutdown()
-    ws = websocket.create_connection(fuzz_server.ws_url + "/ws/echo", timeout=10,
-                                     subprotocols=["json"])
+    ws = websocket.create_connection(
+        fuzz_server.ws_url + "/ws/echo", timeout=10, subprotocols=["json"]
+    )
     ws.send("[" * 60_000)
     assert _drain(ws) == (1007, "the json subprotocol needs JSON text frames")
     ws.shutdown()
@@ -882,22 +1070,30 @@ def _server_frames(raw):
         elif size == 127:
             size, at = int.from_bytes(raw[2:10], "big"), 10
         assert not raw[1] & 0x80, "a server does not mask"
-        frames.append((raw[0] & 0x0F, raw[at:at + size]))
-        raw = raw[at + size:]
+        frames.append((raw[0] & 0x0F, raw[at : at + size]))
+        raw = raw[at + size :]
     assert raw == b"", "a frame cut short"
     return frames
 
 
 client_frames = st.one_of(
-    st.tuples(st.sampled_from([0, 1, 2, 3, 8, 9, 10, 11]), st.binary(max_size=130),
-              st.booleans(), st.sampled_from([0, 0, 0x40, 0x10])).map(lambda t: client_frame(*t)),
+    st.tuples(
+        st.sampled_from([0, 1, 2, 3, 8, 9, 10, 11]),
+        st.binary(max_size=130),
+        st.booleans(),
+        st.sampled_from([0, 0, 0x40, 0x10]),
+    ).map(lambda t: client_frame(*t)),
     st.text(max_size=30).map(lambda t: client_frame(1, t.encode("utf-8", "surrogatepass"))),
-    st.sampled_from([BigBytes(client_frame(1, b"x" * (64 * 1024 + 1))),  # over the limit
-                     BigBytes(client_frame(1, b"x" * 40_000, fin=False)
-                              + client_frame(0, b"y" * 40_000)),
-                     client_frame(8, (1000).to_bytes(2, "big") + b"bye"),
-                     client_frame(8, b"\x03"), client_frame(1, b"\xf0\x9f"),
-                     client_frame(0, b"\x98\x80")]),
+    st.sampled_from(
+        [
+            BigBytes(client_frame(1, b"x" * (64 * 1024 + 1))),  # over the limit
+            BigBytes(client_frame(1, b"x" * 40_000, fin=False) + client_frame(0, b"y" * 40_000)),
+            client_frame(8, (1000).to_bytes(2, "big") + b"bye"),
+            client_frame(8, b"\x03"),
+            client_frame(1, b"\xf0\x9f"),
+            client_frame(0, b"\x98\x80"),
+        ]
+    ),
     st.binary(max_size=12),  # not a frame at all
     st.binary(max_size=12).map(lambda b: b[:2]),  # no mask
 )

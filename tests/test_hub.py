@@ -57,7 +57,11 @@ def test_catch_up_merges_live_messages_exactly_once_in_order(rdb, redis_server, 
             assert batch, received
             received += batch
         assert [m.data for m in received] == [
-            "old 0", "old 1", "old 2", "published during the read"]
+            "old 0",
+            "old 1",
+            "old 2",
+            "published during the read",
+        ]
         hub.publish(channel, "live")
         assert [m.data for m in sub.wait(5)] == ["live"]
     hub.stop()
@@ -72,16 +76,19 @@ def test_subscription_without_cursor_starts_at_the_call(hub, channel):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("text, key", [("0", (0, 0)), ("5-3", (5, 3)), ("17", (17, 0)),
-                                       ("18446744073709551615-0", (2**64 - 1, 0))])
+@pytest.mark.parametrize(
+    "text, key",
+    [("0", (0, 0)), ("5-3", (5, 3)), ("17", (17, 0)), ("18446744073709551615-0", (2**64 - 1, 0))],
+)
 def test_parse_id_accepts_stream_ids(text, key):
     assert parse_id(text) == key
     assert parse_id(format_id(key)) == key
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("text", ["", "x", "1-", "-1", "1-2-3", "18446744073709551616-0",
-                                  " 1-0", "1-0\n", "１-0"])
+@pytest.mark.parametrize(
+    "text", ["", "x", "1-", "-1", "1-2-3", "18446744073709551616-0", " 1-0", "1-0\n", "１-0"]
+)
 def test_parse_id_rejects_everything_else(text):
     with pytest.raises(InvalidId):
         parse_id(text)
@@ -157,7 +164,8 @@ class TrimmingHub(Hub):
 
 @pytest.mark.integration
 def test_a_byte_bounded_catch_up_reports_a_gap_trimmed_between_its_reads(
-        rdb, redis_server, channel):
+    rdb, redis_server, channel
+):
     hub = TrimmingHub(rdb, redis_server.url, prefix="unit:")
     old = [hub.publish(channel, "o" * 1000) for _ in range(20)]
     with hub.subscribe(channel, START, page_bytes=100_000) as sub:
@@ -177,8 +185,7 @@ def _reads(rdb):
 
 
 @pytest.mark.integration
-def test_later_subscribers_start_from_the_known_newest_id_without_reading_redis(hub, rdb,
-                                                                                channel):
+def test_later_subscribers_start_from_the_known_newest_id_without_reading_redis(hub, rdb, channel):
     hub.publish(channel, "before")
     with hub.subscribe(channel) as first:
         assert hub.connected_event.wait(5)
@@ -198,8 +205,7 @@ def test_later_subscribers_start_from_the_known_newest_id_without_reading_redis(
 
 
 @pytest.mark.integration
-def test_known_newest_id_is_not_trusted_across_a_listener_reconnect(rdb, redis_server,
-                                                                    channel):
+def test_known_newest_id_is_not_trusted_across_a_listener_reconnect(rdb, redis_server, channel):
     hub = Hub(rdb, redis_server.url, prefix="unit-reconnect:")
     hub.publish(channel, "before")
     with hub.subscribe(channel) as first:
@@ -265,7 +271,8 @@ def _wait_for(predicate, timeout=10):
 
 @pytest.mark.integration
 def test_a_worker_hears_only_the_channels_it_serves_and_lets_go_after_the_last_leaves(
-        hub, rdb, channel, monkeypatch):
+    hub, rdb, channel, monkeypatch
+):
     import core.hub
 
     monkeypatch.setattr(core.hub, "IDLE_KEEP", 1.0)
@@ -350,5 +357,5 @@ def test_subscribing_to_a_new_channel_loses_nothing_published_meanwhile(hub, cha
         if cursor is START:
             assert got == sent[name], name
         else:
-            assert got == sent[name][-len(got):], f"{name}: a gap or a repeat"
+            assert got == sent[name][-len(got) :], f"{name}: a gap or a repeat"
             assert len(got) < len(sent[name])  # it did start mid-stream

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.slow
 def test_hub_reconnects_after_redis_drops_it_and_subscribers_lose_nothing(
-        start_server, redis_server, rdb, channel):
+    start_server, redis_server, rdb, channel
+):
     server = start_server()
     subscribers = {
         "sse": SSEClient(f"{server.url}/sub/{channel}"),
@@ -50,11 +51,15 @@ def test_hub_reconnects_after_redis_drops_it_and_subscribers_lose_nothing(
         outage = {}
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not outage:
-            outage = {pid: body for pid, (status, body)
-                      in healthz_bodies(server, tries=6).items() if status == 503}
+            outage = {
+                pid: body
+                for pid, (status, body) in healthz_bodies(server, tries=6).items()
+                if status == 503
+            }
         assert outage, "/healthz should report the outage while it lasts"
-        assert all(body["hub"] is False and body["status"] == "unavailable"
-                   for body in outage.values())
+        assert all(
+            body["hub"] is False and body["status"] == "unavailable" for body in outage.values()
+        )
 
         missed = [f"during the outage {i}" for i in range(30)]
         for text in missed:
@@ -87,17 +92,18 @@ def _stalled_sse_connection(server, channel):
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", server.port))
-    sock.sendall(f"GET /sub/{channel} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                 "Accept: text/event-stream\r\n\r\n".encode())
+    sock.sendall(
+        f"GET /sub/{channel} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Accept: text/event-stream\r\n\r\n".encode()
+    )
     return sock
-
-
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("transport", ["sse", "ws"])
 def test_a_client_that_stops_reading_is_cut_off_without_holding_back_others(
-        start_server, channel, transport):
+    start_server, channel, transport
+):
     server = start_server(SUBSCRIBER_QUEUE_SIZE=20)
     stalled = _stalled_sse_connection(server, channel)
     if transport == "sse":
@@ -131,15 +137,16 @@ def _paused_ws_connection(server, channel):
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", server.port))
-    sock.sendall(f"GET /sub/{channel}/ws HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                 "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                 "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+    sock.sendall(
+        f"GET /sub/{channel}/ws HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
     return sock
 
 
-def test_slow_consumer_is_told_why_before_being_closed(start_server, redis_server, rdb,
-                                                      channel):
+def test_slow_consumer_is_told_why_before_being_closed(start_server, redis_server, rdb, channel):
     """A burst faster than a client drains: it gets an explicit close reason
     (and may resume from its last id)."""
     server = start_server(SUBSCRIBER_QUEUE_SIZE=5)
@@ -162,6 +169,6 @@ def test_slow_consumer_is_told_why_before_being_closed(start_server, redis_serve
     received, closed = ws_read.result()
     assert closed
     assert received.count(b"burst ") < len(burst)
-    close_frame = received[received.rindex(b"\x88"):]
+    close_frame = received[received.rindex(b"\x88") :]
     assert close_frame[2:4] == (1013).to_bytes(2, "big")  # try again later
     assert b"slow consumer" in close_frame

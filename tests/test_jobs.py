@@ -39,8 +39,13 @@ def log_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def jobs_server(start_server, log_dir):
-    return start_server(workers=2, JOBS_LOG_DIR=log_dir, JOBS_READ_BYTES_PER_SECOND=RATE,
-                        JOBS_CANCEL_GRACE_SECONDS=GRACE, JOBS_UPLOAD_MAX_BYTES=300_000)
+    return start_server(
+        workers=2,
+        JOBS_LOG_DIR=log_dir,
+        JOBS_READ_BYTES_PER_SECOND=RATE,
+        JOBS_CANCEL_GRACE_SECONDS=GRACE,
+        JOBS_UPLOAD_MAX_BYTES=300_000,
+    )
 
 
 class JobWorkers:
@@ -53,9 +58,15 @@ class JobWorkers:
         self.processes = [p for p in self.processes if p.poll() is None]
         while len(self.processes) < n:
             with open(self.log_path, "ab") as log:
-                self.processes.append(subprocess.Popen(
-                    [sys.executable, "-m", "workers.job_workers"], cwd=ROOT, env=self.env,
-                    stdout=log, stderr=subprocess.STDOUT))
+                self.processes.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "workers.job_workers"],
+                        cwd=ROOT,
+                        env=self.env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
 
     def log(self):
         return Path(self.log_path).read_text(errors="replace")[-4000:]
@@ -90,8 +101,12 @@ def auth(token):
 
 
 def start_job(server, token, file="access.log", procs=2):
-    response = requests.post(f"{server.url}/admin/jobs", json={"file": file, "procs": procs},
-                             headers=auth(token), timeout=10)
+    response = requests.post(
+        f"{server.url}/admin/jobs",
+        json={"file": file, "procs": procs},
+        headers=auth(token),
+        timeout=10,
+    )
     assert response.status_code == 202, response.text
     assert response.headers["Location"] == f"/admin/jobs/{response.json()['id']}"
     return response.json()["id"], response
@@ -100,8 +115,9 @@ def start_job(server, token, file="access.log", procs=2):
 def job(server, token, job_id):
     for _ in range(3):  # a connection queued on a worker a test killed is reset: again
         try:
-            response = requests.get(f"{server.url}/admin/jobs/{job_id}", headers=auth(token),
-                                    timeout=10)
+            response = requests.get(
+                f"{server.url}/admin/jobs/{job_id}", headers=auth(token), timeout=10
+            )
             break
         except requests.ConnectionError:
             time.sleep(0.2)
@@ -110,15 +126,21 @@ def job(server, token, job_id):
 
 
 def wait_state(server, token, job_id, states, timeout=30):
-    got = wait_until(lambda: (j := job(server, token, job_id))["state"] in states and j,
-                     timeout=timeout, step=0.2)
+    got = wait_until(
+        lambda: (j := job(server, token, job_id))["state"] in states and j,
+        timeout=timeout,
+        step=0.2,
+    )
     assert got, f"job {job_id} still {job(server, token, job_id)} after {timeout} s"
     return got
 
 
 def running_with_children(server, token, job_id):
-    return wait_until(lambda: (j := job(server, token, job_id)).get("pids") and
-                      j["state"] == "running" and j, timeout=30, step=0.1)
+    return wait_until(
+        lambda: (j := job(server, token, job_id)).get("pids") and j["state"] == "running" and j,
+        timeout=30,
+        step=0.1,
+    )
 
 
 def alive(pid):
@@ -134,8 +156,12 @@ def parent_of(pid):
 
 
 def cli_result(path, procs):
-    out = subprocess.run([sys.executable, "-m", "workers.logproc", str(path), "--json",
-                          "--procs", str(procs)], cwd=ROOT, capture_output=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "workers.logproc", str(path), "--json", "--procs", str(procs)],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    )
     summary = json.loads(out.stdout)
     summary.pop("seconds")
     return summary
@@ -145,12 +171,15 @@ def cli_result(path, procs):
 
 
 def test_a_job_streams_its_progress_then_the_result_the_cli_reports(
-        jobs_server, job_workers, admin_token, log_dir):
+    jobs_server, job_workers, admin_token, log_dir
+):
     job_id, _ = start_job(jobs_server, admin_token, procs=2)
     events = SSEClient(f"{jobs_server.url}/admin/jobs/{job_id}/stream", headers=auth(admin_token))
     assert events.status == 200
-    assert events.wait_for(lambda items: any(i["event"] == "result" for i in items), timeout=60), \
-        (events.items, job_workers.log())
+    assert events.wait_for(lambda items: any(i["event"] == "result" for i in items), timeout=60), (
+        events.items,
+        job_workers.log(),
+    )
     events.close()
     assert events.items[0]["event"] == "job"  # the state first
     progress = [json.loads(i["data"])["progress"] for i in events.items if i["event"] == "progress"]
@@ -170,14 +199,19 @@ def test_a_job_streams_its_progress_then_the_result_the_cli_reports(
     assert late.items[0]["event"] == "job" and json.loads(late.items[0]["data"])["state"] == "done"
     # ... and one resuming from an event id gets what came after it, once
     first_progress = next(i for i in events.items if i["event"] == "progress")
-    resumed = SSEClient(f"{jobs_server.url}/admin/jobs/{job_id}/stream",
-                        last_event_id=first_progress["id"], headers=auth(admin_token))
+    resumed = SSEClient(
+        f"{jobs_server.url}/admin/jobs/{job_id}/stream",
+        last_event_id=first_progress["id"],
+        headers=auth(admin_token),
+    )
     assert resumed.wait_for(lambda items: any(i["event"] == "result" for i in items))
     resumed.close()
     assert [i["id"] for i in resumed.items[1:]] == [
-        i["id"] for i in events.items[events.items.index(first_progress) + 1:]]
-    listing = requests.get(f"{jobs_server.url}/admin/jobs", headers=auth(admin_token),
-                           timeout=10).json()
+        i["id"] for i in events.items[events.items.index(first_progress) + 1 :]
+    ]
+    listing = requests.get(
+        f"{jobs_server.url}/admin/jobs", headers=auth(admin_token), timeout=10
+    ).json()
     assert listing["jobs"][0]["id"] == job_id and "result" not in listing["jobs"][0]
     assert {"access.log", "small.log", "inside-link.log"} <= {f["name"] for f in listing["files"]}
     assert "outside.log" not in {f["name"] for f in listing["files"]}
@@ -191,8 +225,9 @@ def test_every_key_a_job_creates_expires(jobs_server, job_workers, admin_token, 
     def ttls():  # RQ sets its own keys' TTLs once the job function has returned
         return {k: rdb.ttl(k) for k in rdb.scan_iter(match=f"*{job_id}*")}
 
-    assert wait_until(lambda: all(0 < ttl <= 24 * 3600 for ttl in ttls().values()), timeout=10), \
+    assert wait_until(lambda: all(0 < ttl <= 24 * 3600 for ttl in ttls().values()), timeout=10), (
         ttls()
+    )
     assert {f"rt:job:{job_id}", f"rt:stream:jobs:{job_id}", f"rq:job:{job_id}"} <= set(ttls())
     assert 0 < rdb.ttl("rt:jobs") <= 24 * 3600
 
@@ -200,36 +235,51 @@ def test_every_key_a_job_creates_expires(jobs_server, job_workers, admin_token, 
 # -- what is refused ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("../etc/passwd", "plain file name"),
-    ("/etc/passwd", "absolute path"),
-    ("outside.log", "outside the log directory"),
-    ("sub/../access.log", "plain file name"),
-    ("missing.log", "no file"),
-    ("sub", "not a regular file"),
-    ("", "required"),
-    (7, "required"),
-])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("../etc/passwd", "plain file name"),
+        ("/etc/passwd", "absolute path"),
+        ("outside.log", "outside the log directory"),
+        ("sub/../access.log", "plain file name"),
+        ("missing.log", "no file"),
+        ("sub", "not a regular file"),
+        ("", "required"),
+        (7, "required"),
+    ],
+)
 def test_a_file_outside_the_log_directory_is_a_400(jobs_server, admin_token, name, reason):
-    response = requests.post(f"{jobs_server.url}/admin/jobs", json={"file": name, "procs": 1},
-                             headers=auth(admin_token), timeout=10)
+    response = requests.post(
+        f"{jobs_server.url}/admin/jobs",
+        json={"file": name, "procs": 1},
+        headers=auth(admin_token),
+        timeout=10,
+    )
     assert response.status_code == 400 and reason in response.json()["error"], response.text
 
 
 @pytest.mark.parametrize("procs", [0, 5, -1, "x", 1.5, True, None])
 def test_procs_out_of_range_is_a_400(jobs_server, admin_token, procs):
-    response = requests.post(f"{jobs_server.url}/admin/jobs",
-                             json={"file": "small.log", "procs": procs},
-                             headers=auth(admin_token), timeout=10)
+    response = requests.post(
+        f"{jobs_server.url}/admin/jobs",
+        json={"file": "small.log", "procs": procs},
+        headers=auth(admin_token),
+        timeout=10,
+    )
     assert response.status_code == 400 and "procs" in response.json()["error"]
 
 
 def test_an_upload_runs_and_an_oversized_one_is_a_413(
-        jobs_server, job_workers, admin_token, log_dir, base_env):
+    jobs_server, job_workers, admin_token, log_dir, base_env
+):
     data = (log_dir / "small.log").read_bytes()
-    response = requests.post(f"{jobs_server.url}/admin/jobs/upload", headers=auth(admin_token),
-                             files={"upload": ("my access.log", data)}, data={"procs": "2"},
-                             timeout=10)
+    response = requests.post(
+        f"{jobs_server.url}/admin/jobs/upload",
+        headers=auth(admin_token),
+        files={"upload": ("my access.log", data)},
+        data={"procs": "2"},
+        timeout=10,
+    )
     assert response.status_code == 202, response.text
     job_id = response.json()["id"]
     done = wait_state(jobs_server, admin_token, job_id, ("done", "failed"))
@@ -239,12 +289,18 @@ def test_an_upload_runs_and_an_oversized_one_is_a_413(
     assert not (uploads / f"{job_id}.log").exists()  # gone with its job
     # refused from its Content-Length, before a byte of it is read (a raw socket: a
     # client still sending when the server closes may see a reset instead of the answer)
-    for path, length, limit in (("/admin/jobs/upload", 300_001, 300_000),
-                                ("/admin/jobs", 70_000, 65536)):  # the others keep theirs
-        sock = raw_request(jobs_server, (
-            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {admin_token}"
-            f"\r\nContent-Type: multipart/form-data; boundary=x\r\n"
-            f"Content-Length: {length}\r\n\r\n"))
+    for path, length, limit in (
+        ("/admin/jobs/upload", 300_001, 300_000),
+        ("/admin/jobs", 70_000, 65536),
+    ):  # the others keep theirs
+        sock = raw_request(
+            jobs_server,
+            (
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {admin_token}"
+                f"\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                f"Content-Length: {length}\r\n\r\n"
+            ),
+        )
         answer = read_until(sock, f"larger than {limit} bytes".encode())
         sock.close()
         assert answer.startswith(b"HTTP/1.1 413 "), answer
@@ -252,21 +308,33 @@ def test_an_upload_runs_and_an_oversized_one_is_a_413(
 
 def test_jobs_are_for_administrators_only(jobs_server, admin_token, alice_token):
     job_id, _ = start_job(jobs_server, admin_token, file="small.log", procs=1)
-    calls = [("GET", "/admin/jobs", None), ("POST", "/admin/jobs", {"file": "small.log"}),
-             ("GET", f"/admin/jobs/{job_id}", None), ("DELETE", f"/admin/jobs/{job_id}", None),
-             ("GET", f"/admin/jobs/{job_id}/stream", None)]
+    calls = [
+        ("GET", "/admin/jobs", None),
+        ("POST", "/admin/jobs", {"file": "small.log"}),
+        ("GET", f"/admin/jobs/{job_id}", None),
+        ("DELETE", f"/admin/jobs/{job_id}", None),
+        ("GET", f"/admin/jobs/{job_id}/stream", None),
+    ]
     for method, path, body in calls:
         for headers, status in (({}, 401), (auth(alice_token), 403)):
-            response = requests.request(method, jobs_server.url + path, json=body,
-                                        headers=headers, timeout=10)
+            response = requests.request(
+                method, jobs_server.url + path, json=body, headers=headers, timeout=10
+            )
             assert response.status_code == status, (method, path, response.text)
     html = {"Accept": "text/html"}
-    assert requests.get(f"{jobs_server.url}/admin/jobs", headers=html, timeout=10).status_code == 401
-    page = requests.get(f"{jobs_server.url}/admin/jobs", headers={**html, **auth(admin_token)},
-                        timeout=10)
+    assert (
+        requests.get(f"{jobs_server.url}/admin/jobs", headers=html, timeout=10).status_code == 401
+    )
+    page = requests.get(
+        f"{jobs_server.url}/admin/jobs", headers={**html, **auth(admin_token)}, timeout=10
+    )
     assert page.status_code == 200 and "jobs.js" in page.text
-    assert requests.get(f"{jobs_server.url}/admin/jobs/{'0' * 32}", headers=auth(admin_token),
-                        timeout=10).status_code == 404
+    assert (
+        requests.get(
+            f"{jobs_server.url}/admin/jobs/{'0' * 32}", headers=auth(admin_token), timeout=10
+        ).status_code
+        == 404
+    )
 
 
 # -- cancel -------------------------------------------------------------------------------
@@ -279,18 +347,21 @@ def test_cancel_kills_the_children_and_says_so(jobs_server, job_workers, admin_t
     assert running, (job(jobs_server, admin_token, job_id), job_workers.log())
     pids = running["pids"]
     assert all(alive(pid) for pid in pids) and {parent_of(p) for p in pids} == {running["horse"]}
-    response = requests.delete(f"{jobs_server.url}/admin/jobs/{job_id}", headers=auth(admin_token),
-                               timeout=10)
+    response = requests.delete(
+        f"{jobs_server.url}/admin/jobs/{job_id}", headers=auth(admin_token), timeout=10
+    )
     assert response.status_code == 202 and response.json()["cancel"] == "test-admin"
-    cancelled = wait_state(jobs_server, admin_token, job_id, ("cancelled", "failed", "done"),
-                           timeout=GRACE + 5)
+    cancelled = wait_state(
+        jobs_server, admin_token, job_id, ("cancelled", "failed", "done"), timeout=GRACE + 5
+    )
     assert cancelled["state"] == "cancelled", cancelled
     assert "cancelled by test-admin" in cancelled["reason"] and "SIGTERM" in cancelled["reason"]
     assert not any(alive(pid) for pid in pids)
     assert events.wait_for(lambda items: any(i["event"] == "cancelled" for i in items))
     events.close()
-    again = requests.delete(f"{jobs_server.url}/admin/jobs/{job_id}", headers=auth(admin_token),
-                            timeout=10)
+    again = requests.delete(
+        f"{jobs_server.url}/admin/jobs/{job_id}", headers=auth(admin_token), timeout=10
+    )
     assert again.status_code == 409
 
 
@@ -302,13 +373,15 @@ def test_a_queued_job_is_cancelled_before_it_starts(jobs_server, worker_pool, ad
     waiting, _ = start_job(jobs_server, admin_token, file="small.log", procs=1)
     time.sleep(0.5)
     assert job(jobs_server, admin_token, waiting)["state"] == "queued"
-    response = requests.delete(f"{jobs_server.url}/admin/jobs/{waiting}",
-                               headers=auth(admin_token), timeout=10)
+    response = requests.delete(
+        f"{jobs_server.url}/admin/jobs/{waiting}", headers=auth(admin_token), timeout=10
+    )
     assert response.status_code == 202 and response.json()["state"] == "cancelled"
     assert "before it started" in response.json()["reason"]
     for job_id in busy:
-        requests.delete(f"{jobs_server.url}/admin/jobs/{job_id}", headers=auth(admin_token),
-                        timeout=10)
+        requests.delete(
+            f"{jobs_server.url}/admin/jobs/{job_id}", headers=auth(admin_token), timeout=10
+        )
         wait_state(jobs_server, admin_token, job_id, ("cancelled",), timeout=GRACE + 5)
     time.sleep(1)
     assert job(jobs_server, admin_token, waiting)["state"] == "cancelled"  # never ran
@@ -376,8 +449,9 @@ def test_a_killed_rq_worker_fails_its_job_with_a_reason(jobs_server, job_workers
     assert time.monotonic() - began < 10
     failed = job(jobs_server, admin_token, job_id)
     assert failed["state"] == "failed" and "stopped reporting" in failed["reason"], failed
-    assert wait_until(lambda: not any(alive(pid) for pid in [running["horse"], *running["pids"]]),
-                      timeout=5)
+    assert wait_until(
+        lambda: not any(alive(pid) for pid in [running["horse"], *running["pids"]]), timeout=5
+    )
 
 
 # -- the page, in Chromium ----------------------------------------------------------------
@@ -411,8 +485,11 @@ def test_the_page_starts_watches_and_cancels_jobs(jobs_server, job_workers, page
 
     page.click("#start")
     second = page.locator("article.job").first
-    wait_for(page, "() => document.querySelector('article.job').dataset.state === 'running'",
-             timeout=15_000)
+    wait_for(
+        page,
+        "() => document.querySelector('article.job').dataset.state === 'running'",
+        timeout=15_000,
+    )
     second.get_by_role("button", name="cancel").click()
     second.locator(".reason", has_text="cancelled by test-admin").wait_for(timeout=10_000)
     assert second.get_attribute("data-state") == "cancelled"

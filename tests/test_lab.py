@@ -23,7 +23,8 @@ class Lab:
 
     def __init__(self, server, token):
         self.ws = websocket.create_connection(
-            f"{server.ws_url}/admin/lab/ws?access_token={token}", timeout=15)
+            f"{server.ws_url}/admin/lab/ws?access_token={token}", timeout=15
+        )
         self.frames = []
         self.hello = self.next("hello")
 
@@ -35,7 +36,11 @@ class Lab:
         deadline = time.monotonic() + timeout
         while True:
             for frame in self.frames:
-                if not frame.get("taken") and frame["type"] == kind and run in (None, frame.get("run")):
+                if (
+                    not frame.get("taken")
+                    and frame["type"] == kind
+                    and run in (None, frame.get("run"))
+                ):
                     frame["taken"] = True
                     return frame
             self.ws.settimeout(max(deadline - time.monotonic(), 0.01))
@@ -56,8 +61,9 @@ def children_of_workers(server):
     """{pid: command line} of every process whose parent is one of the server's workers."""
     found = {}
     for worker in worker_pids(server):
-        out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(worker)],
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["ps", "-o", "pid=,args=", "--ppid", str(worker)], capture_output=True, text=True
+        ).stdout
         for line in out.splitlines():
             pid, _, args = line.strip().partition(" ")
             found[int(pid)] = args
@@ -74,8 +80,9 @@ def lab(server, admin_token):
     lab = Lab(server, admin_token)
     yield lab
     lab.close()
-    assert wait_until(lambda: not children_of_workers(server), timeout=10), \
+    assert wait_until(lambda: not children_of_workers(server), timeout=10), (
         f"children left running: {children_of_workers(server)}"
+    )
 
 
 # -- spawn ---------------------------------------------------------------------------------
@@ -103,8 +110,10 @@ def test_spawn_runs_the_fixed_commands(lab):
     assert "lab.html" in listed and "monitor.html" in listed
     uname = lab.start(type="spawn", command="uname")
     assert lab.next("exit", uname["run"])["code"] == 0
-    assert lab.next("output", uname["run"])["line"] == subprocess.run(
-        ["uname", "-a"], capture_output=True, text=True).stdout.strip()
+    assert (
+        lab.next("output", uname["run"])["line"]
+        == subprocess.run(["uname", "-a"], capture_output=True, text=True).stdout.strip()
+    )
 
 
 @pytest.mark.integration
@@ -204,19 +213,33 @@ def test_a_page_runs_at_most_four_children(lab):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize(("frame", "reason"), [
-    ({"type": "spawn", "command": "rm", "arg": 1}, "command must be one of count, sleep, ls, uname"),
-    ({"type": "spawn", "command": "sleep", "arg": 11}, "sleep needs arg, a whole number from 1 to 10"),
-    ({"type": "spawn", "command": "sleep", "arg": "1; rm -rf /"},
-     "sleep needs arg, a whole number from 1 to 10"),
-    ({"type": "spawn", "command": "ls", "arg": "/etc"}, "ls takes no argument"),
-    ({"type": "exec", "line": "cat /etc/passwd"},
-     "line must be one of: echo $HOME / ls static | wc -l / echo $((6 * 7))"),
-    ({"type": "send", "run": "1", "text": "x"}, "run must be the number of a run"),
-    ({"type": "shell"}, "type must be spawn, exec, execFile, fork, send, kill or disconnect"),
-])
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (
+            {"type": "spawn", "command": "rm", "arg": 1},
+            "command must be one of count, sleep, ls, uname",
+        ),
+        (
+            {"type": "spawn", "command": "sleep", "arg": 11},
+            "sleep needs arg, a whole number from 1 to 10",
+        ),
+        (
+            {"type": "spawn", "command": "sleep", "arg": "1; rm -rf /"},
+            "sleep needs arg, a whole number from 1 to 10",
+        ),
+        ({"type": "spawn", "command": "ls", "arg": "/etc"}, "ls takes no argument"),
+        (
+            {"type": "exec", "line": "cat /etc/passwd"},
+            "line must be one of: echo $HOME / ls static | wc -l / echo $((6 * 7))",
+        ),
+        ({"type": "send", "run": "1", "text": "x"}, "run must be the number of a run"),
+        ({"type": "shell"}, "type must be spawn, exec, execFile, fork, send, kill or disconnect"),
+    ],
+)
 def test_anything_outside_the_allow_list_closes_1008_and_runs_nothing(
-        server, admin_token, frame, reason):
+    server, admin_token, frame, reason
+):
     lab = Lab(server, admin_token)
     lab.send(**frame)
     assert close_of(lab.ws) == (1008, reason)
@@ -226,18 +249,30 @@ def test_anything_outside_the_allow_list_closes_1008_and_runs_nothing(
 @pytest.mark.integration
 def test_the_lab_is_for_administrators_only(server, alice_token, admin_token):
     assert requests.get(f"{server.url}/admin/lab", timeout=10).status_code == 401
-    assert requests.get(f"{server.url}/admin/lab", timeout=10,
-                        headers={"Authorization": f"Bearer {alice_token}"}).status_code == 403
-    page = requests.get(f"{server.url}/admin/lab", timeout=10,
-                        headers={"Authorization": f"Bearer {admin_token}"})
+    assert (
+        requests.get(
+            f"{server.url}/admin/lab",
+            timeout=10,
+            headers={"Authorization": f"Bearer {alice_token}"},
+        ).status_code
+        == 403
+    )
+    page = requests.get(
+        f"{server.url}/admin/lab", timeout=10, headers={"Authorization": f"Bearer {admin_token}"}
+    )
     assert page.status_code == 200 and "lab.js" in page.text
-    for query, reason in (("", "login required"), (f"?access_token={alice_token}",
-                                                   "administrators only")):
+    for query, reason in (
+        ("", "login required"),
+        (f"?access_token={alice_token}", "administrators only"),
+    ):
         ws = websocket.create_connection(f"{server.ws_url}/admin/lab/ws{query}", timeout=10)
         assert close_of(ws) == (1008, reason)  # before it reads a frame
     with pytest.raises(websocket.WebSocketBadStatusException) as refused:  # another site's page
-        websocket.create_connection(f"{server.ws_url}/admin/lab/ws?access_token={admin_token}",
-                                    timeout=10, origin="https://evil.example")
+        websocket.create_connection(
+            f"{server.ws_url}/admin/lab/ws?access_token={admin_token}",
+            timeout=10,
+            origin="https://evil.example",
+        )
     assert refused.value.status_code == 403
     assert not children_of_workers(server)
 
@@ -269,8 +304,9 @@ def test_a_child_past_its_time_limit_is_killed(monkeypatch):
     began = time.monotonic()
     child = children.start(["sleep", "10"], owner="test", emit=events.append)
     assert wait_until(lambda: events, timeout=5)
-    assert events == [{"type": "exit", "code": None, "signal": "SIGTERM",
-                       "reason": "time limit (0.5 s)"}]
+    assert events == [
+        {"type": "exit", "code": None, "signal": "SIGTERM", "reason": "time limit (0.5 s)"}
+    ]
     assert time.monotonic() - began < 3 and child.proc.returncode == -signal.SIGTERM
     assert children.running() == 0
 
@@ -295,7 +331,9 @@ def test_the_worker_answers_others_while_children_run(one_worker, admin_token):
         assert requests.get(f"{one_worker.url}/healthz", timeout=5).status_code == 200
         assert time.monotonic() - asked < 2  # not held up by the child or its pipes
         time.sleep(0.3)
-    assert lab.next("message", fork["run"])["data"]["type"] == "ready"  # the child streams meanwhile
+    assert (
+        lab.next("message", fork["run"])["data"]["type"] == "ready"
+    )  # the child streams meanwhile
     assert lab.next("exit", sleep["run"], timeout=10)["code"] == 0
     assert time.monotonic() - began >= 4  # it did run its 5 s
     lab.close()

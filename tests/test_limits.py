@@ -42,8 +42,11 @@ def test_an_address_holding_its_share_of_streams_gets_429_on_every_transport(cap
         for sock in held[:2]:
             read_until(sock, b"retry:")
         time.sleep(0.5)  # the long-poll is parked
-        for request in (sse_request(channel), long_poll_request(channel),
-                        ws_request(f"/sub/{channel}/ws")):
+        for request in (
+            sse_request(channel),
+            long_poll_request(channel),
+            ws_request(f"/sub/{channel}/ws"),
+        ):
             status, headers, text = _refusal(capped, request)
             assert status == "HTTP/1.1 429 TOO MANY REQUESTS", text[:300]
             assert int(headers["retry-after"]) > 0
@@ -57,8 +60,7 @@ def test_an_address_holding_its_share_of_streams_gets_429_on_every_transport(cap
             sock.close()
 
 
-def test_a_worker_holding_its_streams_answers_503_and_recovers(start_server, channel,
-                                                                admin_token):
+def test_a_worker_holding_its_streams_answers_503_and_recovers(start_server, channel, admin_token):
     # Idle streams leave gunicorn's pool (core.parking), so the pool alone no
     # longer bounds them: the worker counts them itself.
     server = start_server(workers=1, WORKER_CONNECTIONS=3)
@@ -87,7 +89,8 @@ def _refusal(server, request):
     """The status line, headers and text of a stream request's JSON refusal."""
     with raw_request(server, request) as sock:
         received, _ = read_until_closed(
-            sock, 10, ended=lambda r: b"\r\n\r\n" in r and r.endswith(b"}\n"))
+            sock, 10, ended=lambda r: b"\r\n\r\n" in r and r.endswith(b"}\n")
+        )
     status, headers = _status_and_headers(received)
     return status, headers, received.decode(errors="replace")
 
@@ -101,8 +104,10 @@ def test_addresses_behind_a_trusted_proxy_are_counted_apart(start_server, channe
     server = start_server(workers=1, CONNECTIONS_PER_ADDRESS=1, TRUSTED_PROXIES=1)
 
     def stream_from(address):
-        return raw_request(server, sse_request(channel).replace(
-            "\r\n\r\n", f"\r\nX-Forwarded-For: {address}\r\n\r\n"))
+        return raw_request(
+            server,
+            sse_request(channel).replace("\r\n\r\n", f"\r\nX-Forwarded-For: {address}\r\n\r\n"),
+        )
 
     first = stream_from("198.51.100.1")
     try:
@@ -120,9 +125,12 @@ def test_publishes_are_limited_per_address_and_per_account(start_server, channel
     server = start_server(workers=2, PUBLISH_RATE_LIMIT="3 per minute", TRUSTED_PROXIES=1)
 
     def publish(address, token=admin_token):
-        return requests.post(f"{server.url}/pub/{channel}", data=b"hello", timeout=10,
-                             headers={"Authorization": f"Bearer {token}",
-                                      "X-Forwarded-For": address})
+        return requests.post(
+            f"{server.url}/pub/{channel}",
+            data=b"hello",
+            timeout=10,
+            headers={"Authorization": f"Bearer {token}", "X-Forwarded-For": address},
+        )
 
     assert [publish("198.51.100.7").status_code for _ in range(3)] == [201, 201, 201]
     refused = publish("198.51.100.7")
@@ -135,8 +143,10 @@ def test_publishes_are_limited_per_address_and_per_account(start_server, channel
 
 
 def _post_head(channel, token, extra):
-    return (f"POST /pub/{channel} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Authorization: Bearer {token}\r\nContent-Type: text/plain\r\n{extra}\r\n")
+    return (
+        f"POST /pub/{channel} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: text/plain\r\n{extra}\r\n"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +155,8 @@ def impatient(start_server):
 
 
 def test_a_body_sent_too_slowly_is_cut_with_408_and_the_connection_closed(
-        impatient, channel, admin_token):
+    impatient, channel, admin_token
+):
     with socket.create_connection(("127.0.0.1", impatient.port), timeout=15) as sock:
         sock.sendall(_post_head(channel, admin_token, "Content-Length: 100\r\n").encode())
         began = time.monotonic()
@@ -180,15 +191,23 @@ def test_a_body_at_a_reasonable_pace_is_accepted(impatient, channel, admin_token
 
 
 def _chunked(body, size=4096):
-    return b"".join(b"%X\r\n%s\r\n" % (len(body[i:i + size]), body[i:i + size])
-                    for i in range(0, len(body), size)) + b"0\r\n\r\n"
+    return (
+        b"".join(
+            b"%X\r\n%s\r\n" % (len(body[i : i + size]), body[i : i + size])
+            for i in range(0, len(body), size)
+        )
+        + b"0\r\n\r\n"
+    )
 
 
 def test_a_chunked_body_over_the_limit_is_413_like_one_with_content_length(
-        server, channel, admin_token, rdb):
+    server, channel, admin_token, rdb
+):
     limit = 64 * 1024
-    for head, body in (("Transfer-Encoding: chunked\r\n", _chunked(b"a" * (limit + 5400))),
-                       (f"Content-Length: {limit + 1}\r\n", b"")):
+    for head, body in (
+        ("Transfer-Encoding: chunked\r\n", _chunked(b"a" * (limit + 5400))),
+        (f"Content-Length: {limit + 1}\r\n", b""),
+    ):
         with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
             sock.sendall(_post_head(channel, admin_token, head).encode() + body)
             received, closed = read_until_closed(sock, 10)
@@ -200,20 +219,26 @@ def test_a_chunked_body_over_the_limit_is_413_like_one_with_content_length(
 def test_a_chunked_body_within_the_limit_is_published_whole(server, channel, admin_token, rdb):
     body = "ü".encode() * 20000  # 40,000 bytes in ten chunks
     with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
-        sock.sendall(_post_head(channel, admin_token, "Transfer-Encoding: chunked\r\n").encode()
-                     + _chunked(body))
+        sock.sendall(
+            _post_head(channel, admin_token, "Transfer-Encoding: chunked\r\n").encode()
+            + _chunked(body)
+        )
         received, _ = read_until_closed(sock, 10, ended=lambda r: r.endswith(b"}\n"))
     assert received.startswith(b"HTTP/1.1 201"), received[:300]
     [(_, fields)] = rdb.xrange(f"rt:stream:{channel}")
     assert fields["d"] == body.decode()
 
 
-@pytest.mark.parametrize("head, body", [
-    ("Content-Length: 100\r\n", b"only ten b"),  # then the client stops sending
-    ("Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\nZZ\r\n"),  # a malformed chunk
-])
+@pytest.mark.parametrize(
+    "head, body",
+    [
+        ("Content-Length: 100\r\n", b"only ten b"),  # then the client stops sending
+        ("Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\nZZ\r\n"),  # a malformed chunk
+    ],
+)
 def test_a_body_cut_short_or_malformed_is_400_and_nothing_is_published(
-        server, channel, admin_token, rdb, head, body):
+    server, channel, admin_token, rdb, head, body
+):
     with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
         sock.sendall(_post_head(channel, admin_token, head).encode() + body)
         sock.shutdown(socket.SHUT_WR)

@@ -18,14 +18,28 @@ import redis
 
 from tests.servers import ROOT
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow,
-              pytest.mark.skipif(importlib.util.find_spec("locust") is None,
-                                 reason="locust is not installed (pip install -e '.[dev]')")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("locust") is None,
+        reason="locust is not installed (pip install -e '.[dev]')",
+    ),
+]
 
 # How many of each user class: two drawers so that one sees the other's moves.
-USERS = {"Publisher": 1, "SSESubscriber": 2, "WebSocketSubscriber": 2, "LongPollClient": 2,
-         "Drawer": 2, "MouseVisitor": 1, "TrackDashboard": 1, "TickerPoller": 1,
-         "QAParticipant": 2, "LoginVisitor": 1}
+USERS = {
+    "Publisher": 1,
+    "SSESubscriber": 2,
+    "WebSocketSubscriber": 2,
+    "LongPollClient": 2,
+    "Drawer": 2,
+    "MouseVisitor": 1,
+    "TrackDashboard": 1,
+    "TickerPoller": 1,
+    "QAParticipant": 2,
+    "LoginVisitor": 1,
+}
 
 # The channel subscribers' publish-to-receipt latency, one row per transport.
 DELIVERY = [
@@ -84,18 +98,48 @@ def test_locustfile_runs_every_user_class_without_failures(start_server, redis_s
     prefix = f"load{uuid.uuid4().hex[:6]}:"
     server = start_server(REDIS_PREFIX=prefix)
     create_users(redis_server.url, prefix)
-    env = {**os.environ, "LOAD_USERNAME": "loader", "LOAD_PASSWORD": "loader-password",
-           "LOAD_ADMIN_USERNAME": "loadadmin", "LOAD_ADMIN_PASSWORD": "loadadmin-password",
-           "LOAD_CHANNEL": "chat.smoke", "LOAD_PUBLISH_RATE": "10",
-           "LOAD_HOLD_SECONDS": "2-3"}  # short holds: subscribers also leave and resume
+    env = {
+        **os.environ,
+        "LOAD_USERNAME": "loader",
+        "LOAD_PASSWORD": "loader-password",
+        "LOAD_ADMIN_USERNAME": "loadadmin",
+        "LOAD_ADMIN_PASSWORD": "loadadmin-password",
+        "LOAD_CHANNEL": "chat.smoke",
+        "LOAD_PUBLISH_RATE": "10",
+        "LOAD_HOLD_SECONDS": "2-3",
+    }  # short holds: subscribers also leave and resume
     config = [{"user_class_name": name, "fixed_count": n} for name, n in USERS.items()]
     total = sum(USERS.values())
     result = subprocess.run(
-        [sys.executable, "-m", "locust", "-f", "loadtests/locustfile.py", "--headless",
-         "--only-summary", "--host", server.url, "-u", str(total), "-r", str(total),
-         "-t", "8s", "--max-fail-ratio", "0", "--csv", str(tmp_path / "smoke"),
-         "--config-users", json.dumps(config)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            "loadtests/locustfile.py",
+            "--headless",
+            "--only-summary",
+            "--host",
+            server.url,
+            "-u",
+            str(total),
+            "-r",
+            str(total),
+            "-t",
+            "8s",
+            "--max-fail-ratio",
+            "0",
+            "--csv",
+            str(tmp_path / "smoke"),
+            "--config-users",
+            json.dumps(config),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     output = result.stdout[-6000:] + result.stderr[-6000:]
     assert result.returncode == 0, output
     assert "load test passed" in result.stdout, output
@@ -107,11 +151,14 @@ def test_locustfile_runs_every_user_class_without_failures(start_server, redis_s
     # Deliveries are timed from the publisher's stamp: on one machine, a
     # fraction of a second (not 0 for every message, not a clock mix-up).
     for key in DELIVERY:
-        median, peak = float(rows[key]["Median Response Time"]), float(
-            rows[key]["Max Response Time"])
+        median, peak = (
+            float(rows[key]["Median Response Time"]),
+            float(rows[key]["Max Response Time"]),
+        )
         assert median < 5000 and peak > 0, (key, rows[key])
-    failed = {key: row["Failure Count"] for key, row in rows.items()
-              if int(row["Failure Count"]) > 0}
+    failed = {
+        key: row["Failure Count"] for key, row in rows.items() if int(row["Failure Count"]) > 0
+    }
     assert not failed, f"failures: {failed}\n{output}"
     # Nothing the server sent was refused as out of order or missing.
     with open(tmp_path / "smoke_failures.csv", newline="") as f:

@@ -17,14 +17,18 @@ from workers import logproc
 
 pytestmark = pytest.mark.unit
 
-GOOD = ('{ip} - - [{d:02d}/Nov/2026:10:{m:02d}:07 +0000] "{method} {path} HTTP/1.1" {status} '
-        '{size}{tail}')
+GOOD = (
+    '{ip} - - [{d:02d}/Nov/2026:10:{m:02d}:07 +0000] "{method} {path} HTTP/1.1" {status} '
+    "{size}{tail}"
+)
 
 
 def reference(text):
     """The obvious single-pass version, written independently of workers.logproc."""
-    pattern = re.compile(r'^(\S+) \S+ \S+ \[(\d\d)/Nov/(\d{4}):(\d\d):(\d\d):\d\d [^\]]*\] '
-                         r'"\S+ (\S+)[^"]*" (\d{3}) (\d+|-)(?: "[^"]*" "[^"]*")?\s*$')
+    pattern = re.compile(
+        r"^(\S+) \S+ \S+ \[(\d\d)/Nov/(\d{4}):(\d\d):(\d\d):\d\d [^\]]*\] "
+        r'"\S+ (\S+)[^"]*" (\d{3}) (\d+|-)(?: "[^"]*" "[^"]*")?\s*$'
+    )
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -41,27 +45,52 @@ def reference(text):
         ips[ip] += 1
         minutes[f"{year}-11-{day}T{hour}:{minute}"] += 1
         sent += 0 if size == "-" else int(size)
-    return {"lines": len(lines), "malformed": malformed, "bytes": sent, "status": status,
-            "paths": paths, "ips": ips, "minutes": minutes}
+    return {
+        "lines": len(lines),
+        "malformed": malformed,
+        "bytes": sent,
+        "status": status,
+        "paths": paths,
+        "ips": ips,
+        "minutes": minutes,
+    }
 
 
 line_strategy = st.one_of(
-    st.builds(lambda ip, d, m, method, path, status, size, combined: GOOD.format(
-        ip=ip, d=d, m=m, method=method, path=path, status=status, size=size,
-        tail=' "-" "curl/8"' if combined else ""),
-        st.sampled_from(["10.0.0.1", "192.168.1.20", "::1"]), st.integers(1, 28),
-        st.integers(0, 59), st.sampled_from(["GET", "POST"]),
-        st.sampled_from(["/", "/a", "/a?x=1", "/b/c"]), st.sampled_from(["200", "404", "500"]),
-        st.one_of(st.just("-"), st.integers(0, 10**6).map(str)), st.booleans()),
-    st.text(alphabet="abc [\"]-/:0123456789", max_size=40),  # malformed or empty lines
+    st.builds(
+        lambda ip, d, m, method, path, status, size, combined: GOOD.format(
+            ip=ip,
+            d=d,
+            m=m,
+            method=method,
+            path=path,
+            status=status,
+            size=size,
+            tail=' "-" "curl/8"' if combined else "",
+        ),
+        st.sampled_from(["10.0.0.1", "192.168.1.20", "::1"]),
+        st.integers(1, 28),
+        st.integers(0, 59),
+        st.sampled_from(["GET", "POST"]),
+        st.sampled_from(["/", "/a", "/a?x=1", "/b/c"]),
+        st.sampled_from(["200", "404", "500"]),
+        st.one_of(st.just("-"), st.integers(0, 10**6).map(str)),
+        st.booleans(),
+    ),
+    st.text(alphabet='abc ["]-/:0123456789', max_size=40),  # malformed or empty lines
 )
 
 
 @settings(max_examples=60, deadline=None)
-@given(lines=st.lists(line_strategy, max_size=40), trailing_newline=st.booleans(),
-       procs=st.integers(1, 5), block=st.sampled_from([1, 7, 64, logproc.BLOCK]))
-def test_parallel_equals_single_process_equals_reference(tmp_path_factory, lines,
-                                                          trailing_newline, procs, block):
+@given(
+    lines=st.lists(line_strategy, max_size=40),
+    trailing_newline=st.booleans(),
+    procs=st.integers(1, 5),
+    block=st.sampled_from([1, 7, 64, logproc.BLOCK]),
+)
+def test_parallel_equals_single_process_equals_reference(
+    tmp_path_factory, lines, trailing_newline, procs, block
+):
     text = "\n".join(lines) + ("\n" if trailing_newline and lines else "")
     path = tmp_path_factory.mktemp("logs") / "access.log"
     path.write_text(text, encoding="utf-8")
@@ -77,9 +106,13 @@ def test_parallel_equals_single_process_equals_reference(tmp_path_factory, lines
 
 def test_block_classes_are_lines_classes_without_the_newline():
     """block_pattern() spells LINE's classes as byte sets: the same bytes, bar the newline."""
-    pairs = [(logproc.NOT_SPACE, rb"\S"), (logproc.SPACE, rb"\s"),
-             (logproc.NOT_BRACKET, rb"[^\]]"), (logproc.NOT_QUOTE, rb'[^"]'),
-             (logproc.DIGIT, rb"\d")]
+    pairs = [
+        (logproc.NOT_SPACE, rb"\S"),
+        (logproc.SPACE, rb"\s"),
+        (logproc.NOT_BRACKET, rb"[^\]]"),
+        (logproc.NOT_QUOTE, rb'[^"]'),
+        (logproc.DIGIT, rb"\d"),
+    ]
     for spelled, original in pairs:
         for byte in (bytes([b]) for b in range(256)):
             expected = bool(re.fullmatch(original, byte)) and byte != b"\n"
@@ -90,16 +123,19 @@ def test_block_classes_are_lines_classes_without_the_newline():
 EDGE = (
     b'10.0.0.1 - - [01/Nov/2026:10:07:07 +0000] "GET /a?x=1 HTTP/1.1" 200 100 "-" "curl/8"\r\n'
     b'10.0.0.2 - - [01/Nov/2026:10:07:59 +0000] "POST /a HTTP/1.1" 404 -\n'  # common format
-    b'garbage line 0.5\n'                                                     # malformed
-    b'\n'                                                                     # malformed
-    b'10.0.0.1 - - [01/Foo/2026:10:07:07 +0000] "GET /b HTTP/1.1" 200 5\n'    # month: malformed
-    b'10.0.0.1  - - [01/Nov/2026:10:07:07 +0000] "GET /b HTTP/1.1" 200 5\n'   # 2 spaces: malformed
+    b"garbage line 0.5\n"  # malformed
+    b"\n"  # malformed
+    b'10.0.0.1 - - [01/Foo/2026:10:07:07 +0000] "GET /b HTTP/1.1" 200 5\n'  # month: malformed
+    b'10.0.0.1  - - [01/Nov/2026:10:07:07 +0000] "GET /b HTTP/1.1" 200 5\n'  # 2 spaces: malformed
     b'10.0.0.3 - - [02/Nov/2026:00:00:01 +0000] "GET /caf\xc3\xa9/\xff HTTP/1.1" 500 7 "-" "x"   \n'
-    b'\xff\xfe - - [02/Nov/2026:00:00:02 +0000] "GET / HTTP/1.0" 200 1\n'      # not UTF-8
+    b'\xff\xfe - - [02/Nov/2026:00:00:02 +0000] "GET / HTTP/1.0" 200 1\n'  # not UTF-8
     b'10.0.0.1 - - [02/Nov/2026:00:00:03 +0000] "GET /q"x HTTP/1.1" 200 2 "-" "a"\n'  # path /q"x
-    b'10.0.0.9 - - [02/Nov/2026:00:00:04 +0000] "GET /trunc')                 # cut: malformed
+    b'10.0.0.9 - - [02/Nov/2026:00:00:04 +0000] "GET /trunc'
+)  # cut: malformed
 EDGE_COUNTS = {
-    "lines": 10, "malformed": 5, "bytes": 110,
+    "lines": 10,
+    "malformed": 5,
+    "bytes": 110,
     "status": Counter({"200": 3, "404": 1, "500": 1}),
     "paths": Counter({"/a": 2, "/café/\ufffd": 1, "/": 1, '/q"x': 1}),
     "ips": Counter({"10.0.0.1": 2, "10.0.0.2": 1, "10.0.0.3": 1, "\ufffd\ufffd": 1}),
@@ -114,8 +150,9 @@ def test_awkward_lines_are_counted_as_stated(tmp_path, monkeypatch):
         monkeypatch.setattr(logproc, "BLOCK", block)
         for procs in (1, 2, 4):
             ranges = logproc.line_aligned_ranges(path, procs)
-            assert logproc.merge(logproc.process_range(path, s, e) for s, e in ranges) \
-                == EDGE_COUNTS, (block, procs)
+            assert (
+                logproc.merge(logproc.process_range(path, s, e) for s, e in ranges) == EDGE_COUNTS
+            ), (block, procs)
     two = json.loads(run(str(path), "--procs", "2", "--json").stdout)
     assert (two["lines"], two["malformed"], two["bytes_sent"]) == (10, 5, 110)
     assert two["status"] == {"200": 3, "404": 1, "500": 1}
@@ -136,12 +173,17 @@ def test_ranges_start_on_line_starts_and_cover_the_file(tmp_path):
         ranges = logproc.line_aligned_ranges(path, parts)
         assert ranges[0][0] == 0 and ranges[-1][1] == len(data)
         assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
-        assert all(start == 0 or data[start - 1:start] == b"\n" for start, _ in ranges)
+        assert all(start == 0 or data[start - 1 : start] == b"\n" for start, _ in ranges)
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "workers.logproc", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "workers.logproc", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_command_line_on_a_generated_log(tmp_path):
@@ -194,8 +236,12 @@ def test_help_and_a_reader_that_leaves(tmp_path):
     log = tmp_path / "access.log"
     run("generate", str(log), "--size", "200K")
     # `logproc FILE | head -3`: the reader is gone before anything is written
-    child = subprocess.Popen([sys.executable, "-m", "workers.logproc", str(log)], cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "workers.logproc", str(log)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     child.stdout.close()
     _, err = child.communicate(timeout=120)
     assert child.returncode == 1 and b"Traceback" not in err and err == b""

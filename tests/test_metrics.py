@@ -49,23 +49,27 @@ def scrape(server):
     """{(sample name, frozenset of labels): value} of one scrape."""
     response = get_metrics(server, {"Authorization": f"Bearer {TOKEN}"})
     assert response.status_code == 200, response.text
-    return {(sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(response.text)
-            for sample in family.samples}
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
 
 
 def total(samples, name, **labels):
     """The sum of the samples of `name` that carry `labels`."""
     wanted = set(labels.items())
-    return sum(value for (sample, sample_labels), value in samples.items()
-               if sample == name and wanted <= sample_labels)
+    return sum(
+        value
+        for (sample, sample_labels), value in samples.items()
+        if sample == name and wanted <= sample_labels
+    )
 
 
 # -- who may scrape ---------------------------------------------------------------------------
 
 
-def test_the_metrics_token_or_an_administrator_may_scrape(metrics_server, admin_token,
-                                                          alice_token):
+def test_the_metrics_token_or_an_administrator_may_scrape(metrics_server, admin_token, alice_token):
     right = get_metrics(metrics_server, {"Authorization": f"Bearer {TOKEN}"})
     assert right.status_code == 200
     assert right.headers["Content-Type"].startswith("text/plain; version=")
@@ -75,10 +79,12 @@ def test_the_metrics_token_or_an_administrator_may_scrape(metrics_server, admin_
     assert get_metrics(metrics_server, {"Authorization": "Bearer"}).status_code == 401
     # nothing, from an address outside METRICS_ALLOW_NETWORKS
     assert get_metrics(metrics_server).status_code == 401
-    assert get_metrics(metrics_server, {"Authorization": f"Bearer {alice_token}"}
-                       ).status_code == 403
-    assert get_metrics(metrics_server, {"Authorization": f"Bearer {admin_token}"}
-                       ).status_code == 200
+    assert (
+        get_metrics(metrics_server, {"Authorization": f"Bearer {alice_token}"}).status_code == 403
+    )
+    assert (
+        get_metrics(metrics_server, {"Authorization": f"Bearer {admin_token}"}).status_code == 200
+    )
 
 
 def test_a_client_in_an_allowed_network_needs_no_credentials(start_server):
@@ -89,8 +95,12 @@ def test_a_client_in_an_allowed_network_needs_no_credentials(start_server):
 
 
 def test_a_bad_network_stops_the_server_at_start(base_env, tmp_path):
-    server = GunicornServer(base_env, tmp_path / "server.log", workers=1,
-                            METRICS_ALLOW_NETWORKS="10.0.0.0/8,10.0.0.1/33")
+    server = GunicornServer(
+        base_env,
+        tmp_path / "server.log",
+        workers=1,
+        METRICS_ALLOW_NETWORKS="10.0.0.0/8,10.0.0.1/33",
+    )
     with pytest.raises(RuntimeError, match="exited early"):
         server.start()
     assert "configuration error: METRICS_ALLOW_NETWORKS" in server.log()
@@ -141,7 +151,6 @@ def test_the_hub_counts_in_plain_integers(rdb, redis_server, channel):
         hub.stop()
 
 
-
 def test_messages_and_connections_add_up_over_the_workers(metrics_server, channel):
     subscribers = []
     # the kernel picks each connection's worker: open streams until both have some
@@ -150,9 +159,12 @@ def test_messages_and_connections_add_up_over_the_workers(metrics_server, channe
         subscribers.append(SSEClient(f"{metrics_server.url}/sub/{channel}"))
     streams = len(subscribers)
     try:
+
         def sse_open():
-            return total(scrape(metrics_server), "realtime_open_connections",
-                         transport="sse") == streams
+            return (
+                total(scrape(metrics_server), "realtime_open_connections", transport="sse")
+                == streams
+            )
 
         assert wait_until(sse_open, timeout=10), "both workers' streams, summed"
         before = scrape(metrics_server)
@@ -164,26 +176,48 @@ def test_messages_and_connections_add_up_over_the_workers(metrics_server, channe
 
         def counted():
             now = scrape(metrics_server)
-            grown = {name: total(now, name) - total(before, name) for name in (
-                "realtime_messages_published_total", "realtime_messages_delivered_total")}
+            grown = {
+                name: total(now, name) - total(before, name)
+                for name in (
+                    "realtime_messages_published_total",
+                    "realtime_messages_delivered_total",
+                )
+            }
             done = grown["realtime_messages_delivered_total"] >= len(texts) * streams
             return (now, grown) if done else None
 
         now, grown = wait_until(counted, timeout=10) or (None, None)
-        assert grown == {"realtime_messages_published_total": len(texts),
-                         "realtime_messages_delivered_total": len(texts) * streams}
+        assert grown == {
+            "realtime_messages_published_total": len(texts),
+            "realtime_messages_delivered_total": len(texts) * streams,
+        }
         assert total(now, "realtime_messages_dropped_total") == 0
-        assert total(now, "realtime_http_requests_total", route="/pub/<channel>",
-                     method="POST", status="2xx") >= len(texts)
-        assert total(now, "realtime_http_request_duration_seconds_count",
-                     route="/pub/<channel>", method="POST") >= len(texts)
-        assert total(now, "realtime_http_requests_total", route="/sub/<channel>",
-                     method="GET", status="2xx") >= streams
+        assert total(
+            now, "realtime_http_requests_total", route="/pub/<channel>", method="POST", status="2xx"
+        ) >= len(texts)
+        assert total(
+            now,
+            "realtime_http_request_duration_seconds_count",
+            route="/pub/<channel>",
+            method="POST",
+        ) >= len(texts)
+        assert (
+            total(
+                now,
+                "realtime_http_requests_total",
+                route="/sub/<channel>",
+                method="GET",
+                status="2xx",
+            )
+            >= streams
+        )
     finally:
         for subscriber in subscribers:
             subscriber.close()
-    assert wait_until(lambda: total(scrape(metrics_server), "realtime_open_connections",
-                                    transport="sse") == 0, timeout=10)
+    assert wait_until(
+        lambda: total(scrape(metrics_server), "realtime_open_connections", transport="sse") == 0,
+        timeout=10,
+    )
 
 
 def test_the_dashboard_shows_only_metrics_the_server_has(metrics_server):
@@ -205,8 +239,9 @@ def test_the_dashboard_shows_only_metrics_the_server_has(metrics_server):
     def family(name):  # a histogram's series are named after it
         return re.sub(r"_(bucket|sum|count)$", "", name)
 
-    used = {family(name) for expr in expressions
-            for name in re.findall(r"\brealtime_[a-z0-9_]+", expr)}
+    used = {
+        family(name) for expr in expressions for name in re.findall(r"\brealtime_[a-z0-9_]+", expr)
+    }
     assert len(used) >= 10
     scraped = {family(name) for name, _ in scrape(metrics_server)}
     assert used - scraped == set()
@@ -214,8 +249,9 @@ def test_the_dashboard_shows_only_metrics_the_server_has(metrics_server):
 
 def test_a_killed_worker_counts_as_a_restart_and_its_gauges_go(metrics_server, base_env):
     # (last in this module: it replaces one of the server's workers)
-    directory = Path(metrics.directory_for([f"127.0.0.1:{metrics_server.port}"],
-                                           base_env["INSTANCE_DIR"]))
+    directory = Path(
+        metrics.directory_for([f"127.0.0.1:{metrics_server.port}"], base_env["INSTANCE_DIR"])
+    )
     victim = min(worker_pids(metrics_server))
     assert wait_until(lambda: (directory / f"gauge_liveall_{victim}.db").exists(), timeout=10)
     assert (directory / f"counter_{victim}.db").exists()
@@ -226,8 +262,12 @@ def test_a_killed_worker_counts_as_a_restart_and_its_gauges_go(metrics_server, b
 
     def restarted():
         now = scrape(metrics_server)
-        return now if total(now, "realtime_worker_restarts_total") == total(
-            before, "realtime_worker_restarts_total") + 1 else None
+        return (
+            now
+            if total(now, "realtime_worker_restarts_total")
+            == total(before, "realtime_worker_restarts_total") + 1
+            else None
+        )
 
     now = wait_until(restarted, timeout=15)
     assert now, "the master counts the exit"
@@ -235,4 +275,5 @@ def test_a_killed_worker_counts_as_a_restart_and_its_gauges_go(metrics_server, b
     assert (directory / f"counter_{victim}.db").exists(), "its counts stay in the totals"
     assert total(now, "realtime_worker_resident_memory_bytes", pid=str(victim)) == 0
     assert total(now, "realtime_http_requests_total") >= total(
-        before, "realtime_http_requests_total")
+        before, "realtime_http_requests_total"
+    )

@@ -18,8 +18,10 @@ from core.errors import abort_json
 from tests.servers import ROOT
 
 # What Chromium sends when it navigates to a page.
-BROWSER = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
-           "image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7")
+BROWSER = (
+    "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
+    "image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7"
+)
 VIEWPORT = '<meta name="viewport" content="width=device-width, initial-scale=1">'
 FAVICON = '<link rel="icon" href="/static/favicon.svg">'
 SPEC = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text(encoding="utf-8"))
@@ -50,8 +52,11 @@ def test_the_page_routes_are_found():
 @pytest.mark.integration
 @pytest.mark.parametrize("path", page_routes())
 def test_every_page_has_the_viewport_and_the_favicon(server, admin_token, path):
-    response = requests.get(server.url + path, timeout=10, headers={
-        "Accept": BROWSER, "Authorization": f"Bearer {admin_token}"})
+    response = requests.get(
+        server.url + path,
+        timeout=10,
+        headers={"Accept": BROWSER, "Authorization": f"Bearer {admin_token}"},
+    )
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"].startswith("text/html")
     assert_head(response.text, path)
@@ -62,8 +67,11 @@ def test_every_page_has_the_viewport_and_the_favicon(server, admin_token, path):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("html_file", sorted(
-    [*ROOT.glob("static/*.html"), *ROOT.glob("templates/*.html")]), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "html_file",
+    sorted([*ROOT.glob("static/*.html"), *ROOT.glob("templates/*.html")]),
+    ids=lambda p: p.name,
+)
 def test_every_html_file_has_the_viewport_and_the_favicon(html_file):
     assert_head(Path(html_file).read_text(encoding="utf-8"), html_file.name)
 
@@ -89,19 +97,26 @@ def errors_for(server, alice_token):
         ("unknown state", "GET", "/listCities/usa/narnia", {}, 404),
         ("wrong method", "POST", "/whoami", {}, 405),
         ("no login", "GET", "/admin/processes", {}, 401),
-        ("not an admin", "GET", "/admin/processes", {"Authorization": f"Bearer {alice_token}"},
-         403),
+        (
+            "not an admin",
+            "GET",
+            "/admin/processes",
+            {"Authorization": f"Bearer {alice_token}"},
+            403,
+        ),
         ("bad token", "GET", "/auth/me", {"Authorization": "Bearer not-a-token"}, 401),
     ]
 
 
 @pytest.mark.integration
 def test_browsers_get_html_error_pages_with_the_status_and_the_security_headers(
-        server, alice_token):
+    server, alice_token
+):
     for what, method, path, headers, status in errors_for(server, alice_token):
         api = requests.request(method, server.url + path, headers=headers, timeout=10)
-        page = requests.request(method, server.url + path, timeout=10,
-                                headers={**headers, "Accept": BROWSER})
+        page = requests.request(
+            method, server.url + path, timeout=10, headers={**headers, "Accept": BROWSER}
+        )
         assert page.status_code == status == api.status_code, what
         assert page.headers["Content-Type"].startswith("text/html"), what
         assert_head(page.text, what)
@@ -116,13 +131,19 @@ def test_browsers_get_html_error_pages_with_the_status_and_the_security_headers(
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("accept", [None, "*/*", "application/json",
-                                    "application/json, text/plain, */*", "text/event-stream"])
+@pytest.mark.parametrize(
+    "accept",
+    [None, "*/*", "application/json", "application/json, text/plain, */*", "text/event-stream"],
+)
 def test_api_clients_keep_the_json_bodies(server, alice_token, accept):
     for what, method, path, headers, status in errors_for(server, alice_token):
         plain = requests.request(method, server.url + path, headers=headers, timeout=10)
-        asked = requests.request(method, server.url + path, timeout=10,
-                                 headers={**headers, **({"Accept": accept} if accept else {})})
+        asked = requests.request(
+            method,
+            server.url + path,
+            timeout=10,
+            headers={**headers, **({"Accept": accept} if accept else {})},
+        )
         assert asked.status_code == status, what
         assert asked.headers["Content-Type"] == "application/json", what
         assert asked.json() == plain.json() and "error" in asked.json(), what
@@ -134,8 +155,12 @@ def test_curl_gets_json_errors(server):
     """curl sends `Accept: */*`."""
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed (CI installs Debian's curl package)")
-    result = subprocess.run(["curl", "-s", "-i", server.url + "/no/such/page"],
-                            capture_output=True, text=True, timeout=10)
+    result = subprocess.run(
+        ["curl", "-s", "-i", server.url + "/no/such/page"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     assert "404 NOT FOUND" in result.stdout.upper()
     assert re.search(r'\{"error":\s*"The requested URL was not found', result.stdout)
 
@@ -143,15 +168,19 @@ def test_curl_gets_json_errors(server):
 @pytest.mark.integration
 def test_the_html_error_page_escapes_the_message(app):
     """Reasons may quote what the client sent."""
-    app.add_url_rule("/test-only/hostile", "hostile",
-                     lambda: abort_json(400, "bad name '<script>alert(1)</script>'"))
+    app.add_url_rule(
+        "/test-only/hostile",
+        "hostile",
+        lambda: abort_json(400, "bad name '<script>alert(1)</script>'"),
+    )
     client = app.test_client()
     page = client.get("/test-only/hostile", headers={"Accept": BROWSER})
     html = page.get_data(as_text=True)
     assert page.status_code == 400 and page.mimetype == "text/html"
     assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert client.get("/test-only/hostile").get_json() == {
-        "error": "bad name '<script>alert(1)</script>'"}
+        "error": "bad name '<script>alert(1)</script>'"
+    }
 
 
 @pytest.mark.integration
@@ -165,8 +194,10 @@ def test_429_and_500_are_html_for_browsers_json_for_api_clients(app):
     app.add_url_rule("/test-only/too-many", "too_many", too_many)
     app.add_url_rule("/test-only/broken", "broken", broken)
     client = app.test_client()
-    for path, status, reason in (("/test-only/too-many", 429, "slow down"),
-                                 ("/test-only/broken", 500, "internal error")):
+    for path, status, reason in (
+        ("/test-only/too-many", 429, "slow down"),
+        ("/test-only/broken", 500, "internal error"),
+    ):
         page = client.get(path, headers={"Accept": BROWSER})
         assert page.status_code == status and page.mimetype == "text/html"
         assert reason in page.get_data(as_text=True)
@@ -178,27 +209,39 @@ def test_429_and_500_are_html_for_browsers_json_for_api_clients(app):
 @pytest.mark.integration
 def test_a_websocket_handshake_never_gets_html(client):
     """Its refusal's reason is read back from the JSON (core/transports/websocket.py)."""
-    response = client.get("/ws/echo", headers={
-        "Accept": BROWSER, "Upgrade": "websocket", "Connection": "Upgrade",
-        "Origin": "http://elsewhere.example", "Sec-WebSocket-Version": "13",
-        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    response = client.get(
+        "/ws/echo",
+        headers={
+            "Accept": BROWSER,
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Origin": "http://elsewhere.example",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        },
+    )
     assert response.status_code == 403
     assert response.get_json() == {
-        "error": "WebSocket connections from this Origin are not allowed"}
+        "error": "WebSocket connections from this Origin are not allowed"
+    }
 
 
 # -- make run's log: where the administrator's password is --------------------------------
 
 
 def hint_lines(server):
-    return [line for line in server.log().splitlines() if "Administrator" in line
-            and "set-password" in line]
+    return [
+        line
+        for line in server.log().splitlines()
+        if "Administrator" in line and "set-password" in line
+    ]
 
 
 @pytest.mark.integration
 @pytest.mark.slow
 def test_every_start_logs_once_where_the_admin_password_is_and_how_to_reset_it(
-        start_server, base_env):
+    start_server, base_env
+):
     prefix = f"hint{uuid.uuid4().hex[:6]}:"
     server = start_server(workers=2, DEMO_USERS=1, REDIS_PREFIX=prefix)
     lines = hint_lines(server)
@@ -211,11 +254,19 @@ def test_every_start_logs_once_where_the_admin_password_is_and_how_to_reset_it(
     env = {**base_env, "REDIS_PREFIX": prefix}
     reset = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "app", "users", "set-password", "admin"],
-        input="a-new-admin-password\na-new-admin-password\n", text=True, capture_output=True,
-        cwd=ROOT, env=env, timeout=60)
+        input="a-new-admin-password\na-new-admin-password\n",
+        text=True,
+        capture_output=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+    )
     assert reset.returncode == 0, reset.stderr
-    token = requests.post(server.url + "/auth/token", timeout=30, json={
-        "username": "admin", "password": "a-new-admin-password"})
+    token = requests.post(
+        server.url + "/auth/token",
+        timeout=30,
+        json={"username": "admin", "password": "a-new-admin-password"},
+    )
     assert token.status_code == 200
 
     # A second start on the same Redis: the account exists, nothing new is

@@ -27,7 +27,8 @@ from tests.clients import SSEClient, WSClient, healthz_bodies, long_poll, read_u
 from tests.servers import ROOT
 
 NGINX = shutil.which("nginx") or next(
-    (p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
+    (p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None
+)
 SKIP_REASON = "nginx is not installed (apt-get install nginx; .ci/run installs it)"
 
 
@@ -38,7 +39,9 @@ def render_site(upstreams, port):
     lines = "".join(f"    server 127.0.0.1:{p};\n" for p in upstreams)
     text, n = re.subn(r"(?:^    server 127\.0\.0\.1:\d+;\n)+", lines, text, flags=re.MULTILINE)
     assert n == 1, "deploy/nginx.conf: upstream server lines not found"
-    text, n = re.subn(r"^    listen 80;\n", f"    listen 127.0.0.1:{port};\n", text, flags=re.MULTILINE)
+    text, n = re.subn(
+        r"^    listen 80;\n", f"    listen 127.0.0.1:{port};\n", text, flags=re.MULTILINE
+    )
     assert n == 1, "deploy/nginx.conf: `listen 80;` not found"
     text, n = re.subn(r"^    listen \[::\]:80;\n", "", text, flags=re.MULTILINE)
     assert n == 1
@@ -95,15 +98,21 @@ def cluster(start_server, tmp_path_factory):
     user = "user root;" if os.geteuid() == 0 else ""
     (tmp / "nginx.conf").write_text(MAIN_CONF.format(tmp=tmp, user=user))
     log = open(tmp / "stderr.log", "wb")
-    process = subprocess.Popen([NGINX, "-p", str(tmp), "-e", str(tmp / "error.log"),
-                                "-c", str(tmp / "nginx.conf")], stdout=log, stderr=log)
+    process = subprocess.Popen(
+        [NGINX, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(tmp / "nginx.conf")],
+        stdout=log,
+        stderr=log,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 10
         while True:
             if process.poll() is not None:
-                pytest.fail("nginx exited: " + (tmp / "stderr.log").read_text()
-                            + (tmp / "error.log").read_text())
+                pytest.fail(
+                    "nginx exited: "
+                    + (tmp / "stderr.log").read_text()
+                    + (tmp / "error.log").read_text()
+                )
             try:
                 if requests.get(url + "/healthz", timeout=1).status_code == 200:
                     break
@@ -127,8 +136,10 @@ def cluster(start_server, tmp_path_factory):
 
 @pytest.mark.integration
 def test_round_robin_without_stickiness(cluster):
-    served = [cluster.instance(requests.get(cluster.url + "/healthz", timeout=5)
-                               .headers["X-Served-By"]) for _ in range(6)]
+    served = [
+        cluster.instance(requests.get(cluster.url + "/healthz", timeout=5).headers["X-Served-By"])
+        for _ in range(6)
+    ]
     assert set(served) == {"A", "B"}
     assert all(x != y for x, y in itertools.pairwise(served)), served
 
@@ -150,9 +161,14 @@ def test_published_on_one_instance_reaches_every_transport_through_nginx(cluster
         target = (cluster.a, cluster.b)[i % 2]
         if i >= 4:
             response = requests.post(
-                f"{cluster.url}/pub/{channel}", data=f"m{i}",
-                headers={"Authorization": f"Bearer {target.default_token}",
-                         "Content-Type": "text/plain"}, timeout=10)
+                f"{cluster.url}/pub/{channel}",
+                data=f"m{i}",
+                headers={
+                    "Authorization": f"Bearer {target.default_token}",
+                    "Content-Type": "text/plain",
+                },
+                timeout=10,
+            )
             assert response.status_code == 201, response.text
             sent.append((response.json()["id"], f"m{i}"))
         else:
@@ -178,14 +194,18 @@ def test_published_on_one_instance_reaches_every_transport_through_nginx(cluster
 @pytest.mark.integration
 def test_origin_checks_see_the_public_host_through_nginx(cluster, channel):
     with pytest.raises(websocket.WebSocketBadStatusException) as excinfo:
-        websocket.create_connection(f"{cluster.ws_url}/sub/{channel}/ws",
-                                    origin="http://evil.example", timeout=10)
+        websocket.create_connection(
+            f"{cluster.ws_url}/sub/{channel}/ws", origin="http://evil.example", timeout=10
+        )
     assert excinfo.value.status_code == 403
 
     def login(origin):
-        return requests.post(f"{cluster.url}/auth/login", timeout=10,
-                             json={"username": "nobody-here", "password": "x" * 12},
-                             headers={"Origin": origin}).status_code
+        return requests.post(
+            f"{cluster.url}/auth/login",
+            timeout=10,
+            json={"username": "nobody-here", "password": "x" * 12},
+            headers={"Origin": origin},
+        ).status_code
 
     assert login(cluster.url) == 401  # same origin: on to the (failing) login
     assert login("http://evil.example") == 403
@@ -202,9 +222,11 @@ def _trickled_post(url, channel, token, pieces, pause, missing=0):
     host, port = url.removeprefix("http://").split(":")
     length = len(b"".join(pieces)) + missing
     with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(f"POST /pub/{channel} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                     f"Authorization: Bearer {token}\r\nContent-Type: text/plain\r\n"
-                     f"Content-Length: {length}\r\n\r\n".encode())
+        sock.sendall(
+            f"POST /pub/{channel} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: text/plain\r\n"
+            f"Content-Length: {length}\r\n\r\n".encode()
+        )
         for piece in pieces:
             time.sleep(pause)
             sock.sendall(piece)
@@ -296,10 +318,14 @@ def test_sse_resume_on_the_other_instance_gets_exactly_the_missed_messages(clust
 @pytest.mark.unit
 def test_trusted_proxies_is_zero_or_more(tmp_path):
     assert load_settings({"INSTANCE_DIR": str(tmp_path)})["TRUSTED_PROXIES"] == 0
-    assert load_settings({"INSTANCE_DIR": str(tmp_path), "TRUSTED_PROXIES": "0"})[
-        "TRUSTED_PROXIES"] == 0
-    assert load_settings({"INSTANCE_DIR": str(tmp_path), "TRUSTED_PROXIES": "2"})[
-        "TRUSTED_PROXIES"] == 2
+    assert (
+        load_settings({"INSTANCE_DIR": str(tmp_path), "TRUSTED_PROXIES": "0"})["TRUSTED_PROXIES"]
+        == 0
+    )
+    assert (
+        load_settings({"INSTANCE_DIR": str(tmp_path), "TRUSTED_PROXIES": "2"})["TRUSTED_PROXIES"]
+        == 2
+    )
     with pytest.raises(ConfigError, match="TRUSTED_PROXIES"):
         load_settings({"INSTANCE_DIR": str(tmp_path), "TRUSTED_PROXIES": "-1"})
 
@@ -316,15 +342,22 @@ PROXY = {"REMOTE_ADDR": "10.0.0.2"}  # every request comes from the proxy's addr
 
 
 def _attempts(client, forwarded_for):
-    return [client.post("/auth/login", json={"username": "nobody-here", "password": "x" * 12},
-                        headers={"X-Forwarded-For": forwarded_for},
-                        environ_base=PROXY).status_code for _ in range(3)]
+    return [
+        client.post(
+            "/auth/login",
+            json={"username": "nobody-here", "password": "x" * 12},
+            headers={"X-Forwarded-For": forwarded_for},
+            environ_base=PROXY,
+        ).status_code
+        for _ in range(3)
+    ]
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("trusted", [0, 1])
 def test_rate_limit_counts_forwarded_clients_only_behind_a_trusted_proxy(
-        base_env, monkeypatch, trusted):
+    base_env, monkeypatch, trusted
+):
     app = _app(base_env, monkeypatch, TRUSTED_PROXIES=trusted, LOGIN_RATE_LIMIT="2 per minute")
     client = app.test_client()
     assert _attempts(client, "203.0.113.5") == [401, 401, 429]
@@ -335,14 +368,20 @@ def test_rate_limit_counts_forwarded_clients_only_behind_a_trusted_proxy(
 
 @pytest.mark.integration
 @pytest.mark.parametrize("trusted", [0, 1])
-def test_origin_check_sees_the_public_host_behind_a_trusted_proxy(
-        base_env, monkeypatch, trusted):
+def test_origin_check_sees_the_public_host_behind_a_trusted_proxy(base_env, monkeypatch, trusted):
     app = _app(base_env, monkeypatch, TRUSTED_PROXIES=trusted)
     client = app.test_client()
     response = client.post(
-        "/auth/login", json={"username": "nobody-here", "password": "x" * 12},
-        headers={"Host": "10.0.0.3:8001", "Origin": "https://chat.example.org",
-                 "X-Forwarded-Host": "chat.example.org", "X-Forwarded-Proto": "https",
-                 "X-Forwarded-For": "203.0.113.7"}, environ_base=PROXY)
+        "/auth/login",
+        json={"username": "nobody-here", "password": "x" * 12},
+        headers={
+            "Host": "10.0.0.3:8001",
+            "Origin": "https://chat.example.org",
+            "X-Forwarded-Host": "chat.example.org",
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-For": "203.0.113.7",
+        },
+        environ_base=PROXY,
+    )
     # Trusted: the Origin matches the public host, the login itself fails (401).
     assert response.status_code == (401 if trusted else 403), response.get_json()

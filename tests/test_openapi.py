@@ -36,15 +36,23 @@ from tests.settings import SECRET_KEY
 SPEC_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 SPEC = yaml.safe_load(SPEC_PATH.read_text(encoding="utf-8"))
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
-DOCUMENTED = sorted((path, method.upper()) for path, item in SPEC["paths"].items()
-                    for method in item if method in HTTP_METHODS)
+DOCUMENTED = sorted(
+    (path, method.upper())
+    for path, item in SPEC["paths"].items()
+    for method in item
+    if method in HTTP_METHODS
+)
 
 # Server-Sent Event streams never end, so schemathesis (which reads the whole
 # body) cannot call them; test_sse.py, test_qa.py, test_processes.py and
 # test_ws_apps.py cover them. GET /sub/{channel} is fuzzed as a long-poll
 # (schemathesis sends no `Accept: text/event-stream`).
-SSE_ONLY = {("/sse/clock", "GET"), ("/qa/stream", "GET"), ("/admin/monitor/stream", "GET"),
-            ("/admin/track/stream", "GET")}
+SSE_ONLY = {
+    ("/sse/clock", "GET"),
+    ("/qa/stream", "GET"),
+    ("/admin/monitor/stream", "GET"),
+    ("/admin/track/stream", "GET"),
+}
 FUZZED = [op for op in DOCUMENTED if op not in SSE_ONLY]
 
 
@@ -56,8 +64,8 @@ def _takes_input(path, method):
 # Negative examples (inputs the document rules out) only where there is an
 # input to break: without one, Hypothesis has nothing to generate.
 CASES = [(path, method, GenerationMode.POSITIVE) for path, method in FUZZED] + [
-    (path, method, GenerationMode.NEGATIVE) for path, method in FUZZED
-    if _takes_input(path, method)]
+    (path, method, GenerationMode.NEGATIVE) for path, method in FUZZED if _takes_input(path, method)
+]
 
 MAX_EXAMPLES = 15
 PREFIX = "openapi-test:"  # this file's own Redis keyspace: its questions, channels, users
@@ -66,10 +74,12 @@ ADMIN, ADMIN_PASSWORD = "openapi-admin", "openapi-admin-password"
 PLAIN, PLAIN_PASSWORD = "openapi-plain", "openapi-plain-password"
 
 # The four checks of issue 9, none dropped.
-CHECKS = [schemathesis.checks.not_a_server_error,
-          schemathesis.checks.status_code_conformance,
-          schemathesis.checks.content_type_conformance,
-          schemathesis.checks.response_schema_conformance]
+CHECKS = [
+    schemathesis.checks.not_a_server_error,
+    schemathesis.checks.status_code_conformance,
+    schemathesis.checks.content_type_conformance,
+    schemathesis.checks.response_schema_conformance,
+]
 
 
 def set_cookie(response, name):
@@ -151,11 +161,13 @@ class Api:
         self.settings = load_settings(server.env)
         self.users = UserStore(redis.Redis.from_url(redis_url, decode_responses=True), PREFIX)
         admin = self.users.get(ADMIN) or self.users.create(
-            ADMIN, ADMIN_PASSWORD, fullname="OpenAPI Admin", admin=True)
+            ADMIN, ADMIN_PASSWORD, fullname="OpenAPI Admin", admin=True
+        )
         self.users.get(PLAIN) or self.users.create(PLAIN, PLAIN_PASSWORD)
         self.admin_token = issue(admin, self.settings, ttl=3600)[0]
         self.qa_client = URLSafeSerializer(SECRET_KEY, salt="qa-client").dumps(
-            secrets.token_hex(16))
+            secrets.token_hex(16)
+        )
 
     def throwaway_token(self):
         return issue(self.users.get(PLAIN), self.settings, ttl=600)[0]
@@ -185,28 +197,47 @@ class Api:
 
 @pytest.fixture(scope="module")
 def api(start_server, redis_server):
-    server = start_server(workers=2, REDIS_PREFIX=PREFIX,
-                          LONGPOLL_TIMEOUT_SECONDS=LONGPOLL_SECONDS)
+    server = start_server(workers=2, REDIS_PREFIX=PREFIX, LONGPOLL_TIMEOUT_SECONDS=LONGPOLL_SECONDS)
     api = Api(server, redis_server.url)
     # A question this client follows, so that POST /qa/answers can succeed (201).
     qa = {"X-Client-Id": api.qa_client}
-    api.call("/qa/questions", "POST", 201, headers=qa, body={"question": "Why OpenAPI?"},
-             media_type="application/json")
-    api.call("/qa/select", "POST", 200, headers=qa, body={"question": "why  openapi?"},
-             media_type="application/json")
+    api.call(
+        "/qa/questions",
+        "POST",
+        201,
+        headers=qa,
+        body={"question": "Why OpenAPI?"},
+        media_type="application/json",
+    )
+    api.call(
+        "/qa/select",
+        "POST",
+        200,
+        headers=qa,
+        body={"question": "why  openapi?"},
+        media_type="application/json",
+    )
     return api
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize(("path", "method", "mode"), CASES,
-                         ids=[f"{m} {p} {mode.value}" for p, m, mode in CASES])
+@pytest.mark.parametrize(
+    ("path", "method", "mode"), CASES, ids=[f"{m} {p} {mode.value}" for p, m, mode in CASES]
+)
 def test_schemathesis(api, path, method, mode):
     operation = api.schema[path][method]
 
     @given(case=operation.as_strategy(mode))
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                                     HealthCheck.data_too_large])
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.filter_too_much,
+            HealthCheck.data_too_large,
+        ],
+    )
     def check(case):
         headers = api.headers_for(path, method)
         response = case.call(base_url=api.url, headers=headers, timeout=10)
@@ -222,29 +253,62 @@ def test_success_paths(api):
     json_body = {"media_type": "application/json"}
     api.call("/healthz", "GET", 200)
     assert api.call("/whoami", "GET", 200, query={"format": "json"}).json()["pid"] > 0
-    assert "Columbus" in api.call("/listCities/{country}/{state}", "GET", 200,
-                                  path_parameters={"country": "USA", "state": "ohio"}).json()
-    api.call("/listCities/{country}/{state}", "GET", 404,
-             path_parameters={"country": "usa", "state": "atlantis"})
-    assert api.call("/ticker/quote", "GET", 200, query={"symbol": "ibm"}).json()["quote"][
-        "symbol"] == "IBM"
+    assert (
+        "Columbus"
+        in api.call(
+            "/listCities/{country}/{state}",
+            "GET",
+            200,
+            path_parameters={"country": "USA", "state": "ohio"},
+        ).json()
+    )
+    api.call(
+        "/listCities/{country}/{state}",
+        "GET",
+        404,
+        path_parameters={"country": "usa", "state": "atlantis"},
+    )
+    assert (
+        api.call("/ticker/quote", "GET", 200, query={"symbol": "ibm"}).json()["quote"]["symbol"]
+        == "IBM"
+    )
     cookie = set_cookie(api.call("/cookie", "GET", 200), "demo_cookie")
     api.call("/mycookie", "GET", 200, cookies={"demo_cookie": cookie})
     api.call("/mycookie", "GET", 404)
 
     # Publish text and JSON, read both back with a long-poll; then a reset.
     channel = {"channel": f"explicit-{secrets.token_hex(4)}"}
-    api.call("/pub/{channel}", "POST", 201, headers=admin, path_parameters=channel,
-             body="hello", media_type="text/plain")
-    api.call("/pub/{channel}", "POST", 201, headers=admin, path_parameters=channel,
-             body={"n": [1, 2.5, None]}, **json_body)
-    api.call("/pub/{channel}", "POST", 401, path_parameters=channel, body="x",
-             media_type="text/plain")
-    events = api.call("/sub/{channel}", "GET", 200, path_parameters=channel,
-                      query={"cursor": "0"}).json()["events"]
+    api.call(
+        "/pub/{channel}",
+        "POST",
+        201,
+        headers=admin,
+        path_parameters=channel,
+        body="hello",
+        media_type="text/plain",
+    )
+    api.call(
+        "/pub/{channel}",
+        "POST",
+        201,
+        headers=admin,
+        path_parameters=channel,
+        body={"n": [1, 2.5, None]},
+        **json_body,
+    )
+    api.call(
+        "/pub/{channel}", "POST", 401, path_parameters=channel, body="x", media_type="text/plain"
+    )
+    events = api.call(
+        "/sub/{channel}", "GET", 200, path_parameters=channel, query={"cursor": "0"}
+    ).json()["events"]
     assert [e["data"] for e in events] == ["hello", {"n": [1, 2.5, None]}]
-    assert api.call("/sub/{channel}", "GET", 200, path_parameters=channel,
-                    query={"cursor": "1-0"}).json()["reset"] is True
+    assert (
+        api.call(
+            "/sub/{channel}", "GET", 200, path_parameters=channel, query={"cursor": "1-0"}
+        ).json()["reset"]
+        is True
+    )
     api.call("/sub/{channel}", "GET", 400, path_parameters=channel, query={"cursor": "x"})
     api.call("/sub/{channel}", "GET", 401, path_parameters={"channel": "private-x"})
 
@@ -262,8 +326,9 @@ def test_success_paths(api):
     me = api.call("/auth/me", "GET", 200, cookies=session).json()
     assert me["auth"] == "session" and me["csrfToken"] == login.json()["csrfToken"]
     api.call("/auth/logout", "POST", 403, cookies=session)  # no X-CSRF-Token, no Origin
-    api.call("/auth/logout", "POST", 200, cookies=session,
-             headers={"X-CSRF-Token": me["csrfToken"]})
+    api.call(
+        "/auth/logout", "POST", 200, cookies=session, headers={"X-CSRF-Token": me["csrfToken"]}
+    )
     api.call("/auth/me", "GET", 401, cookies=session)
     api.call("/auth/basic", "GET", 401)
     api.call("/auth/challenge", "POST", 200, body={"username": PLAIN}, **json_body)
@@ -277,8 +342,14 @@ def test_success_paths(api):
         api.call(path, "GET", 401)
         api.call(path, "GET", 403, headers=plain)
     api.call("/qa/questions", "POST", 401, body={"question": "who?"}, **json_body)
-    api.call("/qa/questions", "POST", 403, headers={"X-Client-Id": "forged"},
-             body={"question": "who?"}, **json_body)
+    api.call(
+        "/qa/questions",
+        "POST",
+        403,
+        headers={"X-Client-Id": "forged"},
+        body={"question": "who?"},
+        **json_body,
+    )
     api.call("/editor/{doc}", "GET", 400, path_parameters={"doc": "a.b"})
 
 
@@ -286,8 +357,10 @@ def test_success_paths(api):
 def test_published_json_stays_json(api):
     channel = f"nan-{secrets.token_hex(4)}"
     admin = {"Authorization": f"Bearer {api.admin_token}", "Content-Type": "application/json"}
-    statuses = [requests.post(f"{api.url}/pub/{channel}", data=body, headers=admin,
-                              timeout=10).status_code for body in ("NaN", "[1e999]")]
+    statuses = [
+        requests.post(f"{api.url}/pub/{channel}", data=body, headers=admin, timeout=10).status_code
+        for body in ("NaN", "[1e999]")
+    ]
     text = requests.get(f"{api.url}/sub/{channel}?cursor=0", timeout=10).text
 
     def refuse(constant):

@@ -72,10 +72,21 @@ def test_positions_count_code_points():
     assert ot.apply(doc, ot.from_json([{"retain": 3}, {"insert": "🎉"}])) == "e\u0301😀🎉!"
 
 
-@pytest.mark.parametrize("bad", [
-    "not a list", [{"retain": 0}], [{"retain": -1}], [{"delete": 1.5}], [{"insert": ""}],
-    [{"insert": 5}], [{"move": 1}], [{"retain": 1, "insert": "x"}], [{"retain": True}], [5],
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "not a list",
+        [{"retain": 0}],
+        [{"retain": -1}],
+        [{"delete": 1.5}],
+        [{"insert": ""}],
+        [{"insert": 5}],
+        [{"move": 1}],
+        [{"retain": 1, "insert": "x"}],
+        [{"retain": True}],
+        [5],
+    ],
+)
 def test_malformed_operations_are_refused(bad):
     with pytest.raises(ot.OTError):
         ot.from_json(bad)
@@ -124,11 +135,19 @@ def make_vectors(seed=7, count=300):
         a, b = op(doc), op(doc)
         c = op(ot.apply(doc, a))
         a2, b2 = ot.transform(a, b)
-        cases.append({
-            "doc": doc, "a": ot.to_json(a), "b": ot.to_json(b), "c": ot.to_json(c),
-            "applied": ot.apply(doc, a), "a2": ot.to_json(a2), "b2": ot.to_json(b2),
-            "ac": ot.to_json(ot.compose(a, c)), "converged": ot.apply(ot.apply(doc, a), b2),
-        })
+        cases.append(
+            {
+                "doc": doc,
+                "a": ot.to_json(a),
+                "b": ot.to_json(b),
+                "c": ot.to_json(c),
+                "applied": ot.apply(doc, a),
+                "a2": ot.to_json(a2),
+                "b2": ot.to_json(b2),
+                "ac": ot.to_json(ot.compose(a, c)),
+                "converged": ot.apply(ot.apply(doc, a), b2),
+            }
+        )
     return cases
 
 
@@ -138,7 +157,11 @@ def test_vectors_file_is_what_the_python_implementation_computes():
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_javascript_implementation_matches_the_vectors():
-    result = subprocess.run(["node", str(ROOT / "tests" / "js" / "check_ot_vectors.mjs"),
-                             str(VECTORS)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["node", str(ROOT / "tests" / "js" / "check_ot_vectors.mjs"), str(VECTORS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "300 vectors ok" in result.stdout

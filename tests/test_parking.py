@@ -29,8 +29,9 @@ def _healthz(server):
     return requests.get(f"{server.url}/healthz", timeout=10).json()
 
 
-def test_idle_streams_keep_their_heartbeat_and_get_every_message(start_server, channel,
-                                                                   admin_token):
+def test_idle_streams_keep_their_heartbeat_and_get_every_message(
+    start_server, channel, admin_token
+):
     server = start_server(workers=1, HEARTBEAT_SECONDS=1, WS_PING_SECONDS=1)
     sse = raw_request(server, sse_request(channel))
     ws = raw_request(server, ws_request(f"/sub/{channel}/ws"))
@@ -66,8 +67,9 @@ def test_idle_streams_keep_their_heartbeat_and_get_every_message(start_server, c
         ws.close()
 
 
-def test_a_keep_alive_connection_goes_on_after_a_parked_long_poll(start_server, channel,
-                                                                  admin_token):
+def test_a_keep_alive_connection_goes_on_after_a_parked_long_poll(
+    start_server, channel, admin_token
+):
     server = start_server(workers=1)
     sock = raw_request(server, long_poll_request(channel))
     try:
@@ -82,8 +84,9 @@ def test_a_keep_alive_connection_goes_on_after_a_parked_long_poll(start_server, 
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert b'"status"' in read_until(sock, b"}")
         # ...and another poll, parked again and answered.
-        sock.sendall(f"GET /sub/{channel}?cursor={cursor} HTTP/1.1\r\n"
-                     "Host: 127.0.0.1\r\n\r\n".encode())
+        sock.sendall(
+            f"GET /sub/{channel}?cursor={cursor} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+        )
         assert wait_until(lambda: _healthz(server)["connections"]["longpoll"] == 1, timeout=10)
         server.publish(channel, "the second", token=admin_token)
         read_until(sock, b"the second")
@@ -91,8 +94,7 @@ def test_a_keep_alive_connection_goes_on_after_a_parked_long_poll(start_server, 
         sock.close()
 
 
-def test_a_request_pipelined_behind_a_long_poll_is_answered(start_server, channel,
-                                                            admin_token):
+def test_a_request_pipelined_behind_a_long_poll_is_answered(start_server, channel, admin_token):
     # gunicorn has read both requests: the poll is held without being parked
     # (a new parser for the connection would not see the second one).
     server = start_server(workers=1)

@@ -41,8 +41,10 @@ def test_reload_hands_every_stream_over_without_loss(start_server, redis_server,
     for text in during:
         publisher.publish(channel, text)
     # Clients resume from their last id, as EventSource and our pages do.
-    sse2 = SSEClient(f"{server.url}/sub/{channel}", last_event_id=[
-        i for i in sse.items if i["event"] == "message"][-1]["id"])
+    sse2 = SSEClient(
+        f"{server.url}/sub/{channel}",
+        last_event_id=[i for i in sse.items if i["event"] == "message"][-1]["id"],
+    )
     ws2 = WSClient(f"{server.ws_url}/sub/{channel}/ws?last_event_id={ws.items[-1]['id']}")
     for client in (sse2, ws2):
         assert client.wait_count(len(during))
@@ -74,8 +76,11 @@ def test_a_worker_over_the_memory_limit_is_replaced_and_service_goes_on(start_se
 def processes(server, token):
     for _attempt in range(20):
         try:
-            response = requests.get(f"{server.url}/admin/processes", timeout=5,
-                                    headers={"Authorization": f"Bearer {token}"})
+            response = requests.get(
+                f"{server.url}/admin/processes",
+                timeout=5,
+                headers={"Authorization": f"Bearer {token}"},
+            )
             break
         except requests.ConnectionError:  # the killed worker's socket resets its queue
             time.sleep(0.2)
@@ -88,22 +93,28 @@ def test_admin_processes_lists_the_live_workers_and_counts_restarts(start_server
 
     def reported():
         data = processes(server, admin_token)
-        workers = {p["pid"] for p in data["processes"] if p["role"] == "worker"
-                   and p["ppid"] == server.process.pid}
+        workers = {
+            p["pid"]
+            for p in data["processes"]
+            if p["role"] == "worker" and p["ppid"] == server.process.pid
+        }
         masters = [p for p in data["processes"] if p["pid"] == server.process.pid]
         return data if workers == worker_pids(server) and masters else None
 
     data = wait_until(reported, timeout=10)
     assert data, "every live worker and the master should report"
-    worker = next(p for p in data["processes"] if p["role"] == "worker"
-                  and p["ppid"] == server.process.pid)
+    worker = next(
+        p for p in data["processes"] if p["role"] == "worker" and p["ppid"] == server.process.pid
+    )
     assert {"rss", "cpu", "uptime", "connections", "requests", "host"} <= set(worker)
     assert set(worker["connections"]) == {"sse", "longpoll", "websocket"}
 
     victim = worker["pid"]
     os.kill(victim, signal.SIGKILL)
-    restarted = wait_until(lambda: [r for r in processes(server, admin_token)["restarts"]
-                                    if r["pid"] == victim], timeout=10)
+    restarted = wait_until(
+        lambda: [r for r in processes(server, admin_token)["restarts"] if r["pid"] == victim],
+        timeout=10,
+    )
     assert restarted and restarted[0]["cause"] == "died (crash or killed)"
     assert wait_until(reported, timeout=10), "the replacement reports, the dead one is gone"
 
@@ -111,14 +122,20 @@ def test_admin_processes_lists_the_live_workers_and_counts_restarts(start_server
 def test_processes_and_metrics_are_for_administrators(server, admin_token, alice_token):
     for path in ("/admin/processes", "/metrics", "/admin/monitor/stream"):
         assert requests.get(server.url + path, timeout=5).status_code == 401
-        plain = requests.get(server.url + path, timeout=5,
-                             headers={"Authorization": f"Bearer {alice_token}"})
+        plain = requests.get(
+            server.url + path, timeout=5, headers={"Authorization": f"Bearer {alice_token}"}
+        )
         assert plain.status_code == 403
+
     def scrape():  # this server's workers (tests/test_metrics.py has the rest)
-        body = requests.get(server.url + "/metrics", timeout=5,
-                            headers={"Authorization": f"Bearer {admin_token}"}).text
-        pids = {int(line.split('pid="')[1].split('"')[0]) for line in body.splitlines()
-                if line.startswith("realtime_worker_resident_memory_bytes{")}
+        body = requests.get(
+            server.url + "/metrics", timeout=5, headers={"Authorization": f"Bearer {admin_token}"}
+        ).text
+        pids = {
+            int(line.split('pid="')[1].split('"')[0])
+            for line in body.splitlines()
+            if line.startswith("realtime_worker_resident_memory_bytes{")
+        }
         return body if worker_pids(server) <= pids else None
 
     text = wait_until(scrape)

@@ -30,23 +30,32 @@ class Visitor:
         self.id = json.loads(self.stream.items[0]["data"])["id"]
 
     def post(self, path, body, client_id=...):
-        headers = {} if client_id is None else {
-            "X-Client-Id": self.id if client_id is ... else client_id}
+        headers = (
+            {} if client_id is None else {"X-Client-Id": self.id if client_id is ... else client_id}
+        )
         return requests.post(f"{self.server.url}/qa/{path}", json=body, headers=headers, timeout=10)
 
     def events(self, kind):
         return [json.loads(i["data"]) for i in self.stream.items if i["event"] == kind]
 
     def wait_question(self, text):
-        return self.stream.wait_for(lambda items: any(
-            i["event"] == "questions" and text in json.loads(i["data"])["questions"]
-            for i in items))
+        return self.stream.wait_for(
+            lambda items: any(
+                i["event"] == "questions" and text in json.loads(i["data"])["questions"]
+                for i in items
+            )
+        )
 
     def wait_answers(self, question, answer=None):
         """Until an answers event for `question` (containing `answer`, if given) arrives."""
-        return self.stream.wait_for(lambda items: any(
-            i["event"] == "answers" and json.loads(i["data"])["question"] == question
-            and (answer is None or answer in json.loads(i["data"])["answers"]) for i in items))
+        return self.stream.wait_for(
+            lambda items: any(
+                i["event"] == "answers"
+                and json.loads(i["data"])["question"] == question
+                and (answer is None or answer in json.loads(i["data"])["answers"])
+                for i in items
+            )
+        )
 
     def close(self):
         self.stream.close()
@@ -122,15 +131,18 @@ def test_reconnecting_with_the_id_keeps_the_selection_and_misses_nothing(board):
     other.close()
 
 
-@pytest.mark.parametrize("path, body, status, reason", [
-    ("questions", {"question": ""}, 400, "required"),
-    ("questions", {"question": "   "}, 400, "required"),
-    ("questions", {"question": "x" * 281}, 400, "too long"),
-    ("questions", {"nothing": "here"}, 400, "required"),
-    ("select", {"question": "never asked, surely"}, 404, "no such question"),
-    ("answers", {"answer": "an answer to nothing"}, 400, "select a question"),
-    ("answers", {"answer": "y" * 1001}, 400, "too long"),
-])
+@pytest.mark.parametrize(
+    "path, body, status, reason",
+    [
+        ("questions", {"question": ""}, 400, "required"),
+        ("questions", {"question": "   "}, 400, "required"),
+        ("questions", {"question": "x" * 281}, 400, "too long"),
+        ("questions", {"nothing": "here"}, 400, "required"),
+        ("select", {"question": "never asked, surely"}, 404, "no such question"),
+        ("answers", {"answer": "an answer to nothing"}, 400, "select a question"),
+        ("answers", {"answer": "y" * 1001}, 400, "too long"),
+    ],
+)
 def test_bad_requests_are_rejected(board, path, body, status, reason):
     visitor = Visitor(board)
     response = visitor.post(path, body)
@@ -152,11 +164,14 @@ def test_client_ids_cannot_be_missing_or_forged(board):
     visitor = Visitor(board)
     missing = visitor.post("questions", {"question": unique("q")}, client_id=None)
     assert missing.status_code == 401
-    forged = visitor.post("questions", {"question": unique("q")},
-                          client_id=visitor.id[:-2] + "xx")
+    forged = visitor.post("questions", {"question": unique("q")}, client_id=visitor.id[:-2] + "xx")
     assert forged.status_code == 403
-    bad_stream = requests.get(f"{board.url}/qa/stream", params={"client": "forged.id"},
-                              headers={"Accept": "text/event-stream"}, timeout=5)
+    bad_stream = requests.get(
+        f"{board.url}/qa/stream",
+        params={"client": "forged.id"},
+        headers={"Accept": "text/event-stream"},
+        timeout=5,
+    )
     assert bad_stream.status_code == 403
     visitor.close()
 
@@ -167,8 +182,9 @@ def test_questions_render_as_text_and_pings_keep_the_stream_alive(board):
     question = unique("<script>alert(1)</script>")
     assert visitor.post("questions", {"question": question}).status_code == 201
     assert visitor.wait_question(question)  # stored and sent verbatim; the page uses textContent
-    assert visitor.stream.wait_for(lambda items: any(i["event"] == "ping" for i in items),
-                                   timeout=15)
+    assert visitor.stream.wait_for(
+        lambda items: any(i["event"] == "ping" for i in items), timeout=15
+    )
     visitor.close()
 
 
@@ -230,9 +246,11 @@ def test_a_full_board_takes_new_questions_and_the_oldest_roll_off(start_server):
         assert board_shown(asker) == asked[-3:]
         # The follower's question rolled off: its page is told nothing is followed,
         # and answering it is refused with the reason.
-        assert follower.stream.wait_for(lambda items: any(
-            i["event"] == "answers" and json.loads(i["data"])["question"] is None
-            for i in items))
+        assert follower.stream.wait_for(
+            lambda items: any(
+                i["event"] == "answers" and json.loads(i["data"])["question"] is None for i in items
+            )
+        )
         late = follower.post("answers", {"answer": "too late"})
         assert late.status_code == 409 and "no longer on the board" in late.json()["error"]
         # A question that rolled off may be asked again.
@@ -314,8 +332,9 @@ def test_answers_and_selections_cannot_flood_redis(start_server, rdb):
 
 
 def test_posts_and_selections_have_quotas_per_address(start_server):
-    with own_board(start_server, QA_POST_RATE_LIMIT="3 per minute",
-                   QA_SELECT_RATE_LIMIT="2 per minute") as server:
+    with own_board(
+        start_server, QA_POST_RATE_LIMIT="3 per minute", QA_SELECT_RATE_LIMIT="2 per minute"
+    ) as server:
         visitor = Visitor(server)
         question = unique("Quota?")
         assert visitor.post("questions", {"question": question}).status_code == 201
@@ -349,12 +368,16 @@ def board_users(board, base_env, redis_server):
     from core.users import UserStore
 
     settings = load_settings(board.env)
-    store = UserStore(redis_py.Redis.from_url(redis_server.url, decode_responses=True),
-                      settings["REDIS_PREFIX"])
+    store = UserStore(
+        redis_py.Redis.from_url(redis_server.url, decode_responses=True), settings["REDIS_PREFIX"]
+    )
     admin = store.get("qa-admin") or store.create("qa-admin", "qa-admin-password", admin=True)
     plain = store.get("qa-plain") or store.create("qa-plain", "qa-plain-password")
-    return {"admin": issue(admin, settings, ttl=3600)[0],
-            "plain": issue(plain, settings, ttl=3600)[0], "password": "qa-admin-password"}
+    return {
+        "admin": issue(admin, settings, ttl=3600)[0],
+        "plain": issue(plain, settings, ttl=3600)[0],
+        "password": "qa-admin-password",
+    }
 
 
 def clear(server, **headers):
@@ -377,12 +400,18 @@ def test_administrators_clear_the_board_and_every_page_sees_it(board, board_user
     assert cleared.status_code == 200 and cleared.json()["removed"] >= 1
 
     for visitor in (asker, follower):  # live pages show an empty board
-        assert visitor.stream.wait_for(lambda items: any(
-            i["event"] == "questions" and json.loads(i["data"])["questions"] == []
-            for i in items))
-    assert follower.stream.wait_for(lambda items: any(
-        i["event"] == "answers" and json.loads(i["data"]) == {"question": None, "answers": []}
-        for i in items))
+        assert visitor.stream.wait_for(
+            lambda items: any(
+                i["event"] == "questions" and json.loads(i["data"])["questions"] == []
+                for i in items
+            )
+        )
+    assert follower.stream.wait_for(
+        lambda items: any(
+            i["event"] == "answers" and json.loads(i["data"]) == {"question": None, "answers": []}
+            for i in items
+        )
+    )
     assert fresh_board_questions(board) == []
     assert asker.post("questions", {"question": question}).status_code == 201  # asked afresh
     asker.close()
@@ -391,16 +420,21 @@ def test_administrators_clear_the_board_and_every_page_sees_it(board, board_user
 
 def test_clearing_with_a_session_needs_the_csrf_token(board, board_users):
     session = requests.Session()
-    login = session.post(f"{board.url}/auth/login", timeout=30,
-                         json={"username": "qa-admin", "password": board_users["password"]})
+    login = session.post(
+        f"{board.url}/auth/login",
+        timeout=30,
+        json={"username": "qa-admin", "password": board_users["password"]},
+    )
     assert login.status_code == 200, login.text
     no_token = session.delete(f"{board.url}/qa/questions", timeout=10)
     assert no_token.status_code == 403 and "CSRF" in no_token.json()["error"]
-    foreign = session.delete(f"{board.url}/qa/questions", timeout=10,
-                             headers={"Origin": "https://evil.example"})
+    foreign = session.delete(
+        f"{board.url}/qa/questions", timeout=10, headers={"Origin": "https://evil.example"}
+    )
     assert foreign.status_code == 403
-    with_token = session.delete(f"{board.url}/qa/questions", timeout=10,
-                                headers={"X-CSRF-Token": login.json()["csrfToken"]})
+    with_token = session.delete(
+        f"{board.url}/qa/questions", timeout=10, headers={"X-CSRF-Token": login.json()["csrfToken"]}
+    )
     assert with_token.status_code == 200
 
 
@@ -424,8 +458,7 @@ def test_an_administrator_clears_the_board_from_the_page(board, board_users, bro
         admin.goto(board.url + "/qa/")
         admin.on("dialog", lambda dialog: dialog.accept())
         admin.locator("#clear-board").click(timeout=15_000)
-        visitor.get_by_role("button", name=question).wait_for(state="detached",
-                                                             timeout=15_000)
+        visitor.get_by_role("button", name=question).wait_for(state="detached", timeout=15_000)
         assert admin.locator("#ask-error").inner_text() == ""
     finally:
         visitor.close()

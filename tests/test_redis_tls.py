@@ -36,8 +36,9 @@ class TLSTerminator:
 
     def _run(self, ready):
         asyncio.set_event_loop(self.loop)
-        self.server = self.loop.run_until_complete(asyncio.start_server(
-            self._relay, "127.0.0.1", 0, ssl=self.context))
+        self.server = self.loop.run_until_complete(
+            asyncio.start_server(self._relay, "127.0.0.1", 0, ssl=self.context)
+        )
         self.port = self.server.sockets[0].getsockname()[1]
         ready.set()
         self.loop.run_forever()
@@ -45,8 +46,11 @@ class TLSTerminator:
     async def _relay(self, client_reader, client_writer):
         self.sessions += 1
         redis_reader, redis_writer = await asyncio.open_connection(*self.target)
-        await asyncio.gather(_pump(client_reader, redis_writer),
-                             _pump(redis_reader, client_writer), return_exceptions=True)
+        await asyncio.gather(
+            _pump(client_reader, redis_writer),
+            _pump(redis_reader, client_writer),
+            return_exceptions=True,
+        )
 
     def close(self):
         async def shutdown():
@@ -92,8 +96,10 @@ def ca_file(ca, tmp_path_factory):
 
 @pytest.mark.integration
 def test_the_whole_app_runs_over_rediss(start_server, terminator, ca_file, rdb, channel):
-    url = (f"rediss://127.0.0.1:{terminator.port}/0"
-           f"?ssl_cert_reqs=required&ssl_ca_certs={quote(str(ca_file))}")
+    url = (
+        f"rediss://127.0.0.1:{terminator.port}/0"
+        f"?ssl_cert_reqs=required&ssl_ca_certs={quote(str(ca_file))}"
+    )
     server = start_server(REDIS_URL=url, LOGIN_RATE_LIMIT="3 per 7 minutes")
     # publish (the workers' pools) and deliver (a hub listener)
     sse = SSEClient(f"{server.url}/sub/{channel}?last_event_id=0")
@@ -104,13 +110,20 @@ def test_the_whole_app_runs_over_rediss(start_server, terminator, ca_file, rdb, 
     assert [item["data"] for item in sse.items] == texts
     sse.close()
     # the rate limiter's storage counts attempts (a limit no other test uses)
-    statuses = [requests.post(f"{server.url}/auth/token", timeout=10, json={
-        "username": "nobody", "password": "wrong-password"}).status_code for _ in range(4)]
+    statuses = [
+        requests.post(
+            f"{server.url}/auth/token",
+            timeout=10,
+            json={"username": "nobody", "password": "wrong-password"},
+        ).status_code
+        for _ in range(4)
+    ]
     assert statuses == [401, 401, 401, 429]
     # the master's own reporter (a few raw RESP commands over TLS)
     master = Keys("rt:").process(socket.gethostname(), server.process.pid)
-    assert wait_until(lambda: json.loads(rdb.get(master) or "{}").get("role") == "master",
-                      timeout=10)
+    assert wait_until(
+        lambda: json.loads(rdb.get(master) or "{}").get("role") == "master", timeout=10
+    )
     assert terminator.sessions >= 3  # two workers' listeners and the master, at least
     server.stop()  # while Redis is still reachable: it records the workers' exits
     log = open(server.log_path).read()
@@ -119,15 +132,13 @@ def test_the_whole_app_runs_over_rediss(start_server, terminator, ca_file, rdb, 
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_rediss_refuses_a_server_whose_certificate_it_cannot_verify(
-        base_env, terminator, tmp_path):
+def test_rediss_refuses_a_server_whose_certificate_it_cannot_verify(base_env, terminator, tmp_path):
     """Without the CA, the certificate does not verify: no worker talks to
     that Redis, /healthz says so, and nothing falls back to plaintext."""
     from tests.servers import GunicornServer
 
     url = f"rediss://127.0.0.1:{terminator.port}/0"
-    server = GunicornServer(base_env, tmp_path / "server.log", workers=1,
-                            REDIS_URL=url)
+    server = GunicornServer(base_env, tmp_path / "server.log", workers=1, REDIS_URL=url)
     try:
         with pytest.raises(RuntimeError, match="did not become healthy"):
             server.start(timeout=8)

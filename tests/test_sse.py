@@ -8,13 +8,23 @@ from realtime_client import SSEEvent, parse_sse
 pytestmark = pytest.mark.unit
 
 
-@pytest.mark.parametrize("text", ["plain", "two\nlines", "crlf\r\nbreaks", "lone\rcr",
-                                  "", "trailing\n", "ünïcødé ✓ 🎉", ": looks like a comment"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "plain",
+        "two\nlines",
+        "crlf\r\nbreaks",
+        "lone\rcr",
+        "",
+        "trailing\n",
+        "ünïcødé ✓ 🎉",
+        ": looks like a comment",
+    ],
+)
 def test_event_data_round_trips(text):
     # Exactly one event, as the client's (WHATWG) parser reads the frame back.
     parsed = list(parse_sse([sse.event(text, event="update", id="5-0")]))
-    assert parsed == [SSEEvent("update", text.replace("\r\n", "\n").replace("\r", "\n"),
-                               "5-0")]
+    assert parsed == [SSEEvent("update", text.replace("\r\n", "\n").replace("\r", "\n"), "5-0")]
 
 
 def test_frames_end_with_a_blank_line():

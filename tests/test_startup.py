@@ -24,8 +24,14 @@ pytestmark = pytest.mark.integration
 
 def run_to_exit(env, timeout=30):
     """Start a server that is expected to refuse to start; its exit."""
-    return subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def one_line_saying(result, text):
@@ -69,10 +75,12 @@ def test_a_second_server_on_the_same_port_stops_at_once_and_leaves_the_first_alo
     assert second.returncode != 0
     assert one_line_saying(second, "cannot listen on").endswith(
         f"127.0.0.1:{first.port}: Address already in use (another server there? stop it, "
-        "or choose another PORT)")
+        "or choose another PORT)"
+    )
     # the first one still serves every request, with its own workers and Redis
-    served_by = {requests.get(f"{first.url}/healthz", timeout=5).headers["X-Served-By"]
-                 for _ in range(20)}
+    served_by = {
+        requests.get(f"{first.url}/healthz", timeout=5).headers["X-Served-By"] for _ in range(20)
+    }
     assert {int(s.split("/")[1]) for s in served_by} <= pids
     assert first.url_file.read_text().strip() == first.redis_url
     assert redis_alive(first.redis_url)
@@ -94,8 +102,7 @@ def test_a_port_held_by_another_program_stops_the_server_with_one_line(dev_env):
 
 
 @pytest.mark.slow
-def test_a_second_server_on_the_same_instance_directory_refuses_its_embedded_redis(
-        first, tmp_path):
+def test_a_second_server_on_the_same_instance_directory_refuses_its_embedded_redis(first, tmp_path):
     other_port = {**first.env, "BIND": f"127.0.0.1:{free_port()}"}
     second = run_to_exit(other_port)
     assert second.returncode != 0
@@ -104,8 +111,9 @@ def test_a_second_server_on_the_same_instance_directory_refuses_its_embedded_red
     assert first.url_file.read_text().strip() == first.redis_url
     assert redis_alive(first.redis_url)
     # a server with a Redis of its own may share the directory (its secrets)
-    shared = GunicornServer({**other_port, "REDIS_URL": first.redis_url},
-                            tmp_path / "shared.log").start()
+    shared = GunicornServer(
+        {**other_port, "REDIS_URL": first.redis_url}, tmp_path / "shared.log"
+    ).start()
     shared.stop()
     assert first.url_file.read_text().strip() == first.redis_url
     assert requests.get(f"{first.url}/healthz", timeout=5).status_code == 200
@@ -119,8 +127,10 @@ def test_after_a_reload_and_a_stop_the_redis_url_file_and_redis_are_gone(dev_env
     old = worker_pids(server)  # the master's children: 2 workers and the Redis
     os.kill(server.process.pid, signal.SIGHUP)  # gunicorn re-reads gunicorn.conf.py
     # both workers replaced, the Redis kept
-    assert wait_until(lambda: len(old - worker_pids(server)) == 2 and
-                      len(worker_pids(server) - old) == 2, timeout=30)
+    assert wait_until(
+        lambda: len(old - worker_pids(server)) == 2 and len(worker_pids(server) - old) == 2,
+        timeout=30,
+    )
     assert url_file.read_text().strip() == redis_url and redis_alive(redis_url)
     assert requests.get(f"{server.url}/healthz", timeout=5).status_code == 200
     server.stop()

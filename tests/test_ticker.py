@@ -21,8 +21,16 @@ def test_quote_has_every_field_and_a_call_in(server):
     response = quote(server)
     assert response.status_code == 200
     body = response.json()
-    assert set(body["quote"]) >= {"price", "change", "changePercent", "open", "high", "low",
-                                  "volume", "time"}
+    assert set(body["quote"]) >= {
+        "price",
+        "change",
+        "changePercent",
+        "open",
+        "high",
+        "low",
+        "volume",
+        "time",
+    }
     assert body["quote"]["low"] <= body["quote"]["price"] <= body["quote"]["high"]
     assert body["callIn"] == 5000
 
@@ -39,8 +47,10 @@ def test_every_worker_quotes_the_same_price_at_the_same_moment(server):
     assert all(len(prices) == 1 for prices in by_second.values()), by_second
 
 
-@pytest.mark.parametrize("symbol, status, call_in", [("ZZZZ", 404, None), ("bad symbol", 400, None),
-                                                     ("A" * 11, 400, None)])
+@pytest.mark.parametrize(
+    "symbol, status, call_in",
+    [("ZZZZ", 404, None), ("bad symbol", 400, None), ("A" * 11, 400, None)],
+)
 def test_unknown_and_invalid_symbols(server, symbol, status, call_in):
     response = quote(server, symbol)
     assert response.status_code == status
@@ -60,8 +70,11 @@ def test_call_in_rises_under_load(start_server):
 def test_requests_that_get_no_quote_do_not_slow_everyone_down(start_server):
     server = start_server(TICKER_TARGET_RPS=5, REDIS_PREFIX=f"tk{uuid.uuid4().hex[:6]}:")
     with ThreadPoolExecutor(16) as pool:
-        statuses = set(pool.map(lambda i: quote(server, ["ZZZZ", "BRK-B", "1BM"][i % 3])
-                                .status_code, range(120)))
+        statuses = set(
+            pool.map(
+                lambda i: quote(server, ["ZZZZ", "BRK-B", "1BM"][i % 3]).status_code, range(120)
+            )
+        )
     assert statuses == {400, 404}
     assert quote(server).json()["callIn"] == 5000  # 120 refusals in a moment: the pace holds
 
@@ -114,8 +127,11 @@ def wave(server, symbol, clients=50):
 
 @pytest.mark.slow
 def test_fifty_pollers_cause_one_upstream_call_per_interval(start_server, provider):
-    server = start_server(TICKER_UPSTREAM_URL=provider.url, TICKER_UPSTREAM_INTERVAL=2,
-                          REDIS_PREFIX=f"tk{uuid.uuid4().hex[:6]}:")
+    server = start_server(
+        TICKER_UPSTREAM_URL=provider.url,
+        TICKER_UPSTREAM_INTERVAL=2,
+        REDIS_PREFIX=f"tk{uuid.uuid4().hex[:6]}:",
+    )
     answers = wave(server, "IBM")
     assert all(a.status_code == 200 for a in answers)
     assert {a.json()["quote"]["price"] for a in answers} == {101.5}
@@ -130,8 +146,11 @@ def test_fifty_pollers_cause_one_upstream_call_per_interval(start_server, provid
 
 @pytest.mark.slow
 def test_upstream_failures_back_off(start_server, provider):
-    server = start_server(TICKER_UPSTREAM_URL=provider.url, TICKER_UPSTREAM_INTERVAL=1,
-                          REDIS_PREFIX=f"tk{uuid.uuid4().hex[:6]}:")
+    server = start_server(
+        TICKER_UPSTREAM_URL=provider.url,
+        TICKER_UPSTREAM_INTERVAL=1,
+        REDIS_PREFIX=f"tk{uuid.uuid4().hex[:6]}:",
+    )
     provider.fail = True
     first = quote(server, "AAPL")
     assert first.status_code == 502

@@ -57,8 +57,13 @@ def test_echo_compresses_when_the_client_offers_permessage_deflate(server):
 
     client = WSConnection(ConnectionType.CLIENT)
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    sock.sendall(client.send(Request(host="127.0.0.1", target="/ws/echo?greeting=off",
-                                     extensions=[PerMessageDeflate()])))
+    sock.sendall(
+        client.send(
+            Request(
+                host="127.0.0.1", target="/ws/echo?greeting=off", extensions=[PerMessageDeflate()]
+            )
+        )
+    )
     events, wire = [], 0
 
     def until(kind, count=1):
@@ -85,13 +90,20 @@ def test_echo_compresses_when_the_client_offers_permessage_deflate(server):
 
 
 def test_a_malformed_handshake_is_an_http_error(server):
-    for headers, status in [("Sec-WebSocket-Version: 8\r\n", 426),
-                            ("Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n", 400)]:
+    for headers, status in [
+        ("Sec-WebSocket-Version: 8\r\n", 426),
+        ("Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n", 400),
+    ]:
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-        sock.sendall(("GET /ws/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                      f"Connection: Upgrade\r\n{headers}\r\n").encode())
+        sock.sendall(
+            (
+                "GET /ws/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\n{headers}\r\n"
+            ).encode()
+        )
         assert sock.recv(4096).split(b"\r\n", 1)[0] == f"HTTP/1.1 {status} ".encode() + (
-            b"UPGRADE REQUIRED" if status == 426 else b"BAD REQUEST")
+            b"UPGRADE REQUIRED" if status == 426 else b"BAD REQUEST"
+        )
         sock.close()
 
 
@@ -128,8 +140,13 @@ def test_a_peer_that_stops_answering_pings_is_dropped(start_server):
         alive.send("still here")
         assert alive.recv() == "still here"
         alive.close()
-        assert wait_until(lambda: sum(body["connections"]["websocket"] for _, body in
-                                      healthz_bodies(server).values()) == 0, timeout=5)
+        assert wait_until(
+            lambda: (
+                sum(body["connections"]["websocket"] for _, body in healthz_bodies(server).values())
+                == 0
+            ),
+            timeout=5,
+        )
     finally:
         server.stop()
 
@@ -188,16 +205,19 @@ def test_only_administrators_may_clear(server, admin_token):
     admin.close()
 
 
-@pytest.mark.parametrize("frame, reason", [
-    ("not json", "JSON objects"),
-    ("[0.5, 0.5]", "JSON objects"),
-    ('{"y": 0.5, "drawing": true}', "x must be a number"),
-    ('{"x": "0.5", "y": 0.5, "drawing": true}', "x must be a number"),
-    ('{"x": NaN, "y": 0.5, "drawing": true}', "x must be a number"),
-    ('{"x": 0.5, "y": 1.5, "drawing": true}', "between 0 and 1"),
-    ('{"x": 0.5, "y": 0.5}', "drawing must be"),
-    ('{"x": 0.5, "y": 0.5, "drawing": "yes"}', "drawing must be"),
-])
+@pytest.mark.parametrize(
+    "frame, reason",
+    [
+        ("not json", "JSON objects"),
+        ("[0.5, 0.5]", "JSON objects"),
+        ('{"y": 0.5, "drawing": true}', "x must be a number"),
+        ('{"x": "0.5", "y": 0.5, "drawing": true}', "x must be a number"),
+        ('{"x": NaN, "y": 0.5, "drawing": true}', "x must be a number"),
+        ('{"x": 0.5, "y": 1.5, "drawing": true}', "between 0 and 1"),
+        ('{"x": 0.5, "y": 0.5}', "drawing must be"),
+        ('{"x": 0.5, "y": 0.5, "drawing": "yes"}', "drawing must be"),
+    ],
+)
 def test_bad_drawing_frames_close_with_a_reason(server, frame, reason):
     ws, _ = drawer(server)
     ws.send(frame)
@@ -231,23 +251,38 @@ def test_visitors_on_any_worker_show_up_on_the_dashboard(server, admin_token):
         visitors.append(visitor(server))
         assert len(visitors) < 30
     ids = {hello["id"] for _, hello in visitors}
-    assert board.wait_for(lambda items: ids <= {json.loads(i["data"])["id"]
-                                               for i in items if i["event"] == "join"})
+    assert board.wait_for(
+        lambda items: ids <= {json.loads(i["data"])["id"] for i in items if i["event"] == "join"}
+    )
     for n in range(30):
         for ws, _ in visitors:
             ws.send(json.dumps({"x": 0.25, "y": n / 100}))
-    assert board.wait_for(lambda items: ids <= {
-        vid for i in items if i["event"] == "batch" for vid in json.loads(i["data"])["positions"]})
+    assert board.wait_for(
+        lambda items: (
+            ids
+            <= {
+                vid
+                for i in items
+                if i["event"] == "batch"
+                for vid in json.loads(i["data"])["positions"]
+            }
+        )
+    )
     batches = events(board, "batch")
     assert sum(b["events"] for b in batches) == 30 * len(visitors)  # every move counted
     assert len(batches) < 30 * len(visitors)  # coalesced, not one message per move
-    last = [b["positions"][hello["id"]] for b in batches for _, hello in visitors[:1]
-            if hello["id"] in b["positions"]][-1]
+    last = [
+        b["positions"][hello["id"]]
+        for b in batches
+        for _, hello in visitors[:1]
+        if hello["id"] in b["positions"]
+    ][-1]
     assert last == [0.25, 0.29]
     for ws, _ in visitors:
         ws.close()
-    assert board.wait_for(lambda items: ids <= {json.loads(i["data"])["id"]
-                                               for i in items if i["event"] == "leave"})
+    assert board.wait_for(
+        lambda items: ids <= {json.loads(i["data"])["id"] for i in items if i["event"] == "leave"}
+    )
     board.close()
 
 
@@ -262,25 +297,37 @@ def test_a_killed_workers_visitors_expire(start_server, admin_token):
         assert len(boards) < 30
     board = boards[-1]
     os.kill(int(hello["served_by"].rsplit("/", 1)[1]), signal.SIGKILL)  # no goodbye
-    assert board.wait_for(lambda items: hello["id"] in {
-        json.loads(i["data"])["id"] for i in items if i["event"] == "leave"}, timeout=25)
+    assert board.wait_for(
+        lambda items: (
+            hello["id"] in {json.loads(i["data"])["id"] for i in items if i["event"] == "leave"}
+        ),
+        timeout=25,
+    )
     for b in boards:
         b.close()
 
 
 def test_dashboard_is_for_administrators_only(server, alice_token):
     assert requests.get(f"{server.url}/admin/track/stream", timeout=5).status_code == 401
-    denied = requests.get(f"{server.url}/admin/track/stream", timeout=5,
-                          headers={"Authorization": f"Bearer {alice_token}"})
+    denied = requests.get(
+        f"{server.url}/admin/track/stream",
+        timeout=5,
+        headers={"Authorization": f"Bearer {alice_token}"},
+    )
     assert denied.status_code == 403
     page = requests.get(f"{server.url}/admin/track", timeout=5)
     assert page.status_code == 401 and "Administrators only" in page.text
 
 
-@pytest.mark.parametrize("frame, reason", [
-    ("nope", "JSON objects"), ('{"x": 0.5}', "y must be a number"),
-    ('{"x": -0.1, "y": 0.5}', "between 0 and 1"), ('{"x": true, "y": 0.5}', "x must be a number"),
-])
+@pytest.mark.parametrize(
+    "frame, reason",
+    [
+        ("nope", "JSON objects"),
+        ('{"x": 0.5}', "y must be a number"),
+        ('{"x": -0.1, "y": 0.5}', "between 0 and 1"),
+        ('{"x": true, "y": 0.5}', "x must be a number"),
+    ],
+)
 def test_bad_tracking_frames_close_with_a_reason(server, frame, reason):
     ws, _ = visitor(server)
     ws.send(frame)

@@ -23,24 +23,32 @@ from realtime_client import ClientError, publish
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--channel", default="broadcast", help="channel to publish to")
-    parser.add_argument("--url", help="publish over HTTP to this server (POST /pub) instead of "
-                        "writing to Redis; needs --token or REALTIME_TOKEN")
-    parser.add_argument("--token", default=os.environ.get("REALTIME_TOKEN"),
-                        help="bearer token for --url (default: $REALTIME_TOKEN)")
+    parser.add_argument(
+        "--url",
+        help="publish over HTTP to this server (POST /pub) instead of "
+        "writing to Redis; needs --token or REALTIME_TOKEN",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("REALTIME_TOKEN"),
+        help="bearer token for --url (default: $REALTIME_TOKEN)",
+    )
     args = parser.parse_args(argv)
     if not PUBLIC_CHANNEL.match(args.channel):
         parser.error(f"invalid channel name: {CHANNEL_RULE}")
     if args.url:
         if not args.token:
-            parser.error("--url needs a token: --token, or REALTIME_TOKEN "
-                         "(POST /auth/token gives one)")
+            parser.error(
+                "--url needs a token: --token, or REALTIME_TOKEN (POST /auth/token gives one)"
+            )
         send = _over_http(args.url, args.channel, args.token)
     else:
         send = _into_redis(parser, args.channel)
     interactive = sys.stdin.isatty()
     if interactive:
-        print(f"Publishing each line to channel {args.channel!r} (Ctrl-D to stop).",
-              file=sys.stderr)
+        print(
+            f"Publishing each line to channel {args.channel!r} (Ctrl-D to stop).", file=sys.stderr
+        )
     try:
         for line in sys.stdin:
             text = line.rstrip("\r\n")
@@ -63,14 +71,21 @@ def _into_redis(parser, channel):
     except ConfigError as exc:
         parser.exit(2, f"configuration error: {exc}\n")
     if not settings["REDIS_URL"] and not settings["REDIS_SENTINELS"]:
-        parser.exit(2, "no Redis: start the server with `make run` first, set REDIS_URL "
-                    "(or REDIS_SENTINELS), or publish with --url\n")
+        parser.exit(
+            2,
+            "no Redis: start the server with `make run` first, set REDIS_URL "
+            "(or REDIS_SENTINELS), or publish with --url\n",
+        )
     connections = RedisConnections.from_settings(settings)
-    hub = Hub(connections.client(max_connections=2), connections,
-              prefix=settings["REDIS_PREFIX"], maxlen=settings["STREAM_MAXLEN"],
-              ttl_seconds=settings["STREAM_TTL_SECONDS"],
-              min_replicas=settings["PUBLISH_MIN_REPLICAS"],
-              replica_timeout_ms=settings["PUBLISH_REPLICA_TIMEOUT_MS"])
+    hub = Hub(
+        connections.client(max_connections=2),
+        connections,
+        prefix=settings["REDIS_PREFIX"],
+        maxlen=settings["STREAM_MAXLEN"],
+        ttl_seconds=settings["STREAM_TTL_SECONDS"],
+        min_replicas=settings["PUBLISH_MIN_REPLICAS"],
+        replica_timeout_ms=settings["PUBLISH_REPLICA_TIMEOUT_MS"],
+    )
 
     def send(text, interactive):
         try:

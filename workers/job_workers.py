@@ -75,10 +75,13 @@ def main(argv=None):
     # RQ wants bytes replies: a plain redis-py client, not the app's decoding one
     connection = __import__("redis").Redis(
         connection_pool=RedisConnections.from_settings(settings).pool(
-            max_connections=8, socket_timeout=None))
+            max_connections=8, socket_timeout=None
+        )
+    )
     queue = Queue(Keys(settings["REDIS_PREFIX"]).jobs_queue(), connection=connection)
-    worker = Worker([queue], connection=connection, maintenance_interval=60,
-                    job_monitoring_interval=5)
+    worker = Worker(
+        [queue], connection=connection, maintenance_interval=60, job_monitoring_interval=5
+    )
     worker.work(with_scheduler=False, logging_level=settings["LOG_LEVEL"].upper())
     return 0
 

@@ -77,8 +77,10 @@ class JobStore:
         now = time.time()
         recent = self.keys.jobs_recent()
         pipe = self.redis_client.pipeline(transaction=True)
-        pipe.hset(self.keys.job(job_id), mapping={
-            "id": job_id, "state": "queued", "progress": 0, "created": now, **fields})
+        pipe.hset(
+            self.keys.job(job_id),
+            mapping={"id": job_id, "state": "queued", "progress": 0, "created": now, **fields},
+        )
         pipe.expire(self.keys.job(job_id), self.ttl)
         pipe.zadd(recent, {job_id: now})
         pipe.zremrangebyscore(recent, "-inf", now - self.ttl)  # their hashes are gone too
@@ -88,12 +90,19 @@ class JobStore:
     def update(self, job_id, event=None, from_states=(), **fields):
         """Set `fields` and publish `event` (a dict), only while the job's state is one of
         `from_states` (any, when empty). True when it changed."""
-        args = [Keys.job_channel(job_id), self.ttl, ",".join(from_states),
-                json.dumps(event, separators=(",", ":")) if event else ""]
+        args = [
+            Keys.job_channel(job_id),
+            self.ttl,
+            ",".join(from_states),
+            json.dumps(event, separators=(",", ":")) if event else "",
+        ]
         for name, value in fields.items():
             args += [name, value if isinstance(value, str) else json.dumps(value)]
-        return bool(self._update(keys=[self.keys.job(job_id),
-                                       self.keys.stream(Keys.job_channel(job_id))], args=args))
+        return bool(
+            self._update(
+                keys=[self.keys.job(job_id), self.keys.stream(Keys.job_channel(job_id))], args=args
+            )
+        )
 
     def raw(self, job_id):
         return self.redis_client.hgetall(self.keys.job(job_id))
@@ -108,12 +117,24 @@ class JobStore:
         return self.redis_client.zrevrange(self.keys.jobs_recent(), 0, count - 1)
 
     def fail(self, job_id, reason, from_states=("queued", "running")):
-        return self.update(job_id, {"type": "failed", "state": "failed", "reason": reason},
-                           from_states, state="failed", reason=reason, ended=time.time())
+        return self.update(
+            job_id,
+            {"type": "failed", "state": "failed", "reason": reason},
+            from_states,
+            state="failed",
+            reason=reason,
+            ended=time.time(),
+        )
 
     def cancelled(self, job_id, reason, from_states=("queued", "running")):
-        return self.update(job_id, {"type": "cancelled", "state": "cancelled", "reason": reason},
-                           from_states, state="cancelled", reason=reason, ended=time.time())
+        return self.update(
+            job_id,
+            {"type": "cancelled", "state": "cancelled", "reason": reason},
+            from_states,
+            state="cancelled",
+            reason=reason,
+            ended=time.time(),
+        )
 
     def refresh(self, job_id, rq_connection):
         """The job as `status()` shows it, after making sure that a job whose process
@@ -124,9 +145,14 @@ class JobStore:
         state = raw.get("state")
         if state == "running" and not self.redis_client.exists(self.keys.job_alive(job_id)):
             why = _rq_failure(job_id, rq_connection)
-            self.fail(job_id, f"the job's process died: {why}" if why else
-                      f"the job's process stopped reporting (no heartbeat for {ALIVE_TTL} s): "
-                      "its work-horse or its RQ worker died", ("running",))
+            self.fail(
+                job_id,
+                f"the job's process died: {why}"
+                if why
+                else f"the job's process stopped reporting (no heartbeat for {ALIVE_TTL} s): "
+                "its work-horse or its RQ worker died",
+                ("running",),
+            )
             raw = self.raw(job_id)
         elif state == "queued":
             verdict = _queued_verdict(job_id, rq_connection)
@@ -190,7 +216,8 @@ def _queued_verdict(job_id, connection):
         return "cancelled", "cancelled before it started"
     if rq_status == JobStatus.STARTED:
         worker = job.worker_name and Worker.find_by_key(
-            Worker.redis_worker_namespace_prefix + job.worker_name, connection=connection)
+            Worker.redis_worker_namespace_prefix + job.worker_name, connection=connection
+        )
         started = job.started_at.timestamp() if job.started_at else time.time()
         if worker is None:
             return "failed", f"its RQ worker {job.worker_name} died as it took the job"
@@ -211,8 +238,12 @@ def _store(options):
     settings = load_settings()
     client = RedisConnections.from_settings(settings).client(max_connections=4, timeout=5)
     # the job's channel is kept no longer than the job: ttl_seconds is the job's TTL
-    log = StreamLog(client, options["prefix"], maxlen=options["stream_maxlen"],
-                    ttl_seconds=min(options["ttl"], options["stream_ttl"]))
+    log = StreamLog(
+        client,
+        options["prefix"],
+        maxlen=options["stream_maxlen"],
+        ttl_seconds=min(options["ttl"], options["stream_ttl"]),
+    )
     return JobStore(client, log.scripts, options["prefix"], options["ttl"])
 
 
@@ -258,23 +289,38 @@ class _Run:
         size = os.path.getsize(self.path)
         self.store.heartbeat(self.id)
         if not self.store.update(
-                self.id, {"type": "state", "state": "running", "size": size}, ("queued",),
-                state="running", started=time.time(), size=size, horse=os.getpid(),
-                worker=os.environ.get("RQ_WORKER_ID", "")):
+            self.id,
+            {"type": "state", "state": "running", "size": size},
+            ("queued",),
+            state="running",
+            started=time.time(),
+            size=size,
+            horse=os.getpid(),
+            worker=os.environ.get("RQ_WORKER_ID", ""),
+        ):
             return {"state": "not started: no longer queued"}
         try:
             how = self._start_children(size)
-            self.store.update(self.id, {"type": "state", "state": "running",
-                                        "pids": [p.pid for p, _ in self.children]},
-                              ("running",), pids=[p.pid for p, _ in self.children])
+            self.store.update(
+                self.id,
+                {"type": "state", "state": "running", "pids": [p.pid for p, _ in self.children]},
+                ("running",),
+                pids=[p.pid for p, _ in self.children],
+            )
             results = self._collect(size)
             if results is None:
                 return {"state": self.store.raw(self.id).get("state")}
             summary = logproc.report(logproc.merge(results), how, TOP)
             summary["seconds"] = round(time.time() - float(self.store.raw(self.id)["started"]), 3)
-            self.store.update(self.id, {"type": "result", "state": "done", "result": summary},
-                              ("running",), state="done", progress=1, result=summary,
-                              ended=time.time())
+            self.store.update(
+                self.id,
+                {"type": "result", "state": "done", "result": summary},
+                ("running",),
+                state="done",
+                progress=1,
+                result=summary,
+                ended=time.time(),
+            )
             return {"state": "done"}
         except BaseException as exc:  # a child's death, RQ's timeout, anything: say so
             stopped = self._stop_children()
@@ -290,12 +336,26 @@ class _Run:
         else:
             ranges = logproc.line_aligned_ranges(self.path, self.procs)
             jobs = [("plain", s, e) for s, e in ranges]
-            how = (f"{len(ranges)} processes over line-aligned byte ranges"
-                   if self.procs > 1 and len(ranges) > 1 else "1 process")
+            how = (
+                f"{len(ranges)} processes over line-aligned byte ranges"
+                if self.procs > 1 and len(ranges) > 1
+                else "1 process"
+            )
         for kind, start, end in jobs:
             receive, send = ctx.Pipe(duplex=False)
-            child = ctx.Process(target=_child, daemon=True, args=(
-                kind, self.path, start, end, send, os.getpid(), self.options.get("read_rate")))
+            child = ctx.Process(
+                target=_child,
+                daemon=True,
+                args=(
+                    kind,
+                    self.path,
+                    start,
+                    end,
+                    send,
+                    os.getpid(),
+                    self.options.get("read_rate"),
+                ),
+            )
             child.start()
             send.close()  # ours is the reading end: EOF when the child is gone
             self.children.append((child, receive))
@@ -316,8 +376,9 @@ class _Run:
                 except EOFError:
                     child = self.children[i][0]
                     child.join(1)
-                    raise ChildFailed(f"child {child.pid} ended without its result "
-                                      f"({_exit_text(child.exitcode)})") from None
+                    raise ChildFailed(
+                        f"child {child.pid} ended without its result ({_exit_text(child.exitcode)})"
+                    ) from None
                 if kind == "progress":
                     done[i] += value
                 elif kind == "at":
@@ -335,8 +396,9 @@ class _Run:
                 raw = self.store.raw(self.id)
                 if raw.get("cancel"):
                     stopped = self._stop_children()
-                    self.store.cancelled(self.id, f"cancelled by {raw['cancel']}{stopped}",
-                                         ("running",))
+                    self.store.cancelled(
+                        self.id, f"cancelled by {raw['cancel']}{stopped}", ("running",)
+                    )
                     return None
                 if raw.get("state") != "running":  # failed by a reader meanwhile
                     self._stop_children()
@@ -344,9 +406,12 @@ class _Run:
             progress = round(min(sum(done) / size, 1), 4) if size else 1
             if pending and progress != last["shown"] and now - last["publish"] >= PUBLISH_EVERY:
                 last["publish"], last["shown"] = now, progress
-                self.store.update(self.id, {"type": "progress", "progress": progress,
-                                            "bytes": sum(done), "size": size},
-                                  ("running",), progress=progress)
+                self.store.update(
+                    self.id,
+                    {"type": "progress", "progress": progress, "bytes": sum(done), "size": size},
+                    ("running",),
+                    progress=progress,
+                )
         return results
 
     def _stop_children(self):
@@ -370,8 +435,10 @@ class _Run:
         pids = ", ".join(str(child.pid) for child in alive)
         text = f": SIGTERM sent to {len(alive)} child process(es) (pids {pids})"
         if stubborn:
-            return text + (f"; {len(stubborn)} still running after {grace:g} s got SIGKILL "
-                           f"(pids {', '.join(str(c.pid) for c in stubborn)})")
+            return text + (
+                f"; {len(stubborn)} still running after {grace:g} s got SIGKILL "
+                f"(pids {', '.join(str(c.pid) for c in stubborn)})"
+            )
         return text + f"; all ended within the {grace:g} s grace period"
 
 
@@ -428,10 +495,12 @@ def _child(kind, path, start, end, pipe, parent, rate):
             paced = _Paced(raw, rate)
             with gzip.GzipFile(fileobj=paced) as stream:
                 result = logproc.count_stream(
-                    stream, progress=lambda _n: pipe.send(("at", paced.tell())))
+                    stream, progress=lambda _n: pipe.send(("at", paced.tell()))
+                )
         else:
             raw.seek(start)
-            result = logproc.count_stream(_Paced(raw, rate), limit=end - start,
-                                          progress=lambda n: pipe.send(("progress", n)))
+            result = logproc.count_stream(
+                _Paced(raw, rate), limit=end - start, progress=lambda n: pipe.send(("progress", n))
+            )
     pipe.send(("result", result))
     pipe.close()

@@ -32,25 +32,35 @@ from operator import itemgetter
 # runs block_pattern(), the same pattern made to scan many lines at once; the tests
 # hold the two together.
 LINE = re.compile(
-    rb'^(\S+) \S+ \S+ \[(\d{2})/(\w{3})/(\d{4}):(\d{2}):(\d{2}):\d{2} [^\]]*\] '
-    rb'"(\S+) (\S+)[^"]*" (\d{3}) (\d+|-)(?: "[^"]*" "[^"]*")?\s*$')
-MONTHS = {m.encode(): f"{i:02d}" for i, m in enumerate(
-    ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"], 1)}
+    rb"^(\S+) \S+ \S+ \[(\d{2})/(\w{3})/(\d{4}):(\d{2}):(\d{2}):\d{2} [^\]]*\] "
+    rb'"(\S+) (\S+)[^"]*" (\d{3}) (\d+|-)(?: "[^"]*" "[^"]*")?\s*$'
+)
+MONTHS = {
+    m.encode(): f"{i:02d}"
+    for i, m in enumerate(
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"], 1
+    )
+}
 
 # What can be counted (--only), and the group of block_pattern() that feeds each.
 FIELDS = ("status", "paths", "ips", "bytes", "minutes")
-GROUP_OF = {"ips": "ip", "minutes": "minute", "status": "request", "paths": "request",
-            "bytes": "size"}
+GROUP_OF = {
+    "ips": "ip",
+    "minutes": "minute",
+    "status": "request",
+    "paths": "request",
+    "bytes": "size",
+}
 
 
 # The character classes of LINE, spelled as positive byte sets: sre tests those with one
 # bitmap lookup, about twice as fast as \S or [^"\n]. Each leaves out the newline, so
 # that no part of a match runs into the next line (tests check each against LINE's).
-NOT_SPACE = r"[\x00-\x08\x0e-\x1f\x21-\xff]"   # \S (bytes: space is \t\n\v\f\r and ' ')
-SPACE = r"[\t\x0b-\r ]"                         # \s but the newline
+NOT_SPACE = r"[\x00-\x08\x0e-\x1f\x21-\xff]"  # \S (bytes: space is \t\n\v\f\r and ' ')
+SPACE = r"[\t\x0b-\r ]"  # \s but the newline
 NOT_BRACKET = r"[\x00-\x09\x0b-\x5c\x5e-\xff]"  # [^\]] but the newline
-NOT_QUOTE = r"[\x00-\x09\x0b-\x21\x23-\xff]"    # [^"] but the newline
-DIGIT = r"[0-9]"                                 # \d (bytes)
+NOT_QUOTE = r"[\x00-\x09\x0b-\x21\x23-\xff]"  # [^"] but the newline
+DIGIT = r"[0-9]"  # \d (bytes)
 
 
 def block_pattern(groups):
@@ -66,17 +76,27 @@ def block_pattern(groups):
     per line, the costly part, and a wide one (`request`: path, protocol, status) has
     few distinct values, taken apart once each afterwards.
     """
+
     def part(name, regex):
         return f"({regex})" if name in groups else f"(?:{regex})"
 
     s, d = NOT_SPACE, DIGIT
     months = "|".join(m.decode() for m in MONTHS)
-    return re.compile((
-        "^" + part("ip", f"{s}+") + f" {s}+ {s}+ \\["
-        + part("minute", f"{d}{d}/(?:{months})/{d}{d}{d}{d}:{d}{d}:{d}{d}")
-        + f":{d}{d} {NOT_BRACKET}*\\] "
-        + f'"{s}+ ' + part("request", f'{s}+{NOT_QUOTE}*" {d}{d}{d}') + " " + part("size", f"{d}+|-")
-        + f'(?: "{NOT_QUOTE}*" "{NOT_QUOTE}*")?{SPACE}*$').encode(), re.MULTILINE)
+    return re.compile(
+        (
+            "^"
+            + part("ip", f"{s}+")
+            + f" {s}+ {s}+ \\["
+            + part("minute", f"{d}{d}/(?:{months})/{d}{d}{d}{d}:{d}{d}:{d}{d}")
+            + f":{d}{d} {NOT_BRACKET}*\\] "
+            + f'"{s}+ '
+            + part("request", f'{s}+{NOT_QUOTE}*" {d}{d}{d}')
+            + " "
+            + part("size", f"{d}+|-")
+            + f'(?: "{NOT_QUOTE}*" "{NOT_QUOTE}*")?{SPACE}*$'
+        ).encode(),
+        re.MULTILINE,
+    )
 
 
 # The path and status inside a captured `request` (path, protocol, status): LINE's own
@@ -86,8 +106,15 @@ BLOCK = 16 << 20  # bytes read at a time: big enough that per-block costs vanish
 
 
 def empty_result():
-    return {"lines": 0, "malformed": 0, "bytes": 0, "status": Counter(), "paths": Counter(),
-            "ips": Counter(), "minutes": Counter()}
+    return {
+        "lines": 0,
+        "malformed": 0,
+        "bytes": 0,
+        "status": Counter(),
+        "paths": Counter(),
+        "ips": Counter(),
+        "minutes": Counter(),
+    }
 
 
 class RangeCounter:
@@ -95,8 +122,9 @@ class RangeCounter:
 
     def __init__(self, fields=FIELDS):
         self.fields = fields
-        self.groups = [g for g in ("ip", "minute", "request", "size")
-                       if any(GROUP_OF[f] == g for f in fields)]
+        self.groups = [
+            g for g in ("ip", "minute", "request", "size") if any(GROUP_OF[f] == g for f in fields)
+        ]
         self.pattern = block_pattern(self.groups)
         self.lines = self.matched = self.bytes = 0
         self.raw = {g: Counter() for g in self.groups if g != "size"}  # bytes -> count
@@ -124,7 +152,9 @@ class RangeCounter:
             result["ips"][ip.decode("utf-8", "replace")] += n
         for minute, n in self.raw.get("minute", {}).items():  # 01/Nov/2026:10:07
             day, month, year, clock = minute[:2], minute[3:6], minute[7:11], minute[12:]
-            result["minutes"][f"{year.decode()}-{MONTHS[month]}-{day.decode()}T{clock.decode()}"] += n
+            result["minutes"][
+                f"{year.decode()}-{MONTHS[month]}-{day.decode()}T{clock.decode()}"
+            ] += n
         for request, n in self.raw.get("request", {}).items():
             path, status = REQUEST.fullmatch(request).groups()
             if "status" in self.fields:
@@ -268,8 +298,12 @@ def _end_progress(result, size, shown):
 
 def report(result, how, top, fields=FIELDS):
     """The summary printed (as a table or JSON): only the fields that were counted."""
-    summary = {"read": how, "lines": result["lines"], "malformed": result["malformed"],
-               "requests": result["lines"] - result["malformed"]}
+    summary = {
+        "read": how,
+        "lines": result["lines"],
+        "malformed": result["malformed"],
+        "requests": result["lines"] - result["malformed"],
+    }
     if "bytes" in fields:
         summary["bytes_sent"] = result["bytes"]
     if "status" in fields:
@@ -282,7 +316,8 @@ def report(result, how, top, fields=FIELDS):
         minutes = result["minutes"]
         peak = minutes.most_common(1)[0] if minutes else ("-", 0)
         summary["requests_per_minute"] = {
-            "minutes": len(minutes), "peak": {"minute": peak[0], "requests": peak[1]},
+            "minutes": len(minutes),
+            "peak": {"minute": peak[0], "requests": peak[1]},
             "average": round(sum(minutes.values()) / len(minutes), 1) if minutes else 0,
             "by_minute": dict(sorted(minutes.items())),
         }
@@ -297,8 +332,11 @@ def print_table(summary, out=sys.stdout):
             out.write(f"  {key!s:<{width}}  {value:>12,}\n")
 
     out.write(f"read: {summary['read']}\n")
-    totals = [("lines", summary["lines"]), ("requests", summary["requests"]),
-              ("malformed lines", summary["malformed"])]
+    totals = [
+        ("lines", summary["lines"]),
+        ("requests", summary["requests"]),
+        ("malformed lines", summary["malformed"]),
+    ]
     if "bytes_sent" in summary:
         totals.append(("bytes sent", summary["bytes_sent"]))
     section("totals", totals)
@@ -310,17 +348,37 @@ def print_table(summary, out=sys.stdout):
         section("top client IPs", summary["top_ips"])
     if "requests_per_minute" in summary:
         rpm = summary["requests_per_minute"]
-        out.write(f"\nrequests per minute: {rpm['average']:,} on average over {rpm['minutes']:,} "
-                  f"minutes; peak {rpm['peak']['requests']:,} at {rpm['peak']['minute']}\n")
+        out.write(
+            f"\nrequests per minute: {rpm['average']:,} on average over {rpm['minutes']:,} "
+            f"minutes; peak {rpm['peak']['requests']:,} at {rpm['peak']['minute']}\n"
+        )
 
 
 # -- generate ----------------------------------------------------------------------------
 
-PATHS = ["/", "/index.html", "/listCities/usa/ohio", "/sub/news", "/qa/", "/ticker/quote",
-         "/static/css/site.css", "/static/js/ot.js", "/auth/login", "/draw/", "/favicon.ico",
-         "/editor/welcome", "/api/v1/items", "/api/v1/items/42", "/healthz"]
-AGENTS = ["Mozilla/5.0 (X11; Linux x86_64) Chrome/124.0", "curl/8.5.0",
-          "Mozilla/5.0 (Macintosh) Safari/605.1.15", "Googlebot/2.1"]
+PATHS = [
+    "/",
+    "/index.html",
+    "/listCities/usa/ohio",
+    "/sub/news",
+    "/qa/",
+    "/ticker/quote",
+    "/static/css/site.css",
+    "/static/js/ot.js",
+    "/auth/login",
+    "/draw/",
+    "/favicon.ico",
+    "/editor/welcome",
+    "/api/v1/items",
+    "/api/v1/items/42",
+    "/healthz",
+]
+AGENTS = [
+    "Mozilla/5.0 (X11; Linux x86_64) Chrome/124.0",
+    "curl/8.5.0",
+    "Mozilla/5.0 (Macintosh) Safari/605.1.15",
+    "Googlebot/2.1",
+]
 
 
 def parse_size(text):
@@ -332,8 +390,10 @@ def parse_size(text):
 
 def generate(path, size, seed):
     rng = random.Random(seed)
-    ips = [f"{rng.randint(1, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
-           for _ in range(5000)]
+    ips = [
+        f"{rng.randint(1, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+        for _ in range(5000)
+    ]
     ip_weights = [1 / (i + 1) for i in range(len(ips))]  # a few clients do most requests
     statuses = ["200"] * 80 + ["304"] * 8 + ["404"] * 6 + ["301"] * 3 + ["500"] * 2 + ["403"]
     when = datetime(2026, 11, 1, tzinfo=timezone.utc)
@@ -341,8 +401,9 @@ def generate(path, size, seed):
     with open(path, "w", encoding="utf-8") as out:
         while written < size:
             batch = []
-            for ip, target in zip(rng.choices(ips, ip_weights, k=2000),
-                                  rng.choices(PATHS, k=2000), strict=True):
+            for ip, target in zip(
+                rng.choices(ips, ip_weights, k=2000), rng.choices(PATHS, k=2000), strict=True
+            ):
                 when += timedelta(milliseconds=rng.randint(0, 60))
                 if rng.random() < 0.001:
                     batch.append(f"garbage line {rng.random()}\n")  # logs are never clean
@@ -350,7 +411,8 @@ def generate(path, size, seed):
                 query = f"?page={rng.randint(1, 9)}" if rng.random() < 0.1 else ""
                 batch.append(
                     f'{ip} - - [{when:%d/%b/%Y:%H:%M:%S} +0000] "GET {target}{query} HTTP/1.1" '
-                    f'{rng.choice(statuses)} {rng.randint(200, 60000)} "-" "{rng.choice(AGENTS)}"\n')
+                    f'{rng.choice(statuses)} {rng.randint(200, 60000)} "-" "{rng.choice(AGENTS)}"\n'
+                )
             text = "".join(batch)
             out.write(text)
             written += len(text)
@@ -368,8 +430,9 @@ def parse_fields(text):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["generate"]:
-        parser = argparse.ArgumentParser(prog="python -m workers.logproc generate",
-                                         description="write a synthetic access log")
+        parser = argparse.ArgumentParser(
+            prog="python -m workers.logproc generate", description="write a synthetic access log"
+        )
         parser.add_argument("file")
         parser.add_argument("--size", type=parse_size, default=parse_size("100M"))
         parser.add_argument("--seed", type=int, default=1)
@@ -378,17 +441,28 @@ def main(argv=None):
         print(f"wrote {written / 2**20:,.1f} MB to {args.file}", file=sys.stderr)
         return 0
     parser = argparse.ArgumentParser(
-        prog="python -m workers.logproc", description=__doc__.split("\n")[0],
+        prog="python -m workers.logproc",
+        description=__doc__.split("\n")[0],
         epilog="To make a log to try it on: python -m workers.logproc generate FILE "
-               "--size 1G [--seed N] writes a synthetic combined-format log.")
+        "--size 1G [--seed N] writes a synthetic combined-format log.",
+    )
     parser.add_argument("file")
-    parser.add_argument("--procs", type=int, default=os.cpu_count() or 1,
-                        help="child processes (default: the CPU count)")
+    parser.add_argument(
+        "--procs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="child processes (default: the CPU count)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--top", type=int, default=10, help="how many paths and IPs to list")
-    parser.add_argument("--only", type=parse_fields, default=FIELDS, metavar="FIELD,...",
-                        help=f"count only these ({','.join(FIELDS)}; default: all), e.g. "
-                             "--only status,paths; lines and malformed lines are always counted")
+    parser.add_argument(
+        "--only",
+        type=parse_fields,
+        default=FIELDS,
+        metavar="FIELD,...",
+        help=f"count only these ({','.join(FIELDS)}; default: all), e.g. "
+        "--only status,paths; lines and malformed lines are always counted",
+    )
     args = parser.parse_args(argv)
     if args.procs < 1 or args.top < 1:
         parser.error("--procs and --top must be at least 1")

@@ -93,8 +93,10 @@ class _HeldPoll(Response):
                 return
             # Raised after Flask's error handlers: answer as they would.
             body = json.dumps({"error": "storage unavailable, retry shortly"}).encode()
-            start_response("503 SERVICE UNAVAILABLE", [
-                ("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            start_response(
+                "503 SERVICE UNAVAILABLE",
+                [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+            )
             yield body
         finally:
             held.close()  # werkzeug's iterable, which closes the write deadline
@@ -107,13 +109,17 @@ class _HeldPoll(Response):
         hub, channel, cursor, timeout, max_bytes, write_seconds = self.poll
         server_response, socket_writer = _gunicorn_response(environ, start_response)
         # page_bytes: a backlog is read from Redis about as far as this answer goes
-        with hub.subscribe(channel, cursor, page_bytes=max_bytes) as sub, \
-                lifecycle.connection("longpoll", sub.close, environ), \
-                hangup_watch(environ, sub.hang_up):
+        with (
+            hub.subscribe(channel, cursor, page_bytes=max_bytes) as sub,
+            lifecycle.connection("longpoll", sub.close, environ),
+            hangup_watch(environ, sub.hang_up),
+        ):
             start = sub.cursor
-            writer = (_AnswerWriter(environ, server_response, socket_writer, self.headers,
-                                    write_seconds)
-                      if server_response is not None else None)
+            writer = (
+                _AnswerWriter(environ, server_response, socket_writer, self.headers, write_seconds)
+                if server_response is not None
+                else None
+            )
             sub.write_directly(writer)
             idle = None
             if writer is not None and parking.can_hand_back(server_response):
@@ -134,8 +140,9 @@ class _HeldPoll(Response):
                 # next poll, which asks from this answer's cursor.
                 writer.deadline_passed()
                 if idle is None or not idle.taken_over:
-                    yield from _recorded(start_response, server_response, self.headers,
-                                         writer.answered)
+                    yield from _recorded(
+                        start_response, server_response, self.headers, writer.answered
+                    )
                 return
         self.set_data(_body(items, position, max_bytes))
         deadline = write_deadline(environ, write_seconds)
@@ -144,8 +151,10 @@ class _HeldPoll(Response):
             # from here, in one send, and the connection back to gunicorn.
             body = self.get_data()
             try:
-                yield _header_lines(server_response, self.headers.to_wsgi_list(), len(body),
-                                    _date()) + body
+                yield (
+                    _header_lines(server_response, self.headers.to_wsgi_list(), len(body), _date())
+                    + body
+                )
             finally:
                 if deadline is not None:
                     deadline.close()
@@ -170,7 +179,9 @@ def _body(items, position, max_bytes):
     # Messages left out follow on the next poll: the cursor is the last one sent.
     last = events[-1].id if events else position
     return b'{"events":[%s],"cursor":"%s"}' % (
-        b",".join(encode(msg) for msg in events), last.encode())
+        b",".join(encode(msg) for msg in events),
+        last.encode(),
+    )
 
 
 def _within(messages, max_bytes):
@@ -189,6 +200,7 @@ def _within(messages, max_bytes):
 
 # -- writing the answer ourselves, under gunicorn's gevent worker --------------------
 
+
 def _gunicorn_response(environ, start_response):
     """gunicorn's response object behind `start_response`, and a
     core.connection.DirectWriter on the client's socket, when this answer may
@@ -196,9 +208,14 @@ def _gunicorn_response(environ, start_response):
     socket, a connection that stays open. (None, None): let gunicorn write it."""
     server_response = getattr(start_response, "__self__", None)
     request = getattr(server_response, "req", None)
-    if (request is None or server_response.headers_sent or server_response.must_close
-            or request.should_close() or request.version not in ((1, 0), (1, 1))
-            or environ.get("REQUEST_METHOD") != "GET"):
+    if (
+        request is None
+        or server_response.headers_sent
+        or server_response.must_close
+        or request.should_close()
+        or request.version not in ((1, 0), (1, 1))
+        or environ.get("REQUEST_METHOD") != "GET"
+    ):
         return None, None
     # gevent, gunicorn's HTTP protocol, not TLS: as for the streams' direct writes
     socket_writer = direct_writer(environ, None)
@@ -226,11 +243,13 @@ def _head(http_version, server, headers):
         if len(_heads) > 64:  # headers that vary per request: do not grow without bound
             _heads.clear()
         major, minor = http_version
-        lines = "".join(f"{name}: {value}\r\n" for name, value in headers
-                        if name.lower() != "content-length")
+        lines = "".join(
+            f"{name}: {value}\r\n" for name, value in headers if name.lower() != "content-length"
+        )
         head = _heads[key] = (
             f"HTTP/{major}.{minor} 200 OK\r\nServer: {server}\r\nDate: ".encode("latin-1"),
-            f"\r\nConnection: keep-alive\r\n{lines}Content-Length: ".encode("latin-1"))
+            f"\r\nConnection: keep-alive\r\n{lines}Content-Length: ".encode("latin-1"),
+        )
     return head
 
 
@@ -242,7 +261,8 @@ def _send_whole(start_response, server_response, response, environ):
     if server_response.should_close():  # e.g. the worker is stopping: gunicorn decides
         return [body]
     server_response.sock.sendall(
-        _header_lines(server_response, headers.to_wsgi_list(), len(body), http_date()) + body)
+        _header_lines(server_response, headers.to_wsgi_list(), len(body), http_date()) + body
+    )
     server_response.headers_sent = True
     server_response.sent = len(body)
     return []
@@ -276,8 +296,10 @@ class _AnswerWriter:
 
     def frame(self, msg):
         self._body = msg.encoded(_answer_of_one)
-        return _header_lines(self._server_response, self._headers, len(self._body),
-                             _date()) + self._body
+        return (
+            _header_lines(self._server_response, self._headers, len(self._body), _date())
+            + self._body
+        )
 
     def try_send(self, data):
         sent = self._socket.try_send(data)

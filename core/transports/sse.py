@@ -112,8 +112,9 @@ class _EventStream(Response):
         return parking.serve(body, environ, start_response)
 
 
-def stream(subscription, environ, *, first, heartbeat, encode=encode, on_reset=None,
-           keepalive=None):
+def stream(
+    subscription, environ, *, first, heartbeat, encode=encode, on_reset=None, keepalive=None
+):
     """The body of an event stream fed by a hub subscription.
 
     `subscription`: `hub.subscribe(...)`, entered here, so the stream is
@@ -130,8 +131,11 @@ def stream(subscription, environ, *, first, heartbeat, encode=encode, on_reset=N
     the client hangs up. With the default encoding and reset policy, the
     stream gives up its greenlet while idle (core.parking).
     """
-    with subscription as sub, lifecycle.connection("sse", sub.close, environ), \
-            hangup_watch(environ, sub.hang_up):
+    with (
+        subscription as sub,
+        lifecycle.connection("sse", sub.close, environ),
+        hangup_watch(environ, sub.hang_up),
+    ):
         yield first() if callable(first) else first
         idle = None
         if encode is _default_encode and on_reset is None:
@@ -154,8 +158,7 @@ def stream(subscription, environ, *, first, heartbeat, encode=encode, on_reset=N
             if not items:
                 yield keepalive() if keepalive else comment("keepalive")
                 continue
-            out = [on_reset(item) if item.is_reset and on_reset else encode(item)
-                   for item in items]
+            out = [on_reset(item) if item.is_reset and on_reset else encode(item) for item in items]
             out = b"".join(chunk for chunk in out if chunk)
             if out:
                 yield out
@@ -213,6 +216,5 @@ def wants_event_stream(request):
     if "text/event-stream" not in accept:
         return False
     return any(
-        value == "text/event-stream" and quality > 0
-        for value, quality in request.accept_mimetypes
+        value == "text/event-stream" and quality > 0 for value, quality in request.accept_mimetypes
     )

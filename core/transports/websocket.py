@@ -231,11 +231,30 @@ class WebSocket:
     `shut_down(reason)` and `abort()` may be called from anywhere.
     """
 
-    __slots__ = ("_closed_by", "_conn", "_deflate", "_failure", "_handshake", "_io", "_next_ping",
-                 "_parts", "_pong_due", "_queue", "_read_after_close", "_readable", "_real",
-                 "_shutdown",
-                 "_size", "_sock", "_state", "_sub", "_wake", "_writing", "ping_seconds",
-                 "subprotocol")
+    __slots__ = (
+        "_closed_by",
+        "_conn",
+        "_deflate",
+        "_failure",
+        "_handshake",
+        "_io",
+        "_next_ping",
+        "_parts",
+        "_pong_due",
+        "_queue",
+        "_read_after_close",
+        "_readable",
+        "_real",
+        "_shutdown",
+        "_size",
+        "_sock",
+        "_state",
+        "_sub",
+        "_wake",
+        "_writing",
+        "ping_seconds",
+        "subprotocol",
+    )
 
     def __init__(self, sock, subprotocol=None, deflate=None, ping_seconds=None, response=None):
         self._sock = sock  # gunicorn's socket: writes (gevent parks the greenlet while full)
@@ -278,8 +297,11 @@ class WebSocket:
             abort_json(400, "a WebSocket handshake is a GET")
         version = environ.get("HTTP_SEC_WEBSOCKET_VERSION", "")
         if version.strip() != "13":
-            abort_json(426 if version else 400, "Sec-WebSocket-Version 13 is needed",
-                       headers={"Sec-WebSocket-Version": "13"})
+            abort_json(
+                426 if version else 400,
+                "Sec-WebSocket-Version 13 is needed",
+                headers={"Sec-WebSocket-Version": "13"},
+            )
         key = environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip()
         try:
             valid_key = len(base64.b64decode(key, validate=True)) == 16
@@ -290,9 +312,12 @@ class WebSocket:
         offered = [p.strip() for p in environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "").split(",")]
         subprotocol = next((p for p in offered if p in subprotocols), None)
         deflate, agreed = _negotiate_deflate(environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS", ""))
-        head = [b"HTTP/1.1 101 Switching Protocols", b"Upgrade: websocket",
-                b"Connection: Upgrade", b"Sec-WebSocket-Accept: " + generate_accept_token(
-                    key.encode("ascii"))]
+        head = [
+            b"HTTP/1.1 101 Switching Protocols",
+            b"Upgrade: websocket",
+            b"Connection: Upgrade",
+            b"Sec-WebSocket-Accept: " + generate_accept_token(key.encode("ascii")),
+        ]
         if subprotocol:
             head.append(b"Sec-WebSocket-Protocol: " + subprotocol.encode("ascii"))
         if agreed:
@@ -306,8 +331,9 @@ class WebSocket:
         if self._state is not _OPEN:
             raise ConnectionClosed(*(self._closed_by or (1005, "closing")))
         if self._deflate is not None:
-            event = TextMessage(data=data) if isinstance(data, str) else BytesMessage(
-                data=bytes(data))
+            event = (
+                TextMessage(data=data) if isinstance(data, str) else BytesMessage(data=bytes(data))
+            )
             self._write(self._connection().send(event))
         elif isinstance(data, str):
             self._write(_frame_of(0x81, data.encode("utf-8")))
@@ -389,7 +415,7 @@ class WebSocket:
             if _gevent():  # the OS socket is non-blocking; one greenlet runs at a time
                 # Into the worker's one buffer, then copied at its size: no
                 # 64 KB allocation per read (a pong is 6 bytes).
-                data = bytes(_READ_BUFFER[:self._real.recv_into(_READ_BUFFER, size)])
+                data = bytes(_READ_BUFFER[: self._real.recv_into(_READ_BUFFER, size)])
             elif select.select([self._real], [], [], 0)[0]:
                 data = self._real.recv(size)
             else:
@@ -445,8 +471,13 @@ class WebSocket:
         # read, nor a size limit (python-hyper/wsproto#86, closed without one):
         # read its frame decoder's state, on the version pinned in pyproject.toml.
         proto = conn._proto
-        if (self._deflate is None and self._parts is None and not len(proto._frame_decoder.buffer)
-                and proto._frame_decoder.header is None and proto._message_decoder.opcode is None):
+        if (
+            self._deflate is None
+            and self._parts is None
+            and not len(proto._frame_decoder.buffer)
+            and proto._frame_decoder.header is None
+            and proto._message_decoder.opcode is None
+        ):
             self._conn = None
 
     def _on_event(self, event):
@@ -455,8 +486,11 @@ class WebSocket:
             if self._state is not _OPEN or self._failure is not None:
                 return  # closing: what the client still sends is dropped
             data = event.data
-            size = len(data) if kind is BytesMessage or data.isascii() else len(
-                data.encode("utf-8", "surrogatepass"))
+            size = (
+                len(data)
+                if kind is BytesMessage or data.isascii()
+                else len(data.encode("utf-8", "surrogatepass"))
+            )
             self._size += size
             if self._size > MAX_MESSAGE:
                 self._refuse_too_big()
@@ -518,8 +552,9 @@ class WebSocket:
 
     def _connection(self):
         if self._conn is None:
-            self._conn = Connection(ConnectionType.SERVER,
-                                    [self._deflate] if self._deflate is not None else None)
+            self._conn = Connection(
+                ConnectionType.SERVER, [self._deflate] if self._deflate is not None else None
+            )
         return self._conn
 
     # -- waiting -----------------------------------------------------------------------
@@ -843,8 +878,9 @@ def route(path, bp):
         @functools.wraps(handler)
         def view(*args, **kwargs):
             quotas.admit_connection(request.environ)  # a 429 to the handshake
-            ws = WebSocket.accept(request.environ,
-                                  ping_seconds=current_app.config["WS_PING_SECONDS"])
+            ws = WebSocket.accept(
+                request.environ, ping_seconds=current_app.config["WS_PING_SECONDS"]
+            )
             parking.run(_session(ws, handler, args, kwargs, request.environ), request.environ)
             return _HandedBack()
 
