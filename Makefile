@@ -14,7 +14,7 @@ test: $(VENV)/.installed-dev
 
 # The unit tests alone (no redis-server, no gunicorn, no browser): under 30 s.
 test-fast: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -m unit -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m unit -q --hypothesis-profile=fast $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/fanout.py

@@ -11,11 +11,15 @@ import shutil
 
 import pytest
 import redis
+from hypothesis import settings as hypothesis_settings
 
 from core.config import SETTINGS
 from core.embedded_redis import EmbeddedRedis
 from tests.servers import GunicornServer
 from tests.settings import SECRET_KEY
+
+# `make test-fast` (--hypothesis-profile=fast): property tests try fewer examples.
+hypothesis_settings.register_profile("fast", max_examples=20)
 
 # -- every test is `unit` or `integration` (markers in pyproject.toml) ----------------------
 

@@ -100,7 +100,9 @@ json_text = st.one_of(
     ),
 )
 
-many_examples = settings(max_examples=300, deadline=None)
+# Three times Hypothesis' profile: 300 examples in `make test`, fewer in
+# `make test-fast` (its `fast` profile, tests/conftest.py).
+many_examples = settings(max_examples=3 * settings.default.max_examples, deadline=None)
 
 
 # -- core.hub.parse_id ---------------------------------------------------------------------
