@@ -191,6 +191,9 @@ class _Parked:
             if len(listeners) == 1
             else next((s for s in listeners if _port(s) == _port(sock)), listeners[0])
         )
+        # gunicorn has no public call to hand it a connection: `handle` is what
+        # its gevent worker's accept loop calls for each one (Worker.alive and
+        # .sockets are its documented state), on the gunicorn pinned by the locks.
         gevent.spawn_raw(_worker.handle, listener, sock, address)
 
 
