@@ -14,6 +14,11 @@ from core.embedded_redis import free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def gunicorn_command(python: str = sys.executable) -> list[str]:
+    """What `make run` runs (from ROOT): also for masters a test expects to exit."""
+    return [python, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
+
+
 class GunicornServer:
     """`gunicorn -c gunicorn.conf.py 'app:create_app()'` on a free port, with env overrides."""
 
@@ -34,7 +39,7 @@ class GunicornServer:
     def start(self, timeout=20):
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [self.python, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
+            gunicorn_command(self.python),
             cwd=ROOT,
             env=self.env,
             stdout=self._log,

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from core.config import SETTINGS, ConfigError, load_settings
-from tests.servers import ROOT
+from tests.servers import ROOT, gunicorn_command
 
 
 @pytest.mark.unit
@@ -121,7 +121,7 @@ def test_readme_documents_every_setting():
 )
 def test_gunicorn_stops_at_a_bad_redis_setting_with_one_line(tmp_path, env):
     result = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
+        gunicorn_command(),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -157,7 +157,7 @@ def test_gunicorn_stops_at_a_bad_redis_setting_with_one_line(tmp_path, env):
 def test_gunicorn_stops_at_a_bad_server_setting_with_one_line(tmp_path, name, value):
     """The server's knobs go through the same table and rule as the app's."""
     result = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
+        gunicorn_command(),
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
@@ -17,7 +16,7 @@ import requests
 
 from core.embedded_redis import free_port
 from tests.clients import wait_until, worker_pids
-from tests.servers import ROOT, GunicornServer
+from tests.servers import ROOT, GunicornServer, gunicorn_command
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +24,7 @@ pytestmark = pytest.mark.integration
 def run_to_exit(env, timeout=30):
     """Start a server that is expected to refuse to start; its exit."""
     return subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
+        gunicorn_command(),
         cwd=ROOT,
         env=env,
         capture_output=True,
