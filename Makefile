@@ -3,11 +3,17 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test test-fast bench load lint lock clean
+.PHONY: run logs test test-fast bench load lint lock clean
 
+# The web server, the job workers and the embedded Redis as one system under
+# supervisord (workers/supervise.py); Ctrl-C stops them together.
 # Demo users (jack/beanstalk, admin) unless DEMO_USERS=0; never in APP_ENV=production.
 run: $(VENV)/.installed
-	DEMO_USERS=$${DEMO_USERS:-1} $(BIN)/gunicorn -c gunicorn.conf.py 'app:create_app()'
+	DEMO_USERS=$${DEMO_USERS:-1} $(BIN)/python -m workers.supervise
+
+# Follow every process's log of `make run` (rotated past LOG_MAX_BYTES).
+logs:
+	tail -n 20 -F $${INSTANCE_DIR:-instance}/proclogs/*.log
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

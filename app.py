@@ -17,6 +17,7 @@ from core import errors, metrics, offload, quotas, security
 from core.bodies import BodyReader
 from core.config import ConfigError, load_settings
 from core.hub import Hub
+from core.procs import procs_cli
 from core.redis_connections import RedisConnections
 from core.sessions import RedisSessionInterface
 from core.transports import websocket
@@ -83,6 +84,7 @@ def create_app(config=None):
         redis_client, app.config["REDIS_PREFIX"], app.config["SESSION_IDLE_SECONDS"]
     )
     app.cli.add_command(users_cli)
+    app.cli.add_command(procs_cli)
 
     offload.warm_up_imports()
     _log_like_gunicorn()

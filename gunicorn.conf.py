@@ -103,34 +103,16 @@ def on_starting(server):
 
 
 def _refuse_taken_addresses(server):
-    """Stop at once, with one line, when an address to listen on is taken.
-
-    Each worker binds its own SO_REUSEPORT socket (reuse_port above), which
-    the kernel lets a second server of the same user share without an error,
-    splitting the connections between two unrelated servers; and a port held
-    by another program showed only as every worker failing to bind, in a loop.
-    So the master tries each address first, without SO_REUSEPORT.
-    """
-    import socket
+    """Stop at once, with one line, when an address to listen on is taken
+    (core/listening.py says why; `make run`'s supervisor checks the same way)."""
+    from core.listening import AddressTaken, refuse_taken
 
     if server.master_pid or os.environ.get("LISTEN_FDS"):
         return  # sockets handed over (USR2 re-exec, systemd): they are ours
-    for address in server.cfg.address:
-        if isinstance(address, str):
-            continue  # a unix socket path
-        host, port = address
-        for family, kind, proto, _, sockaddr in socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        ):
-            with socket.socket(family, kind, proto) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    probe.bind(sockaddr)
-                except OSError as exc:
-                    raise SystemExit(
-                        f"cannot listen on {host}:{port}: {exc.strerror} (another server "
-                        f"there? stop it, or choose another PORT)"
-                    ) from None
+    try:
+        refuse_taken(server.cfg.address)
+    except AddressTaken as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def child_exit(server, worker):

@@ -365,6 +365,35 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
         "RQ worker processes the gunicorn master starts for the jobs "
         "(0: none here; run `python -m workers.job_workers` elsewhere)",
     ),
+    # -- `make run`'s supervisor (workers/supervise.py, under supervisord) --------
+    "JOB_WORKER_COMMAND": (
+        str,
+        None,
+        "with `make run`: the command of each job worker, split as a shell would "
+        "(unset: this Python with `-m workers.job_workers`; e.g. prefix `nice -n 10`)",
+    ),
+    "JOB_MIN_UPTIME_SECONDS": (
+        int,
+        3,
+        "with `make run`: a job worker that exits sooner after its start failed to "
+        "start and is retried after a back-off (1 s, 2 s, 3 s, ...; PM2's min_uptime)",
+    ),
+    "JOB_MAX_RESTARTS": (
+        int,
+        10,
+        "with `make run`: a job worker that failed to start this many times in a "
+        "row is given up (state FATAL, shown at /admin/monitor; PM2's max_restarts)",
+    ),
+    "LOG_MAX_BYTES": (
+        int,
+        10 * 1024 * 1024,
+        "with `make run`: each process's log in `<INSTANCE_DIR>/proclogs` is rotated past this size",
+    ),
+    "LOG_BACKUPS": (
+        int,
+        5,
+        "with `make run`: rotated process logs kept (`web.log.1`, ...) beside the current one",
+    ),
     # -- the server (gunicorn.conf.py reads these from this table) ----------------
     "HOST": (str, "127.0.0.1", "address to listen on (with PORT, unless BIND is set)"),
     "PORT": (lambda raw: port_number("PORT", raw), 8000, "port to listen on"),

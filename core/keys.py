@@ -82,6 +82,11 @@ class Keys:
     def process_restarts(self) -> str:
         return f"{self.prefix}proc:restarts"
 
+    def supervisor_starts(self, host: str, pid: int) -> str:
+        """Hash: how many times `make run`'s supervisord (that pid) started each
+        of its programs (workers/supervise.py's event listener counts them)."""
+        return f"{self.prefix}supervisor:starts:{host}:{pid}"
+
     # -- the apps (blueprints/) ---------------------------------------------------------
 
     def qa(self, *parts: str) -> str:
