@@ -40,6 +40,7 @@ def gunicorn_server(redis_url, workers=2, **env_overrides):
             "REDIS_URL": redis_url,
             "INSTANCE_DIR": instance,
             "LOG_LEVEL": "warning",
+            "JOB_WORKERS": "0",  # the master's children are its web workers alone
             **UNLIMITED,
         }
         server = GunicornServer(

@@ -163,6 +163,7 @@ def init_app(app: Flask) -> None:
             request.method,
             response.status_code,
             None if started is None else time.perf_counter() - started,
+            getattr(response, "held_open", False),  # core/transports: SSE, held long-polls
         )
         return response
 
@@ -190,9 +191,8 @@ class Metrics:
         )
         self.latency = Histogram(
             "realtime_http_request_duration_seconds",
-            "Time from the request to its response "
-            "(for an SSE stream or a long-poll: until it is opened or held, not its life; "
-            "WebSocket sessions are left out).",
+            "Time from the request to its response, for plain answers "
+            "(SSE streams, long-polls and WebSocket sessions are counted, not timed).",
             ["route", "method"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
@@ -285,35 +285,41 @@ class Metrics:
         ]
         self._copied: dict[Counter, float] = {}  # Counter -> the plain value last copied
         self._flush_lock = threading.Lock()  # the monitor's loop and a scrape may both flush
-        # (route, websocket?, method, status class) -> its counter and histogram children
-        self._series: dict[tuple[str, bool, str, int], tuple[Any, Any]] = {}
+        # (route, method, status class) -> requests answered (copied by flush)
+        self._request_counts: dict[tuple[str, str, str], int] = {}
+        self._latencies: dict[tuple[str, str], Any] = {}  # (route, method) -> its histogram
 
     # -- requests ---------------------------------------------------------------------------
 
     def count(
-        self, rule: Rule | None, method: str, status: int, seconds: float | None = None
+        self,
+        rule: Rule | None,
+        method: str,
+        status: int,
+        seconds: float | None = None,
+        held_open: bool = False,
     ) -> None:
         """One request answered: its url_rule (None: no route matched), its
-        method, its status code and how long it took. The children of each
-        label set are looked up once (prometheus_client's labels() checks
-        and locks on every call)."""
+        method, its status code, how long it took, and whether its response
+        is a stream held open (SSE, a held long-poll: its time is not a
+        latency). Counted in a plain dict, copied into the counter by flush:
+        a long-poll broadcast answers 10,000 requests at once, and
+        prometheus_client's file-backed values cost tens of microseconds per
+        update under gunicorn (docs/fanout.md measured the difference)."""
         # Route rules, not paths: a bounded set of labels whatever the URLs asked.
         route = rule.rule if rule is not None else "unmatched"
         websocket = rule is not None and rule.websocket
         method = method if method in _METHODS else "other"
-        key = (route, websocket, method, status // 100)
-        series = self._series.get(key)
-        if series is None:
-            # A WebSocket view returns when its session ends: its "latency"
-            # would be the session's life, so it is only counted.
-            series = self._series[key] = (
-                self.requests.labels(route, method, f"{key[3]}xx"),
-                None if websocket else self.latency.labels(route, method),
-            )
-        counter, histogram = series
-        counter.inc()
-        if histogram is not None and seconds is not None:
-            histogram.observe(seconds)
+        key = (route, method, f"{status // 100}xx")
+        self._request_counts[key] = self._request_counts.get(key, 0) + 1
+        # A WebSocket view returns when its session ends, a stream when it is
+        # opened: only a plain answer's time is a latency.
+        if seconds is None or websocket or held_open:
+            return
+        histogram = self._latencies.get(key[:2])
+        if histogram is None:  # (labels() checks and locks on every call: once per series)
+            histogram = self._latencies[key[:2]] = self.latency.labels(route, method)
+        histogram.observe(seconds)
 
     # -- the plain counters ----------------------------------------------------------------
 
@@ -326,6 +332,8 @@ class Metrics:
             for counter, name in self._copies:
                 self._copy(counter, getattr(hub, name))
             self._copy(self.cpu, times.user + times.system)
+            for key, count in list(self._request_counts.items()):
+                self._copy(self.requests.labels(*key), count)
             for transport, count in (connections or lifecycle.open_connections()).items():
                 self.open_connections.labels(transport).set(count)
             if rss:

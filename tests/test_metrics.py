@@ -73,7 +73,13 @@ def test_the_metrics_token_or_an_administrator_may_scrape(metrics_server, admin_
     right = get_metrics(metrics_server, {"Authorization": f"Bearer {TOKEN}"})
     assert right.status_code == 200
     assert right.headers["Content-Type"].startswith("text/plain; version=")
-    assert "# TYPE realtime_http_requests_total counter" in right.text
+    # requests are copied into the metrics by each worker every 2 s (core/metrics.py)
+    assert wait_until(
+        lambda: (
+            "# TYPE realtime_http_requests_total counter"
+            in get_metrics(metrics_server, {"Authorization": f"Bearer {TOKEN}"}).text
+        )
+    )
     # any other bearer token is a user's, checked as such
     assert get_metrics(metrics_server, {"Authorization": f"Bearer {TOKEN}x"}).status_code == 401
     assert get_metrics(metrics_server, {"Authorization": "Bearer"}).status_code == 401

@@ -68,6 +68,8 @@ def answer(hub, channel, cursor, *, timeout, max_bytes, write_seconds):
 
 
 class _HeldPoll(Response):
+    held_open = True  # core/metrics.py: its time to open is not a latency
+
     def __init__(self, hub, channel, cursor, timeout, max_bytes, write_seconds):
         super().__init__(b"", mimetype="application/json", headers={"Cache-Control": "no-store"})
         self.poll = (hub, channel, cursor, timeout, max_bytes, write_seconds)

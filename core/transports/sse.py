@@ -106,6 +106,8 @@ def response(body):
 
 
 class _EventStream(Response):
+    held_open = True  # core/metrics.py: its time to open is not a latency
+
     def __call__(self, environ, start_response):
         body, status, headers = self.get_wsgi_response(environ)
         start_response(status, headers)
