@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 # supervisord (workers/supervise.py); Ctrl-C stops them together.
 # Demo users (jack/beanstalk, admin) unless DEMO_USERS=0; never in APP_ENV=production.
 run: $(VENV)/.installed
-	DEMO_USERS=$${DEMO_USERS:-1} $(BIN)/python -m workers.supervise
+	DEMO_USERS=$${DEMO_USERS:-1} exec $(BIN)/python -m workers.supervise  # (no shell between make and it)
 
 # Follow every process's log of `make run` (rotated past LOG_MAX_BYTES).
 logs:

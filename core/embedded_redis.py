@@ -12,12 +12,10 @@ not import redis-py, gevent or ssl.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import importlib.util
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +25,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from core.config import redis_url_file  # light: no Redis, no Flask
+from core.parent_death import die_with_parent
 
 if TYPE_CHECKING:
     from typing import Self
@@ -60,16 +59,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: get SIGTERM if our parent dies (Linux),
-    so a SIGKILLed gunicorn master does not leave an orphaned redis-server."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 class EmbeddedRedis:
@@ -134,7 +123,7 @@ class EmbeddedRedis:
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,
                 # the gunicorn master and pytest start this before any thread exists
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
             )
             if self._wait_ready(timeout):
                 return self

@@ -7,6 +7,7 @@ its own instance directory and port.
 """
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -87,11 +88,11 @@ class Supervised:
         self.process = None
         self.token = None
 
-    def start(self, jobs_running=2, timeout=40):
+    def start(self, jobs_running=2, timeout=40, command=None):
         self.started_at = time.monotonic()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "workers.supervise"],
+                command or [sys.executable, "-m", "workers.supervise"],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,
@@ -414,3 +415,29 @@ def test_sigterm_stops_every_process_and_removes_the_redis_url(system):
     ]
     assert not (system.instance / "redis.url").exists()
     assert "stopped: web" in system.log()
+
+
+def test_make_killed_stops_every_process_and_removes_the_redis_url(base_env, tmp_path):
+    """`make run`'s own process SIGKILLed (a closed terminal, `kill -9` of
+    make): the supervisor under it stops everything as on Ctrl-C."""
+    supervised = Supervised(base_env, tmp_path, JOB_WORKERS=1)
+    # a shell that stays between, as make's would without `exec` (`; :` keeps it)
+    parent = [
+        "sh",
+        "-c",
+        f"{shlex.quote(sys.executable)} -m workers.supervise; :",
+    ]
+    supervised.start(jobs_running=1, command=parent)
+    pids = descendants(supervised.process.pid)
+    try:
+        assert len(pids) >= 6, pids  # supervise, Redis, supervisord, events, web (+2), jobs
+        supervised.process.kill()
+        supervised.process.wait()
+        assert wait_until(lambda: not any(alive(p) for p in pids), timeout=60), [
+            p for p in pids if alive(p)
+        ]
+        assert not (supervised.instance / "redis.url").exists()
+    finally:
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)

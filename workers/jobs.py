@@ -35,7 +35,6 @@ from the states it expects, and publishes the event in the same step: a late
 report from a job already failed or cancelled changes nothing.
 """
 
-import ctypes
 import gzip
 import json
 import multiprocessing
@@ -46,6 +45,7 @@ import time
 from contextlib import suppress
 
 from core.keys import Keys
+from core.parent_death import die_with_parent
 from workers import logproc
 
 TERMINAL = ("done", "failed", "cancelled")
@@ -56,7 +56,6 @@ PUBLISH_EVERY = 0.1  # at most 10 progress events a second
 CANCEL_POLL = 0.2  # how often the parent looks for a cancel request
 STARTING_TIMEOUT = 15  # an RQ job started this long ago whose function never began: failed
 CHUNK = 1 << 20  # bytes a child reads (and reports) at a time
-PR_SET_PDEATHSIG = 1
 TOP = 10
 
 
@@ -247,18 +246,10 @@ def _store(options):
     return JobStore(client, log.scripts, options["prefix"], options["ttl"])
 
 
-def _die_with_parent(parent):
-    """PR_SET_PDEATHSIG: SIGKILL when our parent dies (it cannot clean up after itself)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # it died before the call
-        os._exit(1)
-
-
 def analyse(job_id, path, procs, options):
     """The job (RQ calls it in the work-horse). `options`: prefix, ttl, stream_maxlen,
     stream_ttl, grace, read_rate (bytes/s per child or None), upload (delete `path` after)."""
-    _die_with_parent(os.getppid())  # a killed RQ worker takes its job with it
+    die_with_parent(signal.SIGKILL, os.getppid())  # a killed RQ worker takes its job with it
     store = _store(options)
     try:
         return _Run(store, job_id, path, procs, options).run()
@@ -487,7 +478,7 @@ class _Paced:
 
 def _child(kind, path, start, end, pipe, parent, rate):
     """Count one range (or a whole gzip file), reporting to the parent over `pipe`."""
-    _die_with_parent(parent)
+    die_with_parent(signal.SIGKILL, parent)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # cancel: end at once
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the RQ worker to handle
     with open(path, "rb") as raw:

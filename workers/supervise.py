@@ -261,7 +261,7 @@ def _supervise(settings, instance, env, procs, jobs_command):
     config = instance / "supervisord.conf"
     config.write_text(config_text(settings, instance, logs, sock, jobs_command))
     echo = LogEcho(logs)
-    from core.embedded_redis import _die_with_parent
+    from core.parent_death import die_with_parent
 
     supervisord = subprocess.Popen(
         [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(config)],
@@ -269,7 +269,7 @@ def _supervise(settings, instance, env, procs, jobs_command):
         env=env,
         stdin=subprocess.DEVNULL,
         start_new_session=True,  # the terminal's Ctrl-C comes here, and is passed on once
-        preexec_fn=_die_with_parent,  # a SIGKILLed `make run` still stops everything
+        preexec_fn=die_with_parent,  # a SIGKILLed `make run` still stops everything
     )
     print(
         f"supervisord (pid {supervisord.pid}) runs web and {settings['JOB_WORKERS']} job "
@@ -283,6 +283,7 @@ def _supervise(settings, instance, env, procs, jobs_command):
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, stop)
+    die_with_parent()  # `make run` killed (not just this process): stop everything too
     try:
         while supervisord.poll() is None:
             echo.poll()
