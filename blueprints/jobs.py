@@ -22,6 +22,7 @@ blocks the worker. A read also checks that a running job's process is alive
 for ever; an open stream checks the same every few seconds while it is quiet.
 """
 
+import functools
 import json
 import os
 import re
@@ -35,7 +36,7 @@ from flask import Blueprint, current_app, jsonify, request
 from core import bodies
 from core.errors import abort_json, wants_html
 from core.keys import Keys
-from core.security import admin_page, admin_required, current_user
+from core.security import admin_page, admin_required, administrator_asks, current_user
 from core.stream_log import InvalidId, format_id, parse_id
 from core.transports import sse
 from core.web import get_hub, get_redis, no_store
@@ -55,7 +56,13 @@ LISTED = 50
 def _allow_uploads(state):
     """The upload route takes bodies up to JOBS_UPLOAD_MAX_BYTES; every other route
     keeps MAX_CONTENT_LENGTH (core/bodies.py allow_larger)."""
-    bodies.allow_larger(state.app, "POST", UPLOAD_PATH, state.app.config["JOBS_UPLOAD_MAX_BYTES"])
+    bodies.allow_larger(
+        state.app,
+        "POST",
+        UPLOAD_PATH,
+        state.app.config["JOBS_UPLOAD_MAX_BYTES"],
+        functools.partial(administrator_asks, state.app),  # nobody else sends a large body
+    )
 
 
 def _rq():

@@ -15,11 +15,15 @@ on part of a body. All close the connection, since the rest is never read. Bodie
 small here (64 KiB by default), so buffering them costs little: it is what
 nginx does in front of us (docs/deploy.md).
 
-One route may take a larger body: `allow_larger(app, method, path, max_bytes)`
-(the log upload of /admin/jobs/upload). Its body is read by the same rules,
-with its own limit, into a temporary file past SPOOL_BYTES instead of memory;
-the route sets Flask's `request.max_content_length` to match (MAX_CONTENT_LENGTH
-stays the small default everywhere else).
+One route may take a larger body: `allow_larger(app, method, path, max_bytes,
+admit)` (the log upload of /admin/jobs/upload). `admit(environ)` decides from
+the request's credentials, before a byte of the body is read, whether it may
+(an administrator's); any other request there keeps the small limit, so an
+anonymous client cannot make the server store a large body. An admitted body is
+read by the same rules, with its own limit, into a temporary file past
+SPOOL_BYTES instead of memory; the route sets Flask's
+`request.max_content_length` to match (MAX_CONTENT_LENGTH stays the small
+default everywhere else).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import json
 import socket
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from gevent import Timeout
@@ -66,7 +70,7 @@ class BodyReader:
         self.grace_seconds = grace_seconds
         self.min_rate = min_rate
         # (method, path) -> its own limit (allow_larger)
-        self.larger: dict[tuple[str, str], int] = {}
+        self.larger: dict[tuple[str, str], tuple[int, Callable[[WSGIEnvironment], bool]]] = {}
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
@@ -76,9 +80,8 @@ class BodyReader:
             length = 0  # gunicorn refuses a malformed Content-Length before us
         if not chunked and length <= 0:
             return self.app(environ, start_response)
-        max_bytes = self.larger.get(
-            (environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""))
-        )
+        larger = self.larger.get((environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")))
+        max_bytes = larger[0] if larger is not None and larger[1](environ) else None
         spool = max_bytes is not None
         max_bytes = self.max_bytes if max_bytes is None else max_bytes
         try:
@@ -135,15 +138,18 @@ class BodyReader:
         return spooled if spool else b"".join(parts)
 
 
-def allow_larger(app: Flask, method: str, path: str, max_bytes: int) -> None:
-    """Let requests `method path` (exactly) of `app` carry bodies up to `max_bytes`,
-    read by the app's BodyReader with its usual deadline; call at registration."""
+def allow_larger(
+    app: Flask, method: str, path: str, max_bytes: int, admit: Callable[[WSGIEnvironment], bool]
+) -> None:
+    """Let requests `method path` (exactly) of `app` that `admit(environ)` accepts
+    (it sees the headers only) carry bodies up to `max_bytes`, read by the app's
+    BodyReader with its usual deadline; call at registration."""
     wsgi: object = app.wsgi_app
     while wsgi is not None and not isinstance(wsgi, BodyReader):
         wsgi = getattr(wsgi, "app", None)  # through ProxyFix
     if wsgi is None:
         raise RuntimeError("the app has no BodyReader")
-    wsgi.larger[(method, path)] = max_bytes
+    wsgi.larger[(method, path)] = (max_bytes, admit)
 
 
 def _read_by(stream: Any, size: int, seconds: float) -> bytes:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from flask import Response, current_app, g, render_template, request, session
+from werkzeug.exceptions import HTTPException
 
 from core import lifecycle, tokens
 from core.errors import abort_json
@@ -137,6 +138,18 @@ def login_required(view: Callable[P, R]) -> Callable[P, R]:
         return view(*args, **kwargs)
 
     return wrapped
+
+
+def administrator_asks(app: Flask, environ: dict[str, Any]) -> bool:
+    """Whether the request `environ` carries an administrator's credentials,
+    judged from its headers (token or session cookie) before the app handles
+    it: core/bodies.py asks before it reads a large body."""
+    with app.request_context(environ):
+        try:
+            user = current_user()
+        except HTTPException:  # a token presented but invalid
+            return False
+        return user is not None and user.is_admin
 
 
 def admin_required(view: Callable[P, R]) -> Callable[P, R]:

@@ -96,6 +96,24 @@ def job_workers(worker_pool, jobs_server):
     return worker_pool
 
 
+@pytest.fixture(autouse=True)
+def no_job_left_behind(request):
+    """After each test, cancel its jobs still queued or running, so the next
+    test finds the workers idle (a slow job left running made the next one
+    wait in the queue past its timeout)."""
+    yield
+    if "jobs_server" not in request.fixturenames:
+        return
+    server = request.getfixturevalue("jobs_server")
+    token = request.getfixturevalue("admin_token")
+    listed = requests.get(f"{server.url}/admin/jobs", headers=auth(token), timeout=10).json()
+    left = [j["id"] for j in listed["jobs"] if j["state"] in ("queued", "running")]
+    for job_id in left:
+        requests.delete(f"{server.url}/admin/jobs/{job_id}", headers=auth(token), timeout=10)
+    for job_id in left:
+        wait_state(server, token, job_id, ("cancelled", "failed", "done"), timeout=GRACE + 15)
+
+
 def auth(token):
     return {"Authorization": f"Bearer {token}"}
 
@@ -306,6 +324,28 @@ def test_an_upload_runs_and_an_oversized_one_is_a_413(
         assert answer.startswith(b"HTTP/1.1 413 "), answer
 
 
+@pytest.mark.parametrize("who", ["anonymous", "alice", "bad token"])
+def test_only_an_administrator_may_send_a_large_upload(jobs_server, alice_token, who):
+    """The upload's larger limit is decided from the credentials before a byte
+    of the body is read: anyone else keeps the small one (65,536 bytes), so an
+    anonymous client cannot make the server spool megabytes to disk."""
+    credentials = {
+        "anonymous": "",
+        "alice": f"Authorization: Bearer {alice_token}\r\n",
+        "bad token": "Authorization: Bearer not-a-token\r\n",
+    }[who]
+    sock = raw_request(
+        jobs_server,
+        (
+            f"POST /admin/jobs/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n{credentials}"
+            f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 300000\r\n\r\n"
+        ),
+    )
+    answer = read_until(sock, b"larger than 65536 bytes")
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 413 "), answer
+
+
 def test_jobs_are_for_administrators_only(jobs_server, admin_token, alice_token):
     job_id, _ = start_job(jobs_server, admin_token, file="small.log", procs=1)
     calls = [
@@ -344,7 +384,7 @@ def test_cancel_kills_the_children_and_says_so(jobs_server, job_workers, admin_t
     job_id, _ = start_job(jobs_server, admin_token, procs=2)
     events = SSEClient(f"{jobs_server.url}/admin/jobs/{job_id}/stream", headers=auth(admin_token))
     running = running_with_children(jobs_server, admin_token, job_id)
-    assert running, (job(jobs_server, admin_token, job_id), job_workers.log())
+    assert running, (json.dumps(job(jobs_server, admin_token, job_id)), job_workers.log())
     pids = running["pids"]
     assert all(alive(pid) for pid in pids) and {parent_of(p) for p in pids} == {running["horse"]}
     response = requests.delete(
@@ -476,7 +516,7 @@ def test_the_page_starts_watches_and_cancels_jobs(jobs_server, job_workers, page
     while time.monotonic() < deadline and current.get_attribute("data-state") != "done":
         seen.add(current.locator("progress").get_attribute("value"))
         page.wait_for_timeout(100)
-    assert current.get_attribute("data-state") == "done"
+    assert current.get_attribute("data-state") == "done", current.text_content()
     assert len(seen - {None, "0"}) >= 2, seen  # it moved
     current.locator("table.status td", has_text="200").first.wait_for()
     current.locator("table.paths td", has_text="/").first.wait_for()
