@@ -214,11 +214,15 @@ def _queued_verdict(job_id, connection):
     if rq_status in (JobStatus.CANCELED, JobStatus.STOPPED):
         return "cancelled", "cancelled before it started"
     if rq_status == JobStatus.STARTED:
-        worker = job.worker_name and Worker.find_by_key(
-            Worker.redis_worker_namespace_prefix + job.worker_name, connection=connection
-        )
         started = job.started_at.timestamp() if job.started_at else time.time()
-        if worker is None:
+        # RQ marks a job started a moment before it records which worker took
+        # it: without a name yet, only the timeout below can tell it died.
+        if job.worker_name and (
+            Worker.find_by_key(
+                Worker.redis_worker_namespace_prefix + job.worker_name, connection=connection
+            )
+            is None
+        ):
             return "failed", f"its RQ worker {job.worker_name} died as it took the job"
         if time.time() - started > STARTING_TIMEOUT:
             return "failed", f"RQ started it {STARTING_TIMEOUT} s ago, but it never began"
