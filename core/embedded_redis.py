@@ -12,7 +12,6 @@ not import redis-py, gevent or ssl.
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import os
 import shutil
@@ -26,6 +25,7 @@ from typing import IO, TYPE_CHECKING
 
 from core.config import redis_url_file  # light: no Redis, no Flask
 from core.parent_death import die_with_parent
+from core.pid_lock import Held, hold
 
 if TYPE_CHECKING:
     from typing import Self
@@ -198,20 +198,13 @@ def start_for_instance(instance: str | os.PathLike[str]) -> EmbeddedRedis:
     global _running
     instance = Path(instance)
     instance.mkdir(parents=True, exist_ok=True)
-    lock = open(instance / "redis.lock", "a+")  # noqa: SIM115 (held until stop)
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        holder = lock.read().strip() or "?"
-        lock.close()
+        lock = hold(instance / "redis.lock")
+    except Held as held:
         raise InstanceInUse(
-            f"{instance} is in use by another server (pid {holder}) with its embedded "
+            f"{instance} is in use by another server (pid {held.holder}) with its embedded "
             "Redis: stop that one, or give this one its own INSTANCE_DIR (or a REDIS_URL)"
         ) from None
-    lock.truncate(0)
-    lock.write(f"{os.getpid()}\n")
-    lock.flush()
     server = EmbeddedRedis(instance / "redis", appendonly=True)
     try:
         server.start()

@@ -37,7 +37,6 @@ supervisord over `<instance>/supervisor.sock`.
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import json
 import os
@@ -146,21 +145,15 @@ stopwaitsecs={JOB_STOP_SECONDS}
 
 def _lock(instance):
     """One `make run` per instance directory (its socket, config and logs)."""
-    lock = open(instance / "supervise.lock", "a+")  # noqa: SIM115 (held until exit)
+    from core.pid_lock import Held, hold
+
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        holder = lock.read().strip() or "?"
-        lock.close()
+        return hold(instance / "supervise.lock")
+    except Held as held:
         fail(
-            f"{instance} is in use by another `make run` (pid {holder}): stop that one, "
+            f"{instance} is in use by another `make run` (pid {held.holder}): stop that one, "
             "or give this one its own INSTANCE_DIR"
         )
-    lock.truncate(0)
-    lock.write(f"{os.getpid()}\n")
-    lock.flush()
-    return lock
 
 
 class LogEcho:
