@@ -116,21 +116,17 @@ class JobStore:
         return self.redis_client.zrevrange(self.keys.jobs_recent(), 0, count - 1)
 
     def fail(self, job_id, reason, from_states=("queued", "running")):
-        return self.update(
-            job_id,
-            {"type": "failed", "state": "failed", "reason": reason},
-            from_states,
-            state="failed",
-            reason=reason,
-            ended=time.time(),
-        )
+        return self._end(job_id, "failed", reason, from_states)
 
     def cancelled(self, job_id, reason, from_states=("queued", "running")):
+        return self._end(job_id, "cancelled", reason, from_states)
+
+    def _end(self, job_id, state, reason, from_states):
         return self.update(
             job_id,
-            {"type": "cancelled", "state": "cancelled", "reason": reason},
+            {"type": state, "state": state, "reason": reason},
             from_states,
-            state="cancelled",
+            state=state,
             reason=reason,
             ended=time.time(),
         )
