@@ -6,6 +6,7 @@ import socket
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import requests
 import websocket
@@ -445,3 +446,49 @@ def client_frame(opcode, payload, fin=True, rsv=0):
         head = bytes((int(fin) << 7 | rsv | opcode, 0x80 | 127)) + size.to_bytes(8, "big")
     mask = b"\x0f\xa5\x3c\x96"
     return head + mask + bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+
+
+# -- processes, as /proc shows them ---------------------------------------------------------
+
+
+def _stat_fields(pid):
+    """/proc/<pid>/stat after "(comm)": state, ppid, ..."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def alive(pid):
+    """Running, and not a zombie waiting for its parent."""
+    try:
+        return _stat_fields(pid)[0] != "Z"
+    except OSError:
+        return False
+
+
+def parent_of(pid):
+    return int(_stat_fields(pid)[1])
+
+
+def children(pid):
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    return {int(p) for p in out}
+
+
+def descendants(pid):
+    found, todo = set(), [pid]
+    while todo:
+        for child in children(todo.pop()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def one_line_saying(result, text):
+    """The one output line of a finished process with `text`; and no traceback."""
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if text in line]
+    assert len(lines) == 1, output
+    return lines[0]

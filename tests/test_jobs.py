@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.clients import SSEClient, raw_request, read_until, wait_until
+from tests.clients import SSEClient, alive, parent_of, raw_request, read_until, wait_until
 from tests.pages import wait_for
 from tests.servers import ROOT
 from workers import logproc
@@ -159,18 +159,6 @@ def running_with_children(server, token, job_id):
         timeout=30,
         step=0.1,
     )
-
-
-def alive(pid):
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
-
-
-def parent_of(pid):
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def cli_result(path, procs):

@@ -12,7 +12,7 @@ import pytest
 import requests
 import websocket
 
-from tests.clients import close_of, wait_until, worker_pids
+from tests.clients import close_of, parent_of, wait_until, worker_pids
 from tests.pages import wait_for
 from tests.servers import ROOT
 
@@ -68,11 +68,6 @@ def children_of_workers(server):
             pid, _, args = line.strip().partition(" ")
             found[int(pid)] = args
     return found
-
-
-def parent_of(pid):
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[1])  # after "(comm)": state, ppid
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from core.embedded_redis import free_port
-from tests.clients import wait_until, worker_pids
+from tests.clients import one_line_saying, wait_until, worker_pids
 from tests.servers import ROOT, GunicornServer, gunicorn_command
 
 pytestmark = pytest.mark.integration
@@ -31,15 +31,6 @@ def run_to_exit(env, timeout=30):
         text=True,
         timeout=timeout,
     )
-
-
-def one_line_saying(result, text):
-    """The one output line with `text`; and no traceback."""
-    output = result.stdout + result.stderr
-    assert "Traceback" not in output, output
-    lines = [line for line in output.splitlines() if text in line]
-    assert len(lines) == 1, output
-    return lines[0]
 
 
 @pytest.fixture

@@ -21,46 +21,12 @@ from rq import Worker
 
 from core import procs
 from core.embedded_redis import free_port
-from tests.clients import wait_until
+from tests.clients import alive, children, descendants, one_line_saying, wait_until
 from tests.servers import ROOT
 
 pytestmark = [pytest.mark.integration]
 
 ADMIN_PASSWORD = "supervised-admin-pw"
-
-
-def one_line_saying(result, text):
-    """The one output line with `text`; and no traceback."""
-    output = result.stdout + result.stderr
-    assert "Traceback" not in output, output
-    lines = [line for line in output.splitlines() if text in line]
-    assert len(lines) == 1, output
-    return lines[0]
-
-
-def children(pid):
-    out = subprocess.run(
-        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False
-    ).stdout.split()
-    return {int(p) for p in out}
-
-
-def descendants(pid):
-    found, todo = set(), [pid]
-    while todo:
-        for child in children(todo.pop()):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 class Supervised:
