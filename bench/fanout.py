@@ -297,13 +297,24 @@ def split(mix):
 
 
 def run_level(
-    port, master_pid, publish, mix, broadcasts, sse_path, profile=None, gap=1.5, settle=0.0, rate=0
+    port,
+    master_pid,
+    publish,
+    mix,
+    broadcasts,
+    sse_path,
+    profile=None,
+    gap=1.5,
+    settle=0.0,
+    rate=0,
+    redis_client=None,
 ):
     from bench.common import cpu_seconds, rss_kb, worker_pids
 
     pids = worker_pids(master_pid)
     base_rss = sum(rss_kb(p) for p in pids)
     profiler = Profile(pids[0], "connect") if profile == "connect" else None
+    commands_at_start = redis_calls(redis_client)
     cpu_at_start = cpu_seconds(pids)
     master_at_start = cpu_seconds([master_pid])
     procs = [
@@ -332,6 +343,7 @@ def run_level(
                 file=sys.stderr,
             )
     connect_cpu = cpu_seconds(pids) - cpu_at_start
+    connect_commands = redis_calls(redis_client) - commands_at_start
     generator_cpu = cpu_seconds([p.pid for p in procs])
     if profiler:
         profiler.stop()
@@ -379,6 +391,9 @@ def run_level(
         "failed": failed,
         "connect_s": connect_s,
         "connect_cpu_us": connect_cpu / max(ok, 1) * 1e6,
+        "redis_commands_per_connect": {
+            name: round(n / max(ok, 1), 2) for name, n in connect_commands.most_common(6)
+        },
         "generator_cpu_s": generator_cpu,
         "rss_mb": held_rss / 1024,
         "kb_per_conn": (held_rss - base_rss) / max(ok, 1),
@@ -389,6 +404,18 @@ def run_level(
         "cpu_s_per_broadcast": cpu_used / broadcasts,
         "master_cpu_s": master_cpu,
     }
+
+
+def redis_calls(redis_client):
+    """Redis's count of each command served so far (INFO commandstats)."""
+    if redis_client is None:
+        return Counter()
+    return Counter(
+        {
+            name.removeprefix("cmdstat_"): stats["calls"]
+            for name, stats in redis_client.info("commandstats").items()
+        }
+    )
 
 
 def qa_publisher(url):
@@ -573,6 +600,7 @@ def main():
                         gap=gap,
                         settle=settle,
                         rate=rate,
+                        redis_client=client,
                     )
             else:
                 prefix = f"bench{n}:"  # each level starts from an empty channel
@@ -600,6 +628,7 @@ def main():
                         gap=gap,
                         settle=settle,
                         rate=rate,
+                        redis_client=client,
                     )
             row["server"] = server
             rows.append(row)

@@ -37,7 +37,7 @@ import redis
 
 from core.offload import spawn
 from core.redis_connections import RedisConnections
-from core.stream_log import Message, StreamLog
+from core.stream_log import START, Message, StreamLog
 from core.subscription import Subscription
 
 log = logging.getLogger(__name__)
@@ -62,11 +62,24 @@ class _Local:
 
     `tail` holds the last few messages up to `newest`, contiguous: a client
     resuming a little behind (a long-poll coming back after the next
-    broadcast went out) gets them from memory instead of a Redis read."""
+    broadcast went out) gets them from memory instead of a Redis read. When
+    a catch-up read the whole stream and it was short, the tail starts at
+    START: a client asking for everything retained (a long-poll's first
+    poll) is served from memory too. The stream is trimmed only beyond its
+    MAXLEN, so a tail no longer than that is everything Redis holds."""
 
-    __slots__ = ("confirmed", "epoch", "idle_since", "newest", "subscribers", "tail", "tail_from")
+    __slots__ = (
+        "confirmed",
+        "epoch",
+        "idle_since",
+        "newest",
+        "subscribers",
+        "tail",
+        "tail_from",
+        "tail_length",
+    )
 
-    def __init__(self):
+    def __init__(self, tail_length):
         self.subscribers = set()
         self.confirmed = None  # the listener epoch in which Redis confirmed our SUBSCRIBE
         self.newest = None
@@ -74,16 +87,21 @@ class _Local:
         self.idle_since = None
         self.tail = deque()
         self.tail_from = None  # the tail holds every message after this id
+        self.tail_length = tail_length
 
-    def known(self, key, epoch):
-        """`key` is the newest id (a catch-up read it): the tail starts again there."""
+    def known(self, key, epoch, whole=None):
+        """`key` is the newest id (a catch-up read it): the tail starts again
+        there, or at START with `whole`, every message the stream holds."""
         self.newest, self.epoch = key, epoch
         self.tail.clear()
         self.tail_from = key
+        if whole is not None and len(whole) <= self.tail_length:
+            self.tail.extend(whole)
+            self.tail_from = START
 
     def record(self, msg):
         """`msg` came right after `newest` (notifications arrive in id order)."""
-        if len(self.tail) == TAIL_LENGTH:
+        if len(self.tail) >= self.tail_length:
             self.tail_from = self.tail.popleft().key
         self.tail.append(msg)
         self.newest = msg.key
@@ -199,7 +217,7 @@ class Hub(StreamLog):
                 return False, False
             new_channel = local is None
             if new_channel:
-                local = self._channels[sub.channel] = _Local()
+                local = self._channels[sub.channel] = _Local(min(TAIL_LENGTH, self.maxlen))
             local.subscribers.add(sub)
             local.idle_since = None
             return True, new_channel
@@ -235,8 +253,9 @@ class Hub(StreamLog):
                 if not local.subscribers:
                     local.idle_since = time.monotonic()
 
-    def note_newest(self, channel, key, epoch):
-        """A subscription of `channel` caught up to `key` during `epoch`."""
+    def note_newest(self, channel, key, epoch, whole=None):
+        """A subscription of `channel` caught up to `key` during `epoch`;
+        `whole`: it read the stream from its start, and these are all of it."""
         with self._lock:
             local = self._channels.get(channel)
             if (
@@ -246,8 +265,13 @@ class Hub(StreamLog):
                 or local.confirmed != epoch
             ):
                 return
-            if local.epoch != epoch or local.newest is None or key > local.newest:
-                local.known(key, epoch)
+            if (
+                local.epoch != epoch
+                or local.newest is None
+                or key > local.newest
+                or (whole is not None and key == local.newest)
+            ):
+                local.known(key, epoch, whole)
 
     def _forget_idle(self, now, pubsub):
         """In the listener: drop the channels nobody here has wanted for

@@ -317,7 +317,8 @@ class Subscription:
             self._pending_bytes = 0
             self._pending_overflow = False
         hub = self.hub
-        if self.cursor == START:
+        from_start = self.cursor == START
+        if from_start:
             entries, full_page = hub.read_page(self.channel, "-", CATCH_UP_PAGE, self.page_bytes)
         else:
             # The cursor's own message comes first (it proves the id is still
@@ -344,6 +345,6 @@ class Subscription:
                         self.cursor = msg.key
                 self._pending.clear()
                 self._pending_bytes = 0
-                hub.note_newest(self.channel, self.cursor, epoch)
+                hub.note_newest(self.channel, self.cursor, epoch, entries if from_start else None)
         hub.delivered += len(entries)
         return entries

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from core.hub import Hub
+from core.hub import TAIL_LENGTH, Hub
 from core.stream_log import START, InvalidId, Message, Reset, format_id, parse_id
 from core.transports import longpoll, sse, websocket
 
@@ -248,11 +248,47 @@ def test_a_subscriber_resuming_a_little_behind_is_served_from_memory(hub, rdb, c
             got = behind.wait(5)
         assert [m.id for m in got] == later
         assert _xrange_calls(rdb) == reads
-        # further behind than the tail reaches: read from Redis, still complete
+        # The watcher read the whole stream from its start: everything
+        # retained (a long-poll's first poll) comes from memory too.
         with hub.subscribe(channel, START) as everything:
             got = everything.wait(5)
         assert [m.data for m in got] == ["first", "later 0", "later 1", "later 2"]
+        assert _xrange_calls(rdb) == reads
+        # Further behind than the tail reaches: read from Redis, still complete.
+        more = [hub.publish(channel, f"more {i}") for i in range(TAIL_LENGTH)]
+        seen = []
+        while len(seen) < len(more):
+            seen += watcher.wait(5)
+        for cursor, expected in ((START, [first, *later, *more]), (parse_id(first), later + more)):
+            with hub.subscribe(channel, cursor) as behind:
+                got = []
+                while len(got) < len(expected):
+                    got += behind.wait(5)
+            assert [m.id for m in got] == expected
         assert _xrange_calls(rdb) > reads
+
+
+@pytest.mark.integration
+def test_everything_retained_comes_from_memory_only_while_the_stream_is_untrimmed(
+    rdb, redis_server, channel
+):
+    """With a MAXLEN shorter than the tail, Redis holds only the newest few:
+    a subscriber from START gets what Redis holds, not what the worker saw."""
+    hub = Hub(rdb, redis_server.url, prefix="unit:", maxlen=3)
+    try:
+        with hub.subscribe(channel, START) as watcher:
+            assert hub.connected_event.wait(5)
+            assert watcher.wait(0.2) == []  # the stream is empty: caught up
+            ids = [hub.publish(channel, f"m{i}") for i in range(10)]
+            hub.redis_client.xtrim(hub.stream_key(channel), maxlen=3, approximate=False)
+            seen = []
+            while len(seen) < len(ids):
+                seen += watcher.wait(5)
+            with hub.subscribe(channel, START) as fresh:
+                got = fresh.wait(5)
+            assert [m.id for m in got] == ids[-3:]
+    finally:
+        hub.stop()
 
 
 def _listeners(rdb, hub, channel):
