@@ -263,7 +263,7 @@ def _send_whole(start_response, server_response, response, environ):
     if server_response.should_close():  # e.g. the worker is stopping: gunicorn decides
         return [body]
     server_response.sock.sendall(
-        _header_lines(server_response, headers.to_wsgi_list(), len(body), http_date()) + body
+        _header_lines(server_response, headers.to_wsgi_list(), len(body), _date()) + body
     )
     server_response.headers_sent = True
     server_response.sent = len(body)
