@@ -92,7 +92,8 @@ def block_pattern(groups):
             + f'"{s}+ '
             + part("request", f'{s}+{NOT_QUOTE}*" {d}{d}{d}')
             + " "
-            + part("size", f"{d}+|-")
+            # a size of "-" captures nothing (b""): filter(None) drops it at C speed
+            + (f"(?:({d}+)|-)" if "size" in groups else f"(?:{d}+|-)")
             + f'(?: "{NOT_QUOTE}*" "{NOT_QUOTE}*")?{SPACE}*$'
         ).encode(),
         re.MULTILINE,
@@ -139,7 +140,7 @@ class RangeCounter:
         for i, group in enumerate(self.groups):
             column = rows if len(self.groups) == 1 else map(itemgetter(i), rows)
             if group == "size":
-                self.bytes += sum(map(int, filter(b"-".__ne__, column)))
+                self.bytes += sum(map(int, filter(None, column)))
             else:
                 self.raw[group].update(column)  # Counter counts an iterable in C
 
