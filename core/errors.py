@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import redis
-from flask import Response, abort, current_app, jsonify, render_template, request
+from flask import Response, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -67,18 +67,44 @@ def _html_error(status: int, message: str) -> Response | None:
     return current_app.response_class(page, status=status, mimetype="text/html")
 
 
+class Refusal(HTTPException):
+    """abort_json's exception: a whole response, with its status as the code.
+    (Werkzeug's abort(response) leaves the code None, and Flask then answers
+    with the exception itself, past the handlers below.)"""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response=response)
+        self.code = response.status_code
+
+
 def abort_json(
     status: int, message: str, headers: Mapping[str, str] | None = None, **extra: Any
 ) -> NoReturn:
     response = json_response(status, message, **extra)
     if headers:
         response.headers.update(headers)
-    abort(response)
+    raise Refusal(response)
+
+
+def _let_go_of_frames(exc: BaseException) -> None:
+    """Drop an HTTP error's traceback (and those of the errors it came from).
+    It holds the frames of the request that raised it, whose locals (Flask's
+    request, its routing exception) hold the error again: a reference cycle of
+    about 100 objects per refused request, which only the cycle collector
+    frees. A flood of refused requests (429s, 404s) then had the collector
+    stop a worker's event loop for 8 to 47 ms at a time. Client errors are
+    never logged with their traceback, so nothing is lost."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
 
 
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc):
+        _let_go_of_frames(exc)
         if exc.response is not None:  # already a full response (abort_json)
             return exc.response
         response = json_response(exc.code, exc.description)

@@ -25,12 +25,15 @@ if TYPE_CHECKING:
     from flask import Flask, Request, Response
 
 
+def _mark_modified(session: RedisSession) -> None:
+    session.modified = True
+
+
 class RedisSession(CallbackDict, SessionMixin):
     def __init__(self, initial: Mapping[str, Any] | None = None, sid: str | None = None) -> None:
-        def on_update(_: object) -> None:
-            self.modified = True
-
-        super().__init__(initial, on_update)
+        # A module-level callback, not a closure over `self`: that would make
+        # every request's session a reference cycle, left to the cycle collector.
+        super().__init__(initial, _mark_modified)
         self.sid = sid
         self.modified = False
         self._regenerate = False
