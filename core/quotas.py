@@ -4,7 +4,9 @@
   value (a `limits` string such as "30 per minute"), counted per client
   address and, for a logged-in user, per account as well, in Redis (the
   `limits` library's fixed windows, shared by every worker and host). Over it:
-  429 with `Retry-After` and a reason naming the limit. Raised in a WebSocket
+  429 with `Retry-After` and a reason naming the limit; the worker then
+  refuses that client from memory until the window resets (no Redis round
+  trip for the rest of a flood). Raised in a WebSocket
   handler, `core.transports.websocket.route` turns the same refusal into close
   1008 with that reason.
 - `@per_address(setting, what)`: a view that spends one use per request, per
@@ -30,7 +32,7 @@ import functools
 import math
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, NoReturn, ParamSpec, TypeVar
 
 from flask import current_app, g, request
 from limits import RateLimitItem, parse_many
@@ -61,6 +63,7 @@ def init_app(app: Flask) -> None:
     app.extensions["quotas"] = FixedWindowRateLimiter(
         RedisStorage("redis://", connection_pool=pool, key_prefix=prefix)
     )
+    app.extensions["quota_refusals"] = {}  # see _known_refused
 
 
 def _limits(text: str) -> list[RateLimitItem]:
@@ -95,16 +98,58 @@ def spend_on(
     """Count `cost` uses of quota `setting` by `who`, a `scope` ("address",
     "account"); e.g. login attempts on a named account, whoever asks."""
     strategy = _worker_limiter if per_worker else current_app.extensions["quotas"]
+    refusals = None if per_worker else current_app.extensions["quota_refusals"]
     for item in _limits(current_app.config[setting]):
+        memo = (item, setting, scope, who)
+        if refusals is not None and (reset_at := _known_refused(refusals, memo)) is not None:
+            _refuse(item, what, scope, reset_at)
         if not strategy.hit(item, setting, scope, who, cost=cost):
-            reset_at, _ = strategy.get_window_stats(item, setting, scope, who)
-            retry = max(1, math.ceil(reset_at - time.time()))
-            abort_json(
-                429,
-                f"too many {what}: at most {item} per {scope}; retry in {retry} s",
-                headers={"Retry-After": str(retry)},
-                retry_after=retry,
-            )
+            reset_at, remaining = strategy.get_window_stats(item, setting, scope, who)
+            if refusals is not None and remaining == 0:
+                _remember_refused(refusals, memo, reset_at)
+            _refuse(item, what, scope, reset_at)
+
+
+# A client over a shared quota is refused from this worker's memory until its
+# window resets, without the three Redis round trips of counting and reading
+# the window: a flood of refused requests costs Redis nothing more. (It cannot
+# spend more than its quota by it: it is only refused sooner.) Bounded: past
+# REFUSALS_KEPT entries the expired ones go, then all of them if need be.
+REFUSALS_KEPT = 10_000
+
+
+def _known_refused(
+    refusals: dict[tuple[object, ...], float], memo: tuple[object, ...]
+) -> float | None:
+    reset_at = refusals.get(memo)
+    if reset_at is None:
+        return None
+    if reset_at > time.time():
+        return reset_at
+    del refusals[memo]
+    return None
+
+
+def _remember_refused(
+    refusals: dict[tuple[object, ...], float], memo: tuple[object, ...], reset_at: float
+) -> None:
+    if len(refusals) >= REFUSALS_KEPT:
+        now = time.time()
+        for old in [key for key, until in refusals.items() if until <= now]:
+            del refusals[old]
+        if len(refusals) >= REFUSALS_KEPT:
+            refusals.clear()
+    refusals[memo] = reset_at
+
+
+def _refuse(item: RateLimitItem, what: str, scope: str, reset_at: float) -> NoReturn:
+    retry = max(1, math.ceil(reset_at - time.time()))
+    abort_json(
+        429,
+        f"too many {what}: at most {item} per {scope}; retry in {retry} s",
+        headers={"Retry-After": str(retry)},
+        retry_after=retry,
+    )
 
 
 def per_address(setting: str, what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:

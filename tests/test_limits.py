@@ -142,6 +142,38 @@ def test_publishes_are_limited_per_address_and_per_account(start_server, channel
     assert refused.status_code == 429 and "per account" in refused.json()["error"]
 
 
+def test_a_client_over_its_quota_is_refused_without_counting_again_in_redis(
+    start_server, channel, admin_token, rdb
+):
+    """Once a worker has refused an address for a quota, it refuses it from
+    memory until the window resets: a flood of refused requests is not three
+    Redis round trips each. Then the address is served again."""
+    server = start_server(workers=1, PUBLISH_RATE_LIMIT="2 per 4 seconds", TRUSTED_PROXIES=1)
+    address = "198.51.100.77"
+
+    def publish():
+        return requests.post(
+            f"{server.url}/pub/{channel}",
+            data=b"hello",
+            timeout=10,
+            headers={"Authorization": f"Bearer {admin_token}", "X-Forwarded-For": address},
+        ).status_code
+
+    def counted():  # the address's hits in its fixed window, as Redis holds them
+        keys = [k for k in rdb.scan_iter(match="*PUBLISH_RATE_LIMIT*") if address in k]
+        return sum(int(rdb.get(k) or 0) for k in keys)
+
+    statuses = [publish() for _ in range(3)]
+    while statuses[-1] != 429:  # a window that turned over meanwhile: start again
+        statuses.append(publish())
+    before = counted()
+    assert before >= 3
+    assert [publish() for _ in range(20)] == [429] * 20
+    assert counted() == before  # refused from memory: nothing more counted
+    time.sleep(4.5)  # the window resets
+    assert publish() == 201
+
+
 def _post_head(channel, token, extra):
     return (
         f"POST /pub/{channel} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
