@@ -135,7 +135,7 @@ def _remember_refused(
 ) -> None:
     if len(refusals) >= REFUSALS_KEPT:
         now = time.time()
-        for old in [key for key, until in refusals.items() if until <= now]:
+        for old in [key for key, until in list(refusals.items()) if until <= now]:
             del refusals[old]
         if len(refusals) >= REFUSALS_KEPT:
             refusals.clear()
