@@ -511,6 +511,9 @@ def test_the_page_starts_watches_and_cancels_jobs(jobs_server, job_workers, page
     assert current.locator("svg.chart").count() == 1
     assert "requests per minute" in current.locator("svg.chart").text_content()
 
+    # Cancel, with the DELETE's answer (the job still "running", the flag set) held back
+    # until the stream has said "cancelled": a late answer must not undo the end.
+    held = []
     page.click("#start")
     second = page.locator("article.job").first
     wait_for(
@@ -518,6 +521,20 @@ def test_the_page_starts_watches_and_cancels_jobs(jobs_server, job_workers, page
         "() => document.querySelector('article.job').dataset.state === 'running'",
         timeout=15_000,
     )
+    page.route(
+        "**/admin/jobs/*",
+        lambda route: (
+            held.append((route, route.fetch()))
+            if route.request.method == "DELETE"
+            else route.fallback()
+        ),
+    )
     second.get_by_role("button", name="cancel").click()
     second.locator(".reason", has_text="cancelled by test-admin").wait_for(timeout=10_000)
     assert second.get_attribute("data-state") == "cancelled"
+    route, answer = held[-1]
+    assert answer.status == 202 and answer.json()["state"] == "running", answer.json()
+    route.fulfill(response=answer)
+    page.wait_for_timeout(500)
+    assert second.get_attribute("data-state") == "cancelled"
+    assert second.locator(".reason").text_content().startswith("cancelled by test-admin")

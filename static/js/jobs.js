@@ -89,7 +89,9 @@ function render(entry, job) {
   cancel.addEventListener("click", async () => {
     cancel.disabled = true;
     const answer = await call("DELETE", `/admin/jobs/${job.id}`);
-    if (answer) render(entry, { ...entry.job, ...answer });
+    // The answer says what the job was when the request was served ("running", the
+    // flag set); the stream may have said "cancelled" since, and an end is final.
+    if (answer && !ENDED.includes(entry.job.state)) render(entry, { ...entry.job, ...answer });
   });
   const percent = `${Math.round(job.progress * 100)}%`;
   const children = job.pids ? ` · children ${job.pids.join(", ")}` : "";
