@@ -128,6 +128,7 @@ def when_ready(server):
     shown = "localhost" if host in ("", "0.0.0.0", "127.0.0.1", "[::]") else host
     server.log.info("Serving on http://%s:%s/  (Ctrl-C stops everything)", shown, port)
     _log_where_the_admin_password_is(server)
+    _rename_old_keys(server)
     from core import monitor
 
     monitor.report_master(server)
@@ -135,6 +136,26 @@ def when_ready(server):
     from workers import job_workers
 
     job_workers.start()
+
+
+def _rename_old_keys(server):
+    """Keys named by an earlier version get today's names (core/key_upgrade.py),
+    before the workers use them."""
+    import redis
+
+    from core.config import load_settings
+    from core.key_upgrade import rename_old_keys
+    from core.keys import Keys
+    from core.redis_connections import RedisConnections
+
+    settings = load_settings()
+    redis_client = RedisConnections.from_settings(settings).client(max_connections=1)
+    try:
+        rename_old_keys(redis_client, Keys(settings["REDIS_PREFIX"]), server.log)
+    except redis.RedisError as exc:
+        server.log.warning("Could not look for keys to rename (%s); next start", exc)
+    finally:
+        redis_client.connection_pool.disconnect()
 
 
 RESET_PASSWORD = ".venv/bin/flask --app app users set-password"  # core/users.py's CLI

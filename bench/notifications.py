@@ -139,6 +139,7 @@ def measure(args):
 
     from bench.common import gunicorn_server, redis_server, worker_pids
     from core.config import load_settings
+    from core.keys import Keys
     from core.stream_log import StreamLog
     from core.tokens import issue
     from core.users import UserStore
@@ -173,9 +174,13 @@ def measure(args):
         before = counters(url, token, client, prefix, pids, time.time())
         # Redis's own view, for old and new code alike: each publish reaches the
         # connections subscribed to its channel's notification channel (this
-        # version) or to the one shared notification channel (before it).
+        # version's name, or the one before hash tags) or to the one shared
+        # notification channel (before per-channel notifications).
         ((_, shared),) = client.pubsub_numsub(f"{prefix}notify")
-        per_channel = client.pubsub_numsub(*[f"{prefix}n:n{k}" for k in range(args.channels)])
+        per_channel = client.pubsub_numsub(
+            *[Keys(prefix).notifications(f"n{k}") for k in range(args.channels)],
+            *[f"{prefix}n:n{k}" for k in range(args.channels)],
+        )
         deliveries = args.messages * sum(n + shared for _, n in per_channel)
         log = StreamLog(client, prefix)
         for j in range(args.messages):

@@ -114,13 +114,14 @@ def publisher(conn, redis_url, prefix, channels):
     script = log.scripts["publish"]
     names = [channel_name(k) for k in range(channels)]
     keys = [log.stream_key(name) for name in names]
+    notify = [log.notification_channel(name) for name in names]
 
     def send(batch, now, step, seq):
         """One pipeline: messages seq.. of the batch, round-robin over the channels."""
         pipe = client.pipeline(transaction=False)
         for n in range(seq, seq + batch):
             k = n % channels
-            script(keys=[keys[k]], args=[names[k], "t", f"{now:.6f} {step} {n}"], client=pipe)
+            script(keys=[keys[k]], args=[notify[k], "t", f"{now:.6f} {step} {n}"], client=pipe)
         pipe.execute()
 
     conn.send("ready")  # imports done: they are not the first step's CPU
@@ -307,7 +308,9 @@ def wait_for_listeners(redis_url, prefix, channels, timeout=10):
     workers subscribe to it after the client's stream has opened."""
     import redis
 
-    names = [f"{prefix}n:{channel_name(k)}" for k in range(channels)]
+    from core.keys import Keys
+
+    names = [Keys(prefix).notifications(channel_name(k)) for k in range(channels)]
     deadline = time.time() + timeout
     with redis.Redis.from_url(redis_url) as client:
         while time.time() < deadline:

@@ -166,7 +166,7 @@ class Document:
                     entry_head,
                     op_id,
                     LOG_LENGTH,
-                    self.channel,
+                    self.hub.notification_channel(self.channel),
                     self.log_bytes,
                     self.doc_id,
                     int(time.time() * 1000),

@@ -92,8 +92,13 @@ def _spend(setting, what):
 
 
 def _change(script, args):
+    """Run a board script: the board's keys and the stream of CHANNEL, with `args`
+    and the channel's notification channel last."""
     hub = get_hub()
-    return hub.scripts[script](keys=[*hub.keys.qa_board(), hub.stream_key(CHANNEL)], args=args)
+    return hub.scripts[script](
+        keys=[*hub.keys.qa_board(), hub.stream_key(CHANNEL)],
+        args=[*args, hub.notification_channel(CHANNEL)],
+    )
 
 
 @bp.get("/")
@@ -118,7 +123,6 @@ def ask():
             _cutoff_ms(ttl),
             config["QA_MAX_QUESTIONS"],
             ttl * 1000,
-            CHANNEL,
         ],
     )
     if result[0] == 1:
@@ -132,7 +136,7 @@ def clear():
     """Administrators empty the board (CSRF-checked like every state change
     riding on a session: core.security.csrf_protect). Every stream shows an
     empty board."""
-    removed = _change("qa_clear", [CHANNEL])
+    removed = _change("qa_clear", [])
     return {"ok": True, "removed": removed}
 
 
@@ -172,7 +176,6 @@ def answer():
             _cutoff_ms(config["QA_QUESTION_TTL_SECONDS"]),
             config["QA_MAX_ANSWERS"],
             config["QA_ANSWER_BYTES"],
-            CHANNEL,
         ],
     )
     if result[0] == 2:

@@ -395,12 +395,12 @@ class Hub(StreamLog):
                 kind, name = msg["type"], msg["channel"]
                 if kind == "message" and name != self._control:
                     self.notifications += 1
-                    self._dispatch(name[len(self.keys.notifications_prefix) :], msg["data"])
+                    self._dispatch(self.keys.channel_of_notification(name), msg["data"])
                 elif kind == "subscribe":
                     if name == self._control:
                         self._set_connected(True)
                     else:
-                        self._confirm(name[len(self.keys.notifications_prefix) :])
+                        self._confirm(self.keys.channel_of_notification(name))
         finally:
             pubsub.close()
 

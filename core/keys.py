@@ -5,8 +5,12 @@ Each name is REDIS_PREFIX, a namespace, then its parts: `rt:stream:news`,
 `core.web.get_keys()`, the hub's `hub.keys`. Light (no redis-py): the gunicorn
 master uses it too.
 
-Keys that a Lua script touches together are named together here (a script's
-KEYS must all live in one slot on a Redis Cluster).
+Keys that a script or a transaction touches together share a hash tag, the
+part in braces, which alone decides a key's slot on a Redis Cluster (where a
+script's keys, and the shard channel it publishes on, must share one slot):
+`rt:stream:{news}` and `rt:n:{news}`, an app's state and its channels'
+streams under the app's name, `rt:{qa}:answers` and `rt:stream:{qa}:events`.
+`renamed()` maps the names of earlier versions to these (core/key_upgrade.py).
 """
 
 import re
@@ -23,13 +27,27 @@ class Keys:
 
     # -- channels: the log and its notifications (core/stream_log.py, core/hub.py) --
 
+    @staticmethod
+    def tagged(channel: str) -> str:
+        """`channel` with its hash tag in braces: an app's internal channels
+        (`qa:events`, `editor:<doc>`) are tagged with their app, the part before
+        the first colon, so the app's scripts can change its state and publish
+        in one slot; a public channel (no colon: core.stream_log.PUBLIC_CHANNEL)
+        is its own tag, and the channels spread over a cluster's shards."""
+        app, colon, rest = channel.partition(":")
+        return f"{{{app}}}{colon}{rest}"
+
     def stream(self, channel: str) -> str:
         """The channel's log: a capped Redis Stream."""
-        return f"{self.prefix}stream:{channel}"
+        return f"{self.prefix}stream:{self.tagged(channel)}"
 
     def notifications(self, channel: str) -> str:
         """The pub/sub channel on which each message of `channel` is announced."""
-        return self.notifications_prefix + channel
+        return self.notifications_prefix + self.tagged(channel)
+
+    def channel_of_notification(self, name: str) -> str:
+        """The channel that notifications(channel) named `name` announces."""
+        return name[len(self.notifications_prefix) + 1 :].replace("}", "", 1)
 
     def hub_control(self, host: str, pid: int) -> str:
         """A worker's own pub/sub channel (its listener's wake-ups)."""
@@ -87,28 +105,34 @@ class Keys:
         of its programs (workers/supervise.py's event listener counts them)."""
         return f"{self.prefix}supervisor:starts:{host}:{pid}"
 
-    # -- the apps (blueprints/) ---------------------------------------------------------
+    # -- the apps (blueprints/): tagged with the app's name, as its channels are --------
+
+    def _app(self, app: str, *parts: str) -> str:
+        return f"{self.prefix}{{{app}}}:" + ":".join(parts)
 
     def qa(self, *parts: str) -> str:
-        return f"{self.prefix}qa:" + ":".join(parts)
+        """Q&A's state; its channel is `qa:events`."""
+        return self._app("qa", *parts)
 
     def qa_board(self) -> list[str]:
         """The Q&A board's keys, which its scripts change together."""
         return [self.qa(name) for name in ("asked", "question-index", "answers", "version")]
 
     def editor_document(self, doc_id: str) -> list[str]:
-        """A document's text and version, its op log, its op ids: changed together."""
-        base = f"{self.prefix}editor:{doc_id}"
+        """A document's text and version, its op log, its op ids: changed together
+        (and published on channel `editor:<doc_id>`)."""
+        base = self._app("editor", "doc", doc_id)
         return [base, f"{base}:log", f"{base}:ids"]
 
     def editor_documents(self) -> str:
         """The sorted set of live documents (by last use)."""
-        return f"{self.prefix}editor:docs"
+        return self._app("editor", "docs")
 
     def drawing(self) -> list[str]:
         """The canvas's segments, their size and version: changed together."""
-        base = f"{self.prefix}draw:"
-        return [base + "segments", base + "segments-bytes", base + "segments-version"]
+        return [
+            self._app("draw", name) for name in ("segments", "segments-bytes", "segments-version")
+        ]
 
     def track_presence(self) -> str:
         return f"{self.prefix}track:presence"
@@ -117,7 +141,8 @@ class Keys:
         return f"{self.prefix}ticker:" + ":".join(parts)
 
     def cities(self, suffix: str) -> str:
-        return f"{self.prefix}cities:{suffix}"
+        """The city data, replaced together when its file changes."""
+        return self._app("cities", suffix)
 
     def cities_country(self, country: str) -> str:
         # A namespace of its own: a country named like another key ("version")
@@ -128,8 +153,8 @@ class Keys:
 
     def job(self, job_id: str) -> str:
         """A job's state, progress and result: a hash, expiring JOBS_TTL_SECONDS after
-        its last change."""
-        return f"{self.prefix}job:{job_id}"
+        its last change (published on channel job_channel(job_id))."""
+        return self._app("jobs", "job", job_id)
 
     def job_alive(self, job_id: str) -> str:
         """Set with a short TTL by the process running the job, while it runs: gone
@@ -138,11 +163,41 @@ class Keys:
 
     def jobs_recent(self) -> str:
         """Sorted set of job ids by creation time (the listing)."""
-        return f"{self.prefix}jobs"
+        return self._app("jobs", "recent")
 
     def jobs_queue(self) -> str:
         """The RQ queue's name (RQ keeps it as `rq:queue:<name>`)."""
         return f"{self.prefix}jobs"
+
+    # -- the names of earlier versions (core/key_upgrade.py) ------------------------------
+
+    def old_patterns(self) -> list[str]:
+        """SCAN patterns that match the keys earlier versions named otherwise."""
+        return [
+            f"{self.prefix}{name}"
+            for name in ("stream:*", "qa:*", "editor:*", "draw:*", "job:*", "jobs", "cities:*")
+        ]
+
+    def renamed(self, old: str) -> str | None:
+        """Today's name of the key an earlier version named `old` (before keys had
+        hash tags); None for a name of today's, or one that kept its name."""
+        if not old.startswith(self.prefix) or "{" in old:
+            return None
+        rest = old[len(self.prefix) :]
+        namespace, _, tail = rest.partition(":")
+        if rest == "jobs":
+            return self.jobs_recent()
+        if not tail:
+            return None
+        if namespace == "stream":
+            return self.stream(tail)
+        if namespace in ("qa", "draw", "cities"):
+            return self._app(namespace, tail)
+        if namespace == "editor":
+            return self.editor_documents() if tail == "docs" else self._app("editor", "doc", tail)
+        if namespace == "job" and not tail.endswith(":alive"):
+            return self.job(tail)
+        return None
 
     @staticmethod
     def job_channel(job_id: str) -> str:

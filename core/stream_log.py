@@ -133,7 +133,7 @@ class StreamLog:
         # every script of lua/, registered once (the apps' too: hub.scripts[name])
         self.scripts = scripts.load(
             redis_client,
-            {"maxlen": maxlen, "ttl_ms": self.ttl_ms, "notify": self.keys.notifications_prefix},
+            {"maxlen": maxlen, "ttl_ms": self.ttl_ms},
         )
         self._publish = self.scripts["publish"]
         self._reads = _SharedReads()
@@ -186,7 +186,7 @@ class StreamLog:
             raise ValueError(f"invalid channel name {channel!r}")
         return {
             "keys": [self.stream_key(channel)],
-            "args": [channel, "j" if is_json else "t", data],
+            "args": [self.notification_channel(channel), "j" if is_json else "t", data],
         }
 
     def publish_json(self, channel, obj):

@@ -1,6 +1,6 @@
 -- uses: hub_publish, editor_admit
 -- KEYS: doc hash, log, ids, docs, hub stream; ARGV: expected v, new text,
--- entry JSON without its closing `"v":N}`, op id, log length, hub channel,
+-- entry JSON without its closing `"v":N}`, op id, log length, notification channel,
 -- log bytes, doc id, now ms, ttl ms, document cap.
 -- -> {1, v} committed, {0, v} the version moved, {2, v} this op id was
 -- committed as v, {3, v} the document cap is reached.

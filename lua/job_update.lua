@@ -1,7 +1,7 @@
 -- uses: hub_publish
 -- A background job's change and its message in one step (workers/jobs.py JobStore.update).
 -- KEYS: the job's hash, its channel's stream.
--- ARGV: channel, ttl seconds, the states it may change from (comma-separated; '' = any),
+-- ARGV: notification channel, ttl seconds, the states it may change from (comma-separated; '' = any),
 --       the event to publish (JSON; '' = none), then field, value, field, value...
 -- Changes nothing (-> false) when the job is gone or in another state: a job already
 -- failed or cancelled is not brought back by a late report. -> the event's id, or 'ok'.

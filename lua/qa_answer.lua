@@ -1,5 +1,5 @@
 -- uses: hub_publish, qa_board
--- ARGV: answer, normalised question, cutoff (ms), max answers, max bytes, hub
+-- ARGV: answer, normalised question, cutoff (ms), max answers, max bytes, notification
 -- channel. Returns {0, count}, {2} (as many answers as allowed), {3} (the
 -- question is no longer on the board), {4} (its answers would exceed the bytes).
 if not on_board(ARGV[2], ARGV[3]) then return {3} end

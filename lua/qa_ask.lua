@@ -1,6 +1,6 @@
 -- uses: hub_publish, qa_board
 -- ARGV: text, normalised, now (ms), cutoff (ms: asked at or before it has
--- expired), max questions, ttl (ms), hub channel. Drops the expired, refuses a
+-- expired), max questions, ttl (ms), notification channel. Drops the expired, refuses a
 -- duplicate, adds, rolls the oldest off past the maximum, publishes the list.
 -- Returns {0, count} or {1} (duplicate).
 for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])) do remove(n) end

@@ -1,5 +1,5 @@
 -- uses: hub_publish
--- ARGV: hub channel. Empties the board; returns how many questions it had.
+-- ARGV: notification channel. Empties the board; returns how many questions it had.
 local count = redis.call('ZCARD', KEYS[1])
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 local version = redis.call('INCR', KEYS[4])

@@ -11,6 +11,7 @@ import sys
 import pytest
 import requests
 
+from core.keys import Keys
 from tests.clients import LongPoller, SSEClient
 from tests.servers import ROOT
 
@@ -156,7 +157,7 @@ def test_list_cities_with_a_trailing_slash_answers_the_same(client, path):
 @pytest.mark.integration
 def test_cities_come_from_redis(client, rdb, app):
     client.get("/listCities/usa/ohio")
-    key = f"{app.config['REDIS_PREFIX']}cities:country:usa"
+    key = Keys(app.config["REDIS_PREFIX"]).cities_country("usa")
     assert json.loads(rdb.hget(key, "ohio"))[0] == "Columbus"
 
 

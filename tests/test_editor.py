@@ -9,6 +9,7 @@ import pytest
 import requests
 import websocket
 
+from core.keys import Keys
 from tests.editor_client import SimClient
 
 pytestmark = pytest.mark.integration
@@ -138,11 +139,11 @@ def test_every_redis_key_of_a_document_expires(server, rdb):
     assert _op(ws, v, [{"insert": "hello"}], "a")["type"] == "ack"
     ws.send(json.dumps({"type": "presence", "v": 1, "caret": [0, 0]}))
     ws.close()
-    keys = rdb.keys(f"*editor:{doc}*")
+    keys = rdb.keys(f"*{doc}*")
     assert len(keys) == 4, keys  # state, op log, op ids, the channel's stream
     ttls = {key: rdb.ttl(key) for key in keys}
     assert all(0 < ttl <= 7 * 24 * 3600 for ttl in ttls.values()), ttls
-    assert 0 < rdb.ttl("rt:editor:docs") <= 7 * 24 * 3600
+    assert 0 < rdb.ttl(Keys().editor_documents()) <= 7 * 24 * 3600
 
 
 def test_the_op_log_and_the_channel_stay_bounded_in_bytes_and_store_utf8(server, rdb):
@@ -156,11 +157,11 @@ def test_the_op_log_and_the_channel_stay_bounded_in_bytes_and_store_utf8(server,
         v = _replace_all(ws, v, "😀" * 15_000, length, f"flood-{i}")
         length = 15_000
     ws.close()
-    log = rdb.lrange(f"rt:editor:{doc}:log", 0, -1)
+    log = rdb.lrange(Keys().editor_document(doc)[1], 0, -1)
     sizes = [len(item.encode()) for item in log]
     assert max(sizes) < 15_000 * 4 + 300  # UTF-8, compact: about 4 bytes an emoji
     assert sum(sizes) <= 1024 * 1024 + max(sizes)
-    stream = rdb.xrange(f"rt:stream:editor:{doc}")
+    stream = rdb.xrange(Keys().stream(f"editor:{doc}"))
     assert sum(len(fields["d"].encode()) for _, fields in stream) <= 1024 * 1024 + max(sizes)
     # What was trimmed is gone for catch-up: an old version gets the document afresh.
     old = websocket.create_connection(f"{server.ws_url}/editor/{doc}/ws?v=1", timeout=10)
@@ -216,16 +217,16 @@ def test_documents_beyond_the_cap_are_refused_until_one_expires(start_server, rd
     refused = _next(ws, "ready")
     assert refused["type"] == "close" and refused["code"] == 1008, refused
     assert "too many documents: at most 3" in refused["reason"]
-    assert rdb.keys(f"{prefix}editor:four*") == []
+    assert [key for key in rdb.scan_iter(match=f"{prefix}*") if "four" in key] == []
     ws, _ = _open(server, "two")  # the live ones stay open to everyone
     ws.close()
     # "one" unused for longer than EDITOR_DOC_TTL_DAYS (its last use set back
     # 8 days, as its keys' expiry would have removed it): its place is free.
-    rdb.zadd(f"{prefix}editor:docs", {"one": (time.time() - 8 * 24 * 3600) * 1000})
+    rdb.zadd(Keys(prefix).editor_documents(), {"one": (time.time() - 8 * 24 * 3600) * 1000})
     ws, v = _open(server, "four")
     assert _op(ws, v, [{"insert": "four"}], "a")["type"] == "ack"
     ws.close()
-    assert sorted(rdb.zrange(f"{prefix}editor:docs", 0, -1)) == ["four", "three", "two"]
+    assert sorted(rdb.zrange(Keys(prefix).editor_documents(), 0, -1)) == ["four", "three", "two"]
 
 
 def test_new_documents_per_address_are_limited(start_server):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from core.keys import Keys
 from tests.clients import SSEClient, alive, parent_of, raw_request, read_until, wait_until
 from tests.pages import wait_for
 from tests.servers import ROOT
@@ -234,8 +235,11 @@ def test_every_key_a_job_creates_expires(jobs_server, job_workers, admin_token, 
     assert wait_until(lambda: all(0 < ttl <= 24 * 3600 for ttl in ttls().values()), timeout=10), (
         ttls()
     )
-    assert {f"rt:job:{job_id}", f"rt:stream:jobs:{job_id}", f"rq:job:{job_id}"} <= set(ttls())
-    assert 0 < rdb.ttl("rt:jobs") <= 24 * 3600
+    keys = Keys()
+    assert {keys.job(job_id), keys.stream(Keys.job_channel(job_id)), f"rq:job:{job_id}"} <= set(
+        ttls()
+    )
+    assert 0 < rdb.ttl(keys.jobs_recent()) <= 24 * 3600
 
 
 # -- what is refused ----------------------------------------------------------------------

@@ -9,6 +9,7 @@ import time
 import pytest
 import requests
 
+from core.keys import Keys
 from tests.clients import (
     client_frame,
     long_poll_request,
@@ -245,7 +246,7 @@ def test_a_chunked_body_over_the_limit_is_413_like_one_with_content_length(
             received, closed = read_until_closed(sock, 10)
         assert received.startswith(b"HTTP/1.1 413"), received[:300]
         assert closed
-    assert rdb.xlen(f"rt:stream:{channel}") == 0  # nothing stored, not even a cut-down copy
+    assert rdb.xlen(Keys().stream(channel)) == 0  # nothing stored, not even a cut-down copy
 
 
 def test_a_chunked_body_within_the_limit_is_published_whole(server, channel, admin_token, rdb):
@@ -257,7 +258,7 @@ def test_a_chunked_body_within_the_limit_is_published_whole(server, channel, adm
         )
         received, _ = read_until_closed(sock, 10, ended=lambda r: r.endswith(b"}\n"))
     assert received.startswith(b"HTTP/1.1 201"), received[:300]
-    [(_, fields)] = rdb.xrange(f"rt:stream:{channel}")
+    [(_, fields)] = rdb.xrange(Keys().stream(channel))
     assert fields["d"] == body.decode()
 
 
@@ -276,7 +277,7 @@ def test_a_body_cut_short_or_malformed_is_400_and_nothing_is_published(
         sock.shutdown(socket.SHUT_WR)
         received, _ = read_until_closed(sock, 10)
     assert received.startswith(b"HTTP/1.1 400"), received[:300]
-    assert rdb.xlen(f"rt:stream:{channel}") == 0  # not a cut-down message
+    assert rdb.xlen(Keys().stream(channel)) == 0  # not a cut-down message
 
 
 def _flood(server, path, seconds):

@@ -23,6 +23,7 @@ import websocket
 
 from core.config import ConfigError, load_settings
 from core.embedded_redis import free_port
+from core.keys import Keys
 from tests.clients import SSEClient, WSClient, healthz_bodies, long_poll, read_until_closed
 from tests.servers import ROOT
 
@@ -249,7 +250,7 @@ def test_nginx_times_out_a_stalled_body_itself(cluster, channel, admin_token, rd
     # After client_body_timeout (10 s) nginx ends the request (its log says
     # 408; to a client that went silent it just closes), without the instances.
     assert closed and received == b"" and time.monotonic() - began < 25
-    assert rdb.xlen(f"rt:stream:{channel}") == 0
+    assert rdb.xlen(Keys().stream(channel)) == 0
 
 
 @pytest.mark.integration

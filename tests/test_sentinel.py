@@ -174,7 +174,7 @@ def test_master_killed_mid_stream_every_client_gets_every_message_or_a_reset(
         hanging = finish(clients, timeout=120)
         assert not hanging, [describe(c, []) for c in hanging[:3]]
         surviving = [
-            (i, fields["d"]) for i, fields in sentinels.client().xrange(f"rt:stream:{channel}")
+            (i, fields["d"]) for i, fields in sentinels.client().xrange(Keys().stream(channel))
         ]
         for client in clients:
             check_client(client, surviving)
@@ -214,7 +214,7 @@ def test_too_few_replicas_confirming_is_a_503_with_the_reason(start_server, sent
         assert "2 of 3 replicas confirmed the message within 200 ms" in body["error"]
         assert "may still be delivered" in body["error"]
         # written all the same (the master has it): what "may still be delivered" means
-        stream = sentinels.client().xrange(f"rt:stream:{channel}")
+        stream = sentinels.client().xrange(Keys().stream(channel))
         assert [(i, f["d"]) for i, f in stream] == [(body["id"], "hello")]
     finally:
         server.stop()
@@ -231,7 +231,7 @@ def test_too_few_replicas_confirming_is_a_503_with_the_reason(start_server, sent
     )
     assert broadcaster.returncode == 0, broadcaster.stderr
     assert broadcaster.stderr.count("but 2 of 3 replicas confirmed") == 2, broadcaster.stderr
-    stream = sentinels.client().xrange(f"rt:stream:{channel}")
+    stream = sentinels.client().xrange(Keys().stream(channel))
     assert [f["d"] for _, f in stream] == ["hello", "one", "two"]
 
 
@@ -387,7 +387,7 @@ def test_writes_lost_in_a_failover_reach_clients_as_an_explicit_reset(
         hanging = finish(clients, timeout=60)
         assert not hanging, [describe(c, []) for c in hanging[:3]]
         surviving = [
-            (i, fields["d"]) for i, fields in sentinels.client().xrange(f"rt:stream:{channel}")
+            (i, fields["d"]) for i, fields in sentinels.client().xrange(Keys().stream(channel))
         ]
         assert [text for _, text in surviving] == [f"before {i}" for i in range(10)] + [
             f"after {i}" for i in range(5)

@@ -90,7 +90,7 @@ class JobStore:
         """Set `fields` and publish `event` (a dict), only while the job's state is one of
         `from_states` (any, when empty). True when it changed."""
         args = [
-            Keys.job_channel(job_id),
+            self.keys.notifications(Keys.job_channel(job_id)),
             self.ttl,
             ",".join(from_states),
             json.dumps(event, separators=(",", ":")) if event else "",
