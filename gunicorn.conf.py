@@ -155,7 +155,7 @@ def _rename_old_keys(server):
     except redis.RedisError as exc:
         server.log.warning("Could not look for keys to rename (%s); next start", exc)
     finally:
-        redis_client.connection_pool.disconnect()
+        redis_client.close()  # (one server's pool: its connection closes with it)
 
 
 RESET_PASSWORD = ".venv/bin/flask --app app users set-password"  # core/users.py's CLI

@@ -118,10 +118,17 @@ def subscribe_all(port, pids, channels):
 def counters(url, token, redis_client, prefix, pids, since):
     """{pid: notifications} (None when the reports lack the counter), read once
     every worker has reported after `since`."""
+    from core.keys import Keys
+
     host = socket.gethostname()
     deadline = time.time() + 15
     while time.time() < deadline:
-        reports = [redis_client.get(f"{prefix}proc:{host}:{pid}") for pid in pids]
+        # (this version's name, or the one before hash tags: old code is measured too)
+        reports = [
+            redis_client.get(Keys(prefix).process(host, pid))
+            or redis_client.get(f"{prefix}proc:{host}:{pid}")
+            for pid in pids
+        ]
         if all(r and json.loads(r)["at"] > since for r in reports):
             break
         time.sleep(0.25)

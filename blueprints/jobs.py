@@ -65,12 +65,21 @@ def _allow_uploads(state):
     )
 
 
+NO_JOBS_ON_A_CLUSTER = (
+    "background jobs are off on a Redis Cluster: their queue, RQ, needs a single Redis "
+    "(or Sentinel)"
+)
+
+
 def _rq():
     """RQ's connection: a plain redis-py client with bytes replies (RQ needs them),
     from the app's own Redis location; one per worker."""
     client = current_app.extensions.get("jobs_rq")
     if client is None:
-        pool = current_app.extensions["redis_connections"].pool(max_connections=16, timeout=5)
+        connections = current_app.extensions["redis_connections"]
+        if connections.cluster:
+            abort_json(503, NO_JOBS_ON_A_CLUSTER)
+        pool = connections.pool(max_connections=16, timeout=5)
         client = current_app.extensions["jobs_rq"] = redis.Redis(connection_pool=pool)
     return client
 

@@ -104,8 +104,9 @@ def _call_in_for_load():
     pipe = redis_client.pipeline(transaction=False)
     pipe.incr(_key("rate", str(now)))
     pipe.expire(_key("rate", str(now)), RATE_WINDOW + 2)
-    pipe.mget([_key("rate", str(second)) for second in range(now - RATE_WINDOW + 1, now + 1)])
-    counts = pipe.execute()[2]
+    for second in range(now - RATE_WINDOW + 1, now + 1):  # (no MGET: they are in many slots)
+        pipe.get(_key("rate", str(second)))
+    counts = pipe.execute()[2:]
     rate = sum(int(c or 0) for c in counts) / RATE_WINDOW
     factor = max(1.0, rate / config["TICKER_TARGET_RPS"])
     return int(min(MAX_CALL_IN, config["TICKER_CALL_IN_MS"] * factor))

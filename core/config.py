@@ -31,6 +31,13 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
         "Redis to use; unset in dev: `make run` starts an embedded "
         "redis-server and writes its URL to `instance/redis.url`",
     ),
+    "REDIS_CLUSTER": (
+        bool,
+        False,
+        "REDIS_URL names any node of a Redis Cluster (7.0 or later): channels "
+        "and their notifications are sharded over its masters (sharded pub/sub), "
+        "and every part of the app follows slot moves and failovers by itself",
+    ),
     "REDIS_SENTINELS": (
         lambda raw: sentinel_addresses(raw),
         None,
@@ -489,6 +496,8 @@ def sentinel_addresses(raw: str) -> list[tuple[str, int]]:
 def redis_location(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Where Redis is, as keyword arguments for core.redis_connections'
     RedisConnections (the workers' clients and the master's): a URL, or Sentinels."""
+    if settings["REDIS_CLUSTER"]:
+        return {"url": settings["REDIS_URL"], "cluster": True}
     if settings["REDIS_SENTINELS"]:
         return {
             "sentinels": settings["REDIS_SENTINELS"],
@@ -591,6 +600,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
                 f"{', '.join(server_only)}: only with REDIS_SENTINELS "
                 "(with REDIS_URL, credentials and rediss:// go in the URL)"
             )
+    if settings["REDIS_CLUSTER"] and (settings["REDIS_SENTINELS"] or not settings["REDIS_URL"]):
+        raise ConfigError(
+            "REDIS_CLUSTER: set REDIS_URL to any node of the cluster "
+            "(a cluster has no Sentinels: it fails over by itself)"
+        )
     if not settings["REDIS_URL"] and not settings["REDIS_SENTINELS"]:
         if production:
             raise ConfigError("REDIS_URL (or REDIS_SENTINELS) must be set when APP_ENV=production")

@@ -18,10 +18,24 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import redis
 from flask import Response, current_app, jsonify, render_template, request
+from redis.exceptions import AskError, ClusterDownError, SlotNotCoveredError, TryAgainError
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
 from core.stream_log import NotReplicated
+
+# Redis cannot serve the request now, and will soon: a 503 (a WebSocket closes
+# with 1013, a long-poll is let go), never a 500. Beside a lost connection and
+# a timeout, a cluster's own: a master down and not yet replaced, a slot moving
+# (TRYAGAIN; MOVED and ASK past redis-py's retries), a slot nobody holds yet.
+REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    AskError,
+    SlotNotCoveredError,
+)
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -113,11 +127,12 @@ def register_error_handlers(app: Flask) -> None:
                 response.headers[name] = value
         return response
 
-    @app.errorhandler(redis.ConnectionError)
-    @app.errorhandler(redis.TimeoutError)
     def redis_down(exc):
         log.warning("Redis unavailable: %s", exc)
         return json_response(503, "storage unavailable, retry shortly")
+
+    for kind in REDIS_UNAVAILABLE:
+        app.register_error_handler(kind, redis_down)
 
     @app.errorhandler(NotReplicated)
     def not_replicated(exc):

@@ -343,17 +343,13 @@ class Hub(StreamLog):
             sub.close(reason)
 
     def _run(self):
-        # named in CLIENT LIST: which worker's listener it is
-        listener_client = self.connections.listener_client(
-            self.keys.hub_control(socket.gethostname(), os.getpid())
-        )
         delay = 0.0
         while not self._stopped:
             if delay:
                 time.sleep(delay)
             began = time.monotonic()
             try:
-                self._listen(listener_client)
+                self._listen()
             except (redis.RedisError, OSError) as exc:
                 log.warning("hub: lost Redis (%s: %s); reconnecting", type(exc).__name__, exc)
             except Exception:
@@ -364,8 +360,13 @@ class Hub(StreamLog):
             delay = 0.1 if stable else min(max(delay * 2, 0.1), 5.0)
             delay *= random.uniform(0.8, 1.2)
 
-    def _listen(self, listener_client):
-        pubsub = listener_client.pubsub()
+    def _listen(self):
+        # named in CLIENT LIST: which worker's listener it is
+        pubsub = self.connections.listener(
+            self.keys.hub_control(socket.gethostname(), os.getpid()),
+            is_sharded=lambda name: name.startswith(self.keys.notifications_prefix),
+            ping_timeout=PING_TIMEOUT,
+        )
         try:
             with self._lock:
                 self._control = self.keys.hub_control(socket.gethostname(), os.getpid())

@@ -8,7 +8,7 @@ REPORT_SECONDS it:
   it stops accepting, its clients move to the other workers, and gunicorn
   starts a fresh one (PM2's max_memory_restart, without letting it grow further);
 - writes pid, host, uptime, RSS, CPU, open connections per transport and
-  requests served to `<prefix>proc:<host>:<pid>`, expiring after 3 reports;
+  requests served to `<prefix>{proc}:<host>:<pid>`, expiring after 3 reports;
 - copies the hub's plain counters into the Prometheus metrics (core/metrics.py).
 The master records restarts and their causes (`record_exit`, from child_exit)
 and reports itself (`report_master`), with redis-py.
@@ -190,7 +190,7 @@ def _master_client(settings):
 
 
 def record_exit(pid):
-    """child_exit: one entry in `<prefix>proc:restarts` with the worker's cause."""
+    """child_exit: one entry in `<prefix>{proc}:restarts` with the worker's cause."""
     settings = load_settings()
     keys, host = Keys(settings["REDIS_PREFIX"]), socket.gethostname()
     try:

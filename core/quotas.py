@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, NoReturn, ParamSpec, TypeVar
 
 from flask import current_app, g, request
 from limits import RateLimitItem, parse_many
-from limits.storage import MemoryStorage, RedisStorage
+from limits.storage import MemoryStorage
 from limits.strategies import FixedWindowRateLimiter
 
 from core import lifecycle
@@ -56,12 +56,10 @@ _worker_limiter = FixedWindowRateLimiter(MemoryStorage())
 
 def init_app(app: Flask) -> None:
     """The shared counters: in Redis, on a small pool of their own made where
-    every other one is (one server or Sentinel's master alike; the URI only
-    picks the storage kind), under the app's key prefix."""
-    pool = app.extensions["redis_connections"].pool(max_connections=16)
+    every other one is (core/redis_connections.py), under the app's key prefix."""
     prefix = app.config.get("QUOTA_KEY_PREFIX") or app.extensions["hub"].keys.rate_limits()
     app.extensions["quotas"] = FixedWindowRateLimiter(
-        RedisStorage("redis://", connection_pool=pool, key_prefix=prefix)
+        app.extensions["redis_connections"].rate_limit_storage(prefix, max_connections=16)
     )
     app.extensions["quota_refusals"] = {}  # see _known_refused
 

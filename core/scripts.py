@@ -40,7 +40,7 @@ def _library(name: str, settings: Mapping[str, object]) -> str:
 
 def load(redis_client: redis.Redis, settings: Mapping[str, object]) -> dict[str, Script]:
     """{name: registered script} for every lua/*.lua. `settings`: the
-    hub_publish placeholders (maxlen, ttl_ms)."""
+    hub_publish placeholders (maxlen, ttl_ms, publish: PUBLISH or SPUBLISH)."""
     return {
         path.stem: redis_client.register_script(source(path.stem, settings))
         for path in sorted(LUA_DIR.glob("*.lua"))

@@ -18,6 +18,8 @@ import re
 import threading
 import time
 
+from redis.cluster import RedisCluster
+
 from core import scripts
 from core.keys import Keys
 
@@ -124,6 +126,8 @@ class StreamLog:
         replica_timeout_ms=500,
     ):
         self.redis_client = redis_client  # pooled client for commands (shared with the app)
+        # on a cluster, notifications are shard channels (core/sharded_pubsub.py)
+        self.cluster = isinstance(redis_client, RedisCluster)
         self.keys = Keys(prefix)  # (checks the prefix)
         self.maxlen = maxlen
         self.ttl_ms = int(ttl_seconds * 1000)
@@ -133,7 +137,11 @@ class StreamLog:
         # every script of lua/, registered once (the apps' too: hub.scripts[name])
         self.scripts = scripts.load(
             redis_client,
-            {"maxlen": maxlen, "ttl_ms": self.ttl_ms},
+            {
+                "maxlen": maxlen,
+                "ttl_ms": self.ttl_ms,
+                "publish": "SPUBLISH" if self.cluster else "PUBLISH",
+            },
         )
         self._publish = self.scripts["publish"]
         self._reads = _SharedReads()
@@ -163,7 +171,7 @@ class StreamLog:
             return self.publish(channel, data, is_json)
         # One pipeline is one connection: WAIT counts the replicas that have
         # every write made on its own connection, so it must share it.
-        pipe = self.redis_client.pipeline(transaction=False)
+        pipe = self._channel_pipeline(channel)
         self._publish(**self._publish_call(channel, data, is_json), client=pipe)
         pipe.wait(self.min_replicas, self.replica_timeout_ms)
         msg_id, confirmed = pipe.execute()
@@ -174,12 +182,21 @@ class StreamLog:
 
     def publish_many(self, channel, texts, is_json=False):
         """Publish several messages in one round trip; returns their ids."""
-        pipe = self.redis_client.pipeline(transaction=False)
+        pipe = self._channel_pipeline(channel)
         for text in texts:
             self._publish(**self._publish_call(channel, text, is_json), client=pipe)
         ids = pipe.execute()
         self.published += len(ids)
         return ids
+
+    def _channel_pipeline(self, channel):
+        """A pipeline on one connection to the master that holds `channel`'s
+        stream: on a cluster, its slot's (redis-py's cluster pipeline runs no
+        scripts)."""
+        client = self.redis_client
+        if self.cluster:
+            client = client.get_redis_connection(client.get_node_from_key(self.stream_key(channel)))
+        return client.pipeline(transaction=False)
 
     def _publish_call(self, channel, data, is_json):
         if not channel or " " in channel:

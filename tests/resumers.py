@@ -3,6 +3,7 @@ WebSocket `?last_event_id=`, long-poll `cursor`), and the checks on what
 they received: the chaos and failover tests share them."""
 
 import json
+import multiprocessing
 import random
 import socket
 import threading
@@ -11,6 +12,7 @@ import time
 import requests
 import websocket
 
+from core.stream_log import parse_id
 from realtime_client import parse_sse
 
 # -- resuming clients ------------------------------------------------------------
@@ -244,3 +246,153 @@ def assert_exactly_once_in_order(clients, expected, resets_allowed=False):
         assert ids == sorted(set(ids)), describe(client, expected)
         if not resets_allowed:
             assert not client.resets(), describe(client, expected)
+
+
+def admin_token_of(server, password):
+    """A bearer token of the demo administrator (DEMO_ADMIN_PASSWORD=`password`)."""
+    response = requests.post(
+        f"{server.url}/auth/token", timeout=10, json={"username": "admin", "password": password}
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["token"]
+
+
+# -- publishing through POST /pub, and what each client must end with ---------------
+
+
+class HTTPPublisher:
+    """Publishes `count` messages through `POST /pub`, one after another, in
+    a process of its own (300 client threads in this one would starve it of
+    the GIL). A message not answered 201 is sent again, under a new text
+    (`m0007.1`). Each answer is a JSON line in `log`."""
+
+    def __init__(self, server, channel, token, log):
+        self.url = f"{server.url}/pub/{channel}"
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/plain"}
+        self.log = log
+        self.log.touch()
+        self.process = None
+
+    def start(self, count):
+        self.process = multiprocessing.get_context("fork").Process(
+            target=self._publish, args=([f"m{i:04d}" for i in range(count)],), daemon=True
+        )
+        self.process.start()
+
+    def join(self, timeout):
+        self.process.join(timeout)
+        return self.process.exitcode == 0
+
+    def publish(self, name):
+        """Publish one message from this process (until it is acknowledged)."""
+        self._publish([name])
+
+    def answers(self):
+        with open(self.log) as f:
+            return [json.loads(line) for line in f]
+
+    def acked(self):
+        """[(time, id, text)] of the acknowledged messages."""
+        return [(a["at"], a["id"], a["text"]) for a in self.answers() if a.get("id")]
+
+    def refused(self):
+        return [(a["at"], a["status"], a["why"]) for a in self.answers() if not a.get("id")]
+
+    def _publish(self, names):
+        with requests.Session() as session, open(self.log, "a") as log:
+            for name in names:
+                attempt = 0
+                while not self._send(session, log, f"{name}.{attempt}"):
+                    attempt += 1
+                    time.sleep(0.05)
+
+    def _send(self, session, log, text):
+        try:
+            response = session.post(self.url, data=text, headers=self.headers, timeout=10)
+            status, why = response.status_code, response.text[:200]
+        except requests.RequestException as exc:
+            status, why = type(exc).__name__, str(exc)[:200]
+        answer = {"at": time.monotonic(), "text": text, "status": status, "why": why}
+        if status == 201:
+            answer["id"] = json.loads(why)["id"]
+        log.write(json.dumps(answer) + "\n")
+        log.flush()
+        return status == 201
+
+
+def segments(client):
+    """The client's messages split at its resets: [(start id, [(id, text)])]."""
+    parts = [("0", [])]
+    for event in client.events:
+        if event[0] == "reset":
+            parts.append((event[1], []))
+        else:
+            parts[-1][1].append((event[1], event[2]))
+    return parts
+
+
+def check_client(client, surviving):
+    for _start, messages in segments(client):
+        keys = [parse_id(i) for i, _ in messages]
+        assert keys == sorted(set(keys)), "ids out of order or repeated: " + describe(
+            client, [t for _, t in surviving]
+        )
+    start, messages = segments(client)[-1]
+    expected = [text for i, text in surviving if parse_id(i) > parse_id(start)]
+    assert [t for _, t in messages] == expected, describe(client, expected)
+
+
+def failover_mid_stream(server, channel, token, answers, fail, stream, after=None):
+    """What both failover tests run: 300 resuming clients (100 per
+    transport), 1,000 messages through `POST /pub` from a process of its own,
+    `fail()` once 300 are acknowledged, then "END". Checks what both ask:
+    service back within 10 s of fail() (an acknowledgement after the first
+    refusal), no worker restarted, refusals only 503 or a connection
+    error, and each client ending with what `stream()` ([(id, text)]: the
+    channel as Redis holds it after the failover) holds after its starting
+    point, once and in order. `after(workers)` checks more once publishing
+    is over. Returns {acked, lost (acknowledged texts not in the stream),
+    refused, back (seconds), resets (clients)}."""
+    from tests.clients import wait_until, worker_pids
+
+    publisher = HTTPPublisher(server, channel, token, answers)
+    clients = start_clients(server, channel, per_transport=100, until="END.0")
+    try:
+        wait_connected(clients)
+        workers = worker_pids(server)
+        publisher.start(count=1000)
+        assert wait_until(lambda: len(publisher.acked()) >= 300, timeout=60), (
+            len(publisher.acked()),
+            publisher.refused()[-3:],
+        )
+        failed_at = time.monotonic()
+        fail()
+        assert publisher.join(180), publisher.refused()[-3:]
+        publisher.publish("END")
+        acked, refused = publisher.acked(), publisher.refused()
+
+        # back: from fail() until a publish succeeded again after the first refused
+        first_refused = min((t for t, _, _ in refused if t > failed_at), default=failed_at)
+        back = min(t for t, _, _ in acked if t > first_refused) - failed_at
+        assert back < 10, refused[-3:]
+        assert worker_pids(server) == workers
+        assert {status for _, status, _ in refused} <= {503, "ConnectionError"}, refused[-3:]
+        if after is not None:
+            after(workers)
+
+        hanging = finish(clients, timeout=120)
+        assert not hanging, [describe(c, []) for c in hanging[:3]]
+        surviving = stream()
+        for client in clients:
+            check_client(client, surviving)
+        kept = {text for _, text in surviving}
+        return {
+            "acked": len(acked),
+            "lost": [text for _, _, text in acked if text not in kept],
+            "refused": len(refused),
+            "back": back,
+            "resets": sum(bool(c.resets()) for c in clients),
+        }
+    finally:
+        for client in clients:
+            client.stop()

@@ -17,7 +17,8 @@ import redis
 from core.embedded_redis import find_redis_server
 from tests.redis_topologies import CLUSTER_SLOTS, ClusterSetup
 
-pytestmark = pytest.mark.integration
+# slow: each test starts a cluster of its own (6 redis-server processes, about 3 s)
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture

@@ -113,13 +113,27 @@ def test_readme_documents_every_setting():
 
 @pytest.mark.unit
 @pytest.mark.parametrize(
-    "env",
+    "extra",
     [
-        {"REDIS_SENTINELS": "sentinel-without-port"},
-        {"REDIS_SENTINELS": "h:26379", "REDIS_URL": "redis://x"},
+        {"REDIS_CLUSTER": "1"},
+        {"REDIS_CLUSTER": "1", "REDIS_SENTINELS": "h:26379"},
     ],
 )
-def test_gunicorn_stops_at_a_bad_redis_setting_with_one_line(tmp_path, env):
+def test_a_cluster_needs_the_url_of_a_node_and_no_sentinels(tmp_path, extra):
+    with pytest.raises(ConfigError, match="REDIS_CLUSTER: set REDIS_URL to any node"):
+        load_settings({"INSTANCE_DIR": str(tmp_path), **extra})
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "env, culprit",
+    [
+        ({"REDIS_SENTINELS": "sentinel-without-port"}, "REDIS_SENTINELS"),
+        ({"REDIS_SENTINELS": "h:26379", "REDIS_URL": "redis://x"}, "REDIS_SENTINELS"),
+        ({"REDIS_CLUSTER": "1"}, "REDIS_CLUSTER"),
+    ],
+)
+def test_gunicorn_stops_at_a_bad_redis_setting_with_one_line(tmp_path, env, culprit):
     result = subprocess.run(
         gunicorn_command(),
         cwd=ROOT,
@@ -135,9 +149,7 @@ def test_gunicorn_stops_at_a_bad_redis_setting_with_one_line(tmp_path, env):
         },
     )
     assert result.returncode != 0
-    errors = [
-        line for line in (result.stdout + result.stderr).splitlines() if "REDIS_SENTINELS" in line
-    ]
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if culprit in line]
     assert len(errors) == 1 and errors[0].startswith("configuration error: "), result.stderr
     assert "Traceback" not in result.stderr
 

@@ -54,6 +54,13 @@ def test_each_apps_state_shares_the_slot_of_its_channels():
         ],
         "drawing": [*KEYS.drawing(), KEYS.stream("draw:moves")],
         "cities": [KEYS.cities("version"), KEYS.cities_country("usa")],
+        # not a script: one MGET reads every process report (blueprints/processes.py)
+        "processes": [
+            KEYS.process("host-a", 1),
+            KEYS.process("host-b", 2),
+            KEYS.process_cause("host-a", 1),
+            KEYS.process_restarts(),
+        ],
     }
     for app, names in groups.items():
         assert len(slots(*names)) == 1, (app, names)
@@ -72,6 +79,8 @@ def test_earlier_names_map_to_todays():
     assert KEYS.renamed("rt:job:" + "a" * 32) == KEYS.job("a" * 32)
     assert KEYS.renamed("rt:jobs") == KEYS.jobs_recent()
     assert KEYS.renamed("rt:cities:country:usa") == KEYS.cities_country("usa")
+    assert KEYS.renamed("rt:proc:restarts") == KEYS.process_restarts()
+    assert KEYS.renamed("rt:proc:host-a:12") == KEYS.process("host-a", 12)
     # today's names, names that kept theirs, other apps' keys: left alone
     for name in (
         KEYS.stream("news"),

@@ -7,6 +7,7 @@ whichever instance the next request lands. The TRUSTED_PROXIES tests at the end
 need no nginx and always run.
 """
 
+import contextlib
 import itertools
 import os
 import re
@@ -84,15 +85,21 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(start_server, tmp_path_factory):
-    if NGINX is None:
-        pytest.skip(SKIP_REASON)
-    tmp = tmp_path_factory.mktemp("nginx")
-    # Two separate deployments sharing only Redis (and SECRET_KEY): each has
-    # its own instance directory (gunicorn's control socket lives there).
     # An impatient body deadline on the instances: nginx must spare them slow bodies.
     impatient = {"BODY_TIMEOUT_SECONDS": 1, "BODY_MIN_BYTES_PER_SECOND": 1000}
-    a = start_server(workers=2, TRUSTED_PROXIES=1, INSTANCE_DIR=tmp / "instance-a", **impatient)
-    b = start_server(workers=2, TRUSTED_PROXIES=1, INSTANCE_DIR=tmp / "instance-b", **impatient)
+    with behind_nginx(start_server, tmp_path_factory.mktemp("nginx"), **impatient) as deployment:
+        yield deployment
+
+
+@contextlib.contextmanager
+def behind_nginx(start_server, tmp, **settings):
+    """Two instances (`settings` for both) behind the shipped nginx config."""
+    if NGINX is None:
+        pytest.skip(SKIP_REASON)
+    # Two separate deployments sharing only Redis (and SECRET_KEY): each has
+    # its own instance directory (gunicorn's control socket lives there).
+    a = start_server(workers=2, TRUSTED_PROXIES=1, INSTANCE_DIR=tmp / "instance-a", **settings)
+    b = start_server(workers=2, TRUSTED_PROXIES=1, INSTANCE_DIR=tmp / "instance-b", **settings)
     port = free_port()
     (tmp / "site.conf").write_text(render_site([a.port, b.port], port))
     # As root, nginx's workers would switch to `nobody`, who cannot enter tmp.
@@ -147,6 +154,13 @@ def test_round_robin_without_stickiness(cluster):
 
 @pytest.mark.integration
 def test_published_on_one_instance_reaches_every_transport_through_nginx(cluster, channel):
+    every_transport_gets_what_either_instance_published(cluster, channel)
+
+
+def every_transport_gets_what_either_instance_published(cluster, channel, token=None):
+    """SSE, WebSocket (with and without Origin) and long-poll subscribers
+    through nginx get, in order, what was published through each instance
+    directly and through nginx (`token`: a publisher's; default: the tests')."""
     path = f"/sub/{channel}"
     sse = SSEClient(f"{cluster.url}{path}?last_event_id=0")
     ws = WSClient(f"{cluster.ws_url}{path}/ws?last_event_id=0", origin=cluster.url)
@@ -165,7 +179,7 @@ def test_published_on_one_instance_reaches_every_transport_through_nginx(cluster
                 f"{cluster.url}/pub/{channel}",
                 data=f"m{i}",
                 headers={
-                    "Authorization": f"Bearer {target.default_token}",
+                    "Authorization": f"Bearer {token or target.default_token}",
                     "Content-Type": "text/plain",
                 },
                 timeout=10,
@@ -173,7 +187,7 @@ def test_published_on_one_instance_reaches_every_transport_through_nginx(cluster
             assert response.status_code == 201, response.text
             sent.append((response.json()["id"], f"m{i}"))
         else:
-            sent.append((target.publish(channel, f"m{i}")[0], f"m{i}"))
+            sent.append((target.publish(channel, f"m{i}", token=token)[0], f"m{i}"))
 
     # Long-poll through nginx: from the start, then live (held) for one more.
     body = long_poll(f"{cluster.url}{path}", cursor="0").json()

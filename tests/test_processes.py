@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from core.hub import Hub
+from core.keys import Keys
 from tests.clients import LongPoller, SSEClient, WSClient, wait_until, worker_pids
 
 pytestmark = pytest.mark.integration
@@ -59,7 +60,7 @@ def test_a_worker_over_the_memory_limit_is_replaced_and_service_goes_on(start_se
     server = start_server(MAX_WORKER_MEMORY_MB=1, REDIS_PREFIX="memlimit:")  # every worker is over
     first = worker_pids(server)
     assert wait_until(lambda: worker_pids(server) - first, timeout=20)  # fresh workers came
-    restarts = [json.loads(e) for e in rdb.lrange("memlimit:proc:restarts", 0, -1)]
+    restarts = [json.loads(e) for e in rdb.lrange(Keys("memlimit:").process_restarts(), 0, -1)]
     assert any(r["cause"].startswith("memory limit") and r["pid"] in first for r in restarts)
     answered = 0
     for _ in range(20):  # meanwhile requests are still served (a retry may be needed)

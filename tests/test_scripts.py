@@ -11,7 +11,7 @@ pytestmark = pytest.mark.integration
 
 NAMES = sorted(path.stem for path in scripts.LUA_DIR.glob("*.lua"))
 LIBRARIES = {path.stem: path.read_text() for path in (scripts.LUA_DIR / "lib").glob("*.lua")}
-SETTINGS = {"maxlen": 1000, "ttl_ms": 60000}
+SETTINGS = {"maxlen": 1000, "ttl_ms": 60000, "publish": "PUBLISH"}
 
 
 @pytest.mark.parametrize("name", NAMES)

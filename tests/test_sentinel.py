@@ -12,8 +12,6 @@ then everything after the reset. With PUBLISH_MIN_REPLICAS=1 no acknowledged
 message is lost at all.
 """
 
-import json
-import multiprocessing
 import socket
 import subprocess
 import sys
@@ -25,10 +23,18 @@ import trustme
 
 from core.embedded_redis import find_redis_server
 from core.keys import Keys
-from core.stream_log import parse_id
-from tests.clients import wait_until, worker_pids
+from tests.clients import wait_until
 from tests.redis_topologies import SentinelSetup
-from tests.resumers import describe, finish, start_clients, wait_all, wait_connected
+from tests.resumers import (
+    admin_token_of,
+    check_client,
+    describe,
+    failover_mid_stream,
+    finish,
+    start_clients,
+    wait_all,
+    wait_connected,
+)
 from tests.servers import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.slow]
@@ -43,95 +49,7 @@ def sentinels(tmp_path):
 
 
 def login(server):
-    response = requests.post(
-        f"{server.url}/auth/token",
-        timeout=10,
-        json={"username": "admin", "password": ADMIN_PASSWORD},
-    )
-    assert response.status_code == 200, response.text
-    return response.json()["token"]
-
-
-class HTTPPublisher:
-    """Publishes `count` messages through `POST /pub`, one after another, in
-    a process of its own (300 client threads in this one would starve it of
-    the GIL). A message not answered 201 is sent again, under a new text
-    (`m0007.1`). Each answer is a JSON line in `log`."""
-
-    def __init__(self, server, channel, token, log):
-        self.url = f"{server.url}/pub/{channel}"
-        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/plain"}
-        self.log = log
-        self.log.touch()
-        self.process = None
-
-    def start(self, count):
-        self.process = multiprocessing.get_context("fork").Process(
-            target=self._publish, args=([f"m{i:04d}" for i in range(count)],), daemon=True
-        )
-        self.process.start()
-
-    def join(self, timeout):
-        self.process.join(timeout)
-        return self.process.exitcode == 0
-
-    def publish(self, name):
-        """Publish one message from this process (until it is acknowledged)."""
-        self._publish([name])
-
-    def answers(self):
-        with open(self.log) as f:
-            return [json.loads(line) for line in f]
-
-    def acked(self):
-        """[(time, id, text)] of the acknowledged messages."""
-        return [(a["at"], a["id"], a["text"]) for a in self.answers() if a.get("id")]
-
-    def refused(self):
-        return [(a["at"], a["status"], a["why"]) for a in self.answers() if not a.get("id")]
-
-    def _publish(self, names):
-        with requests.Session() as session, open(self.log, "a") as log:
-            for name in names:
-                attempt = 0
-                while not self._send(session, log, f"{name}.{attempt}"):
-                    attempt += 1
-                    time.sleep(0.05)
-
-    def _send(self, session, log, text):
-        try:
-            response = session.post(self.url, data=text, headers=self.headers, timeout=10)
-            status, why = response.status_code, response.text[:200]
-        except requests.RequestException as exc:
-            status, why = type(exc).__name__, str(exc)[:200]
-        answer = {"at": time.monotonic(), "text": text, "status": status, "why": why}
-        if status == 201:
-            answer["id"] = json.loads(why)["id"]
-        log.write(json.dumps(answer) + "\n")
-        log.flush()
-        return status == 201
-
-
-def segments(client):
-    """The client's messages split at its resets: [(start id, [(id, text)])]."""
-    parts = [("0", [])]
-    for event in client.events:
-        if event[0] == "reset":
-            parts.append((event[1], []))
-        else:
-            parts[-1][1].append((event[1], event[2]))
-    return parts
-
-
-def check_client(client, surviving):
-    for _start, messages in segments(client):
-        keys = [parse_id(i) for i, _ in messages]
-        assert keys == sorted(set(keys)), "ids out of order or repeated: " + describe(
-            client, [t for _, t in surviving]
-        )
-    start, messages = segments(client)[-1]
-    expected = [text for i, text in surviving if parse_id(i) > parse_id(start)]
-    assert [t for _, t in messages] == expected, describe(client, expected)
+    return admin_token_of(server, ADMIN_PASSWORD)
 
 
 @pytest.mark.parametrize("min_replicas", [0, 1])
@@ -146,52 +64,29 @@ def test_master_killed_mid_stream_every_client_gets_every_message_or_a_reset(
         DEMO_USERS=1,
         DEMO_ADMIN_PASSWORD=ADMIN_PASSWORD,
     )
-    publisher = HTTPPublisher(server, channel, login(server), tmp_path / "answers.jsonl")
-    clients = start_clients(server, channel, per_transport=100, until="END.0")
+    old_port = []
+
+    def after(_workers):
+        sentinels.wait_for_new_master(old_port[0])
+        login(server)  # sessions, users and the rate limiter follow the new master too
+
     try:
-        wait_connected(clients)
-        workers = worker_pids(server)
-        publisher.start(count=1000)
-        assert wait_until(lambda: len(publisher.acked()) >= 300, timeout=60), (
-            len(publisher.acked()),
-            publisher.refused()[-3:],
-        )
-        old_port = sentinels.kill_master()
-        killed_at = time.monotonic()
-        assert publisher.join(180), publisher.refused()[-3:]
-        publisher.publish("END")
-        sentinels.wait_for_new_master(old_port)
-        acked, refused = publisher.acked(), publisher.refused()
-
-        # Service came back by itself, within 10 s, with no worker restarted.
-        back_at = min(t for t, _, _ in acked if t > killed_at)
-        assert back_at - killed_at < 10, refused[-3:]
-        assert worker_pids(server) == workers
-        assert {status for _, status, _ in refused} <= {503, "ConnectionError"}, refused[-3:]
-        # sessions, users and the rate limiter follow the new master too
-        login(server)
-
-        hanging = finish(clients, timeout=120)
-        assert not hanging, [describe(c, []) for c in hanging[:3]]
-        surviving = [
-            (i, fields["d"]) for i, fields in sentinels.client().xrange(Keys().stream(channel))
-        ]
-        for client in clients:
-            check_client(client, surviving)
-        kept = {text for _, text in surviving}
-        lost = [text for _, _, text in acked if text not in kept]
-        if min_replicas:
-            assert lost == [], "acknowledged with PUBLISH_MIN_REPLICAS=1, then lost"
-        print(
-            f"min_replicas={min_replicas}: {len(acked)} acknowledged, {len(lost)} of them "
-            f"lost in the failover, {len(refused)} refusals, back after "
-            f"{back_at - killed_at:.1f} s, {sum(bool(c.resets()) for c in clients)} "
-            f"clients reset"
+        result = failover_mid_stream(
+            server,
+            channel,
+            login(server),
+            tmp_path / "answers.jsonl",
+            fail=lambda: old_port.append(sentinels.kill_master()),
+            stream=lambda: [
+                (i, fields["d"]) for i, fields in sentinels.client().xrange(Keys().stream(channel))
+            ],
+            after=after,
         )
     finally:
-        for client in clients:
-            client.stop()
         server.stop()
+    if min_replicas:
+        assert result["lost"] == [], "acknowledged with PUBLISH_MIN_REPLICAS=1, then lost"
+    print(f"min_replicas={min_replicas}: {result}")
 
 
 def test_too_few_replicas_confirming_is_a_503_with_the_reason(start_server, sentinels, channel):

@@ -40,7 +40,10 @@ def start(n=None, env=None):
     from core.config import read_settings  # light: no Redis
 
     env = dict(os.environ if env is None else env)
-    n = read_settings(env)["JOB_WORKERS"] if n is None else n
+    settings = read_settings(env)
+    if settings["REDIS_CLUSTER"]:
+        return []  # RQ needs a single Redis (blueprints/jobs.py says so to the page)
+    n = settings["JOB_WORKERS"] if n is None else n
     for _ in range(n):
         _started.append(subprocess.Popen(command(), cwd=ROOT, env=env))
     return [p.pid for p in _started]

@@ -25,12 +25,12 @@ import json
 import logging
 import time
 
-import redis
 from flask import Response, request
 from gunicorn.util import http_date
 
 from core import lifecycle, parking, quotas
 from core.connection import direct_writer, hangup_watch, write_deadline
+from core.errors import REDIS_UNAVAILABLE
 from core.stream_log import format_id
 from core.subscription import SubscriptionClosed
 
@@ -88,7 +88,7 @@ class _HeldPoll(Response):
                 if isinstance(out, parking.Idle):
                     idle = out  # a poll with nothing to answer yet may be parked
                 yield out
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             log.warning("Redis unavailable: %s", exc)
             if idle is not None and idle.taken_over:
                 idle.hand_back = False  # nothing answered: the client polls again

@@ -43,7 +43,6 @@ import select
 import socket
 import time
 
-import redis
 from flask import Response, current_app, request
 from werkzeug.exceptions import HTTPException
 from wsproto.connection import Connection, ConnectionState, ConnectionType
@@ -54,7 +53,7 @@ from wsproto.utilities import LocalProtocolError, generate_accept_token
 from core import lifecycle, parking, quotas
 from core.connection import client_socket
 from core.connection import direct_writer as _direct_writer
-from core.errors import abort_json
+from core.errors import REDIS_UNAVAILABLE, abort_json
 from core.security import origin_allowed
 from core.subscription import CLIENT_GONE, SubscriptionClosed
 from core.transports import longpoll
@@ -904,7 +903,7 @@ def _session(ws, handler, args, kwargs, environ):
             ws.close(exc.code, close_reason(str(exc)))
         except HTTPException as exc:  # e.g. current_user() on a bad ?access_token=
             ws.close(POLICY_VIOLATION, refusal(exc))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             log.warning("Redis unavailable: %s", exc)
             ws.close(TRY_AGAIN_LATER, "storage unavailable, retry shortly")
         except Exception:
