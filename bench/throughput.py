@@ -1,11 +1,13 @@
-"""Publish-to-delivery throughput: 2 gevent workers, one Redis, a rising publish rate.
+"""Publish-to-delivery throughput: 2 gevent workers, a Redis layout, a rising publish rate.
 
     .venv/bin/python bench/throughput.py [--rates 1000,2000,4000,8000] [--seconds 10]
-        [--channels 100] [--per-channel 10] [--workers 2] [--redis single]
+        [--channels 100] [--per-channel 10] [--workers 2] [--redis single|cluster]
         [--report docs/bench-throughput.md] [--json docs/bench-throughput.json] [--quick]
 
-Starts its own redis-server (`--redis single`: the one Redis layout so far) and
-gunicorn (`--workers` gevent workers, the shipped gunicorn.conf.py), then opens
+Starts its own Redis (`--redis single`: one redis-server; `--redis cluster`:
+a Redis Cluster of 3 masters with a replica each, all on this machine, which
+the app is given with REDIS_CLUSTER=1) and gunicorn (`--workers` gevent
+workers, the shipped gunicorn.conf.py), then opens
 `--channels` x `--per-channel` SSE subscribers (`GET /sub/<channel>`) from 2
 load-generator processes (gevent, raw sockets) before anything is published.
 A publisher process then writes straight into Redis (the channels' publish
@@ -15,13 +17,16 @@ publish time, its step and a sequence number. After each step and a 3 s drain,
 it reports: the rate offered and the rate published, deliveries per second
 (messages x subscribers received during the step), publish-to-delivery latency
 p50/p99, lost deliveries (expected minus received), worker CPU per 1,000
-deliveries, Redis CPU per 1,000 messages (INFO cpu), and how many cores each
-process kept busy. `--quick` is a smoke run (500 and 1,000 msg/s, 3 s each,
-20 channels x 5) that writes a report only where `--report`/`--json` say.
+deliveries, Redis CPU per 1,000 messages (INFO cpu, summed over the masters on
+a cluster), and how many cores each process kept busy. The JSON keeps the
+latest run of each layout, and the report has a section per layout. `--quick`
+is a smoke run (500 and 1,000 msg/s, 3 s each, 20 channels x 5) that writes a
+report only where `--report`/`--json` say.
 """
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -29,6 +34,7 @@ import os
 import resource
 import signal
 import sys
+import tempfile
 import textwrap
 import time
 from collections import Counter
@@ -50,8 +56,20 @@ def channel_name(k):
 
 
 # -- the Redis side: one function per layout ---------------------------------------
-# Each yields (REDIS_URL for gunicorn and the publisher, [URLs of the nodes whose
-# INFO cpu adds up to "Redis CPU"]). A 3-master cluster is one more entry.
+# Each yields a Layout.
+
+
+@dataclasses.dataclass
+class Layout:
+    url: str  # REDIS_URL for gunicorn and the publisher
+    cpu_nodes: list  # URLs of the nodes whose INFO cpu adds up to "Redis CPU"
+    description: str  # for the report
+    cluster: bool = False  # the publisher then uses a RedisCluster client
+
+    @property
+    def env(self):
+        """gunicorn's environment beyond REDIS_URL."""
+        return {"REDIS_CLUSTER": "1"} if self.cluster else {}
 
 
 @contextlib.contextmanager
@@ -59,10 +77,39 @@ def single_redis():
     from bench.common import redis_server
 
     with redis_server() as server:
-        yield server.url, [server.url]
+        yield Layout(server.url, [server.url], "one redis-server")
 
 
-REDIS = {"single": single_redis}
+@contextlib.contextmanager
+def cluster_redis():
+    # The failover tests' harness (redis-server processes, CLUSTER MEET and
+    # ADDSLOTSRANGE, waits until settled): imported rather than copied, so the
+    # bench measures the very cluster the tests check the app against.
+    from tests.redis_topologies import ClusterSetup
+
+    with tempfile.TemporaryDirectory() as tmp, ClusterSetup(Path(tmp), 3, 1) as cluster:
+        masters = cluster.masters()
+        slots = ", ".join(
+            f"{port}: slots " + " ".join(f"{a}-{b}" for a, b in ranges) for port, ranges in masters
+        )
+        yield Layout(
+            cluster.url,
+            [f"redis://:{cluster.password}@127.0.0.1:{port}" for port, _ in masters],
+            f"Redis Cluster, {len(masters)} masters ({slots}) + "
+            f"{len(cluster.running_ports()) - len(masters)} replicas, all on this machine",
+            cluster=True,
+        )
+
+
+REDIS = {"single": single_redis, "cluster": cluster_redis}
+
+
+def connect(url, cluster):
+    """The publisher's and the coordinator's client (bytes replies, as before)."""
+    import redis
+    import redis.cluster
+
+    return redis.cluster.RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url)
 
 
 def redis_cpu(nodes):
@@ -100,18 +147,19 @@ def percentile(histogram, q):
 # -- the publisher (its own process, no gevent) -------------------------------------
 
 
-def publisher(conn, redis_url, prefix, channels):
+def publisher(conn, redis_url, cluster, prefix, channels):
     """Runs steps asked for on `conn`: (step, rate, seconds) -> publish_step()'s dict."""
-    import redis
-
     from core.stream_log import StreamLog
 
-    client = redis.Redis.from_url(redis_url)
-    log = StreamLog(client, prefix)
+    client = connect(redis_url, cluster)
+    log = StreamLog(client, prefix)  # given a RedisCluster, its script SPUBLISHes
     # The script publish() and publish_many() run (lua/publish.lua: XADD +
     # PUBLISH in one call): publish_many pipelines one channel only, and a
-    # tick's messages go to many channels.
-    script = log.scripts["publish"]
+    # tick's messages go to many channels. A cluster pipeline (redis-py's
+    # ClusterPipeline, which splits the tick by master) refuses .evalsha(), so
+    # the script is sent as an EVALSHA command, which it routes by its key; and
+    # neither pipeline loads it then: it is loaded on every master here.
+    sha = client.script_load(log.scripts["publish"].script)
     names = [channel_name(k) for k in range(channels)]
     keys = [log.stream_key(name) for name in names]
     notify = [log.notification_channel(name) for name in names]
@@ -121,7 +169,9 @@ def publisher(conn, redis_url, prefix, channels):
         pipe = client.pipeline(transaction=False)
         for n in range(seq, seq + batch):
             k = n % channels
-            script(keys=[keys[k]], args=[notify[k], "t", f"{now:.6f} {step} {n}"], client=pipe)
+            pipe.execute_command(
+                "EVALSHA", sha, 1, keys[k], notify[k], "t", f"{now:.6f} {step} {n}"
+            )
         pipe.execute()
 
     conn.send("ready")  # imports done: they are not the first step's CPU
@@ -303,18 +353,21 @@ def start_generators(ctx, port, channels, per_channel):
     return pipes, procs, held
 
 
-def wait_for_listeners(redis_url, prefix, channels, timeout=10):
+def wait_for_listeners(layout, prefix, channels, timeout=10):
     """Until each channel's notification channel has a listener in Redis: the
     workers subscribe to it after the client's stream has opened."""
-    import redis
-
     from core.keys import Keys
 
     names = [Keys(prefix).notifications(channel_name(k)) for k in range(channels)]
     deadline = time.time() + timeout
-    with redis.Redis.from_url(redis_url) as client:
+    with connect(layout.url, layout.cluster) as client:
         while time.time() < deadline:
-            if all(n for _, n in client.pubsub_numsub(*names)):
+            if layout.cluster:
+                # SSUBSCRIBEd on the channel's master: the masters' counts add up
+                listeners = client.pubsub_shardnumsub(*names, target_nodes=client.PRIMARIES)
+            else:
+                listeners = client.pubsub_numsub(*names)
+            if len(listeners) == len(names) and all(n for _, n in listeners):
                 return
             time.sleep(0.1)
     print("warning: some channels have no listener in Redis yet", file=sys.stderr)
@@ -329,7 +382,16 @@ def cpu_now(pids, redis_nodes):
         "redis": redis_cpu(redis_nodes),
         "publisher": cpu_seconds(pids["publisher"]),
         "generators": cpu_seconds(pids["generators"]),
+        "machine": machine_cpu(),
     }
+
+
+def machine_cpu():
+    """CPU seconds the whole machine has been busy (/proc/stat), every process."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def run_step(step, rate, seconds, publisher_pipe, generator_pipes, pids, redis_nodes, held):
@@ -351,6 +413,9 @@ def run_step(step, rate, seconds, publisher_pipe, generator_pipes, pids, redis_n
     expected = sum(n * held[k] for k, n in enumerate(done["per_channel"]))
     received = sum(g["received"] for g in got)
     worker_cpu = after["workers"] - before["workers"]  # over the step and its drain
+    # cores each kind kept busy while publishing: where the machine went
+    busy = {kind: (during[kind] - before[kind]) / elapsed for kind in before}
+    machine = busy.pop("machine")
     return {
         "offered": rate,
         "elapsed_s": round(elapsed, 2),
@@ -367,8 +432,9 @@ def run_step(step, rate, seconds, publisher_pipe, generator_pipes, pids, redis_n
         "redis_cpu_s_per_1k_messages": (after["redis"] - before["redis"])
         / max(done["published"], 1)
         * 1000,
-        # cores each kind kept busy while publishing: where the machine went
-        "busy_cores": {kind: (during[kind] - before[kind]) / elapsed for kind in before},
+        "busy_cores": busy,
+        # the rest of the machine: other programs (a shared machine), a cluster's replicas
+        "else_busy_cores": machine - sum(busy.values()),
     }
 
 
@@ -380,20 +446,25 @@ def measure(args):
     rates = [int(r) for r in args.rates.split(",")]
     rows = []
     with (
-        REDIS[args.redis]() as (redis_url, redis_nodes),
-        gunicorn_server(redis_url, workers=args.workers) as (url, master, env),
+        REDIS[args.redis]() as layout,
+        gunicorn_server(layout.url, workers=args.workers, **layout.env) as (url, master, env),
     ):
+        print(f"Redis: {layout.description}", flush=True)
+        redis_nodes = layout.cpu_nodes
         prefix = load_settings(env)["REDIS_PREFIX"]
         workers = wait_for_workers(master, args.workers, worker_pids)
         pipes, generators, held = start_generators(
             ctx, int(url.rsplit(":", 1)[1]), args.channels, args.per_channel
         )
-        wait_for_listeners(redis_url, prefix, args.channels)
+        wait_for_listeners(layout, prefix, args.channels)
         ours, theirs = ctx.Pipe()
         pub = ctx.Process(
-            target=publisher, args=(theirs, redis_url, prefix, args.channels), daemon=True
+            target=publisher,
+            args=(theirs, layout.url, layout.cluster, prefix, args.channels),
+            daemon=True,
         )
         pub.start()
+        theirs.close()  # ours only: a publisher that dies is an EOFError, not a hang
         ours.recv()  # "ready"
         pids = {
             "workers": workers,
@@ -405,6 +476,7 @@ def measure(args):
                 row = run_step(step, rate, args.seconds, ours, pipes, pids, redis_nodes, held)
                 row.update(
                     redis=args.redis,
+                    redis_layout=layout.description,
                     seconds=args.seconds,
                     workers=args.workers,
                     channels=args.channels,
@@ -442,7 +514,8 @@ def table(rows, header=True):
         [
             "| Redis | offered msg/s | published msg/s | deliveries/s | latency p50 (ms) "
             "| latency p99 (ms) | missing | worker CPU s / 1k deliveries "
-            "| Redis CPU s / 1k messages | cores busy: workers / Redis / publisher / load gen |",
+            "| Redis CPU s / 1k messages "
+            "| cores busy: workers / Redis / publisher / load gen / everything else |",
             "|" + "---|" * 10,
         ]
         if header
@@ -456,9 +529,14 @@ def table(rows, header=True):
             f"| {r['lost']:,} | {r['worker_cpu_s_per_1k_deliveries']:.3f} "
             f"| {r['redis_cpu_s_per_1k_messages']:.3f} "
             f"| {busy['workers']:.2f} / {busy['redis']:.2f} / {busy['publisher']:.2f} "
-            f"/ {busy['generators']:.2f} |"
+            f"/ {busy['generators']:.2f} / {else_busy(r)} |"
         )
     return "\n".join(lines)
+
+
+def else_busy(r):
+    """The rest of the machine's cores busy (clock ticks: -0.01 is 0)."""
+    return "n/a" if "else_busy_cores" not in r else f"{max(r['else_busy_cores'], 0.0):.2f}"
 
 
 def ms(value):
@@ -534,6 +612,12 @@ def reading(rows):
             if total >= 0.9 * cores
             else "."
         )
+        + (
+            f" Everything else on the machine ({'the replicas, ' if r['redis'] == 'cluster' else ''}"
+            f"other programs) kept {else_busy(r)} cores busy."
+            if "else_busy_cores" in r
+            else ""
+        )
     )
     first, last = rows[0], rows[-1]
     lines.append(
@@ -554,23 +638,133 @@ def wrapped(bullets):
     )
 
 
-def write_report(path, rows, command, machine):
+TITLES = {"single": "One Redis", "cluster": "3-master Redis Cluster"}
+
+
+def by_layout(rows):
+    """{layout: its rows}, in REDIS's order."""
+    return {name: [r for r in rows if r["redis"] == name] for name in REDIS}
+
+
+def comparison(single, cluster):
+    """Plain sentences on the two layouts at the rates both were offered."""
+    common = [(s, c) for s in single for c in cluster if s["offered"] == c["offered"]]
+    if not common:
+        return ""
+    both = [(s, c) for s, c in common if keeps_up(s) and keeps_up(c)]
+    nodes = cluster[0].get("redis_layout", "the cluster")
+    lines = [
+        f"- Both layouts ran on the same {os.cpu_count()}-core machine, the cluster's nodes "
+        f"({nodes}) beside the workers, the publisher and the load generator: a cluster "
+        "cannot add CPU here, so this shows what sharding costs, not how it scales."
+    ]
+    if both:
+        s, c = both[-1]
+        lines.append(
+            f"- Both kept up to {s['offered']:,} msg/s: {c['deliveries_per_s']:,.0f} deliveries/s "
+            f"on the cluster, p99 {ms(c['p99_ms'])} ms (one Redis: "
+            f"{s['deliveries_per_s']:,.0f}, p99 {ms(s['p99_ms'])} ms)."
+        )
+    behind = [c for c in cluster if not keeps_up(c)]
+    if behind and bottleneck(behind[0])[0] == "publisher":
+        c = behind[0]
+        wanted = c["published_per_s"] * c["subscribers"] / c["channels"]
+        if c["deliveries_per_s"] >= KEEPS_UP * wanted and c["lost"] == 0:
+            lines.append(
+                f"- From {c['offered']:,} msg/s the cluster run is limited by its publisher: "
+                f"it published only {c['published_per_s']:,.0f} msg/s, and the server "
+                f"delivered {c['deliveries_per_s'] / wanted:.0%} of that in step, so the "
+                "cluster's deliveries and latency there "
+                "are not the ceiling of the workers or of Redis."
+            )
+    lines.append(
+        f"- Deliveries missing {DRAIN:.0f} s after the step, by offered msg/s: "
+        + "; ".join(
+            f"{name}: " + ", ".join(f"{r['lost']:,} at {r['offered']:,}" for r in rows)
+            for name, rows in (("one Redis", single), ("the cluster", cluster))
+        )
+        + "."
+    )
+    ends = [common[0], common[-1]] if len(common) > 1 else common[:1]
+
+    def at_rates(measure):
+        """`measure` on the cluster against one Redis, at the lowest and highest rate."""
+        return ", ".join(
+            f"{measure(c)} on the cluster against {measure(s)} on one Redis at "
+            f"{s['offered']:,} msg/s"
+            for s, c in ends
+        )
+
+    lines.append(
+        "- The publisher's CPU per message: "
+        + at_rates(lambda r: f"{publisher_us_per_message(r):.0f} µs")
+        + " (redis-py's cluster pipeline, split by master, against one plain pipeline)."
+    )
+    lines.append(
+        "- Redis CPU per 1,000 messages (INFO cpu, the cluster's masters summed, replicas "
+        "not counted): "
+        + at_rates(lambda r: f"{r['redis_cpu_s_per_1k_messages']:.3f} s")
+        + " (a master's CPU includes its cluster bus and its replication to a replica, "
+        "which one Redis does not have)."
+    )
+    return "\n".join(lines)
+
+
+def publisher_us_per_message(r):
+    return r["busy_cores"]["publisher"] * r["elapsed_s"] / max(r["published"], 1) * 1e6
+
+
+def section(rows):
     r = rows[0]
-    Path(path).write_text(f"""# Publish-to-delivery throughput on {r["workers"]} gevent workers
+    intro = textwrap.fill(
+        f"Redis: {r.get('redis_layout', 'one redis-server')}. {r['channels']:,} channels with "
+        f"{r['per_channel']} subscribers each ({r['subscribers']:,} connections, opened before "
+        "publishing), messages published straight into Redis round-robin over the channels at "
+        f"each offered rate for {r['seconds']:.0f} s. Measured {r['date']} on {r['machine']}"
+        + (f" (load average {r['load_before']:.1f} when it started)" if "load_before" in r else "")
+        + ", with the load generator (2 processes, gevent, raw sockets) and the publisher on the same "
+        "machine. Command:",
+        80,
+    )
+    return f"""## {TITLES[r["redis"]]}
 
-How many messages per second {r["workers"]} gunicorn gevent workers and one Redis carry
-from publish to SSE subscriber: {r["channels"]:,} channels with {r["per_channel"]} subscribers
-each ({r["subscribers"]:,} connections, opened before publishing), messages published straight
-into Redis round-robin over the channels at each offered rate for {r["seconds"]:.0f} s.
-Measured {time.strftime("%Y-%m-%d")} on {machine}, with the load generator (2
-processes, gevent, raw sockets) and the publisher on the same machine. Command:
+{intro}
 
-    .venv/bin/python {command}
+    .venv/bin/python {r["command"]}
 
 {table(rows)}
 
+### Reading
+
+{wrapped(reading(rows))}
+"""
+
+
+def write_report(path, rows):
+    """The whole file: a section per layout measured (rows of the JSON)."""
+    layouts = {name: got for name, got in by_layout(rows).items() if got}
+    workers = rows[0]["workers"]
+    sections = "\n".join(section(got) for got in layouts.values())
+    if len(layouts) == 2:
+        sections += f"""
+## One Redis and the cluster side by side
+
+{wrapped(comparison(*layouts.values()))}
+"""
+    Path(path).write_text(f"""# Publish-to-delivery throughput on {workers} gevent workers
+
+How many messages per second {workers} gunicorn gevent workers carry from publish to
+SSE subscriber, on each Redis layout (`--redis`): one redis-server, and a Redis
+Cluster of 3 masters with a replica each (REDIS_CLUSTER=1, sharded pub/sub). Each
+section is the latest run of its layout; bench/throughput.py rewrites this file
+from docs/bench-throughput.json, which keeps them.
+
+{sections}
+## The columns
+
 - *published*: the rate the publisher achieved (one pipeline of the channels'
-  publish script per 10 ms tick, from its own process).
+  publish script per 10 ms tick, from its own process; on a cluster, split by
+  master).
 - *deliveries/s*: `data:` events (messages x subscribers) that arrived during the
   step; *latency*: from the publisher's timestamp in the message to its arrival,
   over every delivery of the step.
@@ -578,13 +772,19 @@ processes, gevent, raw sockets) and the publisher on the same machine. Command:
   channel) minus those received by {DRAIN:.0f} s after the step's last publish;
   with every subscriber still connected (none cut as a slow consumer) they are
   late, not lost.
-- *CPU per 1,000*: the workers' (or Redis's, INFO cpu) CPU over the step and its
-  drain. *cores busy*: CPU seconds per second of the step, per kind of process.
-
-## Reading
-
-{wrapped(reading(rows))}
+- *CPU per 1,000*: the workers' (or Redis's, INFO cpu, summed over a cluster's
+  masters) CPU over the step and its drain. *cores busy*: CPU seconds per second
+  of the step, per kind of process; *everything else*: the machine's busy CPU
+  (/proc/stat) minus those, i.e. other programs on a shared machine and, on a
+  cluster, its replicas.
 """)
+
+
+def merged(path, rows):
+    """The JSON's rows of the other layouts, then these (one run per layout)."""
+    layout = rows[0]["redis"]
+    old = json.loads(Path(path).read_text()) if Path(path).exists() else []
+    return [r for r in old if r["redis"] != layout] + rows
 
 
 def options():
@@ -616,18 +816,25 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the servers on the way out
     from bench.common import machine
 
+    load_before = os.getloadavg()[0]  # a shared machine: say how busy it was
     rows = measure(args)
     command = " ".join(["bench/throughput.py", *sys.argv[1:]])
     for row in rows:
-        row.update(machine=machine(), date=time.strftime("%Y-%m-%d"), command=command)
+        row.update(
+            machine=machine(),
+            date=time.strftime("%Y-%m-%d"),
+            command=command,
+            load_before=round(load_before, 2),
+        )
     print()
     print(table(rows))
     print()
     print(reading(rows))
+    everything = merged(args.json, rows) if args.json else rows
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(everything, indent=1) + "\n")
     if args.report:
-        write_report(args.report, rows, command, machine())
+        write_report(args.report, everything)
     if args.report or args.json:
         print(f"wrote {' and '.join(p for p in (args.report, args.json) if p)}")
     return 0
