@@ -87,6 +87,8 @@ def on_starting(server):
     from core import metrics  # PROMETHEUS_MULTIPROC_DIR, before any worker exists
 
     metrics.prepare_master(server)
+    if settings["REDIS_CLUSTER"]:
+        _check_cluster()
     if settings["REDIS_URL"] or settings["REDIS_SENTINELS"]:
         return
     from core import embedded_redis
@@ -100,6 +102,18 @@ def on_starting(server):
     server.log.info(
         "Started embedded redis-server at %s (data in %s/redis)", redis_server.url, instance
     )
+
+
+def _check_cluster():
+    """A cluster the workers' clients cannot start on is one line, here, not a
+    traceback in every worker (core/redis_connections.py)."""
+    from core.config import load_settings
+    from core.redis_connections import ClusterNotReady, RedisConnections
+
+    try:
+        RedisConnections.from_settings(load_settings()).check_cluster()
+    except ClusterNotReady as exc:
+        raise SystemExit(f"configuration error: REDIS_CLUSTER: {exc}") from None
 
 
 def _refuse_taken_addresses(server):

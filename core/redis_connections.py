@@ -22,6 +22,7 @@ only between such retries): a blocking sleep would stall a whole worker.
 
 from __future__ import annotations
 
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -30,6 +31,7 @@ import redis
 from limits.storage import RedisClusterStorage, RedisStorage, Storage
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
@@ -41,6 +43,19 @@ class _SentinelBlockingPool(SentinelConnectionPool, redis.BlockingConnectionPool
     """Sentinel's pool (connections to whichever server is the master) with
     the blocking pool's bound: when every connection is busy, a caller waits
     for one instead of opening another."""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# How long a new cluster client waits for a cluster none of whose nodes answers
+# (a failover takes a few seconds; gunicorn's worker timeout is 30 s).
+CLUSTER_WAIT = 15.0
+
+
+class ClusterNotReady(RuntimeError):
+    """REDIS_CLUSTER names no cluster that can serve every slot (one line)."""
 
 
 class _NodePool(redis.BlockingConnectionPool):
@@ -154,7 +169,41 @@ class RedisConnections:
             "socket_timeout": 5,
             **options,
         }
-        return RedisCluster.from_url(self.url, **options)
+        # Made when a worker starts, and redis-py's cluster client reads the slot
+        # map at once: a worker restarted during a failover would fail to boot,
+        # and gunicorn stops the whole server when one does. So it waits for
+        # the cluster a while (gevent's sleep, in a worker) before giving up.
+        deadline = time.monotonic() + CLUSTER_WAIT
+        while True:
+            try:
+                return RedisCluster.from_url(self.url, **options)
+            except RedisClusterException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def check_cluster(self) -> None:
+        """At start-up, with REDIS_CLUSTER: raise ClusterNotReady with one line
+        unless REDIS_URL's node is a cluster node that answers and every slot
+        has a master (each worker's cluster client would otherwise fail to
+        start, with a traceback each)."""
+        assert self.url is not None
+        where = urllib.parse.urlsplit(self.url)
+        name = f"{where.hostname}:{where.port or 6379}"
+        try:
+            with redis.Redis.from_url(self.url, socket_connect_timeout=5, socket_timeout=5) as node:
+                info = node.execute_command("CLUSTER INFO")
+        except redis.ResponseError as exc:
+            raise ClusterNotReady(f"{name} is not a Redis Cluster node ({exc})") from None
+        except (redis.RedisError, OSError) as exc:
+            raise ClusterNotReady(f"cannot reach {name} ({exc})") from None
+        fields = {_text(k): _text(v) for k, v in info.items()}  # (redis-py parses it)
+        if fields.get("cluster_state") != "ok":
+            raise ClusterNotReady(
+                f"the cluster at {name} is not serving (cluster_state:"
+                f"{fields.get('cluster_state')}, {fields.get('cluster_slots_ok', '?')} of "
+                "16384 slots served): every slot needs a master that is up"
+            )
 
     def rate_limit_storage(self, key_prefix: str, max_connections: int) -> Storage:
         """The `limits` library's storage for the rate limiter's counters: on

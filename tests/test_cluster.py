@@ -35,6 +35,7 @@ from tests.resumers import (
     start_clients,
     wait_connected,
 )
+from tests.servers import ROOT, gunicorn_command
 from tests.test_draw_bounds import drawer, stroke, wait_history
 from tests.test_editor import _op as send_op
 from tests.test_editor import _open as open_document
@@ -216,6 +217,43 @@ def test_apps_keep_their_state_on_a_cluster(cluster, cluster_server):
         ws.close()
     finally:
         board.close()
+
+
+def test_a_cluster_that_cannot_serve_is_one_line_at_start_up(base_env, redis_server, cluster):
+    """Not a cluster node, or slots without a master: the server does not start,
+    and says why in one line (not a traceback in every worker)."""
+
+    def start(url):
+        return subprocess.run(
+            gunicorn_command(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**base_env, "REDIS_CLUSTER": "1", "REDIS_URL": url, "BIND": "127.0.0.1:0"},
+        )
+
+    failing = cluster.url  # a master: the one left without its slots (cluster_state:fail)
+    port = urllib.parse.urlsplit(failing).port
+    with redis.Redis(port=port, password=cluster.password) as node:
+        first, last = cluster.masters(port)[0][1][0]
+        node.execute_command("CLUSTER", "DELSLOTSRANGE", first, last)
+    assert wait_until(lambda: cluster_info(cluster, port)["cluster_state"] == "fail")
+    for url, why in (
+        (redis_server.url, "is not a Redis Cluster node"),
+        (failing, "is not serving (cluster_state:fail"),
+    ):
+        result = start(url)
+        assert result.returncode != 0
+        lines = [line for line in result.stderr.splitlines() if "REDIS_CLUSTER" in line]
+        assert len(lines) == 1 and why in lines[0], result.stderr[-2000:]
+        assert lines[0].startswith("configuration error: REDIS_CLUSTER: ")
+        assert "Traceback" not in result.stderr
+
+
+def cluster_info(cluster, port):
+    with redis.Redis(port=port, password=cluster.password, decode_responses=True) as node:
+        return node.execute_command("CLUSTER INFO")
 
 
 def test_a_worker_lets_go_of_a_shard_channel_and_hears_it_again(cluster, monkeypatch):

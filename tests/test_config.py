@@ -131,6 +131,7 @@ def test_a_cluster_needs_the_url_of_a_node_and_no_sentinels(tmp_path, extra):
         ({"REDIS_SENTINELS": "sentinel-without-port"}, "REDIS_SENTINELS"),
         ({"REDIS_SENTINELS": "h:26379", "REDIS_URL": "redis://x"}, "REDIS_SENTINELS"),
         ({"REDIS_CLUSTER": "1"}, "REDIS_CLUSTER"),
+        ({"REDIS_CLUSTER": "1", "REDIS_URL": "redis://127.0.0.1:1"}, "cannot reach 127.0.0.1:1"),
     ],
 )
 def test_gunicorn_stops_at_a_bad_redis_setting_with_one_line(tmp_path, env, culprit):
