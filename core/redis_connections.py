@@ -67,6 +67,19 @@ class _NodePool(redis.BlockingConnectionPool):
         super().__init__(timeout=5, **options)
 
 
+def _cluster_options(max_connections: int) -> dict[str, Any]:
+    """A RedisCluster's options, ours and the rate limiter's alike: a bounded
+    pool per node, commands retried at once after a slot moved or a master
+    failed over (no backoff sleep, see above), the usual socket timeouts."""
+    return {
+        "connection_pool_class": _NodePool,
+        "max_connections": max_connections,
+        "retry": Retry(NoBackoff(), 3),
+        "socket_connect_timeout": 2,
+        "socket_timeout": 5,
+    }
+
+
 class RedisConnections:
     """Makes the clients of one process, for one Redis deployment."""
 
@@ -160,15 +173,7 @@ class RedisConnections:
         retrying a command at once (no backoff sleep, see above) after a slot
         moved or a master failed over, with the slot map read again."""
         assert self.url is not None  # (__init__: a cluster is named by a URL)
-        options = {
-            "decode_responses": True,
-            "connection_pool_class": _NodePool,
-            "max_connections": max_connections,
-            "retry": Retry(NoBackoff(), 3),
-            "socket_connect_timeout": 2,
-            "socket_timeout": 5,
-            **options,
-        }
+        options = {"decode_responses": True, **_cluster_options(max_connections), **options}
         # Made when a worker starts, and redis-py's cluster client reads the slot
         # map at once: a worker restarted during a failover would fail to boot,
         # and gunicorn stops the whole server when one does. So it waits for
@@ -214,16 +219,11 @@ class RedisConnections:
             return RedisStorage("redis://", connection_pool=pool, key_prefix=key_prefix)
         assert self.url is not None
         parts = urllib.parse.urlsplit(self.url)
-        options: dict[str, Any] = {
-            "ssl": parts.scheme == "rediss",
-            "connection_pool_class": _NodePool,
-            "max_connections": max_connections,
-            "retry": Retry(NoBackoff(), 3),
-            "socket_connect_timeout": 2,
-            "socket_timeout": 5,
-        }
         return RedisClusterStorage(
-            f"redis+cluster://{parts.netloc}", key_prefix=key_prefix, **options
+            f"redis+cluster://{parts.netloc}",
+            key_prefix=key_prefix,
+            ssl=parts.scheme == "rediss",
+            **_cluster_options(max_connections),
         )
 
     def listener(self, name: str, is_sharded: Callable[[str], bool], ping_timeout: float) -> Any:

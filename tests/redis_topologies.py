@@ -23,6 +23,12 @@ from core.embedded_redis import EmbeddedRedis, EmbeddedRedisError, find_redis_se
 SERVICE = "mymaster"
 
 
+def _replication_args(password):
+    """A server of a replicated set-up: `password` for clients and for its
+    replication link, and no 5 s wait for more replicas before a full sync."""
+    return ["--requirepass", password, "--masterauth", password, "--repl-diskless-sync-delay", "0"]
+
+
 class SentinelSetup:
     """A master, `replicas` replicas and `sentinels` Sentinels (quorum 2),
     all with `password`; a failover starts 1 s after the master stops
@@ -44,15 +50,7 @@ class SentinelSetup:
     # -- set up and tear down ----------------------------------------------------
 
     def start(self):
-        # (no 5 s wait for more replicas before the first full sync)
-        common = [
-            "--requirepass",
-            self.password,
-            "--masterauth",
-            self.password,
-            "--repl-diskless-sync-delay",
-            "0",
-        ]
+        common = _replication_args(self.password)
         master = self._server("master", common)
         for i in range(self.replica_count):
             self._server(
@@ -413,12 +411,7 @@ class ClusterSetup:
                     # a replica takes over however long ago it last heard its master
                     "--cluster-replica-validity-factor",
                     "0",
-                    "--requirepass",
-                    self.password,
-                    "--masterauth",
-                    self.password,
-                    "--repl-diskless-sync-delay",
-                    "0",
+                    *_replication_args(self.password),
                     # CLUSTER SLOTS lists a replica only once its replication
                     # offset is past 0: the master's pings move it every second
                     "--repl-ping-replica-period",
