@@ -61,6 +61,10 @@ class RedisSessionInterface(SessionInterface):
         return Signer(app.secret_key, salt="session-id")
 
     def open_session(self, app: Flask, request: Request) -> RedisSession:
+        if "HTTP_COOKIE" not in request.environ:
+            # No cookie at all (the streaming clients, scripts): parsing none costs
+            # more than the rest of this, on every one of 10,000 connects.
+            return RedisSession()
         raw = request.cookies.get(self.get_cookie_name(app))
         if raw:
             try:

@@ -10,8 +10,10 @@ import sys
 
 import pytest
 import requests
+from flask import Response
 
 from core.keys import Keys
+from core.security import security_headers
 from tests.clients import LongPoller, SSEClient
 from tests.servers import ROOT
 
@@ -71,6 +73,17 @@ def test_pages_carry_a_content_security_policy_and_every_response_the_basic_head
         assert response.headers["X-Frame-Options"] == "DENY"
         assert response.headers["Referrer-Policy"] == "same-origin"
     assert "Content-Security-Policy" not in client.get("/healthz").headers  # JSON
+
+
+@pytest.mark.unit
+def test_a_header_the_view_set_is_kept_and_the_others_added_once():
+    own = Response("<p>hi</p>", mimetype="text/html", headers={"x-frame-options": "SAMEORIGIN"})
+    headers = security_headers(own).headers
+    assert headers.getlist("X-Frame-Options") == ["SAMEORIGIN"]
+    assert headers.getlist("X-Content-Type-Options") == ["nosniff"]
+    assert len(headers.getlist("Content-Security-Policy")) == 1
+    moved = Response(status=308, headers={"Location": "http://evil.example/qa/?x=1"})
+    assert security_headers(moved).headers["Location"] == "/qa/?x=1"
 
 
 @pytest.mark.integration
