@@ -119,6 +119,40 @@ def test_block_classes_are_lines_classes_without_the_newline():
             assert bool(re.fullmatch(spelled.encode(), byte)) == expected, (spelled, byte)
 
 
+# A good line, then the same with a byte that sits near a class's edge put in anywhere.
+MUTANTS = st.tuples(
+    st.integers(0, 120),
+    st.sampled_from([b" ", b'"', b"]", b"[", b"\t", b"\r", b"-", b"7", b"x", b"\xff", b"  "]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    base=st.sampled_from(
+        [
+            b'10.0.0.1 - - [01/Nov/2026:10:07:07 +0000] "GET /a?x=1 HTTP/1.1" 200 100 "-" "curl/8"',
+            b'10.0.0.4 - - [02/Nov/2026:00:00:05 +0000] "GET /p" 200 3',  # no protocol
+        ]
+    ),
+    mutations=st.lists(MUTANTS, max_size=4),
+    groups=st.sampled_from([(), ("request",), None]),
+)
+def test_possessive_repeats_match_what_greedy_ones_do(base, mutations, groups):
+    """block_pattern()'s possessive runs never give back, where greedy ones might:
+    on lines broken anywhere by a quote, a bracket or a space, both find the same."""
+    line = bytearray(base)
+    for at, byte in mutations:
+        line[at:at] = byte
+    block = b"\n".join([bytes(line), EDGE, bytes(line)])
+    wanted = ["ip", "minute", "request", "size"] if groups is None else list(groups)
+    possessive = logproc.block_pattern(wanted)
+    assert b"++" in possessive.pattern and b"*+" in possessive.pattern
+    greedy = re.compile(
+        possessive.pattern.replace(b"++", b"+").replace(b"*+", b"*"), possessive.flags
+    )
+    assert possessive.findall(block) == greedy.findall(block)
+
+
 # One of each awkward case, with what today's parser and the issue say they count as.
 EDGE = (
     b'10.0.0.1 - - [01/Nov/2026:10:07:07 +0000] "GET /a?x=1 HTTP/1.1" 200 100 "-" "curl/8"\r\n'

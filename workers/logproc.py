@@ -61,6 +61,8 @@ SPACE = r"[\t\x0b-\r ]"  # \s but the newline
 NOT_BRACKET = r"[\x00-\x09\x0b-\x5c\x5e-\xff]"  # [^\]] but the newline
 NOT_QUOTE = r"[\x00-\x09\x0b-\x21\x23-\xff]"  # [^"] but the newline
 DIGIT = r"[0-9]"  # \d (bytes)
+# Possessive repeats (Python 3.11+; plain greedy ones before, which match the same).
+MORE, ANY = ("++", "*+") if sys.version_info >= (3, 11) else ("+", "*")
 
 
 def block_pattern(groups):
@@ -75,6 +77,11 @@ def block_pattern(groups):
     for capture, as few and as wide as possible: each captured value is a new object
     per line, the costly part, and a wide one (`request`: path, protocol, status) has
     few distinct values, taken apart once each afterwards.
+
+    A run of a class that cannot match the byte after it is possessive (`++`, `*+`):
+    giving any of it back could never let the rest match, so the engine is told not
+    to keep the places it could back up to. The one run that may give back, the
+    path's `\\S+` before `[^"]*"`, stays greedy (a path may hold a quote).
     """
 
     def part(name, regex):
@@ -85,16 +92,16 @@ def block_pattern(groups):
     return re.compile(
         (
             "^"
-            + part("ip", f"{s}+")
-            + f" {s}+ {s}+ \\["
+            + part("ip", f"{s}{MORE}")
+            + f" {s}{MORE} {s}{MORE} \\["
             + part("minute", f"{d}{d}/(?:{months})/{d}{d}{d}{d}:{d}{d}:{d}{d}")
-            + f":{d}{d} {NOT_BRACKET}*\\] "
-            + f'"{s}+ '
-            + part("request", f'{s}+{NOT_QUOTE}*" {d}{d}{d}')
+            + f":{d}{d} {NOT_BRACKET}{ANY}\\] "
+            + f'"{s}{MORE} '
+            + part("request", f'{s}+{NOT_QUOTE}{ANY}" {d}{d}{d}')
             + " "
             # a size of "-" captures nothing (b""): filter(None) drops it at C speed
-            + (f"(?:({d}+)|-)" if "size" in groups else f"(?:{d}+|-)")
-            + f'(?: "{NOT_QUOTE}*" "{NOT_QUOTE}*")?{SPACE}*$'
+            + (f"(?:({d}{MORE})|-)" if "size" in groups else f"(?:{d}{MORE}|-)")
+            + f'(?: "{NOT_QUOTE}{ANY}" "{NOT_QUOTE}{ANY}")?{SPACE}{ANY}$'
         ).encode(),
         re.MULTILINE,
     )
