@@ -9,6 +9,7 @@ use, and the hub's listener starts with the first subscriber.
 import logging
 import os
 import socket
+import weakref
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -43,17 +44,25 @@ class RealtimeFlask(Flask):
     Flask wraps every view and hook it calls in ensure_sync(), which asks
     inspect.iscoroutinefunction() each time: eight times per request here,
     about 6% of a request's time. The answer never changes for a function,
-    and the functions are the app's own (a bounded set), so it is kept."""
+    so it is kept, weakly: a function made per request (an
+    after_this_request closure, a class-based view's bound method) takes
+    its entry with it when it goes."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._sync = {}
+        self._is_sync = weakref.WeakKeyDictionary()  # function -> not a coroutine function
 
     def ensure_sync(self, func):
-        sync = self._sync.get(func)
-        if sync is None:
-            sync = self._sync[func] = super().ensure_sync(func)
-        return sync
+        try:
+            if self._is_sync[func]:
+                return func
+        except KeyError:
+            sync = super().ensure_sync(func)
+            self._is_sync[func] = sync is func  # (a bool: the value must not hold the key)
+            return sync
+        except TypeError:  # cannot be weakly referenced: ask each time
+            pass
+        return super().ensure_sync(func)
 
 
 def create_app(config=None):

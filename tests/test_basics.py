@@ -306,3 +306,24 @@ def test_a_refused_request_leaves_no_frames_for_the_cycle_collector(app):
         gc.set_debug(0)
         gc.garbage.clear()
     assert not {"frame", "traceback", "RedisSession", "Request"} & kept.keys(), kept
+
+
+@pytest.mark.unit
+def test_flask_asks_once_per_function_and_forgets_functions_made_per_request():
+    from app import RealtimeFlask
+
+    app = RealtimeFlask(__name__)
+
+    def view():
+        return "ok"
+
+    async def coroutine_view():
+        return "ok"
+
+    assert app.ensure_sync(view) is view and app.ensure_sync(view) is view
+    with pytest.raises(RuntimeError):  # (no asgiref here) never taken for a plain function
+        app.ensure_sync(coroutine_view)
+    for n in range(100):  # e.g. an after_this_request closure, made per request
+        app.ensure_sync(lambda response, n=n: response)
+    gc.collect()
+    assert set(app._is_sync) == {view}
