@@ -69,7 +69,9 @@ http {{
 """
 
 
-class Cluster:
+class TwoInstances:
+    """Instances A and B behind one nginx (`url`), sharing only Redis."""
+
     def __init__(self, a, b, port):
         self.a, self.b = a, b
         self.url = f"http://127.0.0.1:{port}"
@@ -84,11 +86,11 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(start_server, tmp_path_factory):
+def deployment(start_server, tmp_path_factory):
     # An impatient body deadline on the instances: nginx must spare them slow bodies.
     impatient = {"BODY_TIMEOUT_SECONDS": 1, "BODY_MIN_BYTES_PER_SECOND": 1000}
-    with behind_nginx(start_server, tmp_path_factory.mktemp("nginx"), **impatient) as deployment:
-        yield deployment
+    with behind_nginx(start_server, tmp_path_factory.mktemp("nginx"), **impatient) as both:
+        yield both
 
 
 @contextlib.contextmanager
@@ -129,7 +131,7 @@ def behind_nginx(start_server, tmp, **settings):
             if time.monotonic() > deadline:
                 pytest.fail("nginx did not answer: " + (tmp / "error.log").read_text())
             time.sleep(0.1)
-        yield Cluster(a, b, port)
+        yield TwoInstances(a, b, port)
     finally:
         process.terminate()
         try:
@@ -143,9 +145,11 @@ def behind_nginx(start_server, tmp, **settings):
 
 
 @pytest.mark.integration
-def test_round_robin_without_stickiness(cluster):
+def test_round_robin_without_stickiness(deployment):
     served = [
-        cluster.instance(requests.get(cluster.url + "/healthz", timeout=5).headers["X-Served-By"])
+        deployment.instance(
+            requests.get(deployment.url + "/healthz", timeout=5).headers["X-Served-By"]
+        )
         for _ in range(6)
     ]
     assert set(served) == {"A", "B"}
@@ -153,18 +157,18 @@ def test_round_robin_without_stickiness(cluster):
 
 
 @pytest.mark.integration
-def test_published_on_one_instance_reaches_every_transport_through_nginx(cluster, channel):
-    every_transport_gets_what_either_instance_published(cluster, channel)
+def test_published_on_one_instance_reaches_every_transport_through_nginx(deployment, channel):
+    every_transport_gets_what_either_instance_published(deployment, channel)
 
 
-def every_transport_gets_what_either_instance_published(cluster, channel, token=None):
+def every_transport_gets_what_either_instance_published(deployment, channel, token=None):
     """SSE, WebSocket (with and without Origin) and long-poll subscribers
     through nginx get, in order, what was published through each instance
     directly and through nginx (`token`: a publisher's; default: the tests')."""
     path = f"/sub/{channel}"
-    sse = SSEClient(f"{cluster.url}{path}?last_event_id=0")
-    ws = WSClient(f"{cluster.ws_url}{path}/ws?last_event_id=0", origin=cluster.url)
-    ws_no_origin = WSClient(f"{cluster.ws_url}{path}/ws?last_event_id=0")
+    sse = SSEClient(f"{deployment.url}{path}?last_event_id=0")
+    ws = WSClient(f"{deployment.ws_url}{path}/ws?last_event_id=0", origin=deployment.url)
+    ws_no_origin = WSClient(f"{deployment.ws_url}{path}/ws?last_event_id=0")
     assert sse.status == 200, sse.response.text
     assert sse.response.headers["Content-Type"].startswith("text/event-stream")
     assert ws.hello is not None and ws_no_origin.hello is not None
@@ -173,10 +177,10 @@ def every_transport_gets_what_either_instance_published(cluster, channel, token=
     # subscriber sits on, some of these were published through the other one.
     sent = []
     for i in range(6):
-        target = (cluster.a, cluster.b)[i % 2]
+        target = (deployment.a, deployment.b)[i % 2]
         if i >= 4:
             response = requests.post(
-                f"{cluster.url}/pub/{channel}",
+                f"{deployment.url}/pub/{channel}",
                 data=f"m{i}",
                 headers={
                     "Authorization": f"Bearer {token or target.default_token}",
@@ -190,7 +194,7 @@ def every_transport_gets_what_either_instance_published(cluster, channel, token=
             sent.append((target.publish(channel, f"m{i}", token=token)[0], f"m{i}"))
 
     # Long-poll through nginx: from the start, then live (held) for one more.
-    body = long_poll(f"{cluster.url}{path}", cursor="0").json()
+    body = long_poll(f"{deployment.url}{path}", cursor="0").json()
     assert [(e["id"], e["data"]) for e in body["events"]] == sent
 
     try:
@@ -199,7 +203,10 @@ def every_transport_gets_what_either_instance_published(cluster, channel, token=
         assert [(e["id"], e["data"]) for e in sse.messages()] == sent
         assert [(f["id"], f["data"]) for f in ws.items] == sent
         assert [(f["id"], f["data"]) for f in ws_no_origin.items] == sent
-        assert {cluster.instance(sse.served_by)} | {cluster.instance(ws.served_by)} <= {"A", "B"}
+        assert {deployment.instance(sse.served_by)} | {deployment.instance(ws.served_by)} <= {
+            "A",
+            "B",
+        }
     finally:
         sse.close()
         ws.close()
@@ -207,22 +214,22 @@ def every_transport_gets_what_either_instance_published(cluster, channel, token=
 
 
 @pytest.mark.integration
-def test_origin_checks_see_the_public_host_through_nginx(cluster, channel):
+def test_origin_checks_see_the_public_host_through_nginx(deployment, channel):
     with pytest.raises(websocket.WebSocketBadStatusException) as excinfo:
         websocket.create_connection(
-            f"{cluster.ws_url}/sub/{channel}/ws", origin="http://evil.example", timeout=10
+            f"{deployment.ws_url}/sub/{channel}/ws", origin="http://evil.example", timeout=10
         )
     assert excinfo.value.status_code == 403
 
     def login(origin):
         return requests.post(
-            f"{cluster.url}/auth/login",
+            f"{deployment.url}/auth/login",
             timeout=10,
             json={"username": "nobody-here", "password": "x" * 12},
             headers={"Origin": origin},
         ).status_code
 
-    assert login(cluster.url) == 401  # same origin: on to the (failing) login
+    assert login(deployment.url) == 401  # same origin: on to the (failing) login
     assert login("http://evil.example") == 403
 
 
@@ -249,18 +256,18 @@ def _trickled_post(url, channel, token, pieces, pause, missing=0):
 
 
 @pytest.mark.integration
-def test_nginx_hands_the_instances_a_slow_body_whole(cluster, channel, admin_token):
+def test_nginx_hands_the_instances_a_slow_body_whole(deployment, channel, admin_token):
     # 2.5 s for 5 bytes: the instances (body deadline 1 s) would answer 408
     # themselves (tests/test_limits.py); nginx passes the body on once whole.
-    received, _ = _trickled_post(cluster.url, channel, admin_token, [b"x"] * 5, 0.5)
+    received, _ = _trickled_post(deployment.url, channel, admin_token, [b"x"] * 5, 0.5)
     assert received.startswith(b"HTTP/1.1 201"), received[:300]
 
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_nginx_times_out_a_stalled_body_itself(cluster, channel, admin_token, rdb):
+def test_nginx_times_out_a_stalled_body_itself(deployment, channel, admin_token, rdb):
     began = time.monotonic()
-    received, closed = _trickled_post(cluster.url, channel, admin_token, [b"x"], 0, missing=1)
+    received, closed = _trickled_post(deployment.url, channel, admin_token, [b"x"], 0, missing=1)
     # After client_body_timeout (10 s) nginx ends the request (its log says
     # 408; to a client that went silent it just closes), without the instances.
     assert closed and received == b"" and time.monotonic() - began < 25
@@ -268,12 +275,12 @@ def test_nginx_times_out_a_stalled_body_itself(cluster, channel, admin_token, rd
 
 
 @pytest.mark.integration
-def test_long_poll_cursor_continues_on_the_other_instance(cluster, channel):
-    url = f"{cluster.url}/sub/{channel}"
-    cursor = cluster.a.publish(channel, "first")[0]
+def test_long_poll_cursor_continues_on_the_other_instance(deployment, channel):
+    url = f"{deployment.url}/sub/{channel}"
+    cursor = deployment.a.publish(channel, "first")[0]
     served = []
     for i in range(6):
-        publisher = (cluster.a, cluster.b)[i % 2]
+        publisher = (deployment.a, deployment.b)[i % 2]
         if i % 2:  # the poll is already held when the message is published
             result = {}
             poll = threading.Thread(target=_poll_into, args=(result, url, cursor))
@@ -290,36 +297,36 @@ def test_long_poll_cursor_continues_on_the_other_instance(cluster, channel):
         assert [(e["id"], e["data"]) for e in body["events"]] == [(msg_id, f"n{i}")], body
         assert body["cursor"] == msg_id and not body.get("reset")
         cursor = body["cursor"]
-        served.append(cluster.instance(response.headers["X-Served-By"]))
+        served.append(deployment.instance(response.headers["X-Served-By"]))
     # Round-robin: every request of this loop went to the other instance.
     assert all(x != y for x, y in itertools.pairwise(served)), served
 
 
 @pytest.mark.integration
-def test_sse_resume_on_the_other_instance_gets_exactly_the_missed_messages(cluster, channel):
-    url = f"{cluster.url}/sub/{channel}"
-    before = [(cluster.a.publish(channel, f"b{i}")[0], f"b{i}") for i in range(3)]
+def test_sse_resume_on_the_other_instance_gets_exactly_the_missed_messages(deployment, channel):
+    url = f"{deployment.url}/sub/{channel}"
+    before = [(deployment.a.publish(channel, f"b{i}")[0], f"b{i}") for i in range(3)]
     first = SSEClient(url + "?last_event_id=0")
     try:
         assert first.wait_count(3), first.items
         assert [(e["id"], e["data"]) for e in first.messages()] == before
-        first_instance = cluster.instance(first.served_by)
+        first_instance = deployment.instance(first.served_by)
     finally:
         first.close()
-    missed = [(cluster.b.publish(channel, f"x{i}")[0], f"x{i}") for i in range(3)]
+    missed = [(deployment.b.publish(channel, f"x{i}")[0], f"x{i}") for i in range(3)]
 
     # Reconnect as EventSource does (Last-Event-ID header) until the request
     # lands on the other instance (round-robin: the next one normally does).
     for _ in range(4):
         second = SSEClient(url, last_event_id=before[-1][0])
-        if cluster.instance(second.served_by) != first_instance:
+        if deployment.instance(second.served_by) != first_instance:
             break
         second.close()
     else:
         pytest.fail("every reconnect landed on the same instance")
     try:
         assert second.wait_count(3), second.items
-        live = cluster.a.publish(channel, "live")[0]
+        live = deployment.a.publish(channel, "live")[0]
         assert second.wait_count(4), second.items
         time.sleep(0.3)  # nothing more may follow
         assert [(e["id"], e["data"]) for e in second.messages()] == missed + [(live, "live")]
