@@ -2,7 +2,7 @@
 side by side with a Node.js peer.
 
     .venv/bin/python bench/fanout.py [--transports sse ws longpoll] [--clients 10000]
-                                     [--mixed 20000] [--broadcasts 5] [--app qa]
+                                     [--mixed 20000] [--broadcasts 5] [--rounds 1] [--app qa]
                                      [--profile connect|broadcast] [--no-peer] [--no-floor]
 
 Starts its own redis-server and gunicorn (2 gevent workers, the shipped
@@ -16,7 +16,11 @@ transport (ours only).
 Each transport level also runs against bench/peers/node (a Node.js cluster of 2
 workers, `ws` and plain `http`; `npm ci` there first when its node_modules is
 missing), with the same generator and ramp: the report puts ours and Node's
-numbers side by side with the ratio ours/Node. Without `node` on PATH (or with
+numbers side by side with the ratio ours/Node. `--rounds N` runs each pair N
+times in turn (ours, the peer, the next transport, ..., then again): the table
+then gives each side's median and the median of the ratios taken round by
+round, with their range, since one run's ratio moves by a third on a shared
+machine. Without `node` on PATH (or with
 `--no-peer`) the peer is skipped and the report says why. Then
 bench/request_floor.py measures the worker CPU per request of one gevent worker
 (trivial WSGI, bare Flask, our long-poll cycle; `--no-floor` skips it).
@@ -463,9 +467,11 @@ def table(rows):
         "| delivery p99 (ms) | lost | worker CPU per broadcast (s) | master CPU (s) |",
         "|" + "---|" * 15,
     ]
+    rounds = max(r.get("round", 1) for r in rows) if rows else 1
     for r in rows:
+        who = SERVERS[r["server"]] + (f", round {r['round']}" if rounds > 1 else "")
         lines.append(
-            f"| {SERVERS[r['server']]} | {describe(r['mix'])} | {r['clients']:,} | {r['held']:,} "
+            f"| {who} | {describe(r['mix'])} | {r['clients']:,} | {r['held']:,} "
             f"| {r['connect_s']:.2f} "
             f"| {r['connect_cpu_us']:.0f} | {r['generator_cpu_s']:.1f} "
             f"| {r['rss_mb']:.0f} | {r['kb_per_conn']:.1f} | {r['broadcast_ms_median']:.0f} "
@@ -485,21 +491,34 @@ COMPARED = [
 
 
 def comparison(rows):
-    """Ours and the Node.js peer per transport level, with the ratio ours/Node."""
-    ours = {(describe(r["mix"]), r["clients"]): r for r in rows if r["server"] == "ours"}
+    """Ours and the Node.js peer per transport level, with the ratio ours/Node.
+    Over several rounds (--rounds): the median of each side, and the median
+    of the ratios taken round by round (ours and the peer ran one after the
+    other in each round), with their range."""
+    runs = {}  # (level, server) -> its rows, round by round
+    for r in rows:
+        runs.setdefault((describe(r["mix"]), r["clients"], r["server"]), []).append(r)
     lines = [
         "| transport | subscribers | measure | ours | Node.js | ours/Node |",
         "|---|---|---|---|---|---|",
     ]
-    for node in (r for r in rows if r["server"] == "node"):
-        key = (describe(node["mix"]), node["clients"])
-        mine = ours.get(key)
-        if mine is None:
+    for (level, clients, server), nodes in runs.items():
+        mine = runs.get((level, clients, "ours"))
+        if server != "node" or not mine:
             continue
+        pairs = list(zip(mine, nodes, strict=False))
         for n, (label, field, form) in enumerate(COMPARED):
-            a, b = mine[field], node[field]
-            ratio = f"{a / b:.2f}" if field != "lost" and b else "–"
-            where = f"{key[0]} | {key[1]:,}" if n == 0 else " | "
+            a = statistics.median(m[field] for m, _ in pairs)
+            b = statistics.median(p[field] for _, p in pairs)
+            ratios = [m[field] / p[field] for m, p in pairs if p[field]]
+            ratio = "–"
+            if field != "lost" and ratios:
+                ratio = f"{statistics.median(ratios):.2f}"
+                if len(ratios) > 1:
+                    ratio += f" ({min(ratios):.2f}–{max(ratios):.2f})"
+            if field == "lost":
+                a, b = sum(m[field] for m, _ in pairs), sum(p[field] for _, p in pairs)
+            where = f"{level} | {clients:,}" if n == 0 else " | "
             lines.append(f"| {where} | {label} | {form.format(a)} | {form.format(b)} | {ratio} |")
     return "\n".join(lines)
 
@@ -528,6 +547,13 @@ def main():
         help="connections held at once, a third per transport (0: skip)",
     )
     parser.add_argument("--broadcasts", type=int, default=5)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run each transport's pair (ours, then the peer) this many times; "
+        "the side-by-side table gives medians and the ratios' range",
+    )
     parser.add_argument("--app", choices=["channels", "qa"], default="channels")
     parser.add_argument("--profile", choices=["connect", "broadcast"])
     parser.add_argument(
@@ -567,19 +593,22 @@ def main():
         peer_skipped = node_peer_ready()
     if peer_skipped:
         print(f"Node.js peer skipped: {peer_skipped}", flush=True)
-    levels = []
-    for kind in args.transports:
-        for n in args.clients:
-            levels.append(("ours", {kind: n}))
-            if not peer_skipped:
-                levels.append(("node", {kind: n}))
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    levels = []  # (server, mix, round)
+    for round_ in range(1, args.rounds + 1):
+        for kind in args.transports:
+            for n in args.clients:
+                levels.append(("ours", {kind: n}, round_))
+                if not peer_skipped:
+                    levels.append(("node", {kind: n}, round_))
     if args.mixed:
         third = args.mixed // 3
-        levels.append(("ours", {"sse": third, "ws": third, "longpoll": args.mixed - 2 * third}))
+        levels.append(("ours", {"sse": third, "ws": third, "longpoll": args.mixed - 2 * third}, 1))
     rows = []
     with redis_server() as rs:
         client = redis.Redis.from_url(rs.url, decode_responses=True)
-        for n, (server, mix) in enumerate(levels):
+        for n, (server, mix, round_) in enumerate(levels):
             gap, settle, rate = pacing(mix)
             if server == "node":
 
@@ -630,7 +659,7 @@ def main():
                         rate=rate,
                         redis_client=client,
                     )
-            row["server"] = server
+            row["server"], row["round"] = server, round_
             rows.append(row)
             print(json.dumps(row), flush=True)
 
