@@ -681,6 +681,13 @@ def main():
         if args.app == "qa"
         else "channel subscribers (each broadcast is one publish)"
     )
+    rounds_text = (
+        f" In {args.rounds} rounds (each pair run in turn, ours then the peer):"
+        " each side's median, and the median of the ratios taken round by round,"
+        " with their range in brackets."
+        if args.rounds > 1
+        else ""
+    )
     if args.app == "qa":
         peer_text = ""
     elif peer_skipped:
@@ -701,7 +708,7 @@ subscriber connection (PSUBSCRIBE `peer:*`), plain `http` for SSE and
 long-poll, the `ws` package for WebSocket, and each message written to every
 open response of the channel. Each broadcast is one Redis `PUBLISH` of
 `{{"id","data"}}` on `peer:{CHANNEL}`. Ratios are ours/Node: above 1, ours took
-longer or grew more.
+longer or grew more.{rounds_text}
 
 {side_by_side}
 
