@@ -508,16 +508,17 @@ def comparison(rows):
             continue
         pairs = list(zip(mine, nodes, strict=False))
         for n, (label, field, form) in enumerate(COMPARED):
-            a = statistics.median(m[field] for m, _ in pairs)
-            b = statistics.median(p[field] for _, p in pairs)
-            ratios = [m[field] / p[field] for m, p in pairs if p[field]]
             ratio = "–"
-            if field != "lost" and ratios:
-                ratio = f"{statistics.median(ratios):.2f}"
-                if len(ratios) > 1:
-                    ratio += f" ({min(ratios):.2f}–{max(ratios):.2f})"
-            if field == "lost":
+            if field == "lost":  # every round's, added up
                 a, b = sum(m[field] for m, _ in pairs), sum(p[field] for _, p in pairs)
+            else:
+                a = statistics.median(m[field] for m, _ in pairs)
+                b = statistics.median(p[field] for _, p in pairs)
+                ratios = [m[field] / p[field] for m, p in pairs if p[field]]
+                if ratios:
+                    ratio = f"{statistics.median(ratios):.2f}"
+                    if len(ratios) > 1:
+                        ratio += f" ({min(ratios):.2f}–{max(ratios):.2f})"
             where = f"{level} | {clients:,}" if n == 0 else " | "
             lines.append(f"| {where} | {label} | {form.format(a)} | {form.format(b)} | {ratio} |")
     return "\n".join(lines)
