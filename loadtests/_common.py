@@ -164,6 +164,17 @@ def hold_seconds():
     return random.uniform(low, high)
 
 
+def close_ws(ws, timeout=1):
+    """Close a websocket-client connection politely (close frame, then up to
+    `timeout` s for the server's), on a greenlet of its own. websocket-client's
+    `close()` wraps that wait in a bare `except: pass`, which also swallows the
+    GreenletExit of a Locust stop landing in it: the user then carried on
+    running tasks, and Locust waited for it forever at the end of the run
+    (seen once in CI). Killing a user waiting here stops it; the close itself
+    still finishes in the background."""
+    gevent.spawn(ws.close, timeout=timeout).join()
+
+
 def ws_close_info(payload):
     code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
     return code, payload[2:].decode("utf-8", "replace")

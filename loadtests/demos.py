@@ -15,6 +15,7 @@ from _common import (
     SYMBOLS,
     BrowserLikeUser,
     CheckFailed,
+    close_ws,
     fetch_token,
     hold_seconds,
     ms_since,
@@ -68,7 +69,7 @@ class Drawer(User):
         if self.reader is not None:
             self.reader.kill(block=False)
         if self.ws is not None:
-            self.ws.close(timeout=1)
+            close_ws(self.ws)
         self.ws = self.reader = None
 
     def _read(self, ws):
@@ -168,7 +169,7 @@ class MouseVisitor(User):
         except (websocket.WebSocketException, OSError, ValueError, CheckFailed) as exc:
             report(self, "WS", f"{self.PATH} visit", ms_since(started), exception=exc)
         finally:
-            ws.close(timeout=1)
+            close_ws(ws)
 
 
 class TrackDashboard(BrowserLikeUser):

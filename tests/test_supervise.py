@@ -325,6 +325,9 @@ class socket_held:
 def test_a_job_worker_failing_fast_is_given_up_and_shown(base_env, tmp_path, admin_token):
     # A real misconfiguration: a job worker command that exits at once (here a
     # module that does not exist). The tests' Redis, so the tests' admin token works.
+    # A minimum uptime far above how long Python takes to fail an import: on a
+    # busy machine that took over the default 3 s, supervisord counted such a
+    # start as a success that later exited, and restarted it beyond the limit.
     supervised = Supervised(
         base_env,
         tmp_path,
@@ -332,6 +335,7 @@ def test_a_job_worker_failing_fast_is_given_up_and_shown(base_env, tmp_path, adm
         JOB_WORKERS=1,
         JOB_WORKER_COMMAND=f"{sys.executable} -m workers.no_such_module",
         JOB_MAX_RESTARTS=2,
+        JOB_MIN_UPTIME_SECONDS=60,
     ).start(jobs_running=0)
     try:
         rows = procs.wait_for_state(supervised.rpc, {"FATAL"}, "jobs", 1, timeout=30)
