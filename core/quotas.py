@@ -6,7 +6,10 @@
   `limits` library's fixed windows, shared by every worker and host). Over it:
   429 with `Retry-After` and a reason naming the limit; the worker then
   refuses that client from memory until the window resets (no Redis round
-  trip for the rest of a flood). Raised in a WebSocket
+  trip for the rest of a flood). `scope=` spends one share alone: the
+  address's before a view authenticates (a flood, bad credentials included,
+  is refused before each request costs a verification), the account's
+  after. Raised in a WebSocket
   handler, `core.transports.websocket.route` turns the same refusal into close
   1008 with that reason.
 - `@per_address(setting, what)`: a view that spends one use per request, per
@@ -78,16 +81,26 @@ def _identities() -> Iterator[tuple[str, str]]:
         yield "account", user.name
 
 
-def spend(setting: str, what: str, *, per_worker: bool = False, cost: int = 1) -> None:
+def spend(
+    setting: str,
+    what: str,
+    *,
+    per_worker: bool = False,
+    cost: int = 1,
+    scope: str | None = None,
+) -> None:
     """Count `cost` uses of quota `setting` (its value in app.config) by this
-    client; abort 429 (`what` names the thing counted) once it is spent."""
+    client; abort 429 (`what` names the thing counted) once it is spent.
+    `scope` ("address" or "account") spends that share alone: a view can
+    spend the address's before it authenticates, the account's after."""
     if per_worker:
         spend_on(
             setting, what, "address", request.remote_addr or "unknown", per_worker=True, cost=cost
         )
         return
-    for scope, who in _identities():
-        spend_on(setting, what, scope, who, cost=cost)
+    for identity, who in _identities():
+        if scope is None or identity == scope:
+            spend_on(setting, what, identity, who, cost=cost)
 
 
 def spend_on(

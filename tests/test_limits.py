@@ -143,6 +143,29 @@ def test_publishes_are_limited_per_address_and_per_account(start_server, channel
     assert refused.status_code == 429 and "per account" in refused.json()["error"]
 
 
+def test_publishes_with_a_bad_token_spend_the_address_quota_before_verification(
+    start_server, channel, admin_token
+):
+    """Every attempt spends its address's share, before the token is checked:
+    a flood of publishes with bad tokens meets the same 429 as any other,
+    instead of costing a token verification each for ever."""
+    server = start_server(workers=1, PUBLISH_RATE_LIMIT="3 per minute", TRUSTED_PROXIES=1)
+
+    def publish(token):
+        return requests.post(
+            f"{server.url}/pub/{channel}",
+            data=b"hello",
+            timeout=10,
+            headers={"Authorization": f"Bearer {token}", "X-Forwarded-For": "198.51.100.9"},
+        )
+
+    assert [publish("not-a-token").status_code for _ in range(3)] == [401, 401, 401]
+    refused = publish("not-a-token")
+    assert refused.status_code == 429 and "per address" in refused.json()["error"]
+    # A good token from that address is refused too: the address's share is spent.
+    assert publish(admin_token).status_code == 429
+
+
 def test_a_client_over_its_quota_is_refused_without_counting_again_in_redis(
     start_server, channel, admin_token, rdb
 ):
