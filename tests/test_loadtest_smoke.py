@@ -203,7 +203,7 @@ print(json.dumps({"dead": greenlet.dead, "carried_on": bool(carried_on)}))
 """
 
 
-def test_a_user_stopped_while_closing_a_websocket_stops(tmp_path):
+def test_a_user_stopped_while_closing_a_websocket_stops():
     # websocket-client's close() swallows every exception during its wait,
     # GreenletExit too: a Drawer or MouseVisitor stopped there carried on, and
     # Locust waited for it forever after the run time (a CI run timed out so).
