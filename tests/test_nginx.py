@@ -9,64 +9,20 @@ need no nginx and always run.
 
 import contextlib
 import itertools
-import os
-import re
-import shutil
 import socket
-import subprocess
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 import websocket
 
 from core.config import ConfigError, load_settings
-from core.embedded_redis import free_port
 from core.keys import Keys
 from tests.clients import SSEClient, WSClient, healthz_bodies, long_poll, read_until_closed
-from tests.servers import ROOT
-
-NGINX = shutil.which("nginx") or next(
-    (p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None
-)
-SKIP_REASON = "nginx is not installed (apt-get install nginx; .ci/run installs it)"
-
-
-def render_site(upstreams, port):
-    """deploy/nginx.conf with the test's instances and listen address; the rest
-    of the shipped file is used as is."""
-    text = (ROOT / "deploy" / "nginx.conf").read_text()
-    lines = "".join(f"    server 127.0.0.1:{p};\n" for p in upstreams)
-    text, n = re.subn(r"(?:^    server 127\.0\.0\.1:\d+;\n)+", lines, text, flags=re.MULTILINE)
-    assert n == 1, "deploy/nginx.conf: upstream server lines not found"
-    text, n = re.subn(
-        r"^    listen 80;\n", f"    listen 127.0.0.1:{port};\n", text, flags=re.MULTILINE
-    )
-    assert n == 1, "deploy/nginx.conf: `listen 80;` not found"
-    text, n = re.subn(r"^    listen \[::\]:80;\n", "", text, flags=re.MULTILINE)
-    assert n == 1
-    return text
-
-
-MAIN_CONF = """\
-{user}
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-daemon off;
-events {{ worker_connections 1024; }}
-http {{
-    access_log {tmp}/access.log;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    include {tmp}/site.conf;
-}}
-"""
+from tests.nginx_front import NGINX, SKIP_REASON, NginxFailed, nginx_in_front
 
 
 class TwoInstances:
@@ -102,44 +58,12 @@ def behind_nginx(start_server, tmp, **settings):
     # its own instance directory (gunicorn's control socket lives there).
     a = start_server(workers=2, TRUSTED_PROXIES=1, INSTANCE_DIR=tmp / "instance-a", **settings)
     b = start_server(workers=2, TRUSTED_PROXIES=1, INSTANCE_DIR=tmp / "instance-b", **settings)
-    port = free_port()
-    (tmp / "site.conf").write_text(render_site([a.port, b.port], port))
-    # As root, nginx's workers would switch to `nobody`, who cannot enter tmp.
-    user = "user root;" if os.geteuid() == 0 else ""
-    (tmp / "nginx.conf").write_text(MAIN_CONF.format(tmp=tmp, user=user))
-    log = open(tmp / "stderr.log", "wb")
-    process = subprocess.Popen(
-        [NGINX, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(tmp / "nginx.conf")],
-        stdout=log,
-        stderr=log,
-    )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            if process.poll() is not None:
-                pytest.fail(
-                    "nginx exited: "
-                    + (tmp / "stderr.log").read_text()
-                    + (tmp / "error.log").read_text()
-                )
-            try:
-                if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("nginx did not answer: " + (tmp / "error.log").read_text())
-            time.sleep(0.1)
-        yield TwoInstances(a, b, port)
+        with nginx_in_front([a.port, b.port], tmp) as url:
+            yield TwoInstances(a, b, int(url.rsplit(":", 1)[1]))
+    except NginxFailed as exc:
+        pytest.fail(str(exc))
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
         a.stop()
         b.stop()
 
@@ -332,6 +256,39 @@ def test_sse_resume_on_the_other_instance_gets_exactly_the_missed_messages(deplo
         assert [(e["id"], e["data"]) for e in second.messages()] == missed + [(live, "live")]
     finally:
         second.close()
+
+
+@pytest.mark.integration
+def test_a_request_flood_from_one_address_is_refused_by_nginx_itself(deployment):
+    """deploy/nginx.conf's per-address limit (30 requests a second, bursts of
+    60): a flood gets nginx's own 429, in the app's shape (JSON, Retry-After)
+    and without an instance's X-Served-By (no instance saw it); no more than
+    the burst and the rate over the flood's time get through; and once the
+    flood stops the address is served again. Last in the module: the other
+    tests share this address."""
+
+    def flood(requests_each):
+        with requests.Session() as session:
+            return [
+                session.get(deployment.url + "/healthz", timeout=10) for _ in range(requests_each)
+            ]
+
+    began = time.monotonic()
+    with ThreadPoolExecutor(20) as pool:
+        answers = [answer for batch in pool.map(flood, [20] * 20) for answer in batch]
+    elapsed = time.monotonic() - began
+    served = [a for a in answers if a.status_code == 200]
+    refused = [a for a in answers if a.status_code == 429]
+    assert len(served) + len(refused) == 400, {a.status_code for a in answers}
+    assert len(served) <= 1 + 60 + 30 * elapsed + 5, (len(served), elapsed)  # (+5: clocks)
+    assert refused
+    for answer in refused:
+        assert answer.json() == {"error": "too many requests from this address, retry shortly"}
+        assert answer.headers["Retry-After"] == "1"
+        assert "X-Served-By" not in answer.headers
+    time.sleep(2.5)  # the bucket drains at 30 a second
+    again = requests.get(deployment.url + "/healthz", timeout=10)
+    assert again.status_code == 200 and "X-Served-By" in again.headers
 
 
 # -- TRUSTED_PROXIES (no nginx needed) ----------------------------------------------------
