@@ -1,6 +1,6 @@
 """Hostile clients beside honest ones: do the quotas and bounds hold?
 
-    .venv/bin/python bench/hostile.py [--seconds 20]
+    .venv/bin/python bench/hostile.py [--seconds 20] [--via-nginx]
 
 Starts its own redis-server and gunicorn (2 gevent workers, the shipped
 defaults for every quota and bound, TRUSTED_PROXIES=1 so that each simulated
@@ -14,10 +14,12 @@ ones beside them, and reports:
 - whether any worker was restarted, and every 5xx anyone saw (target: none);
 - what each hostile client achieved (status codes, close codes, bytes).
 
-Honest probes, each from an address of its own: /healthz; a publish reaching
-an SSE subscriber, a WebSocket subscriber and a long-poller; a WebSocket echo
-round trip; a ticker quote; an editor op acknowledged; a drawing move reaching
-another drawer; a Q&A question reaching the board's stream.
+Honest probes, each from an address of its own: /healthz (on a new
+connection each time, as a load balancer checks, and on a kept-alive one); a
+publish reaching an SSE subscriber, a WebSocket subscriber and a long-poller;
+a WebSocket echo round trip; a ticker quote; an editor op acknowledged; a
+drawing move reaching another drawer; a Q&A question reaching the board's
+stream.
 
 Hostile clients, one per finding of the security review, each bounded in
 count and time: bodies trickled a byte at a time, chunked bodies over the
@@ -27,6 +29,12 @@ guessing one account's password from many addresses, new editor documents
 and 64 KB ops as fast as allowed, an op against the oldest version, Q&A
 questions and answers as fast as allowed, a drawing filling the canvas and
 newcomers joining it. Writes docs/bench-hostile.md.
+
+`--via-nginx`: every client goes through the shipped deploy/nginx.conf (one
+nginx worker process, on the same 2 cores) in front of the same gunicorn, as
+in production; nginx takes each client's address from its X-Forwarded-For
+(bench only: the clients are all on loopback), so its per-address limits
+apply to each simulated client. Writes docs/bench-hostile-nginx.md.
 """
 
 import argparse
@@ -37,6 +45,7 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -56,6 +65,13 @@ from core.config import SETTINGS
 from realtime_client import parse_sse
 
 REPORT = ROOT / "docs" / "bench-hostile.md"
+NGINX_REPORT = ROOT / "docs" / "bench-hostile-nginx.md"
+# Behind nginx, each simulated client's address: the X-Forwarded-For it sends
+# from loopback (a real deployment trusts no such header from its clients).
+CLIENT_ADDRESS_FROM_HEADER = """\
+    set_real_ip_from 127.0.0.1;
+    real_ip_header X-Forwarded-For;
+"""
 ORIGIN_OF = {}  # the address each honest probe uses
 
 
@@ -141,6 +157,17 @@ def honest_probes(url, token, run, stop):
         run.took("healthz", time.monotonic() - began)
 
     probe("healthz", 0.1, healthz)
+    kept_alive = requests.Session()
+
+    def healthz_kept_alive():
+        # as /healthz above, on one connection: a new connection waits behind
+        # every connection accepted before it (docs/bench-hostile.md)
+        began = time.monotonic()
+        r = kept_alive.get(url + "/healthz", headers=headers("healthz kept alive"), timeout=30)
+        run.status("healthz", r.status_code)
+        run.took("healthz on a keep-alive connection", time.monotonic() - began)
+
+    probe("healthz kept alive", 0.1, healthz_kept_alive)
 
     def quote():
         began = time.monotonic()
@@ -666,11 +693,12 @@ def hostile_clients(url, token, run, stop, attacks):
 # -- the run -------------------------------------------------------------------------
 
 
-def phase(url, tokens, rdb, seconds, attacks, workers):
+def phase(url, tokens, rdb, seconds, attacks, workers, front_pids=()):
     """The honest probes for `seconds`, with `attacks` (names) in a child
     process beside them: the probes' timings are not the attackers' GIL."""
     run = Run()
     cpu_before = cpu_seconds(workers)
+    front_before = cpu_seconds(front_pids)
     stop = threading.Event()
     memory_before = rdb.info("memory")["used_memory"]
     attackers = None
@@ -706,6 +734,7 @@ def phase(url, tokens, rdb, seconds, attacks, workers):
         run.server_errors.update(got["server_errors"])
     run.redis_growth_mb = (rdb.info("memory")["used_memory"] - memory_before) / 2**20
     run.worker_cpu_s = cpu_seconds(workers) - cpu_before
+    run.front_cpu_s = cpu_seconds(front_pids) - front_before
     return run
 
 
@@ -736,16 +765,27 @@ def percentile(values, q):
     return values[min(len(values) - 1, int(len(values) * q))] if values else float("nan")
 
 
-def report(calm, hostile, restarted, seconds):
+def report(calm, hostile, restarted, seconds, via_nginx=False):
+    flag = " --via-nginx" if via_nginx else ""
     lines = [
-        "# Hostile clients beside honest ones",
+        "# Hostile clients beside honest ones" + (", through nginx" if via_nginx else ""),
         "",
-        f"`.venv/bin/python bench/hostile.py --seconds {seconds}` on {machine()}; 2 gevent",
-        "workers, every quota and bound at its default, each client with its own",
+        f"`.venv/bin/python bench/hostile.py --seconds {seconds}{flag}` on {machine()};",
+        "2 gevent workers, every quota and bound at its default, each client with its own",
         "address (X-Forwarded-For, TRUSTED_PROXIES=1). Honest clients alone, then with",
         "the hostile ones beside them, for the same time. The hostile clients run in a",
         "child process at nice 19 on the same 2 cores (on the internet their CPU is",
         "not ours). In parentheses: samples. Target: honest p99 within 1.5x.",
+        *(
+            [
+                "",
+                "Every client goes through the shipped deploy/nginx.conf (one nginx worker",
+                "process, on the same 2 cores), which takes each client's address from its",
+                "X-Forwarded-For here, so its per-address limits apply per simulated client.",
+            ]
+            if via_nginx
+            else []
+        ),
         "",
         "| honest probe | alone p50 / p99 (ms) | with hostile p50 / p99 (ms) | p99 ratio |",
         "|---|---|---|---|",
@@ -763,7 +803,12 @@ def report(calm, hostile, restarted, seconds):
         f"Redis memory growth: {calm.redis_growth_mb:.1f} MB alone, "
         f"{hostile.redis_growth_mb:.1f} MB with the hostile clients. Worker CPU: "
         f"{calm.worker_cpu_s:.1f} s alone, {hostile.worker_cpu_s:.1f} s with them "
-        f"(of {2 * seconds:.0f} s on 2 cores).",
+        f"(of {2 * seconds:.0f} s on 2 cores)"
+        + (
+            f"; nginx CPU: {calm.front_cpu_s:.1f} s alone, {hostile.front_cpu_s:.1f} s with them."
+            if via_nginx
+            else "."
+        ),
         f"Workers restarted: {'yes' if restarted else 'none'}. "
         f"5xx answers: {dict(calm.server_errors + hostile.server_errors) or 'none'}. "
         f"Honest probes that failed: {dict(calm.failures + hostile.failures) or 'none'}.",
@@ -779,7 +824,10 @@ def report(calm, hostile, restarted, seconds):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--report", default=str(REPORT))
+    parser.add_argument("--report", help=f"default: {REPORT} ({NGINX_REPORT.name})")
+    parser.add_argument(
+        "--via-nginx", action="store_true", help="every client through deploy/nginx.conf"
+    )
     parser.add_argument(
         "--only",
         help="comma-separated attacks (default: all): " + ", ".join(a.__name__ for a in HOSTILE),
@@ -800,16 +848,38 @@ def main():
     with (
         redis_server() as rs,
         gunicorn_server(rs.url, TRUSTED_PROXIES=1, **defaults) as (url, master, env),
+        front(url, args.via_nginx) as (url, front_pids),
     ):
         rdb = redis.Redis.from_url(rs.url)
         tokens = {side: bench_token(rs.url, env, f"bench-{side}") for side in ("honest", "hostile")}
         pids = set(worker_pids(master))
-        calm = phase(url, tokens, rdb, args.seconds, [], pids)
-        hostile = phase(url, tokens, rdb, args.seconds, attacks, pids)
+        calm = phase(url, tokens, rdb, args.seconds, [], pids, front_pids)
+        hostile = phase(url, tokens, rdb, args.seconds, attacks, pids, front_pids)
         restarted = set(worker_pids(master)) != pids
-    text = report(calm, hostile, restarted, args.seconds)
-    Path(args.report).write_text(text)
+    text = report(calm, hostile, restarted, args.seconds, args.via_nginx)
+    Path(args.report or (NGINX_REPORT if args.via_nginx else REPORT)).write_text(text)
     print(text)
+
+
+@contextlib.contextmanager
+def front(gunicorn_url, via_nginx):
+    """(the URL the clients use, nginx's processes): gunicorn's own, or the
+    shipped nginx site's in front of it."""
+    if not via_nginx:
+        yield gunicorn_url, []
+        return
+    from tests.nginx_front import NGINX, SKIP_REASON, nginx_in_front
+
+    if NGINX is None:
+        raise SystemExit(SKIP_REASON)
+    port = int(gunicorn_url.rsplit(":", 1)[1])
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        # room for every client's connection and its upstream one
+        nginx_in_front([port], Path(tmp), CLIENT_ADDRESS_FROM_HEADER, connections=8192) as url,
+    ):
+        master = int((Path(tmp) / "nginx.pid").read_text())
+        yield url, [master, *worker_pids(master)]
 
 
 def bench_token(redis_url, env, name):
