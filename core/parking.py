@@ -84,7 +84,39 @@ def serve(loop: Loop, environ: WSGIEnvironment, start_response: StartResponse) -
                 server_response.force_close()
                 return
             continue
+        if takeover and out and _may_write_head(server_response, environ):
+            _write_with_head(server_response, out)
+            continue
         yield out
+
+
+def _may_write_head(server_response: Any, environ: WSGIEnvironment) -> bool:
+    """A stream's head may go out with its first bytes, in one send instead
+    of gunicorn's two, as the WebSocket's 101 goes out with its first frame:
+    on loopback a send also runs the receiver's side of TCP, and a client
+    reading the head alone wakes twice. Measured side by side with the Node
+    peer (bench/fanout.py, 7 alternating pairs at 10,000 SSE streams): the
+    worker's CPU per connect 0.89x, the load generator's 0.89x, and all
+    connected 1.57x Node's time against 1.80x (medians). Only a GET's 200
+    streamed without a length, which gunicorn writes as it comes (nothing
+    dropped, cut or framed otherwise)."""
+    return (
+        not server_response.headers_sent
+        and environ.get("REQUEST_METHOD") == "GET"
+        and getattr(server_response, "status_code", None) == 200
+        and server_response.response_length is None
+    )
+
+
+def _write_with_head(server_response: Any, data: bytes) -> None:
+    """What gunicorn's Response.write does for the first piece of a body
+    (http/wsgi.py: send_headers, then the piece, chunked or not), in one send."""
+    lines = [*server_response.default_headers()]
+    lines.extend(f"{name}: {value}\r\n" for name, value in server_response.headers)
+    head = ("".join(lines) + "\r\n").encode("latin-1")
+    server_response.sock.sendall(head + (http_chunk(data) if server_response.chunked else data))
+    server_response.headers_sent = True
+    server_response.sent += len(data)
 
 
 def run(loop: Loop, environ: WSGIEnvironment) -> None:
