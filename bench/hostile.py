@@ -150,24 +150,26 @@ def honest_probes(url, token, run, stop):
     def probe(name, seconds, action):
         threads.append(probe_thread(name, seconds, run, stop, action))
 
-    def healthz():
-        began = time.monotonic()
-        r = requests.get(url + "/healthz", headers=headers("healthz"), timeout=30)
-        run.status("healthz", r.status_code)
-        run.took("healthz", time.monotonic() - began)
+    def healthz_by(get, who, probe_name):
+        def healthz():
+            began = time.monotonic()
+            r = get(url + "/healthz", headers=headers(who), timeout=30)
+            run.status("healthz", r.status_code)
+            run.took(probe_name, time.monotonic() - began)
 
-    probe("healthz", 0.1, healthz)
-    kept_alive = requests.Session()
+        return healthz
 
-    def healthz_kept_alive():
-        # as /healthz above, on one connection: a new connection waits behind
-        # every connection accepted before it (docs/bench-hostile.md)
-        began = time.monotonic()
-        r = kept_alive.get(url + "/healthz", headers=headers("healthz kept alive"), timeout=30)
-        run.status("healthz", r.status_code)
-        run.took("healthz on a keep-alive connection", time.monotonic() - began)
-
-    probe("healthz kept alive", 0.1, healthz_kept_alive)
+    # On a new connection each time, as a load balancer checks, and on one kept
+    # alive: a new connection waits behind every one accepted before it
+    # (docs/bench-hostile.md).
+    probe("healthz", 0.1, healthz_by(requests.get, "healthz", "healthz"))
+    probe(
+        "healthz kept alive",
+        0.1,
+        healthz_by(
+            requests.Session().get, "healthz kept alive", "healthz on a keep-alive connection"
+        ),
+    )
 
     def quote():
         began = time.monotonic()
