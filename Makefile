@@ -34,6 +34,9 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/slow_consumers.py
 	$(BIN)/python bench/threads_vs_events.py
 	$(BIN)/python bench/hostile.py
+	@if command -v nginx >/dev/null || test -x /usr/sbin/nginx; then \
+		$(BIN)/python bench/hostile.py --via-nginx; \
+	else echo "bench/hostile.py --via-nginx skipped: nginx is not installed"; fi
 
 # Locust against a server that is already running (`make run` in another
 # terminal, or any deployment): 60 s headless, a mix of every user class; exits
