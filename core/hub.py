@@ -351,7 +351,8 @@ class Hub(StreamLog):
             try:
                 self._listen()
             except (redis.RedisError, OSError) as exc:
-                log.warning("hub: lost Redis (%s: %s); reconnecting", type(exc).__name__, exc)
+                if not self._stopped:  # (a stopped hub's Redis may go away first)
+                    log.warning("hub: lost Redis (%s: %s); reconnecting", type(exc).__name__, exc)
             except Exception:
                 log.exception("hub: listener failed; restarting it")
             finally:

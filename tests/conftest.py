@@ -177,7 +177,9 @@ def app(base_env, monkeypatch):
         monkeypatch.setenv(name, base_env[name])
     from app import create_app
 
-    return create_app({"TESTING": True})
+    app = create_app({"TESTING": True})
+    yield app
+    app.extensions["hub"].stop()  # its listener ends quietly when Redis stops
 
 
 @pytest.fixture
