@@ -63,6 +63,7 @@ from bench.common import cpu_seconds, gunicorn_server, machine, redis_server, wo
 from core import ot
 from core.config import SETTINGS
 from realtime_client import parse_sse
+from tests.nginx_front import NGINX, SKIP_REASON, nginx_in_front
 
 REPORT = ROOT / "docs" / "bench-hostile.md"
 NGINX_REPORT = ROOT / "docs" / "bench-hostile-nginx.md"
@@ -870,8 +871,6 @@ def front(gunicorn_url, via_nginx):
     if not via_nginx:
         yield gunicorn_url, []
         return
-    from tests.nginx_front import NGINX, SKIP_REASON, nginx_in_front
-
     if NGINX is None:
         raise SystemExit(SKIP_REASON)
     port = int(gunicorn_url.rsplit(":", 1)[1])
