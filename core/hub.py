@@ -181,6 +181,24 @@ class Hub(StreamLog):
         read_page)."""
         return Subscription(self, channel, cursor, on_abort, page_bytes)
 
+    def recent(self, channel, cursor):
+        """The messages after `cursor` (an id tuple) this worker holds in
+        memory, when it holds every one of them: a long-poll coming back a
+        little behind, or a first poll asking for everything retained while
+        that is short. None when it does not know them all (or `cursor` is
+        None, "from now"). Such a poll is answered at once, with no
+        subscription to set up and tear down."""
+        if cursor is None:
+            return None
+        with self._lock:
+            local = self._channels.get(channel)
+            if local is None or not self._is_live(local):
+                return None
+            backlog = local.since(cursor)
+        if backlog:
+            self.delivered += len(backlog)
+        return backlog
+
     def attach(self, sub):
         """Register `sub` (its `with` block starts)."""
         self.start()

@@ -110,6 +110,48 @@ class _HeldPoll(Response):
         answer, head included, which the parking writes)."""
         hub, channel, cursor, timeout, max_bytes, write_seconds = self.poll
         server_response, socket_writer = _gunicorn_response(environ, start_response)
+        idle = None
+        # News this worker holds in memory (a first poll, or one a little
+        # behind) is answered at once: nothing to wait on, so no subscription.
+        items = hub.recent(channel, cursor)
+        position = None
+        if not items:
+            waited = yield from self._wait(environ, start_response, server_response, socket_writer)
+            if waited is None:
+                return  # the hub's listener wrote the answer
+            items, position, idle = waited
+        self.set_data(_body(items, position, max_bytes))
+        deadline = write_deadline(environ, write_seconds)
+        if idle is not None and idle.taken_over:
+            # gunicorn is done with this request: the whole answer goes out
+            # from here, in one send, and the connection back to gunicorn.
+            body = self.get_data()
+            try:
+                yield (
+                    _header_lines(server_response, self.headers.to_wsgi_list(), len(body), _date())
+                    + body
+                )
+            finally:
+                if deadline is not None:
+                    deadline.close()
+            return
+        if server_response is None:
+            if deadline is not None:
+                # gunicorn closes the response once the last byte is out
+                self.call_on_close(deadline.close)
+            yield from super().__call__(environ, start_response)
+            return
+        try:
+            yield from _send_whole(start_response, server_response, self, environ)
+        finally:
+            if deadline is not None:
+                deadline.close()
+
+    def _wait(self, environ, start_response, server_response, socket_writer):
+        """Subscribe and wait for news: (messages, the cursor after them,
+        the `Idle` the poll was parked at or None), or None once the hub's
+        listener has written the answer itself."""
+        hub, channel, cursor, timeout, max_bytes, write_seconds = self.poll
         # page_bytes: a backlog is read from Redis about as far as this answer goes
         with (
             hub.subscribe(channel, cursor, page_bytes=max_bytes) as sub,
@@ -145,33 +187,8 @@ class _HeldPoll(Response):
                     yield from _recorded(
                         start_response, server_response, self.headers, writer.answered
                     )
-                return
-        self.set_data(_body(items, position, max_bytes))
-        deadline = write_deadline(environ, write_seconds)
-        if idle is not None and idle.taken_over:
-            # gunicorn is done with this request: the whole answer goes out
-            # from here, in one send, and the connection back to gunicorn.
-            body = self.get_data()
-            try:
-                yield (
-                    _header_lines(server_response, self.headers.to_wsgi_list(), len(body), _date())
-                    + body
-                )
-            finally:
-                if deadline is not None:
-                    deadline.close()
-            return
-        if server_response is None:
-            if deadline is not None:
-                # gunicorn closes the response once the last byte is out
-                self.call_on_close(deadline.close)
-            yield from super().__call__(environ, start_response)
-            return
-        try:
-            yield from _send_whole(start_response, server_response, self, environ)
-        finally:
-            if deadline is not None:
-                deadline.close()
+                return None
+        return items, position, idle
 
 
 def _body(items, position, max_bytes):
