@@ -187,10 +187,12 @@ def generator(port, spec, sse_path, rate=0):
                 sock.settimeout(None)  # later polls are held up to 25 s
 
     def client(kind, i):
+        began = time.time()
         try:
             {"sse": sse, "ws": ws, "longpoll": longpoll}[kind](i)
         except Exception as exc:  # reported, never silent
-            failures.append(f"{kind}: {exc!r}")
+            stage = "connected" if i in connected_ids else "connecting"
+            failures.append(f"{kind}, {stage}, after {time.time() - began:.1f} s: {exc!r}")
             if i not in connected_ids:
                 unconnected.append(i)
 
@@ -719,9 +721,9 @@ longer or grew more.{rounds_text}
   long-poll JSON `{{"events","cursor"}}` with Content-Length on a keep-alive
   connection.
 - The peer's long-poll answers the first poll (`cursor=0`) at once with no
-  events (and an empty cursor, so the next poll is held), where ours reads the
-  retained primer message from Redis first: the long-poll *all connected
-  after* favours the peer slightly.
+  events (and an empty cursor, so the next poll is held), where ours answers
+  with the retained primer message: from Redis for a worker's first poll of
+  the channel, then from the worker's memory, with no subscription set up.
 - The peer does less than ours for each message and client: no history and so
   no resume (a long-poll between two polls when a message goes out misses it;
   ours continues from its cursor in Redis), no heartbeats, no Origin checks or
