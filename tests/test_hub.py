@@ -271,37 +271,45 @@ def test_a_subscriber_resuming_a_little_behind_is_served_from_memory(hub, rdb, c
 
 
 @pytest.mark.integration
-def test_recent_news_is_handed_out_from_memory_only_when_all_of_it_is_there(hub, rdb, channel):
+def test_recent_news_is_handed_out_from_memory_only_when_all_of_it_is_there(
+    rdb, redis_server, channel
+):
     """What a long-poll answered at once, with no subscription, is given: the
     messages after its cursor when the worker's tail holds every one of them;
     None whenever a subscription has to find out (nothing known here, a
-    cursor older than the tail, or "from now")."""
-    assert hub.recent(channel, START) is None  # nobody here has heard the channel
-    with hub.subscribe(channel, START) as watcher:
-        assert hub.connected_event.wait(5)
-        ids = [hub.publish(channel, f"m{i}") for i in range(3)]
-        seen = []
-        while len(seen) < 3:
-            seen += watcher.wait(5)
-        reads = _xrange_calls(rdb)
-        assert [m.id for m in hub.recent(channel, START)] == ids
-        assert [m.id for m in hub.recent(channel, parse_id(ids[0]))] == ids[1:]
-        assert hub.recent(channel, parse_id(ids[-1])) == []  # up to date: nothing yet
-        assert hub.recent(channel, None) is None
-        more = [hub.publish(channel, f"more {i}") for i in range(TAIL_LENGTH)]
-        seen = []
-        while len(seen) < len(more):
-            seen += watcher.wait(5)
-        assert hub.recent(channel, parse_id(ids[0])) is None  # the tail no longer reaches
-        assert [m.id for m in hub.recent(channel, parse_id(more[-3]))] == more[-2:]
-        assert _xrange_calls(rdb) == reads
-        # A listener reconnect may have missed news: the tail is not trusted after it.
-        name = f"unit:hub:{socket.gethostname()}:{os.getpid()}"
-        (listener,) = [c for c in rdb.client_list() if c["name"] == name]
-        rdb.client_kill_filter(_id=listener["id"])
-        hub.publish(channel, "while the listener was away")
-        assert _wait_for(lambda: hub.reconnects and hub.live_epoch())
-        assert hub.recent(channel, parse_id(more[-3])) is None
+    cursor older than the tail, "from now", or after a listener reconnect)."""
+    # A prefix of its own: its listener is the one Redis client of that name
+    # (other tests' stopped hubs may still be connected under theirs).
+    hub = Hub(rdb, redis_server.url, prefix="unit-recent:")
+    try:
+        assert hub.recent(channel, START) is None  # nobody here has heard the channel
+        with hub.subscribe(channel, START) as watcher:
+            assert hub.connected_event.wait(5)
+            ids = [hub.publish(channel, f"m{i}") for i in range(3)]
+            seen = []
+            while len(seen) < 3:
+                seen += watcher.wait(5)
+            reads = _xrange_calls(rdb)
+            assert [m.id for m in hub.recent(channel, START)] == ids
+            assert [m.id for m in hub.recent(channel, parse_id(ids[0]))] == ids[1:]
+            assert hub.recent(channel, parse_id(ids[-1])) == []  # up to date: nothing yet
+            assert hub.recent(channel, None) is None
+            more = [hub.publish(channel, f"more {i}") for i in range(TAIL_LENGTH)]
+            seen = []
+            while len(seen) < len(more):
+                seen += watcher.wait(5)
+            assert hub.recent(channel, parse_id(ids[0])) is None  # the tail no longer reaches
+            assert [m.id for m in hub.recent(channel, parse_id(more[-3]))] == more[-2:]
+            assert _xrange_calls(rdb) == reads
+            # A listener reconnect may have missed news: the tail is not trusted after it.
+            name = f"unit-recent:hub:{socket.gethostname()}:{os.getpid()}"
+            (listener,) = [c for c in rdb.client_list() if c["name"] == name]
+            rdb.client_kill_filter(_id=listener["id"])
+            hub.publish(channel, "while the listener was away")
+            assert _wait_for(lambda: hub.reconnects and hub.live_epoch())
+            assert hub.recent(channel, parse_id(more[-3])) is None
+    finally:
+        hub.stop()
 
 
 @pytest.mark.integration
