@@ -194,6 +194,8 @@ class Hub(StreamLog):
             local = self._channels.get(channel)
             if local is None or not self._is_live(local):
                 return None
+            if cursor == local.newest:
+                return []  # up to date (a poll after each broadcast): no tail to walk
             backlog = local.since(cursor)
         if backlog:
             self.delivered += len(backlog)
