@@ -391,12 +391,14 @@ class Hub(StreamLog):
         try:
             with self._lock:
                 self._control = self.keys.hub_control(socket.gethostname(), os.getpid())
-                channels = {*self._channels, *self._watchers}
-                self._to_subscribe.clear()
+                self._to_subscribe = {*self._channels, *self._watchers}
                 self._wake_sent = False
-            # The control channel's confirmation comes first: connected (a new
-            # epoch); each served channel is live once its own one arrives.
-            pubsub.subscribe(self._control, *map(self.notification_channel, channels))
+            # The control channel's confirmation says connected (a new epoch);
+            # only then are the served channels subscribed (_subscribe_asked),
+            # and each is live once its own confirmation arrives. On a cluster
+            # each master's connection confirms on its own: a channel confirmed
+            # before the control channel would be ignored and never go live.
+            pubsub.subscribe(self._control)
             last_heard = last_sweep = time.monotonic()
             ping_sent = None
             while not self._stopped:
@@ -430,6 +432,8 @@ class Hub(StreamLog):
         """Subscribe to the channels asked for since the last turn (a wake-up
         message on the control channel brought the listener here at once)."""
         with self._lock:
+            if not self._connected:
+                return  # (not before the control channel's confirmation: see _listen)
             asked = [
                 name
                 for name in self._to_subscribe

@@ -162,7 +162,9 @@ class ShardedPubSub:
         while not self._closed:
             try:
                 message = pubsub.get_message(timeout=READ_WAIT)
-            except (redis.RedisError, OSError, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 (any: a reader must not die unheard)
+                # Closed under a read in progress, redis-py may raise anything
+                # (an AttributeError from the parser it just let go of).
                 if not self._closed:
                     self._inbox.put((pubsub, exc))
                 return

@@ -11,6 +11,7 @@ starting point, or an explicit reset and everything after it.
 
 import json
 import subprocess
+import time
 import urllib.parse
 
 import pytest
@@ -273,6 +274,40 @@ def test_a_worker_lets_go_of_a_shard_channel_and_hears_it_again(cluster, monkeyp
             assert [m.data for m in got] == ["three", "four"]
         assert hub.reconnects == 0
     finally:
+        hub.stop()
+
+
+def test_every_channel_goes_live_whichever_master_confirms_first(cluster):
+    """On a cluster the listener has a connection per master, and each one
+    confirms its own subscriptions: a channel's SSUBSCRIBE may be confirmed
+    before the control channel's SUBSCRIBE on another master. Every channel
+    must still go live, at the listener's first connect and at each
+    reconnect (a channel confirmed before the listener knew it was connected
+    used to be ignored: its subscribers caught up for ever, hearing nothing)."""
+    connections = RedisConnections(url=cluster.url, cluster=True)
+    hub = Hub(connections.client(), connections, prefix="unit-live:")
+    channels = [c for on in channels_per_master(cluster, "live", per=3).values() for c in on]
+    subs = [hub.subscribe(channel) for channel in channels]
+    try:
+        for sub in subs:
+            sub.__enter__()
+        for round_ in range(4):
+            if round_:  # every listener connection cut: the hub listens anew
+                for port, _ in cluster.masters():
+                    with redis.Redis(port=port, password=cluster.password) as node:
+                        node.client_kill_filter(_type="pubsub")
+                assert wait_until(lambda r=round_: hub.reconnects == r, timeout=10)
+            for channel in channels:
+                hub.publish(channel, f"{channel} {round_}")
+            for sub, channel in zip(subs, channels, strict=True):
+                got = []
+                deadline = time.monotonic() + 10
+                while not got and time.monotonic() < deadline:
+                    got = [m.data for m in sub.wait(0.5) if not m.is_reset]
+                assert got == [f"{channel} {round_}"], (round_, channel)
+    finally:
+        for sub in subs:
+            sub.__exit__(None, None, None)
         hub.stop()
 
 
