@@ -11,6 +11,7 @@ starting point, or an explicit reset and everything after it.
 
 import json
 import subprocess
+import threading
 import time
 import urllib.parse
 
@@ -19,6 +20,7 @@ import redis
 import requests
 
 import core.hub
+import core.redis_connections
 from core.hub import Hub
 from core.keys import Keys
 from core.redis_connections import RedisConnections
@@ -234,6 +236,39 @@ def test_a_cluster_that_cannot_serve_is_one_line_at_start_up(base_env, redis_ser
         assert len(lines) == 1 and why in lines[0], result.stderr[-2000:]
         assert lines[0].startswith("configuration error: REDIS_CLUSTER: ")
         assert "Traceback" not in result.stderr
+
+
+def test_a_worker_starting_while_a_slot_has_no_master_waits_for_it(cluster, monkeypatch):
+    """A worker restarted in the middle of a failover finds a cluster that
+    cannot serve every slot yet: its client waits for the cluster (up to
+    CLUSTER_WAIT) instead of failing to boot, and gives up after that."""
+    port, ranges = cluster.masters()[0]  # the master REDIS_URL names
+    slot = ranges[0][0]
+    with redis.Redis(port=port, password=cluster.password) as node:
+        node.execute_command("CLUSTER", "DELSLOTS", slot)
+        restored = threading.Event()
+
+        def restore():
+            time.sleep(2)  # long after the client's first try
+            node.execute_command("CLUSTER", "ADDSLOTS", slot)
+            restored.set()
+
+        restorer = threading.Thread(target=restore)
+        restorer.start()
+        try:
+            client = RedisConnections(url=cluster.url, cluster=True).client()
+        finally:
+            restorer.join()
+        assert restored.is_set()
+        client.set("after-the-wait", "yes")
+        assert client.get("after-the-wait") == "yes"
+        client.close()
+
+        node.execute_command("CLUSTER", "DELSLOTS", slot)
+        monkeypatch.setattr(core.redis_connections, "CLUSTER_WAIT", 1.0)
+        with pytest.raises(redis.exceptions.RedisClusterException, match="not covered"):
+            RedisConnections(url=cluster.url, cluster=True).client()
+        node.execute_command("CLUSTER", "ADDSLOTS", slot)
 
 
 def cluster_info(cluster, port):
