@@ -95,6 +95,13 @@ def listeners_on(cluster, port):
         return {c["name"] for c in node.client_list() if c["name"].startswith("rt:hub:")}
 
 
+def cut_listeners(cluster, ports):
+    """Cut every pub/sub connection (the hubs' listeners) to the masters at `ports`."""
+    for port in ports:
+        with redis.Redis(port=port, password=cluster.password) as node:
+            node.client_kill_filter(_type="pubsub")
+
+
 def hub_reconnects(server):
     """{worker pid: its hub's reconnects}."""
     return {pid: body["hub_reconnects"] for pid, (_, body) in healthz_bodies(server).items()}
@@ -135,9 +142,7 @@ def test_channels_on_every_shard_reach_clients_of_every_transport(cluster, clust
                     assert node.execute_command("PUBSUB", "NUMSUB", name)[1] == 0
         # Every listener connection cut: each worker listens anew, subscribing
         # to all its channels at once (one SSUBSCRIBE per slot), and catches up.
-        for port in channels:
-            with redis.Redis(port=port, password=cluster.password) as node:
-                node.client_kill_filter(_type="pubsub")
+        cut_listeners(cluster, channels)
         for publisher in publishers.values():
             for i in range(10, 20):
                 publisher.publish(f"m{i:02d}")
@@ -331,9 +336,7 @@ def test_every_channel_goes_live_whichever_master_confirms_first(cluster):
         for round_ in range(4):
             if round_:  # every listener connection cut: the hub listens anew
                 before = hub.reconnects
-                for port, _ in cluster.masters():
-                    with redis.Redis(port=port, password=cluster.password) as node:
-                        node.client_kill_filter(_type="pubsub")
+                cut_listeners(cluster, [port for port, _ in cluster.masters()])
                 assert wait_until(lambda b=before: hub.reconnects > b, timeout=10)
             for channel in channels:
                 hub.publish(channel, f"{channel} {round_}")

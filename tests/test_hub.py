@@ -214,9 +214,7 @@ def test_known_newest_id_is_not_trusted_across_a_listener_reconnect(rdb, redis_s
         assert hub.connected_event.wait(5)
         first.wait(0.2)
         newest = first.cursor
-        name = f"unit-reconnect:hub:{socket.gethostname()}:{os.getpid()}"
-        (listener,) = [c for c in rdb.client_list() if c["name"] == name]
-        rdb.client_kill_filter(_id=listener["id"])
+        _cut_listener(rdb, hub)
         hub.publish(channel, "while the listener was away")
         deadline = time.monotonic() + 10
         while not (hub.reconnects and hub.live_epoch()) and time.monotonic() < deadline:
@@ -227,6 +225,14 @@ def test_known_newest_id_is_not_trusted_across_a_listener_reconnect(rdb, redis_s
         assert [m.data for m in first.wait(10)] == ["while the listener was away"]
     assert hub.reconnects == 1
     hub.stop()
+
+
+def _cut_listener(rdb, hub):
+    """Kill `hub`'s listening connection, found by the name it gives itself
+    in CLIENT LIST (one client only: each test's hub has a prefix of its own)."""
+    name = hub.keys.hub_control(socket.gethostname(), os.getpid())
+    (listener,) = [c for c in rdb.client_list() if c["name"] == name]
+    rdb.client_kill_filter(_id=listener["id"])
 
 
 def _xrange_calls(rdb):
@@ -302,9 +308,7 @@ def test_recent_news_is_handed_out_from_memory_only_when_all_of_it_is_there(
             assert [m.id for m in hub.recent(channel, parse_id(more[-3]))] == more[-2:]
             assert _xrange_calls(rdb) == reads
             # A listener reconnect may have missed news: the tail is not trusted after it.
-            name = f"unit-recent:hub:{socket.gethostname()}:{os.getpid()}"
-            (listener,) = [c for c in rdb.client_list() if c["name"] == name]
-            rdb.client_kill_filter(_id=listener["id"])
+            _cut_listener(rdb, hub)
             hub.publish(channel, "while the listener was away")
             assert _wait_for(lambda: hub.reconnects and hub.live_epoch())
             assert hub.recent(channel, parse_id(more[-3])) is None
